@@ -1,0 +1,49 @@
+"""Choose the Keras backend before Keras is imported (first module of every kernel).
+
+In:  the experiment dict (``backend``: auto | jax | tensorflow) and the environment.
+Out: the backend name, also set as ``KERAS_BACKEND`` unless the environment already fixes it.
+
+Kaggle's TPU image has tensorflow-cpu, Keras 3 and JAX: TensorFlow cannot drive its TPU, so
+``auto`` picks JAX where a TPU is visible and TensorFlow elsewhere. Detection here must not
+import TensorFlow, JAX or Keras.
+"""
+
+from __future__ import annotations
+
+import glob
+import importlib.util
+import os
+from collections.abc import Mapping
+from typing import Any
+
+TPU_ENV_VARS = ("TPU_NAME", "COLAB_TPU_ADDR", "TPU_ACCELERATOR_TYPE", "TPU_WORKER_ID")
+TPU_DEVICE_GLOBS = ("/dev/accel*", "/dev/vfio/[0-9]*")
+
+
+def tpu_visible(environ: Mapping[str, str] | None = None) -> bool:
+    """True when this machine looks like a TPU host (env vars or TPU device files)."""
+    env = os.environ if environ is None else environ
+    if any(env.get(name) for name in TPU_ENV_VARS):
+        return True
+    return any(glob.glob(pattern) for pattern in TPU_DEVICE_GLOBS)
+
+
+def choose_backend(requested: str, environ: Mapping[str, str] | None = None) -> str:
+    """The backend to use: an explicit request wins; auto = jax on a TPU host with JAX, else tensorflow."""
+    env = os.environ if environ is None else environ
+    if env.get("KERAS_BACKEND"):
+        return env["KERAS_BACKEND"]
+    if requested != "auto":
+        return requested
+    if tpu_visible(env) and importlib.util.find_spec("jax") is not None:
+        return "jax"
+    return "tensorflow"
+
+
+def select_backend(config: Mapping[str, Any]) -> str:
+    """Set KERAS_BACKEND (and quieter TF logs) for this process; call before importing keras."""
+    backend = choose_backend(str(config.get("backend", "auto")))
+    os.environ["KERAS_BACKEND"] = backend
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    print(f"[kit] keras backend: {backend}")
+    return backend

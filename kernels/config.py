@@ -1,0 +1,349 @@
+"""The experiment config: frozen dataclasses with documented defaults, built from a plain dict.
+
+In:  a dict (parsed from an experiment TOML by `kit.config`, or the JSON literal a rendered
+     kernel carries) and a label naming where it came from.
+Out: an `Experiment`, or a `ConfigError` whose one-line message names the file, the key and
+     what was expected. `to_dict` gives back the plain dict (the literal that is rendered).
+
+Registry names (backbones, augmentations) are checked by the caller that knows them
+(`kit.config` passes `known=`); this module imports only the standard library, so it can be
+inlined into a kernel.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, Union, get_args, get_origin
+
+IMAGE_SIZE_MULTIPLE = 32
+MIN_FOLDS = 2
+COMPETITION = "siim-isic-melanoma-classification"
+
+
+class ConfigError(ValueError):
+    """A config value is wrong. One line: `file: key: problem (expected ...)`."""
+
+
+@dataclass(frozen=True)
+class KaggleSection:
+    """How the experiment is pushed to Kaggle."""
+
+    accelerator: str = "TpuV5E8"  # TpuV5E8 | NvidiaTeslaT4 | NvidiaTeslaT4Highmem | none
+    internet: bool = True  # needed to download ImageNet weights unless attached
+    competition: str = COMPETITION
+    dataset_sources: tuple[str, ...] = ()  # extra Kaggle datasets to attach ("owner/slug")
+    model_sources: tuple[str, ...] = ()  # Kaggle models to attach (pretrained weights)
+    private: bool = True
+    format: Literal["script", "notebook"] = "script"  # kernel form rendered and pushed
+    timeout_s: int = 0  # session timeout passed on push (0 = Kaggle's default)
+
+
+@dataclass(frozen=True)
+class ScratchSection:
+    """From-scratch CNN architecture (used when model.backbone = "scratch")."""
+
+    stages: int = 4  # number of resolution stages (each halves the size)
+    width: int = 32  # channels of the first stage
+    width_mult: float = 2.0  # channel growth per stage
+    depth: tuple[int, ...] = (1,)  # blocks per stage; one value repeats for every stage
+    block: Literal["plain", "residual", "inverted"] = "residual"
+    se: bool = False  # squeeze-excitation in every block
+    se_ratio: float = 0.25
+    expand: int = 4  # expansion of inverted-bottleneck blocks
+    stem_stride: int = 2
+    dropout: float = 0.0  # spatial dropout after each stage
+
+
+@dataclass(frozen=True)
+class ModelSection:
+    """The network: a keras.applications backbone or a from-scratch CNN, and its head."""
+
+    backbone: str = "efficientnet_b0"  # registry name, or "scratch"
+    weights: str = "imagenet"  # "imagenet" | "none" | path to a .h5/.keras weights file
+    head: Literal["sigmoid", "diagnosis"] = "sigmoid"
+    dropout: float = 0.2  # before the head
+    pooling: Literal["avg", "max", "gem"] = "avg"
+    bn_momentum: float | Literal["auto"] = "auto"  # auto: 0.9 for short runs, keras default else
+    metadata_units: tuple[int, ...] = (64, 32)  # MLP on metadata when data.metadata = true
+    scratch: ScratchSection = field(default_factory=ScratchSection)
+
+
+@dataclass(frozen=True)
+class DataSection:
+    """Where the TFRecords are and how folds and batches are made."""
+
+    dataset: str = "cdeotte/melanoma-256x256"  # Kaggle dataset slug, local folder or gs:// URL
+    external: str = ""  # optional external-data dataset (training folds only)
+    train_glob: str = "train*.tfrec"
+    test_glob: str = "test*.tfrec"
+    external_glob: str = "train*.tfrec"
+    gcs_path: str = ""  # bucket holding the dataset when the runtime needs one (Colab)
+    image_size: int = 256  # model input; a multiple of 32
+    folds: int = 5
+    fold_seed: int = 42
+    run_folds: tuple[int, ...] = ()  # folds to train (empty = all)
+    upsample_malignant: int = 1  # repeat malignant training images this many times
+    cache: bool = False  # cache decoded records in memory
+    shuffle_buffer: int = 2048
+    metadata: bool = False  # sex, age, site, images-per-patient as a second input
+    decode_ratio: int = 0  # 0 = auto (1/2/4/8 from stored vs model size)
+    parallel_calls: int = 0  # 0 = number of CPU cores (fixed: autotune stalls at epoch end)
+
+
+@dataclass(frozen=True)
+class AugmentSection:
+    """Which augmentations run, where, and their parameters."""
+
+    where: Literal["auto", "host", "device"] = "auto"  # auto: device on TPU/GPU, host on CPU
+    ops: tuple[str, ...] = ("dihedral", "affine", "color")  # registry names, applied in order
+    params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # per-op overrides
+    mix: Literal["none", "mixup", "cutmix"] = "none"  # batch-level mixing
+    mix_alpha: float = 0.4
+    mix_prob: float = 0.5
+
+
+@dataclass(frozen=True)
+class TrainSection:
+    """Optimisation, checkpointing and test-time augmentation."""
+
+    epochs: int = 12
+    batch_size: int = 32  # per replica; global = batch_size x replicas
+    lr: float = 3e-4  # learning rate at reference_batch; scaled linearly with global batch
+    reference_batch: int = 32
+    min_lr: float = 1e-6
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    weight_decay: float = 1e-5  # adamw
+    momentum: float = 0.9  # sgd
+    schedule: Literal["cosine", "exponential", "constant"] = "cosine"
+    warmup_epochs: float = 1.0
+    exp_decay: float = 0.8  # per epoch, for schedule = exponential
+    loss: Literal["bce", "focal"] = "bce"
+    label_smoothing: float = 0.05
+    focal_gamma: float = 2.0
+    focal_alpha: float = 0.25
+    early_stopping: int = 0  # patience in epochs (0 = off)
+    monitor: Literal["val_auc", "val_loss"] = "val_auc"
+    tta: int = 0  # augmented passes for OOF and test (0 = none)
+    tta_dihedral: bool = True  # average the 8 flips/transposes
+    mixed_precision: Literal["auto", "on", "off"] = "auto"  # auto: bf16 TPU, fp16 GPU, off CPU
+    jit_compile: Literal["auto", "on", "off"] = "auto"  # auto: on for TPU/GPU, off on CPU
+    steps_per_execution: int = 1
+    verbose: int = 2
+    save_weights: bool = True
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One experiment: everything a kernel needs, nothing secret."""
+
+    name: str
+    description: str = ""
+    tags: tuple[str, ...] = ()
+    seed: int = 42
+    backend: Literal["auto", "jax", "tensorflow"] = "auto"  # auto: jax on TPU, tensorflow else
+    kaggle: KaggleSection = field(default_factory=KaggleSection)
+    data: DataSection = field(default_factory=DataSection)
+    augment: AugmentSection = field(default_factory=AugmentSection)
+    model: ModelSection = field(default_factory=ModelSection)
+    train: TrainSection = field(default_factory=TrainSection)
+
+
+@dataclass(frozen=True)
+class Known:
+    """Registry names the caller knows, for validation."""
+
+    backbones: frozenset[str] = frozenset()
+    augmentations: frozenset[str] = frozenset()
+    augment_params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+
+def _type_name(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in get_args(tp))
+    if origin is tuple:
+        return f"a list of {_type_name(get_args(tp)[0])}"
+    if origin in (Mapping, dict):
+        return "a table"
+    if dataclasses.is_dataclass(tp):
+        return "a table"
+    return {bool: "true/false", int: "an integer", float: "a number", str: "a string"}.get(tp, str(tp))
+
+
+def _convert(value: Any, tp: Any, key: str, where: str) -> Any:
+    """Check `value` against type `tp`; return it in its frozen form."""
+    origin = get_origin(tp)
+    bad = ConfigError(f"{where}: {key}: got {value!r}, expected {_type_name(tp)}")
+    if origin is Literal:
+        if value not in get_args(tp):
+            raise bad
+        return value
+    if origin in (Union, types.UnionType):
+        for arg in get_args(tp):
+            try:
+                return _convert(value, arg, key, where)
+            except ConfigError:
+                continue
+        raise bad
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise bad
+        (item,) = get_args(tp)[:1]
+        return tuple(_convert(v, item, f"{key}[{i}]", where) for i, v in enumerate(value))
+    if origin in (Mapping, dict) or tp is Mapping:
+        if not isinstance(value, Mapping):
+            raise bad
+        return types.MappingProxyType({k: _freeze(v) for k, v in value.items()})
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            raise bad
+        return _build(tp, value, where, key)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise bad
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise bad
+        return value
+    raise ConfigError(f"{where}: {key}: unsupported type {tp}")
+
+
+def _freeze(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return types.MappingProxyType({k: _freeze(v) for k, v in value.items()})
+    if isinstance(value, list):
+        return tuple(_freeze(v) for v in value)
+    return value
+
+
+def _build(cls: Any, data: Mapping[str, Any], where: str, prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        dotted = f"{prefix}.{key}" if prefix else key
+        if key not in fields:
+            allowed = ", ".join(sorted(fields))
+            raise ConfigError(f"{where}: {dotted}: unknown key (expected one of {allowed})")
+        kwargs[key] = _convert(value, hints[key], dotted, where)
+    for name, f in fields.items():
+        if name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            dotted = f"{prefix}.{name}" if prefix else name
+            raise ConfigError(f"{where}: {dotted}: missing (expected {_type_name(hints[name])})")
+    return cls(**kwargs)
+
+
+def _check(cond: bool, where: str, key: str, got: Any, expected: str) -> None:
+    if not cond:
+        raise ConfigError(f"{where}: {key}: got {got!r}, expected {expected}")
+
+
+def _check_values(exp: Experiment, where: str, known: Known | None) -> None:
+    d, t, m, a = exp.data, exp.train, exp.model, exp.augment
+    _check(bool(exp.name.strip()), where, "name", exp.name, "a non-empty name")
+    _check(
+        d.image_size > 0 and d.image_size % IMAGE_SIZE_MULTIPLE == 0,
+        where, "data.image_size", d.image_size, f"a positive multiple of {IMAGE_SIZE_MULTIPLE}",
+    )
+    _check(d.folds >= MIN_FOLDS, where, "data.folds", d.folds, f"at least {MIN_FOLDS}")
+    for i, f in enumerate(d.run_folds):
+        _check(0 <= f < d.folds, where, f"data.run_folds[{i}]", f, f"a fold index in 0..{d.folds - 1}")
+    _check(d.upsample_malignant >= 1, where, "data.upsample_malignant", d.upsample_malignant, "an integer >= 1")
+    _check(d.decode_ratio in (0, 1, 2, 4, 8), where, "data.decode_ratio", d.decode_ratio, "0 (auto), 1, 2, 4 or 8")
+    _check(d.shuffle_buffer >= 1, where, "data.shuffle_buffer", d.shuffle_buffer, "an integer >= 1")
+    _check(d.parallel_calls >= 0, where, "data.parallel_calls", d.parallel_calls, "an integer >= 0")
+    _check(bool(d.dataset), where, "data.dataset", d.dataset, "a dataset slug, folder or gs:// URL")
+    _check(t.epochs >= 0, where, "train.epochs", t.epochs, "an integer >= 0")
+    _check(t.batch_size >= 1, where, "train.batch_size", t.batch_size, "an integer >= 1")
+    _check(t.reference_batch >= 1, where, "train.reference_batch", t.reference_batch, "an integer >= 1")
+    _check(t.lr > 0, where, "train.lr", t.lr, "a number > 0")
+    _check(0 <= t.min_lr <= t.lr, where, "train.min_lr", t.min_lr, "a number in [0, train.lr]")
+    _check(t.warmup_epochs >= 0, where, "train.warmup_epochs", t.warmup_epochs, "a number >= 0")
+    _check(0 < t.exp_decay <= 1, where, "train.exp_decay", t.exp_decay, "a number in (0, 1]")
+    _check(0 <= t.label_smoothing < 1, where, "train.label_smoothing", t.label_smoothing, "a number in [0, 1)")
+    _check(t.early_stopping >= 0, where, "train.early_stopping", t.early_stopping, "an integer >= 0")
+    _check(t.tta >= 0, where, "train.tta", t.tta, "an integer >= 0")
+    _check(t.steps_per_execution >= 1, where, "train.steps_per_execution", t.steps_per_execution, ">= 1")
+    _check(0 <= m.dropout < 1, where, "model.dropout", m.dropout, "a number in [0, 1)")
+    if m.bn_momentum != "auto":
+        _check(0 < m.bn_momentum < 1, where, "model.bn_momentum", m.bn_momentum, "'auto' or a number in (0, 1)")
+    s = m.scratch
+    _check(1 <= s.stages <= 8, where, "model.scratch.stages", s.stages, "an integer in 1..8")
+    _check(s.width >= 1, where, "model.scratch.width", s.width, "an integer >= 1")
+    _check(
+        len(s.depth) in (1, s.stages) and all(x >= 1 for x in s.depth),
+        where, "model.scratch.depth", list(s.depth), f"1 or {s.stages} positive integers",
+    )
+    _check(0 <= s.dropout < 1, where, "model.scratch.dropout", s.dropout, "a number in [0, 1)")
+    _check(0 <= a.mix_prob <= 1, where, "augment.mix_prob", a.mix_prob, "a number in [0, 1]")
+    _check(a.mix_alpha > 0, where, "augment.mix_alpha", a.mix_alpha, "a number > 0")
+    for key in a.params:
+        _check(key in a.ops, where, f"augment.params.{key}", key, f"one of the ops in augment.ops {list(a.ops)}")
+    if known is None:
+        return
+    if known.backbones:
+        names = sorted(known.backbones | {"scratch"})
+        _check(m.backbone in names, where, "model.backbone", m.backbone, f"one of {', '.join(names)}")
+    if known.augmentations:
+        for i, op in enumerate(a.ops):
+            _check(
+                op in known.augmentations, where, f"augment.ops[{i}]", op,
+                f"one of {', '.join(sorted(known.augmentations))}",
+            )
+    for op, params in a.params.items():
+        defaults = known.augment_params.get(op)
+        if defaults is None:
+            continue
+        for key, value in params.items():
+            _check(
+                key in defaults, where, f"augment.params.{op}.{key}", key,
+                f"one of {', '.join(sorted(defaults)) or '(no parameters)'}",
+            )
+            default = defaults[key]
+            ok = isinstance(value, type(default)) or (isinstance(default, float) and isinstance(value, int))
+            ok = ok and not (isinstance(value, bool) and not isinstance(default, bool))
+            _check(ok, where, f"augment.params.{op}.{key}", value, f"{_type_name(type(default))}")
+
+
+def from_dict(data: Mapping[str, Any], where: str = "<config>", known: Known | None = None) -> Experiment:
+    """Build and validate an `Experiment` from a plain dict; raise `ConfigError` on any fault."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where}: expected a table of settings")
+    exp = _build(Experiment, data, where)
+    _check_values(exp, where, known)
+    return exp
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (tuple, list)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def to_dict(exp: Experiment) -> dict[str, Any]:
+    """The plain dict (JSON/TOML-ready) form of an experiment, defaults included."""
+    return _plain(exp)
+
+
+def scratch_depths(section: ScratchSection) -> tuple[int, ...]:
+    """Blocks per stage, with a single value repeated for every stage."""
+    return section.depth * section.stages if len(section.depth) == 1 else section.depth
