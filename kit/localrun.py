@@ -1,0 +1,113 @@
+"""The local backend: run a rendered kernel in a subprocess, as Kaggle would.
+
+In:  the kernel file (``kernel.py``, or ``kernel.ipynb`` run top to bottom by a Jupyter kernel),
+     an output folder (stands in for /kaggle/working), and where the data is (a dataset folder via
+     KIT_DATA_DIR, and/or a folder standing in for /kaggle/input via KIT_INPUT_ROOT).
+Out: a `LocalResult`; the kernel's outputs are in the output folder exactly as a Kaggle pull
+     would leave them, and its stdout/stderr in the log file.
+
+The child cannot import `kit` or `kernels` (an import blocker is installed before the script
+runs), sees none of the parent's Kaggle credentials, and runs with the output folder as cwd.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from kit.errors import KitError
+
+SECRET_ENV_PREFIXES = ("KAGGLE_",)
+BLOCKED_PACKAGES = ("kit", "kernels")
+# Runs the script as __main__ with the toolkit's own packages unimportable, like on Kaggle.
+SCRIPT_RUNNER = """\
+import importlib.abc, runpy, sys
+class _Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {blocked!r}:
+            raise ModuleNotFoundError(f"No module named {{name!r}} (a kernel must be self-contained)")
+        return None
+sys.meta_path.insert(0, _Block())
+sys.argv = [sys.argv[1]]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+@dataclass(frozen=True)
+class LocalResult:
+    """How a local kernel run ended."""
+
+    returncode: int
+    output_dir: Path
+    log_path: Path
+    seconds: float
+
+
+def kernel_env(
+    output_dir: Path,
+    data_dir: str | None,
+    input_root: str | None,
+    extra_env: Mapping[str, str] | None,
+    base: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """The child's environment: the parent's minus secrets, plus the KIT_* locations."""
+    env = {k: v for k, v in (os.environ if base is None else base).items() if not k.startswith(SECRET_ENV_PREFIXES)}
+    env.pop("PYTHONPATH", None)
+    env.update({"KIT_OUTPUT_DIR": str(output_dir), "PYTHONUNBUFFERED": "1", "MPLBACKEND": "Agg"})
+    if data_dir:
+        env["KIT_DATA_DIR"] = str(Path(data_dir).resolve()) if "://" not in data_dir else data_dir
+    if input_root:
+        env["KIT_INPUT_ROOT"] = str(Path(input_root).resolve())
+    env.update(extra_env or {})
+    return env
+
+
+def kernel_command(code_file: Path) -> list[str]:
+    """The command that runs a kernel file (script, or notebook through nbclient)."""
+    if code_file.suffix == ".ipynb":
+        return [sys.executable, "-m", "kit.notebook_runner", str(code_file)]
+    return [sys.executable, "-c", SCRIPT_RUNNER.format(blocked=BLOCKED_PACKAGES), str(code_file)]
+
+
+def run_kernel(
+    code_file: str | Path,
+    output_dir: str | Path,
+    data_dir: str | None = None,
+    input_root: str | None = None,
+    log_path: str | Path | None = None,
+    timeout_s: float | None = None,
+    extra_env: Mapping[str, str] | None = None,
+    on_line: Callable[[str], None] | None = None,
+) -> LocalResult:
+    """Run a rendered kernel to completion; its output lines go to the log (and `on_line`)."""
+    code = Path(code_file).resolve()
+    if not code.is_file():
+        raise KitError(f"{code}: kernel file not found (run `kit render` first)")
+    out = Path(output_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    log = Path(log_path) if log_path else out / "kernel.log"
+    env = kernel_env(out, data_dir, input_root, extra_env)
+    start = time.monotonic()
+    with open(log, "w", encoding="utf-8") as fh:
+        proc = subprocess.Popen(
+            kernel_command(code), cwd=out, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True, bufsize=1,
+        )
+        assert proc.stdout is not None
+        deadline = start + timeout_s if timeout_s else None
+        for line in proc.stdout:
+            fh.write(line)
+            fh.flush()
+            if on_line:
+                on_line(line.rstrip("\n"))
+            if deadline and time.monotonic() > deadline:
+                proc.kill()
+                fh.write(f"\n[kit] killed after {timeout_s:.0f} s timeout\n")
+                break
+        returncode = proc.wait()
+    return LocalResult(returncode=returncode, output_dir=out, log_path=log, seconds=time.monotonic() - start)

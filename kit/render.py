@@ -1,0 +1,253 @@
+"""Render an experiment into a self-contained Kaggle kernel: one script + kernel-metadata.json.
+
+In:  an `Experiment`, the Kaggle owner name, an output root.
+Out: `build/kernels/<slug>/` holding the kernel (``kernel.py``, or ``kernel.ipynb`` for the notebook
+     form) and ``kernel-metadata.json``; returned as a `RenderedKernel`.
+
+The script is the `kernels/` modules inlined in `MODULE_ORDER`, with their ``from kernels.x import``
+lines removed (everything shares one namespace) and ``from __future__`` hoisted. The experiment
+arrives as ``CONFIG``, a JSON literal parsed at start-up: values are serialised, never pasted into
+code. Top-level names must be unique across kernel modules; a clash fails the render.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import kernels
+from kernels.config import Experiment, to_dict
+from kernels.contracts import atomic_write_text
+from kit.errors import KitError
+
+MODULE_ORDER = (
+    "bootstrap",
+    "config",
+    "schema",
+    "contracts",
+    "metrics",
+    "paths",
+    "strategy",
+    "augment",
+    "data",
+    "models",
+    "train",
+    "outputs",
+    "main",
+)
+# Notebook stages: (title, what it does, modules). Every module appears exactly once, in order.
+STAGES = (
+    ("Setup", "Choose the Keras backend, then the config schema, file contracts, metrics and paths.",
+     ("bootstrap", "config", "schema", "contracts", "metrics", "paths")),
+    ("Hardware", "Detect TPU / GPUs / CPU and pick the distribution strategy and precision.", ("strategy",)),
+    ("Augmentation", "The augmentation registry: host (tf.data) and on-device (Keras layer) forms.", ("augment",)),
+    ("Data", "TFRecord discovery, patient-safe folds and the tf.data input pipeline.", ("data",)),
+    ("Model", "Backbone registry, from-scratch CNN builder and heads.", ("models",)),
+    ("Training", "Losses, optimisers, LR schedule, checkpointing and TTA prediction.", ("train",)),
+    ("Predictions and plots", "OOF / test predictions, manifest, history and plots.", ("outputs",)),
+    ("Run", "Train every fold and write the outputs.", ("main",)),
+)
+BACKEND_CALL = "select_backend(CONFIG)"
+MAIN_CALL = "kernel_main(CONFIG)"
+CODE_FILE = {"script": "kernel.py", "notebook": "kernel.ipynb"}
+KERNEL_TYPE = {"script": "script", "notebook": "notebook"}
+TITLE_PREFIX = "kit "
+MAX_TITLE = 50
+MIN_TITLE = 5
+SLUG_RE = re.compile(r"^[A-Za-z0-9_-]+/[A-Za-z0-9_.-]+$")
+ACCELERATORS = ("TpuV5E8", "NvidiaTeslaT4", "NvidiaTeslaT4Highmem", "none")
+
+
+@dataclass(frozen=True)
+class ModuleSource:
+    """One kernel module after processing: its name and the code that is inlined."""
+
+    name: str
+    code: str
+    docstring: str
+
+
+@dataclass(frozen=True)
+class RenderedKernel:
+    """A rendered kernel on disk."""
+
+    directory: Path
+    code_file: Path
+    metadata: dict[str, Any]
+    kernel_id: str
+    slug: str
+    content_hash: str
+    experiment: Experiment
+
+
+def slugify(text: str) -> str:
+    """Kaggle-style slug: lower case, runs of other characters become one dash."""
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def kernel_title(exp: Experiment) -> str:
+    """Kernel title (5..50 chars); long names keep a hash suffix so titles stay unique."""
+    title = f"{TITLE_PREFIX}{exp.name}"
+    if len(title) > MAX_TITLE:
+        digest = hashlib.sha256(exp.name.encode()).hexdigest()[:8]
+        title = f"{title[: MAX_TITLE - 9].rstrip('-_ ')} {digest}"
+    return title
+
+
+def kernel_slug(exp: Experiment) -> str:
+    """The kernel slug derived from the experiment name (the slug of its title)."""
+    return slugify(kernel_title(exp))
+
+
+def _module_path(name: str) -> Path:
+    return Path(kernels.__file__).with_name(f"{name}.py")
+
+
+def load_module_source(name: str) -> ModuleSource:
+    """Read a kernel module and strip what cannot live in a single shared namespace."""
+    path = _module_path(name)
+    text = path.read_text(encoding="utf-8")
+    tree = ast.parse(text, filename=str(path))
+    drop: set[int] = set()
+    for node in tree.body:
+        if isinstance(node, ast.ImportFrom) and node.module and (
+            node.module == "__future__" or node.module == "kernels" or node.module.startswith("kernels.")
+        ):
+            drop.update(range(node.lineno, (node.end_lineno or node.lineno) + 1))
+        elif isinstance(node, ast.Import) and any(a.name.split(".")[0] == "kernels" for a in node.names):
+            raise KitError(f"{path}:{node.lineno}: use 'from kernels.<module> import <name>' inside kernels/")
+        elif isinstance(node, ast.If) and "__main__" in ast.unparse(node.test):
+            raise KitError(f"{path}:{node.lineno}: kernel modules must not have a __main__ block")
+    lines = [line for i, line in enumerate(text.splitlines(), start=1) if i not in drop]
+    return ModuleSource(name=name, code="\n".join(lines).strip() + "\n", docstring=ast.get_docstring(tree) or "")
+
+
+def _top_level_names(source: ModuleSource) -> set[str]:
+    names: set[str] = set()
+    for node in ast.parse(source.code).body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            for target in targets:
+                names.update(n.id for n in ast.walk(target) if isinstance(n, ast.Name))
+    return names
+
+
+def load_modules(order: Sequence[str] = MODULE_ORDER) -> list[ModuleSource]:
+    """All kernel modules in inline order; fails on a top-level name defined by two modules."""
+    sources = [load_module_source(name) for name in order]
+    owner: dict[str, str] = {}
+    for source in sources:
+        for name in _top_level_names(source):
+            if name in owner and name != "__all__":
+                raise KitError(
+                    f"kernels/{source.name}.py: top-level name {name!r} is also defined in kernels/{owner[name]}.py "
+                    "(kernel modules share one namespace once rendered)"
+                )
+            owner[name] = source.name
+    return sources
+
+
+def config_literal(exp: Experiment) -> str:
+    """``CONFIG = json.loads(...)``: the experiment as a JSON string literal."""
+    text = json.dumps(to_dict(exp), sort_keys=True)
+    return f"CONFIG = json.loads({text!r})"
+
+
+def script_header(exp: Experiment) -> str:
+    return (
+        f'"""Kaggle kernel for experiment {exp.name!r}, rendered by melanoma-kit from its kernels/ modules.\n\n'
+        "Runs unchanged on Kaggle (/kaggle/input in, /kaggle/working out) and locally (KIT_DATA_DIR,\n"
+        'KIT_INPUT_ROOT, KIT_OUTPUT_DIR). Do not edit: change the experiment TOML or kernels/ and re-render.\n"""\n'
+    )
+
+
+def render_script(exp: Experiment) -> str:
+    """The whole kernel as one Python script."""
+    parts = [script_header(exp), "from __future__ import annotations\n", "import json\n", config_literal(exp) + "\n"]
+    for source in load_modules():
+        parts.append(f"\n# {'=' * 20} kernels/{source.name}.py {'=' * 20}\n")
+        parts.append(source.code)
+        if source.name == "bootstrap":
+            parts.append(f"\n{BACKEND_CALL}\n")
+    parts.append(f'\n\nif __name__ == "__main__":\n    {MAIN_CALL}\n')
+    return "".join(parts)
+
+
+def kernel_metadata(exp: Experiment, owner: str, fmt: str, accelerator: str | None = None) -> dict[str, Any]:
+    """The kernel-metadata.json content for this experiment."""
+    acc = accelerator or exp.kaggle.accelerator
+    if acc not in ACCELERATORS:
+        raise KitError(f"accelerator {acc!r}: expected one of {', '.join(ACCELERATORS)}")
+    datasets = [s for s in (exp.data.dataset, exp.data.external, *exp.kaggle.dataset_sources) if SLUG_RE.match(s)]
+    meta: dict[str, Any] = {
+        "id": f"{owner}/{kernel_slug(exp)}",
+        "title": kernel_title(exp),
+        "code_file": CODE_FILE[fmt],
+        "language": "python",
+        "kernel_type": KERNEL_TYPE[fmt],
+        "is_private": exp.kaggle.private,
+        "enable_gpu": acc.startswith("Nvidia"),
+        "enable_tpu": acc.startswith("Tpu"),
+        "enable_internet": exp.kaggle.internet,
+        "dataset_sources": list(dict.fromkeys(datasets)),
+        "competition_sources": [exp.kaggle.competition],
+        "kernel_sources": [],
+        "model_sources": list(exp.kaggle.model_sources),
+        "keywords": [],
+    }
+    if acc != "none":
+        meta["machine_shape"] = acc
+    return meta
+
+
+def render_text(exp: Experiment, fmt: str) -> str:
+    """The kernel file's text in the given form ('script' or 'notebook')."""
+    if fmt == "script":
+        return render_script(exp)
+    from kit.notebook import render_notebook  # the notebook form lives in its own module
+
+    return render_notebook(exp)
+
+
+def render_experiment(
+    exp: Experiment,
+    owner: str,
+    out_root: Path = Path("build/kernels"),
+    fmt: str | None = None,
+    accelerator: str | None = None,
+) -> RenderedKernel:
+    """Write the kernel and its metadata under ``out_root/<slug>/`` (atomically) and describe them."""
+    fmt = fmt or exp.kaggle.format
+    if fmt not in CODE_FILE:
+        raise KitError(f"format {fmt!r}: expected one of {', '.join(CODE_FILE)}")
+    if accelerator:
+        exp = replace(exp, kaggle=replace(exp.kaggle, accelerator=accelerator))
+    text = render_text(exp, fmt)
+    meta = kernel_metadata(exp, owner, fmt)
+    slug = meta["id"].split("/", 1)[1]
+    directory = Path(out_root) / slug
+    directory.mkdir(parents=True, exist_ok=True)
+    for other in set(CODE_FILE.values()) - {meta["code_file"]}:
+        (directory / other).unlink(missing_ok=True)
+    code_file = directory / meta["code_file"]
+    atomic_write_text(code_file, text)
+    meta_text = json.dumps(meta, indent=2) + "\n"
+    atomic_write_text(directory / "kernel-metadata.json", meta_text)
+    digest = hashlib.sha256(text.encode() + json.dumps({k: v for k, v in meta.items() if k != "id"}, sort_keys=True).encode())
+    return RenderedKernel(
+        directory=directory,
+        code_file=code_file,
+        metadata=meta,
+        kernel_id=meta["id"],
+        slug=slug,
+        content_hash=digest.hexdigest(),
+        experiment=exp,
+    )
