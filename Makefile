@@ -1,16 +1,21 @@
-# SIIM-ISIC melanoma toolkit. `make demo` and `make test` are all a fresh clone needs.
+# SIIM-ISIC melanoma toolkit. On a fresh clone `make demo` and `make test` are all you need:
+# every target installs the toolkit into .venv first if it is not there yet.
 PY      := .venv/bin/python
-KIT     := .venv/bin/kit
+KIT     := $(PY) -m kit.cli
 STAMP   := .venv/.installed
 DATA    ?= uda
 EXP     ?=
 ENS     ?= demo
 IMG     ?=
+ACC     ?=
+MSG     ?=
+PORT    ?= 8765
 
-.PHONY: help install demo test lint bench render run push-kernel status pull blend report submit submissions predict emulator clean
+.PHONY: help install demo test lint bench data render run push-kernel status wait pull blend report submit \
+        submissions predict emulator clean
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/' | expand -t 16
 
 $(STAMP): setup.py
 	test -x $(PY) || python3 -m venv .venv
@@ -18,13 +23,58 @@ $(STAMP): setup.py
 	$(PY) -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
-install: $(STAMP)  ## make .venv and install the toolkit editable with its test extras
+install: $(STAMP)  ## make .venv and install the toolkit (editable) with its test extras
 
-test: $(STAMP)  ## run the test suite (real TensorFlow, real kaggle client, emulator)
-	$(PY) -m pytest -q tests
+demo: $(STAMP)  ## the whole loop offline: import sample, render+run 2 experiments, blend, report (DATA=uda|synth)
+	$(PY) -m kit.demo --data $(DATA)
 
-lint: $(STAMP)  ## ruff over the code
+test: $(STAMP)  ## run the test suite (real TensorFlow, real kaggle client against the emulator)
+	$(PY) -m pytest tests
+
+lint: $(STAMP)  ## ruff over all code
 	.venv/bin/ruff check kit kernels tests bench
 
-clean:  ## remove build outputs, runs and local data (keeps .venv)
-	rm -rf build runs .kit data/synth* data/uda* bench/results.json
+bench: $(STAMP)  ## input pipeline, blend, AUC engine and predict figures -> bench/results.json
+	$(PY) -m bench.run
+
+data: $(STAMP)  ## import the vendored real sample (DATA=uda) or synthesise data (DATA=synth) into data/
+	$(PY) -m kit.demo --data $(DATA) --only-data
+
+render: $(STAMP)  ## render EXP=experiments/x.toml into build/kernels/<slug>/
+	$(KIT) render $(EXP)
+
+run: $(STAMP)  ## render and run EXP locally into runs/<name>/v<N>/ (the local backend)
+	$(KIT) run $(EXP)
+
+push-kernel: $(STAMP)  ## render and push EXP to Kaggle (TPU v5e-8 by default; ACC=NvidiaTeslaT4 to change)
+	$(KIT) push $(EXP) $(if $(ACC),--accelerator $(ACC))
+
+status: $(STAMP)  ## table of every pushed run and its Kaggle status
+	$(KIT) status
+
+wait: $(STAMP)  ## poll until every pushed run has finished
+	$(KIT) status --wait
+
+pull: $(STAMP)  ## download and verify the outputs of finished runs into runs/<name>/v<N>/
+	$(KIT) pull
+
+blend: $(STAMP)  ## blend the runs of ensembles/$(ENS).toml -> ensembles/$(ENS)/submission.csv + report
+	$(KIT) blend $(ENS)
+
+report: $(STAMP)  ## leaderboard of all runs and the answers (best backbone, best from-scratch CNN)
+	$(KIT) report
+
+submit: $(STAMP)  ## validate and submit ensembles/$(ENS)/submission.csv, then wait for the score
+	$(KIT) submit ensembles/$(ENS)/submission.csv --recipe $(ENS) $(if $(MSG),--message "$(MSG)")
+
+submissions: $(STAMP)  ## list submissions with their scores
+	$(KIT) submissions
+
+predict: $(STAMP)  ## probability that IMG (file(s) or folder) is malignant, with the $(ENS) ensemble
+	$(KIT) predict $(IMG) --ensemble $(ENS)
+
+emulator: $(STAMP)  ## start the Kaggle emulator on 127.0.0.1:$(PORT) for a dry run of the real path
+	$(KIT) emulator --port $(PORT)
+
+clean:  ## remove build outputs, runs, generated data and ensemble outputs (keeps .venv)
+	rm -rf build runs .kit data/synth* data/uda* bench/results.json ensembles/*/

@@ -105,13 +105,14 @@ def kernel_slug(exp: Experiment) -> str:
     return slugify(kernel_title(exp))
 
 
-def _module_path(name: str) -> Path:
-    return Path(kernels.__file__).with_name(f"{name}.py")
+KERNELS_DIR = Path(kernels.__file__).parent
 
 
-def load_module_source(name: str) -> ModuleSource:
+def load_module_source(name: str, root: Path = KERNELS_DIR) -> ModuleSource:
     """Read a kernel module and strip what cannot live in a single shared namespace."""
-    path = _module_path(name)
+    path = root / f"{name}.py"
+    if not path.is_file():
+        raise KitError(f"{path}: kernel module missing (listed in kit.render.MODULE_ORDER)")
     text = path.read_text(encoding="utf-8")
     tree = ast.parse(text, filename=str(path))
     drop: set[int] = set()
@@ -140,9 +141,9 @@ def _top_level_names(source: ModuleSource) -> set[str]:
     return names
 
 
-def load_modules(order: Sequence[str] = MODULE_ORDER) -> list[ModuleSource]:
+def load_modules(order: Sequence[str] = MODULE_ORDER, root: Path = KERNELS_DIR) -> list[ModuleSource]:
     """All kernel modules in inline order; fails on a top-level name defined by two modules."""
-    sources = [load_module_source(name) for name in order]
+    sources = [load_module_source(name, root) for name in order]
     owner: dict[str, str] = {}
     for source in sources:
         for name in _top_level_names(source):
