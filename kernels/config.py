@@ -34,10 +34,10 @@ class KaggleSection:
 
     accelerator: str = "TpuV5E8"  # TpuV5E8 | NvidiaTeslaT4 | NvidiaTeslaT4Highmem | none
     internet: bool = True  # needed to download ImageNet weights unless attached
-    competition: str = COMPETITION
+    competition: str = COMPETITION  # competition attached as a data source
     dataset_sources: tuple[str, ...] = ()  # extra Kaggle datasets to attach ("owner/slug")
     model_sources: tuple[str, ...] = ()  # Kaggle models to attach (pretrained weights)
-    private: bool = True
+    private: bool = True  # push as a private kernel
     format: Literal["script", "notebook"] = "script"  # kernel form rendered and pushed
     timeout_s: int = 0  # session timeout passed on push (0 = Kaggle's default)
 
@@ -52,7 +52,7 @@ class ScratchSection:
     depth: tuple[int, ...] = (1,)  # blocks per stage; one value repeats for every stage
     block: Literal["plain", "residual", "inverted"] = "residual"
     se: bool = False  # squeeze-excitation in every block
-    se_ratio: float = 0.25
+    se_ratio: float = 0.25  # squeeze-excitation bottleneck ratio
     expand: int = 4  # expansion of inverted-bottleneck blocks
     stem_stride: int = 2
     dropout: float = 0.0  # spatial dropout after each stage
@@ -78,13 +78,13 @@ class DataSection:
 
     dataset: str = "cdeotte/melanoma-256x256"  # Kaggle dataset slug, local folder or gs:// URL
     external: str = ""  # optional external-data dataset (training folds only)
-    train_glob: str = "train*.tfrec"
-    test_glob: str = "test*.tfrec"
-    external_glob: str = "train*.tfrec"
+    train_glob: str = "train*.tfrec"  # train files inside the dataset
+    test_glob: str = "test*.tfrec"  # test files inside the dataset
+    external_glob: str = "train*.tfrec"  # files taken from the external dataset
     gcs_path: str = ""  # bucket holding the dataset when the runtime needs one (Colab)
     image_size: int = 256  # model input; a multiple of 32
-    folds: int = 5
-    fold_seed: int = 42
+    folds: int = 5  # folds = groups of whole files (patients never straddle folds)
+    fold_seed: int = 42  # seed of the KFold over train file indices
     run_folds: tuple[int, ...] = ()  # folds to train (empty = all)
     upsample_malignant: int = 1  # repeat malignant training images this many times
     cache: bool = False  # cache decoded records in memory
@@ -102,8 +102,8 @@ class AugmentSection:
     ops: tuple[str, ...] = ("dihedral", "affine", "color")  # registry names, applied in order
     params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # per-op overrides
     mix: Literal["none", "mixup", "cutmix"] = "none"  # batch-level mixing
-    mix_alpha: float = 0.4
-    mix_prob: float = 0.5
+    mix_alpha: float = 0.4  # Beta(alpha, alpha) mixing strength
+    mix_prob: float = 0.5  # share of batches that are mixed
 
 
 @dataclass(frozen=True)
@@ -113,37 +113,37 @@ class TrainSection:
     epochs: int = 12
     batch_size: int = 32  # per replica; global = batch_size x replicas
     lr: float = 3e-4  # learning rate at reference_batch; scaled linearly with global batch
-    reference_batch: int = 32
-    min_lr: float = 1e-6
+    reference_batch: int = 32  # global batch at which lr applies as written
+    min_lr: float = 1e-6  # floor of the decay
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
     weight_decay: float = 1e-5  # adamw
     momentum: float = 0.9  # sgd
     schedule: Literal["cosine", "exponential", "constant"] = "cosine"
-    warmup_epochs: float = 1.0
+    warmup_epochs: float = 1.0  # linear warm-up from min_lr, per step
     exp_decay: float = 0.8  # per epoch, for schedule = exponential
     loss: Literal["bce", "focal"] = "bce"
-    label_smoothing: float = 0.05
-    focal_gamma: float = 2.0
-    focal_alpha: float = 0.25
+    label_smoothing: float = 0.05  # for the BCE / categorical losses
+    focal_gamma: float = 2.0  # focal loss focusing parameter
+    focal_alpha: float = 0.25  # focal loss positive-class weight
     early_stopping: int = 0  # patience in epochs (0 = off)
     monitor: Literal["val_auc", "val_loss"] = "val_auc"
     tta: int = 0  # augmented passes for OOF and test (0 = none)
     tta_dihedral: bool = True  # average the 8 flips/transposes
     mixed_precision: Literal["auto", "on", "off"] = "auto"  # auto: bf16 TPU, fp16 GPU, off CPU
     jit_compile: Literal["auto", "on", "off"] = "auto"  # auto: on for TPU/GPU, off on CPU
-    steps_per_execution: int = 1
-    verbose: int = 2
-    save_weights: bool = True
+    steps_per_execution: int = 1  # steps per compiled call (raise on TPU)
+    verbose: int = 2  # keras fit verbosity (2 = one line per epoch)
+    save_weights: bool = True  # write fold{k}.weights.h5
 
 
 @dataclass(frozen=True)
 class Experiment:
     """One experiment: everything a kernel needs, nothing secret."""
 
-    name: str
-    description: str = ""
-    tags: tuple[str, ...] = ()
-    seed: int = 42
+    name: str  # experiment name: run folder and kernel slug derive from it
+    description: str = ""  # free text, shown in reports
+    tags: tuple[str, ...] = ()  # labels that blend recipes select runs by
+    seed: int = 42  # global random seed (weights init, shuffling, augmentation)
     backend: Literal["auto", "jax", "tensorflow"] = "auto"  # auto: jax on TPU, tensorflow else
     kaggle: KaggleSection = field(default_factory=KaggleSection)
     data: DataSection = field(default_factory=DataSection)

@@ -36,14 +36,22 @@ def dataset_dir(exp: Experiment, override: str | None) -> str:
     raise KitError(f"{exp.name}: data.dataset {exp.data.dataset!r} is not a local folder; pass --data DIR")
 
 
-def run_one(exp: Experiment, args: argparse.Namespace) -> Path:
-    """Render, run and check one experiment; return its run folder."""
-    data = dataset_dir(exp, args.data)
-    kernel = render_experiment(exp, owner=default_owner(), out_root=Path(args.build), fmt=args.format)
-    out = next_version_dir(Path(args.runs), exp.name)
-    extra = {"KERAS_BACKEND": args.backend} if args.backend else {}
+def run_experiment(
+    exp: Experiment,
+    data: str,
+    runs_root: Path = Path("runs"),
+    build_root: Path = Path("build/kernels"),
+    fmt: str | None = None,
+    backend: str | None = None,
+    timeout_s: float | None = None,
+    verbose: bool = False,
+) -> Path:
+    """Render, run and check one experiment against the dataset folder `data`; return its run folder."""
+    kernel = render_experiment(exp, owner=default_owner(), out_root=build_root, fmt=fmt)
+    out = next_version_dir(runs_root, exp.name)
+    extra = {"KERAS_BACKEND": backend} if backend else {}
     console.print(f"[bold]{exp.name}[/]: running {kernel.code_file} -> {out}")
-    shown = console.print if args.verbose else None
+    shown = console.print if verbose else None
     with console.status(f"{exp.name}: training", spinner="dots") as status:
         def on_line(line: str) -> None:
             if shown:
@@ -52,7 +60,7 @@ def run_one(exp: Experiment, args: argparse.Namespace) -> Path:
                 status.update(f"{exp.name}: {line[6:][:100]}")
 
         result = run_kernel(kernel.code_file, out, data_dir=data, extra_env=extra, on_line=on_line,
-                            timeout_s=args.timeout or None)
+                            timeout_s=timeout_s)
     if result.returncode != 0:
         tail = result.log_path.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:]
         console.print("\n".join(tail), markup=False)
@@ -71,7 +79,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     for path in args.experiments:
         for exp in load_experiments(path):
             try:
-                run_one(exp, args)
+                run_experiment(
+                    exp, dataset_dir(exp, args.data), Path(args.runs), Path(args.build), fmt=args.format,
+                    backend=args.backend, timeout_s=args.timeout or None, verbose=args.verbose,
+                )
             except KitError as exc:
                 console.print(f"[red]error:[/] {exc}", markup=True)
                 failed += 1
