@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from kernels.config import ConfigError, Experiment, Known, from_dict
+from kit.quiet import native_stderr_silenced
 
 SWEEP_KEY = "sweep"
 
@@ -26,8 +27,9 @@ SWEEP_KEY = "sweep"
 @functools.cache
 def known_registries() -> Known:
     """Names the registries offer (imports the kernel modules, hence TensorFlow, once)."""
-    from kernels.augment import AUGMENTATIONS
-    from kernels.models import BACKBONES
+    with native_stderr_silenced():
+        from kernels.augment import AUGMENTATIONS
+        from kernels.models import BACKBONES
 
     return Known(
         backbones=frozenset(BACKBONES),

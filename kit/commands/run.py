@@ -48,7 +48,7 @@ def run_experiment(
 ) -> Path:
     """Render, run and check one experiment against the dataset folder `data`; return its run folder."""
     kernel = render_experiment(exp, owner=default_owner(), out_root=build_root, fmt=fmt)
-    out = next_version_dir(runs_root, exp.name)
+    out = next_version_dir(runs_root, exp.name, create=True)
     extra = {"KERAS_BACKEND": backend} if backend else {}
     console.print(f"[bold]{exp.name}[/]: running {kernel.code_file} -> {out}")
     shown = console.print if verbose else None

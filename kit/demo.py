@@ -1,0 +1,129 @@
+"""`make demo`: the whole loop offline, from a fresh clone, with progress shown as it goes.
+
+In:  --data uda (the vendored real sample, default) or synth (generated); --root for where data,
+     builds, runs and ensemble outputs go (default: the repository); --tiny for a seconds-long
+     smoke version (used by the tests).
+Out: a competition-format dataset, two rendered kernels run locally (a pretrained architecture
+     with weights="none" and a from-scratch CNN), their pulled-style run folders, the blended
+     submission and the AUC report; a closing table of the AUCs and where everything is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+from rich.table import Table
+
+from kernels.config import Experiment
+from kernels.contracts import MANIFEST_FILE
+from kit.cli import main as kit_main
+from kit.commands.run import run_experiment
+from kit.config import load_experiment
+from kit.console import console
+from kit.errors import KitError
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "data" / "isic-uda1"
+DEMO_EXPERIMENTS = ("experiments/demo-mobilenet.toml", "experiments/demo-scratch.toml")
+DEMO_ENSEMBLE = "demo"
+SIZE = 128
+TINY_SIZE = 64
+TINY_EPOCHS = 2
+SHARDS = 8
+TEST_FRACTION = "0.2"
+SEED = "42"
+SYNTH_TRAIN, SYNTH_TEST = "640", "160"
+TINY_SYNTH_TRAIN, TINY_SYNTH_TEST = "96", "32"
+
+
+def dataset_args(kind: str, out: Path, tiny: bool) -> list[str]:
+    """The `kit data ...` arguments that build the demo dataset."""
+    size = str(TINY_SIZE if tiny else SIZE)
+    if kind == "uda":
+        return ["data", "import", str(SAMPLE / "labels.csv"), str(SAMPLE / "images"), str(out), "--size", size,
+                "--shards", str(SHARDS), "--test-fraction", TEST_FRACTION, "--seed", SEED]
+    train, test = (TINY_SYNTH_TRAIN, TINY_SYNTH_TEST) if tiny else (SYNTH_TRAIN, SYNTH_TEST)
+    return ["data", "synth", str(out), "--train", train, "--test", test, "--size", size, "--shards", str(SHARDS),
+            "--seed", SEED]
+
+
+def prepare_data(kind: str, root: Path, tiny: bool) -> Path:
+    """Build the dataset once (kept between demos: a complete folder has sample_submission.csv)."""
+    out = root / "data" / f"{kind}-{TINY_SIZE if tiny else SIZE}"
+    if (out / "sample_submission.csv").exists():
+        console.print(f"[green]data[/]: reusing {out}")
+        return out
+    console.rule(f"data: {'importing the vendored real sample' if kind == 'uda' else 'synthesising'} -> {out}")
+    code = kit_main(dataset_args(kind, out, tiny))
+    if code:
+        raise KitError(f"building the demo dataset failed (exit {code})")
+    return out
+
+
+def demo_experiment(path: str, data: Path, tiny: bool) -> Experiment:
+    """A demo experiment pointed at the local dataset (and shrunk for --tiny)."""
+    exp = load_experiment(REPO / path)
+    exp = dataclasses.replace(exp, data=dataclasses.replace(exp.data, dataset=str(data)))
+    if tiny:
+        exp = dataclasses.replace(
+            exp,
+            data=dataclasses.replace(exp.data, image_size=TINY_SIZE),
+            train=dataclasses.replace(exp.train, epochs=TINY_EPOCHS),
+        )
+    return exp
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="kit.demo", description=__doc__.splitlines()[0])
+    parser.add_argument("--data", choices=("uda", "synth"), default="uda")
+    parser.add_argument("--root", type=Path, default=REPO)
+    parser.add_argument("--tiny", action="store_true", help="seconds-long smoke version (tests)")
+    parser.add_argument("--only-data", action="store_true", help="stop after building the dataset")
+    args = parser.parse_args(argv)
+    start = time.monotonic()
+    try:
+        data = prepare_data(args.data, args.root, args.tiny)
+        if args.only_data:
+            return 0
+        runs: list[Path] = []
+        for i, path in enumerate(DEMO_EXPERIMENTS, start=1):
+            exp = demo_experiment(path, data, args.tiny)
+            console.rule(f"run {i}/{len(DEMO_EXPERIMENTS)}: {exp.name} ({exp.model.backbone}, {exp.data.image_size} px, "
+                         f"{exp.data.folds} folds, {exp.train.epochs} epochs)")
+            runs.append(run_experiment(exp, str(data), args.root / "runs", args.root / "build" / "kernels"))
+        console.rule(f"blend: ensembles/{DEMO_ENSEMBLE}.toml")
+        out = args.root / "ensembles" / DEMO_ENSEMBLE
+        code = kit_main(["blend", DEMO_ENSEMBLE, "--runs", str(args.root / "runs"), "--out", str(out),
+                         "--dataset", str(data)])
+        if code:
+            raise KitError(f"blending failed (exit {code})")
+    except KitError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        return 2
+    summary(runs, out, time.monotonic() - start)
+    return 0
+
+
+def summary(runs: list[Path], out: Path, seconds: float) -> None:
+    """Closing table: each run's and the blend's OOF AUC, and where the outputs are."""
+    table = Table(title="demo results")
+    for col in ("what", "OOF AUC", "where"):
+        table.add_column(col)
+    for run in runs:
+        manifest = json.loads((run / MANIFEST_FILE).read_text())
+        table.add_row(manifest["experiment"], f"{manifest['oof_auc']:.4f}", str(run))
+    blend = json.loads((out / "blend.json").read_text())
+    table.add_row(f"blend ({blend['method']})", f"{blend['oof_auc']:.4f}", str(out / "submission.csv"))
+    console.print(table)
+    console.print(f"report: {out / 'report.md'} and {out / 'report.html'}")
+    console.print(f"predict: .venv/bin/kit predict {out.parents[1] / 'data'}/<image.jpg> --ensemble {DEMO_ENSEMBLE}")
+    console.print(f"demo finished in {seconds / 60:.1f} min")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
