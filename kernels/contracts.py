@@ -103,7 +103,7 @@ def _check_finite(df: pd.DataFrame, column: str, where: str) -> None:
     bad = ~np.isfinite(values)
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
-        raise _fail(where, f"row {row + 2}: {column} is {df[column].iloc[row]!r}, expected a finite number")
+        raise _fail(where, f"row {row + 2}: {column} is {df[column].iloc[row]}, expected a finite number")
 
 
 def validate_oof(df: pd.DataFrame, where: str = OOF_FILE) -> pd.DataFrame:

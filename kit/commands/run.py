@@ -12,6 +12,8 @@ import os
 import time
 from pathlib import Path
 
+from rich.markup import escape
+
 from kernels.config import Experiment
 from kernels.contracts import MANIFEST_FILE, read_manifest, verify_files
 from kit.commands.render import default_owner
@@ -57,7 +59,7 @@ def run_experiment(
             if shown:
                 shown(f"  {line}", markup=False)
             elif line.startswith("[kit]"):
-                status.update(f"{exp.name}: {line[6:][:100]}")
+                status.update(f"{exp.name}: {escape(line[6:][:100])}")
 
         result = run_kernel(kernel.code_file, out, data_dir=data, extra_env=extra, on_line=on_line,
                             timeout_s=timeout_s)

@@ -1,0 +1,336 @@
+"""`kit blend` and `kit report` end to end: recipe -> checked inputs -> scored blend -> files.
+
+In:  a `Recipe` (and overrides: runs root, dataset folder, output folder).
+Out: in the output folder (default ``ensembles/<name>/``): ``submission.csv`` (competition format,
+     validated against sample_submission.csv when the dataset is known), ``blend.json`` (fields in
+     `kit.blend.saved`), ``report.md``, ``report.html`` and the PNGs; the report on the console.
+
+Everything is computed and checked before anything is written; files are written into a
+temporary folder beside the output and renamed into place, so a failed blend leaves the previous
+outputs untouched and never a half-written file. `write_blend=False` (kit report) replaces only
+the report files.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from kernels.contracts import (
+    OOF_FILE,
+    SUBMISSION_COLUMNS,
+    TEST_PRED_FILE,
+    atomic_write_text,
+    file_digest,
+    validate_test_pred,
+    write_csv,
+)
+from kernels.metrics import AucInterval, auc, bootstrap_auc_ci
+from kit.blend import analysis, plots
+from kit.blend.calibrate import CalibrationReport, apply_calibration, calibrate
+from kit.blend.inputs import SAMPLE_SUBMISSION, BlendInputs, align_runs, read_expected_test
+from kit.blend.methods import METHODS, apply_blend
+from kit.blend.nested import BlendScore, score_method
+from kit.blend.recipe import NO_CALIBRATION, Recipe
+from kit.blend.report import BlendSection, MethodRow, Report, print_console, to_html, to_markdown
+from kit.blend.saved import BLEND_FILE, BLEND_SCHEMA, reference_quantiles
+from kit.errors import KitError
+from kit.runs import Run, load_run, select_runs
+
+SUBMISSION_FILE = "submission.csv"
+REPORT_MD = "report.md"
+REPORT_HTML = "report.html"
+PLOT_FILES = {
+    "leaderboard": "leaderboard.png",
+    "roc": "roc.png",
+    "correlation": "correlation.png",
+    "weights": "weights.png",
+    "subgroups": "subgroups.png",
+    "calibration": "calibration.png",
+}
+REPORT_FILES = (REPORT_MD, REPORT_HTML, *PLOT_FILES.values())
+
+
+@dataclass(frozen=True)
+class BlendOutcome:
+    """What a blend produced: the output folder, the report model and the blend.json dict (if any)."""
+
+    out_dir: Path
+    report: Report
+    blend: dict[str, Any] | None
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=console, transient=True)
+
+
+def _each(progress: Progress, label: str, items: Sequence[Any], fn: Callable[[Any], Any]) -> list[Any]:
+    task = progress.add_task(label, total=len(items))
+    out = []
+    for item in items:
+        progress.update(task, description=f"{label}: {getattr(item, 'run_id', item)}")
+        out.append(fn(item))
+        progress.advance(task)
+    progress.update(task, description=label)
+    return out
+
+
+def resolve_dataset(override: str | None, recipe: Recipe, runs: Sequence[Run]) -> str | None:
+    """The dataset folder: --dataset, else the recipe's, else the runs' shared data.dataset when
+    it is a local folder holding sample_submission.csv; None when unknown."""
+    if override:
+        return override
+    if recipe.dataset:
+        return recipe.dataset
+    sets = {str(analysis.config_value(r.info.config, "data", "dataset", default="")) for r in runs}
+    if len(sets) == 1:
+        (candidate,) = sets
+        if candidate and (Path(candidate) / SAMPLE_SUBMISSION).is_file():
+            return candidate
+    return None
+
+
+def _method_row(score: BlendScore, chosen: bool) -> MethodRow:
+    nested = [v for v in score.nested_fold_auc.values() if not np.isnan(v)]
+    spread = (min(nested), max(nested)) if nested else (float("nan"), float("nan"))
+    return MethodRow(score.method, METHODS[score.method].summary, score.in_sample_auc, score.in_sample_fold_mean,
+                     score.nested_auc, spread, score.fitted.weights, chosen)
+
+
+def _blend_json(recipe: Recipe, inputs: BlendInputs, score: BlendScore, ci: AucInterval,
+                calibration: dict[str, Any] | None, cal_report: CalibrationReport | None) -> dict[str, Any]:
+    fitted = score.fitted
+    runs = []
+    for j, run in enumerate(inputs.runs):
+        runs.append({
+            "run_id": run.run_id, "experiment": run.info.experiment, "version": run.info.version,
+            "folder": str(run.info.folder), "weight": fitted.weights[j],
+            "oof_sha256": file_digest(run.info.folder / OOF_FILE)["sha256"],
+            "test_sha256": file_digest(run.info.folder / TEST_PRED_FILE)["sha256"],
+            "reference": {"quantiles": reference_quantiles(inputs.test[:, j]), "n": int(inputs.test.shape[0])},
+        })
+    brier = None if cal_report is None else {"raw": cal_report.brier_raw, "calibrated": cal_report.brier_in_sample,
+                                             "cross_fitted": cal_report.brier_cross_fitted}
+    return {
+        "schema": BLEND_SCHEMA,
+        "name": recipe.name,
+        "recipe": str(recipe.path),
+        "recipe_hash": recipe.digest,
+        "created_at": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "method": fitted.method,
+        "params": dict(fitted.params),
+        "transform": fitted.transform,
+        "link": fitted.link,
+        "weights": list(fitted.weights),
+        "bias": fitted.bias,
+        "runs": runs,
+        "calibration": calibration,
+        "oof_auc": score.in_sample_auc,
+        "oof_auc_nested": score.nested_auc,
+        "scores": {
+            "oof_auc": score.in_sample_auc,
+            "oof_auc_fold_mean": score.in_sample_fold_mean,
+            "oof_auc_nested": score.nested_auc,
+            "oof_auc_ci": [ci.low, ci.high],
+            "fold_auc": {str(k): v for k, v in score.in_sample_fold_auc.items()},
+            "fold_auc_nested": {str(k): v for k, v in score.nested_fold_auc.items()},
+            "brier": brier,
+        },
+        "n_oof": int(inputs.oof.shape[0]),
+        "n_test": int(inputs.test.shape[0]),
+        "info": _jsonable(fitted.info),
+    }
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _subgroups(inputs: BlendInputs, scores: np.ndarray, dataset: str | None) -> tuple[dict[str, Any], str]:
+    labels = analysis.subgroup_labels(inputs.meta)
+    source = "OOF metadata columns"
+    if not labels and dataset:
+        meta = analysis.metadata_from_dataset(dataset, list(inputs.image_names))
+        if meta is not None:
+            labels = analysis.subgroup_labels(meta)
+            source = f"metadata from {Path(dataset) / 'train.csv'}"
+    if not labels:
+        return {}, "the OOF files carry no sex/age/site columns and no dataset train.csv was found"
+    return analysis.subgroup_aucs(inputs.y, scores, labels), source
+
+
+def _write_plots(out: Path, inputs: BlendInputs | None, rows: Sequence[analysis.RunRow],
+                 scores: Sequence[BlendScore], final_oof: np.ndarray | None, calibrated: bool,
+                 subgroups: dict[str, Any], blend_ci: AucInterval | None) -> dict[str, str]:
+    written: dict[str, str] = {}
+
+    def path(key: str) -> Path:
+        written[key] = PLOT_FILES[key]
+        return out / PLOT_FILES[key]
+
+    extra = None
+    if scores and blend_ci is not None:
+        extra = {f"blend ({scores[0].method})": (blend_ci.auc, blend_ci.low, blend_ci.high)}
+    if rows:
+        plots.plot_leaderboard(path("leaderboard"), rows, extra)
+    if inputs is None or not scores:
+        return written
+    chosen = scores[0]
+    curves = {rid: (inputs.oof[:, j], auc(inputs.y, inputs.oof[:, j])) for j, rid in enumerate(inputs.run_ids)}
+    label = f"blend {chosen.method}"
+    curves[label] = (chosen.in_sample, chosen.in_sample_auc)
+    plots.plot_roc(path("roc"), inputs.y, curves, highlight=label)
+    plots.plot_correlation(path("correlation"), list(inputs.run_ids), analysis.spearman(inputs.oof))
+    plots.plot_weights(path("weights"), list(inputs.run_ids), {s.method: s.fitted.weights for s in scores})
+    plots.plot_subgroups(path("subgroups"), subgroups)
+    cal_curves = {"blend (raw)": chosen.in_sample}
+    if calibrated and final_oof is not None:
+        cal_curves["blend (calibrated)"] = final_oof
+    plots.plot_calibration(path("calibration"), inputs.y, cal_curves)
+    return written
+
+
+def _swap_into_place(tmp: Path, out: Path, write_blend: bool) -> None:
+    if write_blend:
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        if out.exists():
+            os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    for item in tmp.iterdir():
+        os.replace(item, out / item.name)
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class BlendPart:
+    """The blend half of a report: scores of every method, the submission and blend.json."""
+
+    scores: tuple[BlendScore, ...]
+    section: BlendSection
+    submission: pd.DataFrame
+    blend_json: dict[str, Any]
+    final_oof: np.ndarray
+    ci: AucInterval
+    subgroups: dict[str, Any]
+    subgroup_source: str
+
+
+def _blend_part(recipe: Recipe, inputs: BlendInputs, expected: list[str] | None, data: str | None, out: Path,
+                progress: Progress) -> BlendPart:
+    """Fit the recipe's method (and the compared ones), calibrate, build and validate the submission."""
+    methods = [recipe.method, *recipe.compare]
+    scores = _each(progress, "fitting blends (in-sample + nested CV)", methods,
+                   lambda m: score_method(m, inputs.oof, inputs.y, inputs.folds,
+                                          recipe.params if m == recipe.method else None))
+    chosen = scores[0]
+    groups = analysis.patient_groups(inputs.meta)
+    ci = bootstrap_auc_ci(inputs.y, chosen.in_sample, groups, recipe.bootstrap, seed=recipe.seed)
+    test_scores = apply_blend(chosen.fitted, inputs.test)
+    cal_json, cal_report, final_oof = None, None, chosen.in_sample
+    if recipe.calibration != NO_CALIBRATION:
+        cal, cal_report = calibrate(recipe.calibration, chosen.in_sample, inputs.y, inputs.folds)
+        cal_json = cal.to_json()
+        test_scores = apply_calibration(cal, test_scores)
+        final_oof = apply_calibration(cal, chosen.in_sample)
+    submission = pd.DataFrame({SUBMISSION_COLUMNS[0]: inputs.test_names, SUBMISSION_COLUMNS[1]: test_scores})
+    validate_test_pred(submission, f"{out / SUBMISSION_FILE}", expected)
+    subgroups, subgroup_source = _subgroups(inputs, chosen.in_sample, data)
+    section = BlendSection(recipe.name, chosen.method, inputs.run_ids,
+                           tuple(_method_row(s, i == 0) for i, s in enumerate(scores)), ci,
+                           chosen.in_sample_fold_auc, chosen.nested_fold_auc, cal_report,
+                           int(inputs.oof.shape[0]), int(inputs.test.shape[0]), groups is not None)
+    return BlendPart(tuple(scores), section, submission, _blend_json(recipe, inputs, chosen, ci, cal_json, cal_report),
+                     final_oof, ci, subgroups, subgroup_source)
+
+
+def _write_outputs(tmp: Path, out: Path, report: Report, part: BlendPart | None, write_blend: bool) -> None:
+    if part is not None and write_blend:
+        write_csv(part.submission, tmp / SUBMISSION_FILE)
+        atomic_write_text(tmp / BLEND_FILE, json.dumps(part.blend_json, indent=2) + "\n")
+    atomic_write_text(tmp / REPORT_MD, to_markdown(report))
+    atomic_write_text(tmp / REPORT_HTML, to_html(report))
+    _swap_into_place(tmp, out, write_blend)
+
+
+def run_blend(
+    recipe: Recipe,
+    root: str | None = None,
+    dataset: str | None = None,
+    out_dir: str | os.PathLike[str] | None = None,
+    write_blend: bool = True,
+    console: Console | None = None,
+    title: str | None = None,
+) -> BlendOutcome:
+    """Select, load, check, blend, score, calibrate, report; write outputs atomically (see module doc)."""
+    console = console or Console(quiet=True)
+    out = Path(out_dir) if out_dir else recipe.out_dir
+    infos = select_runs(root or recipe.root, recipe.names, recipe.tags, recipe.globs, recipe.latest)
+    with _progress(console) as progress:
+        runs = _each(progress, "loading runs", infos, load_run)
+        data = resolve_dataset(dataset, recipe, runs)
+        expected = read_expected_test(data) if data else None
+        try:
+            inputs: BlendInputs | None = align_runs(runs, expected)
+        except KitError:
+            if write_blend:
+                raise
+            inputs = None  # kit report over runs that cannot be blended: leaderboard and answers only
+        rows = sorted(_each(progress, "bootstrap intervals per run", runs,
+                            lambda r: analysis.run_row(r, recipe.bootstrap, recipe.seed)),
+                      key=analysis.leaderboard_order)
+        by_id = {r.run_id: r for r in runs}
+        answers = tuple(analysis.answer(f, rows, by_id) for f in analysis.FAMILIES)
+        part = _blend_part(recipe, inputs, expected, data, out, progress) if inputs is not None else None
+        notes = list(inputs.notes) if inputs else [
+            "The runs cover different images or targets, so they are not blended; leaderboard and answers only."]
+        if inputs is not None and expected is None:
+            notes.append("No sample_submission.csv known (set data.dataset or --dataset): test image names were "
+                         "checked against the reference run only.")
+        if not write_blend and (out / BLEND_FILE).exists():
+            notes.append("Report only: submission.csv and blend.json were not rewritten.")
+        outputs = {"folder": str(out)}
+        if part is not None and write_blend:
+            outputs.update({"submission": str(out / SUBMISSION_FILE), "blend": str(out / BLEND_FILE)})
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        try:
+            task = progress.add_task("plots and report", total=None)
+            plot_files = _write_plots(tmp, inputs, rows, part.scores if part else (),
+                                      part.final_oof if part else None, recipe.calibration != NO_CALIBRATION,
+                                      part.subgroups if part else {}, part.ci if part else None)
+            report = Report(
+                title=title or f"Ensemble {recipe.name}",
+                created_at=dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+                leaderboard=tuple(rows), answers=answers, blend=part.section if part else None,
+                subgroups=part.subgroups if part else {}, subgroup_source=part.subgroup_source if part else "",
+                plots=plot_files, notes=tuple(notes), outputs=outputs,
+            )
+            _write_outputs(tmp, out, report, part, write_blend)
+            progress.remove_task(task)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    print_console(report, console)
+    return BlendOutcome(out, report, part.blend_json if part and write_blend else None)

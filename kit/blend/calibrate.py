@@ -1,0 +1,117 @@
+"""Calibration of blended scores into probabilities: Platt or isotonic, fitted on OOF.
+
+In:  blended OOF scores, labels (and folds, for the cross-fitted check); a method name.
+Out: a `Calibration` (plain parameters, JSON-ready, applied with numpy alone so `kit predict`
+     can reuse it), calibrated probabilities, and Brier scores: of the raw scores, of the
+     calibrated scores in-sample, and cross-fitted (each fold calibrated by a map fitted on the
+     other folds: the honest figure).
+
+Platt: p = sigmoid(a * s + b), a logistic regression on the score (no regularisation to speak of).
+Isotonic: a non-decreasing step map fitted by pool-adjacent-violators, stored as its thresholds
+and applied by linear interpolation, clipped at the ends (as scikit-learn's predict does).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from kit.blend.methods import fit_logistic, sigmoid
+from kit.errors import KitError
+
+CALIBRATIONS = ("platt", "isotonic")
+PLATT_C = 1e6  # effectively unregularised logistic regression
+MIN_FOLDS_FOR_CROSSFIT = 2
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """A fitted calibration map: `method` and its JSON-ready `params`."""
+
+    method: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"method": self.method, **self.params}
+
+
+@dataclass(frozen=True)
+class CalibrationReport:
+    """Brier scores (lower is better) of raw and calibrated OOF probabilities."""
+
+    method: str
+    brier_raw: float
+    brier_in_sample: float
+    brier_cross_fitted: float
+
+
+def brier(y: np.ndarray, p: np.ndarray) -> float:
+    """Mean squared error of probabilities against 0/1 labels."""
+    y = np.asarray(y, dtype=float)
+    p = np.asarray(p, dtype=float)
+    return float(np.mean((p - y) ** 2))
+
+
+def fit_calibration(method: str, scores: np.ndarray, y: np.ndarray) -> Calibration:
+    """Fit `method` ("platt" | "isotonic") mapping scores to P(malignant)."""
+    s = np.asarray(scores, dtype=float).ravel()
+    y = np.asarray(y, dtype=int).ravel()
+    if np.unique(y).size < 2:
+        raise KitError("calibration: the OOF labels hold one class only; nothing to calibrate against")
+    if method == "platt":
+        w, b = fit_logistic(s[:, None], y, PLATT_C)
+        return Calibration("platt", {"a": float(w[0]), "b": b})
+    if method == "isotonic":
+        from sklearn.isotonic import IsotonicRegression
+
+        model = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(s, y)
+        return Calibration("isotonic", {"x": model.X_thresholds_.tolist(), "y": model.y_thresholds_.tolist()})
+    raise KitError(f"calibration: unknown method {method!r} (expected one of {', '.join(CALIBRATIONS)})")
+
+
+def apply_calibration(cal: Calibration | Mapping[str, Any], scores: np.ndarray) -> np.ndarray:
+    """Calibrated probabilities (numpy only); accepts a `Calibration` or its JSON dict."""
+    data = cal.to_json() if isinstance(cal, Calibration) else dict(cal)
+    s = np.asarray(scores, dtype=float)
+    if data["method"] == "platt":
+        return sigmoid(data["a"] * s + data["b"])
+    if data["method"] == "isotonic":
+        return np.interp(s, np.asarray(data["x"], dtype=float), np.asarray(data["y"], dtype=float))
+    raise KitError(f"calibration: unknown method {data['method']!r} (expected one of {', '.join(CALIBRATIONS)})")
+
+
+def cross_fitted(method: str, scores: np.ndarray, y: np.ndarray, folds: np.ndarray) -> np.ndarray:
+    """Each fold's scores calibrated by a map fitted on the other folds (NaN if impossible)."""
+    s = np.asarray(scores, dtype=float)
+    y = np.asarray(y, dtype=int)
+    out = np.full(s.size, np.nan)
+    ids = np.unique(folds)
+    if ids.size < MIN_FOLDS_FOR_CROSSFIT:
+        return out
+    for k in ids:
+        train, held = folds != k, folds == k
+        if np.unique(y[train]).size < 2:
+            continue
+        out[held] = apply_calibration(fit_calibration(method, s[train], y[train]), s[held])
+    return out
+
+
+def calibrate(method: str, scores: np.ndarray, y: np.ndarray, folds: np.ndarray) -> tuple[Calibration, CalibrationReport]:
+    """Fit on all OOF scores (the map applied to test) and report the three Brier scores.
+
+    The raw Brier score treats the scores as probabilities (clipped to [0, 1]); for rank blends
+    it only shows how far ranks are from probabilities.
+    """
+    cal = fit_calibration(method, scores, y)
+    crossed = cross_fitted(method, scores, y, folds)
+    ok = ~np.isnan(crossed)
+    report = CalibrationReport(
+        method,
+        brier(y, np.clip(scores, 0.0, 1.0)),
+        brier(y, apply_calibration(cal, scores)),
+        brier(np.asarray(y)[ok], crossed[ok]) if ok.any() else float("nan"),
+    )
+    return cal, report

@@ -1,0 +1,367 @@
+"""The blend-method registry: learn a weighting of runs on OOF predictions, apply it to test.
+
+In:  a prediction matrix P (n cases x m runs, probabilities), labels y and fold ids (for
+     methods that cross-validate inside), a method name and its params.
+Out: a `FittedBlend` (weights, bias, the transform and link it uses) and `apply_blend`, which
+     maps any P with the same m columns (OOF, test, new images) to blended scores.
+
+Every method is: transform each column (``prob`` as is, ``rank`` = normalised midrank in (0, 1)
+within the set being blended, ``logit``, ``power``), take the weighted sum ``X @ w + bias``, then
+the link (``identity``, ``sigmoid``, ``root`` for the power mean). Ranks are taken within the set
+being blended (OOF within OOF, test within test), so runs on different scales are comparable.
+
+Adding a method is one function and one line in `METHODS`: ``def fit_x(X, y, folds, params) ->
+Weights`` where X is already transformed; declare its transform, link and default params.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from kernels.metrics import auc, auc_presorted, auc_split, midranks
+from kit.errors import KitError
+
+LOGIT_EPS = 1e-6  # probabilities are clipped to [eps, 1 - eps] before the logit
+NM_SIMPLEX_STEP = 1.0  # Nelder-Mead: first simplex moves each weight by this share of the mean
+IMPROVE_TOL = 1e-12  # an AUC change smaller than this is no improvement
+RANK_READBACK_TOL = 1e-6  # how close 2nX + 1 must be to an integer to be read back as a rank
+STACK_C_GRID = (0.01, 0.1, 1.0, 10.0, 100.0)  # inverse regularisation strengths tried by stacking
+LOGREG_MAX_ITER = 100  # Newton steps (it converges in about ten)
+LOGREG_TOL = 1e-10  # stop when no coefficient moves more than this
+LOGREG_RIDGE = 1e-12  # keeps the Newton system solvable when a class is separable
+
+
+@dataclass(frozen=True)
+class Weights:
+    """What a fit function returns: one weight per run, a bias, and notes for the report."""
+
+    weights: np.ndarray
+    bias: float = 0.0
+    info: Mapping[str, Any] = field(default_factory=dict)
+
+
+FitFn = Callable[[np.ndarray, np.ndarray, np.ndarray, Mapping[str, Any]], Weights]
+
+
+@dataclass(frozen=True)
+class BlendMethod:
+    """A registered method: its fit function, transform, link, default params and a one-line summary."""
+
+    fit: FitFn
+    transform: str
+    link: str
+    defaults: Mapping[str, Any]
+    summary: str
+
+
+@dataclass(frozen=True)
+class FittedBlend:
+    """A learned blend; `apply_blend` uses it on any matrix with the same runs (columns)."""
+
+    method: str
+    params: Mapping[str, Any]
+    transform: str
+    link: str
+    weights: tuple[float, ...]
+    bias: float
+    info: Mapping[str, Any] = field(default_factory=dict)
+
+
+# ---- transforms and links -------------------------------------------------------------------
+
+
+def sigmoid(z: np.ndarray) -> np.ndarray:
+    """1 / (1 + exp(-z)) without overflow."""
+    return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(z, dtype=float)))
+
+
+def rank01(P: np.ndarray) -> np.ndarray:
+    """Each column's midranks mapped into (0, 1): (rank - 0.5) / n."""
+    P = np.asarray(P, dtype=float)
+    n = P.shape[0]
+    out = np.empty_like(P)
+    for j in range(P.shape[1]):
+        out[:, j] = (midranks(P[:, j]) - 0.5) / n
+    return out
+
+
+def _logit(P: np.ndarray, params: Mapping[str, Any]) -> np.ndarray:
+    p = np.clip(P, LOGIT_EPS, 1.0 - LOGIT_EPS)
+    return np.log(p) - np.log1p(-p)
+
+
+def _power(P: np.ndarray, params: Mapping[str, Any]) -> np.ndarray:
+    return np.clip(P, 0.0, None) ** float(params["power"])
+
+
+TRANSFORMS: dict[str, Callable[[np.ndarray, Mapping[str, Any]], np.ndarray]] = {
+    "prob": lambda P, params: np.asarray(P, dtype=float),
+    "rank": lambda P, params: rank01(P),
+    "logit": _logit,
+    "power": _power,
+}
+
+LINKS: dict[str, Callable[[np.ndarray, Mapping[str, Any]], np.ndarray]] = {
+    "identity": lambda z, params: z,
+    "sigmoid": lambda z, params: sigmoid(z),
+    "root": lambda z, params: np.clip(z, 0.0, None) ** (1.0 / float(params["power"])),
+}
+
+
+# ---- fit functions ------------------------------------------------------------------------------
+
+
+def fit_equal(X: np.ndarray, y: np.ndarray, folds: np.ndarray, params: Mapping[str, Any]) -> Weights:
+    """Equal weights (mean, rank mean, power mean, mean of logits): nothing is learned."""
+    m = X.shape[1]
+    return Weights(np.full(m, 1.0 / m))
+
+
+def _normalise(w: np.ndarray) -> np.ndarray:
+    total = np.abs(w).sum()
+    return w / total if total > 0 else np.full(w.size, 1.0 / w.size)
+
+
+def fit_auc_weights(X: np.ndarray, y: np.ndarray, folds: np.ndarray, params: Mapping[str, Any]) -> Weights:
+    """Non-negative weights maximising the OOF AUC of X @ w (Nelder-Mead from equal weights)."""
+    from scipy.optimize import minimize
+
+    m = X.shape[1]
+    x0 = np.full(m, 1.0 / m)
+    if m == 1:
+        return Weights(x0, info={"evaluations": 0})
+
+    def loss(theta: np.ndarray) -> float:
+        return -auc(y, X @ np.abs(theta))
+
+    simplex = np.vstack([x0] + [x0 + NM_SIMPLEX_STEP / m * np.eye(m)[i] for i in range(m)])
+    res = minimize(
+        loss, x0, method="Nelder-Mead",
+        options={"initial_simplex": simplex, "maxfev": int(params["max_evals"]), "xatol": float(params["xatol"]),
+                 "fatol": IMPROVE_TOL},
+    )
+    best = np.abs(res.x) if -res.fun >= -loss(x0) else x0
+    return Weights(_normalise(best), info={"evaluations": int(res.nfev)})
+
+
+def _int_ranks(X: np.ndarray, headroom: int) -> np.ndarray:
+    """Twice the midranks of each column as integers, rows = runs (exact sums, fast sorts).
+
+    Fast path: when X already holds normalised ranks of these rows ((r - 0.5) / n, what the
+    ``rank`` transform gives), 2r is read back exactly instead of ranking again.
+    """
+    n = X.shape[0]
+    dtype = np.int32 if headroom * 2 * (n + 1) < np.iinfo(np.int32).max else np.int64
+    twice = 2.0 * n * X.T + 1.0
+    rounded = np.rint(twice)
+    if np.all(np.abs(twice - rounded) < RANK_READBACK_TOL) and np.all((rounded >= 2) & (rounded <= 2 * n)):
+        return rounded.astype(dtype)
+    return np.stack([np.rint(2.0 * midranks(X[:, j])).astype(dtype) for j in range(X.shape[1])])
+
+
+def fit_greedy(X: np.ndarray, y: np.ndarray, folds: np.ndarray, params: Mapping[str, Any]) -> Weights:
+    """Caruana et al. (2004) forward selection with replacement on ranks.
+
+    Start from the `init` best single runs, then repeatedly add (again) the run whose addition
+    gives the best AUC; stop after `max_steps` additions or `patience` additions without a new
+    best; keep the best prefix. Weights = how often each run was picked / total picks.
+    """
+    m = X.shape[1]
+    max_steps, patience, init = int(params["max_steps"]), int(params["patience"]), int(params["init"])
+    R = _int_ranks(X, max_steps + init + 1)
+    y = np.asarray(y, dtype=bool)
+    minority_positive = bool(y.sum() <= (~y).sum())
+    Rmin = np.ascontiguousarray(R[:, y] if minority_positive else R[:, ~y])
+    Rmaj = np.ascontiguousarray(R[:, ~y] if minority_positive else R[:, y])
+
+    def scores_of(s_min: np.ndarray, s_maj: np.ndarray) -> np.ndarray:
+        majority = Rmaj + s_maj
+        majority.sort(axis=1)
+        return auc_presorted(Rmin + s_min, majority, minority_positive)
+
+    singles = scores_of(np.zeros(Rmin.shape[1], R.dtype), np.zeros(Rmaj.shape[1], R.dtype))
+    counts = np.zeros(m, dtype=int)
+    for j in np.argsort(-singles, kind="stable")[: max(1, min(init, m))]:
+        counts[j] += 1
+    s_min, s_maj = (counts @ Rmin).astype(R.dtype), (counts @ Rmaj).astype(R.dtype)
+    best_auc = float(auc_presorted(s_min[None], np.sort(s_maj)[None], minority_positive)[0])
+    best_counts, since_best = counts.copy(), 0
+    history = [best_auc]
+    for _ in range(max_steps):
+        scores = scores_of(s_min, s_maj)
+        j = int(np.nanargmax(scores))
+        counts[j] += 1
+        s_min, s_maj = s_min + Rmin[j], s_maj + Rmaj[j]
+        history.append(float(scores[j]))
+        if scores[j] > best_auc + IMPROVE_TOL:
+            best_auc, best_counts, since_best = float(scores[j]), counts.copy(), 0
+        else:
+            since_best += 1
+            if since_best >= patience:
+                break
+    return Weights(best_counts / best_counts.sum(), info={"picks": best_counts.tolist(), "auc_path": history})
+
+
+def fit_hill_climb(X: np.ndarray, y: np.ndarray, folds: np.ndarray, params: Mapping[str, Any]) -> Weights:
+    """Coordinate hill climbing on OOF AUC from equal weights.
+
+    Each round tries w_j +/- step for every run and takes the best move that raises the AUC;
+    when none does, the step halves, down to `min_step`. `negative` allows weights below zero.
+    """
+    m = X.shape[1]
+    y = np.asarray(y, dtype=bool)
+    Xp, Xn = np.ascontiguousarray(X[y].T), np.ascontiguousarray(X[~y].T)
+    w = np.full(m, 1.0 / m)
+    step, min_step, negative = float(params["step"]), float(params["min_step"]), bool(params["negative"])
+    current = float(auc_split(w @ Xp, w @ Xn))
+    moves = np.vstack([np.eye(m), -np.eye(m)])
+    rounds = 0
+    while step >= min_step and rounds < int(params["max_rounds"]):
+        rounds += 1
+        cands = w + step * moves
+        ok = np.abs(cands).sum(axis=1) > 0
+        if not negative:
+            ok &= (cands >= 0).all(axis=1)
+        scores = np.full(len(cands), -np.inf)
+        idx = np.flatnonzero(ok)
+        if idx.size:
+            scores[idx] = auc_split(cands[idx] @ Xp, cands[idx] @ Xn)
+        best = int(np.argmax(scores))
+        if scores[best] > current + IMPROVE_TOL:
+            w, current = cands[best], float(scores[best])
+        else:
+            step /= 2.0
+    return Weights(_normalise(w), info={"rounds": rounds, "auc": current})
+
+
+def fit_logistic(X: np.ndarray, y: np.ndarray, C: float, max_iter: int = LOGREG_MAX_ITER) -> tuple[np.ndarray, float]:
+    """L2-penalised logistic regression by Newton's method: minimises
+    sum(log-loss) + ||w||^2 / (2 C) with an unpenalised intercept (scikit-learn's objective)."""
+    X = np.asarray(X, dtype=float)
+    y = np.asarray(y, dtype=float)
+    n, m = X.shape
+    A = np.hstack([X, np.ones((n, 1))])
+    penalty = np.full(m + 1, 1.0 / C)
+    penalty[-1] = 0.0
+    beta = np.zeros(m + 1)
+    rate = np.clip(y.mean(), LOGIT_EPS, 1 - LOGIT_EPS)
+    beta[-1] = np.log(rate / (1 - rate))
+    for _ in range(max_iter):
+        p = sigmoid(A @ beta)
+        grad = A.T @ (p - y) + penalty * beta
+        hess = (A * (p * (1 - p))[:, None]).T @ A + np.diag(penalty) + LOGREG_RIDGE * np.eye(m + 1)
+        step = np.linalg.solve(hess, grad)
+        beta -= step
+        if np.max(np.abs(step)) < LOGREG_TOL:
+            break
+    return beta[:-1], float(beta[-1])
+
+
+def fit_stacking(X: np.ndarray, y: np.ndarray, folds: np.ndarray, params: Mapping[str, Any]) -> Weights:
+    """Logistic regression on rank features; C chosen by fold-aware CV (train on the other folds,
+    AUC on the held-out fold, mean over folds), then refitted on all rows."""
+    fold_ids = np.unique(folds)
+    scores = {}
+    for c in (float(c) for c in params["c_grid"]):
+        fold_aucs = []
+        for k in fold_ids:
+            train, held = folds != k, folds == k
+            if np.unique(y[train]).size < 2:
+                continue
+            w, b = fit_logistic(X[train], y[train], c)
+            fold_aucs.append(auc(y[held], X[held] @ w + b))
+        fold_aucs = [a for a in fold_aucs if not np.isnan(a)]
+        if fold_aucs:
+            scores[c] = float(np.mean(fold_aucs))
+    best_c = max(scores, key=lambda c: (scores[c], -c)) if scores else float(params["default_c"])
+    w, b = fit_logistic(X, y, best_c)
+    return Weights(w, b, {"C": best_c, "cv_auc_by_C": {str(c): a for c, a in scores.items()}})
+
+
+# ---- the registry: one line per method ------------------------------------------------------------
+
+METHODS: dict[str, BlendMethod] = {
+    "mean": BlendMethod(fit_equal, "prob", "identity", {}, "mean of probabilities"),
+    "rank_mean": BlendMethod(fit_equal, "rank", "identity", {}, "mean of ranks, the 2020 winners' blend"),
+    "power_mean": BlendMethod(fit_equal, "power", "root", {"power": 2.0}, "power mean of probabilities"),
+    "logit_mean": BlendMethod(fit_equal, "logit", "sigmoid", {}, "mean of logits"),
+    "auc_weights": BlendMethod(fit_auc_weights, "rank", "identity", {"max_evals": 2000, "xatol": 1e-4},
+                               "weights on ranks maximising OOF AUC (Nelder-Mead)"),
+    "greedy": BlendMethod(fit_greedy, "rank", "identity", {"max_steps": 50, "patience": 10, "init": 1},
+                          "forward selection with replacement (Caruana 2004)"),
+    "hill_climb": BlendMethod(fit_hill_climb, "rank", "identity",
+                              {"step": 0.1, "min_step": 0.005, "negative": False, "max_rounds": 500},
+                              "hill climbing on rank weights"),
+    "stacking": BlendMethod(fit_stacking, "rank", "sigmoid", {"c_grid": list(STACK_C_GRID), "default_c": 1.0},
+                            "logistic regression on ranks, C by fold-aware CV"),
+}
+
+
+# ---- fit / apply ---------------------------------------------------------------------------------
+
+
+def method_params(name: str, params: Mapping[str, Any] | None = None, where: str = "method") -> dict[str, Any]:
+    """The method's defaults overridden by `params`; unknown methods, keys or wrong types -> KitError."""
+    if name not in METHODS:
+        raise KitError(f"{where}: unknown blend method {name!r} (expected one of {', '.join(METHODS)})")
+    defaults = METHODS[name].defaults
+    merged = dict(defaults)
+    for key, value in (params or {}).items():
+        if key not in defaults:
+            allowed = ", ".join(defaults) or "(none)"
+            raise KitError(f"{where}.params.{key}: unknown parameter of {name} (expected one of {allowed})")
+        default = defaults[key]
+        ok = isinstance(value, type(default)) or (isinstance(default, float) and isinstance(value, int))
+        if isinstance(value, bool) != isinstance(default, bool) or not ok:
+            raise KitError(f"{where}.params.{key}: got {value!r}, expected a value like {default!r}")
+        merged[key] = value
+    if name == "power_mean" and not merged["power"] > 0:
+        raise KitError(f"{where}.params.power: got {merged['power']!r}, expected a number > 0")
+    return merged
+
+
+def transform(name: str, P: np.ndarray, params: Mapping[str, Any]) -> np.ndarray:
+    """Method `name`'s column transform of P (n, m), taken within P (ranks within this set)."""
+    return TRANSFORMS[METHODS[name].transform](np.asarray(P, dtype=float), params)
+
+
+def fit_transformed(
+    name: str, X: np.ndarray, y: np.ndarray, folds: np.ndarray, params: Mapping[str, Any]
+) -> FittedBlend:
+    """Learn method `name` on already transformed features X (see `transform`); params merged."""
+    spec = METHODS[name]
+    fitted = spec.fit(np.asarray(X, dtype=float), np.asarray(y, dtype=bool), np.asarray(folds), params)
+    weights = tuple(float(w) for w in np.asarray(fitted.weights, dtype=float).ravel())
+    if len(weights) != X.shape[1]:
+        raise ValueError(f"blend method {name}: {len(weights)} weights for {X.shape[1]} runs")
+    return FittedBlend(name, dict(params), spec.transform, spec.link, weights, float(fitted.bias), dict(fitted.info))
+
+
+def combine(fitted: FittedBlend, X: np.ndarray) -> np.ndarray:
+    """Weighted sum of transformed features plus bias, through the link."""
+    z = np.asarray(X, dtype=float) @ np.asarray(fitted.weights) + fitted.bias
+    return LINKS[fitted.link](z, fitted.params)
+
+
+def fit_blend(
+    name: str,
+    P: np.ndarray,
+    y: np.ndarray,
+    folds: np.ndarray,
+    params: Mapping[str, Any] | None = None,
+) -> FittedBlend:
+    """Learn method `name` on OOF matrix P (n, m) with labels y and fold ids."""
+    merged = method_params(name, params)
+    return fit_transformed(name, transform(name, P, merged), y, folds, merged)
+
+
+def apply_blend(fitted: FittedBlend, P: np.ndarray) -> np.ndarray:
+    """Blend P (n, m) with the learned weights: transform within P, weighted sum, link."""
+    P = np.asarray(P, dtype=float)
+    if P.ndim != 2 or P.shape[1] != len(fitted.weights):
+        raise ValueError(f"apply_blend: predictions of shape {P.shape} for {len(fitted.weights)} runs")
+    return combine(fitted, TRANSFORMS[fitted.transform](P, fitted.params))

@@ -1,0 +1,97 @@
+"""Honest scoring of a blend method: in-sample OOF AUC next to nested-CV AUC.
+
+In:  a method name and params, the OOF matrix P (n x runs), labels y and fold ids.
+Out: a `BlendScore`: the in-sample blend (weights learned on all OOF rows, scored on the same
+     rows: the OOF AUC everyone quotes, and per fold) and the nested blend (for each fold k,
+     weights learned on the other folds and scored on fold k), per fold and as the mean over folds.
+
+The column transform (ranks, logits, ...) is label-free, so it is taken once over all OOF rows;
+only the learning is nested. Methods that learn nothing (mean, rank mean, ...) therefore score
+the same both ways, and the gap between the fold means (`optimism`) is exactly the optimism of
+the learning. Nested scores are compared per fold because each fold's blend comes from a
+different fit (a stacker's intercept moves between folds), so pooling them would mix scales.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from kernels.metrics import auc, auc_by_group
+from kit.blend.methods import FittedBlend, combine, fit_transformed, method_params, transform
+
+MIN_FOLDS_FOR_NESTED = 2
+
+
+@dataclass(frozen=True)
+class BlendScore:
+    """In-sample and nested-CV AUC of one method, with the blended OOF scores."""
+
+    method: str
+    fitted: FittedBlend
+    in_sample_auc: float  # pooled over all OOF rows
+    in_sample_fold_auc: Mapping[int, float]
+    nested_fold_auc: Mapping[int, float]
+    in_sample: np.ndarray = field(repr=False)
+    nested: np.ndarray = field(repr=False)
+
+    @property
+    def in_sample_fold_mean(self) -> float:
+        return _mean(self.in_sample_fold_auc.values())
+
+    @property
+    def nested_auc(self) -> float:
+        """Mean over folds of the held-out fold AUC (NaN without at least two folds)."""
+        return _mean(self.nested_fold_auc.values())
+
+    @property
+    def optimism(self) -> float:
+        """In-sample minus nested AUC (fold means): how much of the in-sample score is fitted noise."""
+        return self.in_sample_fold_mean - self.nested_auc
+
+
+def _mean(values: Any) -> float:
+    vals = [v for v in values if not np.isnan(v)]
+    return float(np.mean(vals)) if vals else float("nan")
+
+
+def fold_aucs(y: np.ndarray, scores: np.ndarray, folds: np.ndarray) -> dict[int, float]:
+    """AUC of each fold's rows (rows with NaN scores left out)."""
+    ok = ~np.isnan(scores)
+    if not ok.any():
+        return {}
+    return {int(k): g.auc for k, g in auc_by_group(y[ok], scores[ok], folds[ok]).items()}
+
+
+def nested_scores(name: str, X: np.ndarray, y: np.ndarray, folds: np.ndarray, params: Mapping[str, Any]) -> np.ndarray:
+    """Held-out blend scores: fold k blended with weights learned on the other folds (NaN where
+    fewer than two folds exist or the other folds lack a class)."""
+    out = np.full(len(y), np.nan)
+    fold_ids = np.unique(folds)
+    if fold_ids.size < MIN_FOLDS_FOR_NESTED:
+        return out
+    for k in fold_ids:
+        train, held = folds != k, folds == k
+        if np.unique(y[train]).size < 2:
+            continue
+        fitted = fit_transformed(name, X[train], y[train], folds[train], params)
+        out[held] = combine(fitted, X[held])
+    return out
+
+
+def score_method(
+    name: str, P: np.ndarray, y: np.ndarray, folds: np.ndarray, params: Mapping[str, Any] | None = None
+) -> BlendScore:
+    """Fit `name` on all OOF rows (the blend that is submitted) and score it in-sample and nested."""
+    merged = method_params(name, params)
+    y = np.asarray(y, dtype=bool)
+    folds = np.asarray(folds)
+    X = transform(name, P, merged)
+    fitted = fit_transformed(name, X, y, folds, merged)
+    in_sample = combine(fitted, X)
+    nested = nested_scores(name, X, y, folds, merged)
+    return BlendScore(name, fitted, auc(y, in_sample), fold_aucs(y, in_sample, folds),
+                      fold_aucs(y, nested, folds), in_sample, nested)

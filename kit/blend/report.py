@@ -1,0 +1,298 @@
+"""Render a blend / runs report three ways from one model: rich console, Markdown, HTML.
+
+In:  a `Report` (built by `kit.blend.build`): leaderboard rows, answers, blend scores,
+     calibration, subgroups, notes and the file names of the PNG plots beside it.
+Out: `sections(report)` (titles, paragraphs, tables as strings, images), rendered by
+     `to_markdown`, `to_html` (self-contained apart from the PNGs it references) and
+     `print_console`. Rendering is pure: the caller writes the text where it belongs.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from rich.console import Console
+from rich.table import Table
+
+from kernels.metrics import AucInterval
+from kit.blend.analysis import Answer, RunRow
+from kit.blend.calibrate import CalibrationReport
+
+NA = "—"
+MAX_WEIGHTS_SHOWN = 8  # more runs than this: the table lists the largest weights only
+TOP_WEIGHTS_SHOWN = 4
+
+
+@dataclass(frozen=True)
+class MethodRow:
+    """One blend method scored both ways."""
+
+    method: str
+    summary: str
+    in_sample: float  # pooled OOF AUC
+    in_sample_fold_mean: float
+    nested: float  # mean over folds of the nested-CV fold AUC
+    nested_range: tuple[float, float]  # lowest and highest nested fold AUC
+    weights: tuple[float, ...]
+    chosen: bool
+
+
+@dataclass(frozen=True)
+class BlendSection:
+    """The blend part of a report."""
+
+    name: str
+    method: str
+    run_ids: tuple[str, ...]
+    rows: tuple[MethodRow, ...]
+    ci: AucInterval
+    fold_auc: Mapping[int, float]
+    fold_auc_nested: Mapping[int, float]
+    calibration: CalibrationReport | None
+    n_oof: int
+    n_test: int
+    patients: bool
+
+
+@dataclass(frozen=True)
+class Report:
+    """Everything a report shows; `plots` maps a plot key to its PNG file name."""
+
+    title: str
+    created_at: str
+    leaderboard: tuple[RunRow, ...]
+    answers: tuple[Answer, ...]
+    blend: BlendSection | None
+    subgroups: Mapping[str, Sequence[tuple[str, int, int, float]]]
+    subgroup_source: str
+    plots: Mapping[str, str]
+    notes: tuple[str, ...] = ()
+    outputs: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """A table as strings: title, header and rows."""
+
+    title: str
+    header: tuple[str, ...]
+    rows: tuple[tuple[str, ...], ...]
+
+
+@dataclass(frozen=True)
+class Section:
+    """A report section: paragraphs, tables and images (caption, file name)."""
+
+    title: str
+    paragraphs: tuple[str, ...] = ()
+    tables: tuple[TableSpec, ...] = ()
+    images: tuple[tuple[str, str], ...] = ()
+
+
+def _f(value: float | None, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return NA
+    return f"{value:.{digits}f}"
+
+
+def _ci(ci: AucInterval | None) -> str:
+    if ci is None or math.isnan(ci.low):
+        return NA
+    return f"[{ci.low:.3f}, {ci.high:.3f}]"
+
+
+def _signed(value: float | None) -> str:
+    return NA if value is None or math.isnan(value) else f"{value:+.3f}"
+
+
+def _leaderboard(report: Report) -> Section:
+    header = ("#", "run", "backbone / architecture", "weights", "size", "epochs", "OOF AUC [95 % interval]",
+              "TTA gain", "s / epoch")
+    rows = tuple(
+        (str(i + 1), r.run_id, r.architecture, r.weights, str(r.image_size or NA), str(r.epochs or NA),
+         f"{_f(r.auc)} {_ci(r.ci)}", _signed(r.tta_gain), _f(r.sec_per_epoch, 1))
+        for i, r in enumerate(report.leaderboard)
+    )
+    patients = all(r.patients for r in report.leaderboard)
+    text = ("Intervals: percentile bootstrap, " + ("patients resampled." if patients else
+            "images resampled (some OOF files carry no patient_id, so images count as patients).")
+            + " TTA gain: mean over folds of AUC with minus without test-time augmentation.")
+    images = (("OOF AUC with 95 % intervals", report.plots["leaderboard"]),) if "leaderboard" in report.plots else ()
+    return Section("Leaderboard", (text,), (TableSpec("Runs", header, rows),), images)
+
+
+def _answers(report: Report) -> Section:
+    paragraphs: list[str] = []
+    tables = []
+    for ans in report.answers:
+        paragraphs.append(f"**{ans.question}** {ans.verdict}")
+        paragraphs.extend(f"Caveat: {c}." for c in ans.caveats)
+        if ans.ranking:
+            rows = tuple((str(i + 1), r.architecture, r.run_id, f"{_f(r.auc)} {_ci(r.ci)}")
+                         for i, r in enumerate(ans.ranking))
+            title = f"Ranking ({'backbones' if ans.family == 'backbone' else 'from-scratch architectures'}): best run each"
+            tables.append(TableSpec(title, ("#", "architecture", "best run", "OOF AUC [95 % interval]"), rows))
+    return Section("Answers", tuple(paragraphs), tuple(tables))
+
+
+def _folds(report: Report) -> Section:
+    folds = sorted({k for r in report.leaderboard for k in r.fold_auc}
+                   | set(report.blend.fold_auc if report.blend else ()))
+    header = ("run", *(f"fold {k}" for k in folds), "overall")
+    rows = [(r.run_id, *(_f(r.fold_auc.get(k)) for k in folds), _f(r.auc)) for r in report.leaderboard]
+    if report.blend:
+        b = report.blend
+        rows.append((f"blend {b.name} ({b.method}, in-sample)", *(_f(b.fold_auc.get(k)) for k in folds), _f(b.ci.auc)))
+        nested = next((m for m in b.rows if m.chosen), None)
+        rows.append((f"blend {b.name} ({b.method}, nested CV)", *(_f(b.fold_auc_nested.get(k)) for k in folds),
+                     f"{_f(nested.nested if nested else None)} (fold mean)"))
+    text = ("Overall: the AUC of all OOF rows pooled; for the nested-CV blend, the mean of its fold AUCs "
+            "(each fold is blended by a different fit).",) if report.blend else ()
+    return Section("OOF AUC per fold", text, (TableSpec("Per-fold AUC", header, tuple(rows)),))
+
+
+def _weights_text(weights: Sequence[float], run_ids: Sequence[str]) -> str:
+    """All weights in run order when few; else the largest ones by run id and how many are non-zero."""
+    if len(weights) <= MAX_WEIGHTS_SHOWN:
+        return " ".join(f"{w:.2f}" for w in weights)
+    top = sorted(((w, r) for w, r in zip(weights, run_ids, strict=True) if w != 0), key=lambda p: -abs(p[0]))
+    top = top[:TOP_WEIGHTS_SHOWN]
+    nonzero = sum(1 for w in weights if w != 0)
+    return ", ".join(f"{r} {w:.2f}" for w, r in top) + f" … ({nonzero} of {len(weights)} non-zero)"
+
+
+def _blend(report: Report) -> list[Section]:
+    b = report.blend
+    if b is None:
+        return []
+    header = ("method", "OOF AUC", "fold mean", "nested CV", "nested range", "optimism", "weights", "")
+    rows = tuple(
+        (m.method, _f(m.in_sample), _f(m.in_sample_fold_mean), _f(m.nested),
+         NA if math.isnan(m.nested_range[0]) else f"{m.nested_range[0]:.3f}–{m.nested_range[1]:.3f}",
+         _signed(m.in_sample_fold_mean - m.nested), _weights_text(m.weights, b.run_ids),
+         "submitted" if m.chosen else "")
+        for m in b.rows
+    )
+    chosen = next(m for m in b.rows if m.chosen)
+    text = [
+        f"Blend **{b.name}** of {len(b.run_ids)} run(s) with **{b.method}** ({chosen.summary}): OOF AUC "
+        f"{_f(b.ci.auc)} {_ci(b.ci)} in-sample; mean fold AUC {_f(chosen.in_sample_fold_mean)} in-sample vs "
+        f"{_f(chosen.nested)} nested CV ({b.n_oof} OOF images, {b.n_test} test images).",
+        "OOF AUC and fold mean are in-sample: weights learned and scored on the same OOF rows (pooled, and the "
+        "mean of fold AUCs). Nested CV: for each fold, weights learned on the other folds and scored on that "
+        "fold (mean and range of fold AUCs). Optimism = fold mean - nested CV. Trust the nested column: a large "
+        "optimism means the method fitted noise and its in-sample AUC will not hold on test.",
+        "Runs (weight order): " + ", ".join(b.run_ids) + ".",
+    ]
+    images = tuple((cap, report.plots[key]) for key, cap in (
+        ("roc", "ROC curves of runs and blend"), ("weights", "Blend weights"),
+        ("correlation", "Correlation of run predictions")) if key in report.plots)
+    sections = [Section("Blend", tuple(text), (TableSpec("Methods", header, rows),), images)]
+    cal = b.calibration
+    cal_text = ("No calibration (recipe calibration.method = none): submitted values are blend scores, "
+                "ranked correctly but not probabilities." if cal is None else
+                f"{cal.method} calibration fitted on OOF. Brier score (lower is better): raw {_f(cal.brier_raw, 4)}, "
+                f"calibrated in-sample {_f(cal.brier_in_sample, 4)}, cross-fitted {_f(cal.brier_cross_fitted, 4)}.")
+    cal_images = (("Reliability curve", report.plots["calibration"]),) if "calibration" in report.plots else ()
+    sections.append(Section("Calibration", (cal_text,), (), cal_images))
+    return sections
+
+
+def _subgroups(report: Report) -> Section:
+    if not report.subgroups:
+        return Section("Subgroups", (f"No subgroup metadata ({report.subgroup_source}).",))
+    tables = tuple(
+        TableSpec(f"AUC by {dim}", (dim, "images", "malignant", "AUC"),
+                  tuple((label, str(n), str(p), _f(a)) for label, n, p, a in rows))
+        for dim, rows in report.subgroups.items()
+    )
+    images = (("AUC per subgroup", report.plots["subgroups"]),) if "subgroups" in report.plots else ()
+    return Section("Subgroups", (f"AUC of the submitted blend's OOF scores per subgroup ({report.subgroup_source}).",),
+                   tables, images)
+
+
+def sections(report: Report) -> list[Section]:
+    """The report as ordered sections (shared by every renderer)."""
+    out = [_leaderboard(report), _answers(report), _folds(report), *_blend(report)]
+    if report.blend is not None:
+        out.append(_subgroups(report))
+    tail = list(report.notes)
+    if report.outputs:
+        tail.append("Outputs: " + ", ".join(f"{k}: {v}" for k, v in report.outputs.items()))
+    if tail:
+        out.append(Section("Notes", tuple(tail)))
+    return out
+
+
+def _md_cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def to_markdown(report: Report) -> str:
+    """The report as Markdown, images referenced by file name."""
+    lines = [f"# {report.title}", "", f"_Generated {report.created_at}._", ""]
+    for sec in sections(report):
+        lines += [f"## {sec.title}", ""]
+        for p in sec.paragraphs:
+            lines += [p, ""]
+        for t in sec.tables:
+            lines += [f"**{t.title}**", "", "| " + " | ".join(map(_md_cell, t.header)) + " |",
+                      "|" + "---|" * len(t.header)]
+            lines += ["| " + " | ".join(map(_md_cell, row)) + " |" for row in t.rows]
+            lines.append("")
+        for caption, name in sec.images:
+            lines += [f"![{caption}]({name})", ""]
+    return "\n".join(lines)
+
+
+HTML_STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:.5em 0 1.5em}th,td{border:1px solid #ccc;padding:.25em .6em;text-align:left}
+th{background:#f2f2f2}td{font-variant-numeric:tabular-nums}figure{display:inline-block;margin:.5em}
+img{max-width:520px;border:1px solid #ddd}figcaption{font-size:.9em;color:#555}"""
+
+
+def _html_text(text: str) -> str:
+    escaped = html.escape(text)
+    parts = escaped.split("**")
+    return "".join(f"<b>{p}</b>" if i % 2 else p for i, p in enumerate(parts))
+
+
+def to_html(report: Report) -> str:
+    """The report as one HTML page with the PNGs beside the numbers."""
+    out = ["<!doctype html><html><head><meta charset='utf-8'>", f"<title>{html.escape(report.title)}</title>",
+           f"<style>{HTML_STYLE}</style></head><body>", f"<h1>{html.escape(report.title)}</h1>",
+           f"<p><i>Generated {html.escape(report.created_at)}.</i></p>"]
+    for sec in sections(report):
+        out.append(f"<h2>{html.escape(sec.title)}</h2>")
+        out.extend(f"<p>{_html_text(p)}</p>" for p in sec.paragraphs)
+        for t in sec.tables:
+            out.append(f"<table><caption><b>{html.escape(t.title)}</b></caption><tr>"
+                       + "".join(f"<th>{html.escape(h)}</th>" for h in t.header) + "</tr>")
+            out.extend("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in t.rows)
+            out.append("</table>")
+        for caption, name in sec.images:
+            out.append(f"<figure><img src='{html.escape(name)}' alt='{html.escape(caption)}'>"
+                       f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+    out.append("</body></html>")
+    return "\n".join(out)
+
+
+def print_console(report: Report, console: Console) -> None:
+    """Rich tables and paragraphs on the console (images are named, not shown)."""
+    console.rule(f"[bold]{report.title}")
+    for sec in sections(report):
+        console.print(f"\n[bold underline]{sec.title}[/]")
+        for p in sec.paragraphs:
+            console.print(p.replace("**", ""))
+        for t in sec.tables:
+            table = Table(title=t.title, title_justify="left")
+            for h in t.header:
+                table.add_column(h)
+            for row in t.rows:
+                table.add_row(*row)
+            console.print(table)
+        if sec.images:
+            console.print("plots: " + ", ".join(name for _, name in sec.images), style="dim")

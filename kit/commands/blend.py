@@ -1,0 +1,66 @@
+"""`kit blend RECIPE_OR_NAME` and `kit report [RECIPE_OR_NAME]`.
+
+In:  a recipe name (``ensembles/<name>.toml``) or path; optional --runs (runs root), --dataset
+     (folder with sample_submission.csv / train.csv), --out (output folder), --ensembles.
+Out: `kit blend` writes ``ensembles/<name>/`` (submission.csv, blend.json, report.md/.html, PNGs)
+     and prints the report; `kit report NAME` rewrites only that ensemble's report; `kit report`
+     alone reports on every latest run (leaderboard, answers, their rank-mean blend) into
+     ``build/report/``. Exit 0; bad recipes or inputs -> one `error:` line (see kit.cli).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from kit.blend.build import REPORT_HTML, REPORT_MD, SUBMISSION_FILE, run_blend
+from kit.blend.recipe import ENSEMBLES_DIR, default_recipe, load_recipe
+from kit.console import console
+
+DEFAULT_REPORT_DIR = "build/report"
+
+
+def cmd_blend(args: argparse.Namespace) -> int:
+    recipe = load_recipe(args.recipe, args.ensembles)
+    outcome = run_blend(recipe, root=args.runs, dataset=args.dataset, out_dir=args.out, console=console)
+    blend = outcome.blend or {}
+    console.print(
+        f"\n[bold]{recipe.name}[/]: {blend.get('method')} over {len(blend.get('runs', []))} run(s): "
+        f"OOF AUC {blend.get('oof_auc', float('nan')):.4f} in-sample, "
+        f"{blend.get('oof_auc_nested', float('nan')):.4f} nested CV"
+    )
+    console.print(f"wrote {outcome.out_dir / SUBMISSION_FILE}, {outcome.out_dir / REPORT_MD}, "
+                  f"{outcome.out_dir / REPORT_HTML} and the plots")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    if args.recipe:
+        recipe = load_recipe(args.recipe, args.ensembles)
+        outcome = run_blend(recipe, root=args.runs, dataset=args.dataset, out_dir=args.out, write_blend=False,
+                            console=console)
+    else:
+        recipe = default_recipe(root=args.runs or "runs", dataset=args.dataset or "",
+                                path=Path(args.ensembles) / "all-runs.toml")
+        outcome = run_blend(recipe, dataset=args.dataset, out_dir=args.out or DEFAULT_REPORT_DIR, write_blend=False,
+                            console=console, title="Runs report")
+    console.print(f"\nwrote {outcome.out_dir / REPORT_MD} and {outcome.out_dir / REPORT_HTML}")
+    return 0
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--runs", default=None, help="runs root (default: the recipe's runs.root, else runs)")
+    p.add_argument("--dataset", default=None, help="dataset folder with sample_submission.csv (and train.csv)")
+    p.add_argument("--out", default=None, help="output folder (default ensembles/<name>/)")
+    p.add_argument("--ensembles", default=ENSEMBLES_DIR, help=f"where recipes live (default {ENSEMBLES_DIR})")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("blend", help="blend runs by a recipe: submission.csv, blend.json and the AUC report")
+    p.add_argument("recipe", metavar="RECIPE_OR_NAME", help="ensembles/<name>.toml by name, or a path")
+    _common(p)
+    p.set_defaults(func=cmd_blend)
+    p = sub.add_parser("report", help="AUC report: of an ensemble (NAME) or of every latest run (no NAME)")
+    p.add_argument("recipe", metavar="RECIPE_OR_NAME", nargs="?", default=None)
+    _common(p)
+    p.set_defaults(func=cmd_report)

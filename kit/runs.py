@@ -1,0 +1,270 @@
+"""Run folders: discovery, selection, versioning and loading (`kit run`, `pull`, `blend`, `predict`).
+
+Layout: ``<root>/<experiment>/v<N>/`` holds exactly what the kernel wrote (the files named in
+`kernels.contracts`: oof.csv, test_pred.csv, test_pred_folds.csv, manifest.json, history.json,
+history.png, fold{k}.weights.h5, optional plots) plus ``kernel.log`` and ``run.json`` (kit's
+provenance: experiment, version, source "local" | "kaggle", kernel "owner/slug" or null,
+content_hash, finished_at). The latest run of an experiment is its highest N. A folder without a
+valid manifest.json is incomplete: listed by `incomplete_runs`, ignored by everything else.
+
+In:  a runs root folder (default ``runs``) and selectors (names, tags, globs).
+Out: `RunInfo` (manifest-level facts, cheap) and `Run` (plus the validated OOF and test frames);
+     `KitError` / `ContractError` with one line naming the folder or file and the problem.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from kernels.contracts import (
+    MANIFEST_FILE,
+    OOF_FILE,
+    TEST_PRED_FILE,
+    ContractError,
+    atomic_write_text,
+    file_digest,
+    read_manifest,
+    read_oof,
+    read_test_pred,
+    verify_files,
+)
+from kit.errors import KitError
+
+DEFAULT_ROOT = "runs"
+RUN_JSON = "run.json"
+KERNEL_LOG = "kernel.log"
+VERSION_PREFIX = "v"
+VERSION_RE = re.compile(r"^v(\d+)$")
+RUN_ID_SEP = "/"
+CHECKED_CSVS = (OOF_FILE, TEST_PRED_FILE)  # checked against the manifest's sha256 on every load
+RUN_JSON_KEYS = ("experiment", "version", "source", "kernel", "content_hash", "finished_at")
+SOURCES = ("local", "kaggle")
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """A complete run folder: who it is and what its manifest says (frames not loaded)."""
+
+    experiment: str
+    version: int
+    folder: Path
+    manifest: Mapping[str, Any] = field(repr=False)
+    provenance: Mapping[str, Any] | None = field(default=None, repr=False)
+
+    @property
+    def run_id(self) -> str:
+        """``<experiment>/v<N>``: how reports and blend.json name the run."""
+        return f"{self.experiment}{RUN_ID_SEP}{VERSION_PREFIX}{self.version}"
+
+    @property
+    def config(self) -> Mapping[str, Any]:
+        """The experiment config the kernel ran with (a plain dict)."""
+        cfg = self.manifest.get("config")
+        return cfg if isinstance(cfg, Mapping) else {}
+
+    @property
+    def tags(self) -> tuple[str, ...]:
+        """The experiment's tags (config ``tags``)."""
+        return tuple(str(t) for t in self.config.get("tags", ()) or ())
+
+
+@dataclass(frozen=True)
+class Run:
+    """A loaded run: its `RunInfo` plus validated OOF and test-prediction frames."""
+
+    info: RunInfo
+    oof: pd.DataFrame = field(repr=False)
+    test: pd.DataFrame = field(repr=False)
+
+    @property
+    def run_id(self) -> str:
+        return self.info.run_id
+
+
+def _version_of(name: str) -> int | None:
+    match = VERSION_RE.match(name)
+    return int(match.group(1)) if match else None
+
+
+def _read_provenance(folder: Path) -> Mapping[str, Any] | None:
+    path = folder / RUN_JSON
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ContractError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(data, Mapping):
+        raise ContractError(f"{path}: expected a JSON object")
+    return data
+
+
+def _version_folders(root: Path) -> Iterable[tuple[str, int, Path]]:
+    if not root.is_dir():
+        return
+    for exp_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+        for run_dir in exp_dir.iterdir():
+            version = _version_of(run_dir.name)
+            if version is not None and run_dir.is_dir():
+                yield exp_dir.name, version, run_dir
+
+
+def _info(experiment: str, version: int, folder: Path) -> RunInfo:
+    manifest = read_manifest(folder / MANIFEST_FILE)
+    return RunInfo(experiment, version, folder, manifest, _read_provenance(folder))
+
+
+def list_runs(root: str | os.PathLike[str] = DEFAULT_ROOT) -> list[RunInfo]:
+    """Every complete run under `root` (valid manifest.json), sorted by experiment then version."""
+    runs = []
+    for experiment, version, folder in _version_folders(Path(root)):
+        try:
+            runs.append(_info(experiment, version, folder))
+        except ContractError:
+            continue  # incomplete: see incomplete_runs
+    return sorted(runs, key=lambda r: (r.experiment, r.version))
+
+
+def incomplete_runs(root: str | os.PathLike[str] = DEFAULT_ROOT) -> list[tuple[Path, str]]:
+    """Run folders that blends ignore, each with the reason (missing or invalid manifest)."""
+    out = []
+    for _, _, folder in _version_folders(Path(root)):
+        try:
+            read_manifest(folder / MANIFEST_FILE)
+        except ContractError as exc:
+            out.append((folder, str(exc)))
+    return sorted(out)
+
+
+def latest_runs(root: str | os.PathLike[str] = DEFAULT_ROOT) -> list[RunInfo]:
+    """The highest complete version of every experiment under `root`."""
+    latest: dict[str, RunInfo] = {}
+    for run in list_runs(root):
+        latest[run.experiment] = run  # sorted by version, so the last one wins
+    return [latest[k] for k in sorted(latest)]
+
+
+def _matches_glob(run: RunInfo, pattern: str) -> bool:
+    return fnmatch.fnmatchcase(run.experiment, pattern) or fnmatch.fnmatchcase(run.run_id, pattern)
+
+
+def select_runs(
+    root: str | os.PathLike[str] = DEFAULT_ROOT,
+    names: Sequence[str] = (),
+    tags: Sequence[str] = (),
+    globs: Sequence[str] = (),
+    latest: bool = True,
+) -> list[RunInfo]:
+    """Runs matching any selector (union), sorted by run id; no selector at all means every run.
+
+    A name is an experiment (its latest run when `latest`) or an exact ``<experiment>/v<N>``;
+    a tag matches the config's ``tags``; a glob (fnmatch) matches the experiment name or run id.
+    A selector that matches nothing is an error naming it, so a typo never shrinks a blend.
+    """
+    everything = list_runs(root)
+    pool = latest_runs(root) if latest else everything
+    if not everything:
+        raise KitError(f"{root}: no complete runs (expected <experiment>/v<N>/ folders with a valid manifest.json)")
+    chosen: dict[str, RunInfo] = {}
+    if not (names or tags or globs):
+        chosen = {r.run_id: r for r in pool}
+    for name in names:
+        hits = [r for r in everything if r.run_id == name] or [r for r in pool if r.experiment == name]
+        if not hits:
+            have = ", ".join(sorted({r.experiment for r in everything}))
+            raise KitError(f"{root}: no run named {name!r} (have: {have})")
+        chosen.update((r.run_id, r) for r in hits)
+    for tag in tags:
+        hits = [r for r in pool if tag in r.tags]
+        if not hits:
+            raise KitError(f"{root}: no run tagged {tag!r}")
+        chosen.update((r.run_id, r) for r in hits)
+    for pattern in globs:
+        hits = [r for r in pool if _matches_glob(r, pattern)]
+        if not hits:
+            raise KitError(f"{root}: no run matches the glob {pattern!r}")
+        chosen.update((r.run_id, r) for r in hits)
+    return [chosen[k] for k in sorted(chosen)]
+
+
+def next_version_dir(root: str | os.PathLike[str], experiment: str, create: bool = False) -> Path:
+    """``<root>/<experiment>/v<N+1>`` where N is the highest version folder present (complete or not).
+
+    With `create`, the folder is made (claimed) atomically, retrying if another process takes N+1.
+    """
+    if not experiment or RUN_ID_SEP in experiment or experiment.startswith("."):
+        raise KitError(f"{root}: experiment name {experiment!r} cannot name a run folder")
+    exp_dir = Path(root) / experiment
+    while True:
+        versions = [_version_of(p.name) for p in exp_dir.iterdir()] if exp_dir.is_dir() else []
+        folder = exp_dir / f"{VERSION_PREFIX}{max([v for v in versions if v is not None], default=0) + 1}"
+        if not create:
+            return folder
+        exp_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            folder.mkdir()
+        except FileExistsError:
+            continue
+        return folder
+
+
+def write_run_record(
+    folder: str | os.PathLike[str],
+    *,
+    experiment: str,
+    version: int,
+    source: str,
+    kernel: str | None,
+    content_hash: str,
+    finished_at: str,
+) -> dict[str, Any]:
+    """Write ``run.json`` (kit's provenance of the run) atomically into `folder`; return the record."""
+    if source not in SOURCES:
+        raise KitError(f"{folder}: run source {source!r}, expected one of {', '.join(SOURCES)}")
+    record = {"experiment": experiment, "version": int(version), "source": source, "kernel": kernel,
+              "content_hash": content_hash, "finished_at": finished_at}
+    atomic_write_text(Path(folder) / RUN_JSON, json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def _check_digests(folder: Path, manifest: Mapping[str, Any]) -> None:
+    files = manifest["files"]
+    for name in CHECKED_CSVS:
+        meta = files.get(name)
+        if meta is None or not (folder / name).exists():
+            continue
+        if file_digest(folder / name)["sha256"] != meta["sha256"]:
+            raise ContractError(f"{folder / name}: sha256 differs from the manifest (file changed after the run)")
+
+
+def run_from_folder(folder: str | os.PathLike[str]) -> RunInfo:
+    """The `RunInfo` of one ``<experiment>/v<N>`` folder (manifest validated)."""
+    path = Path(folder)
+    version = _version_of(path.name)
+    if version is None:
+        raise KitError(f"{path}: not a run folder (expected <experiment>/v<N>)")
+    return _info(path.parent.name, version, path)
+
+
+def load_run(folder: str | os.PathLike[str] | RunInfo, verify: bool = False) -> Run:
+    """Load a run: manifest, OOF and test predictions, each validated by `kernels.contracts`.
+
+    The two CSVs are checked against the manifest's sha256; `verify` checks every listed file.
+    """
+    info = folder if isinstance(folder, RunInfo) else run_from_folder(folder)
+    if verify:
+        verify_files(info.folder, info.manifest)
+    else:
+        _check_digests(info.folder, info.manifest)
+    oof = read_oof(info.folder / OOF_FILE)
+    test = read_test_pred(info.folder / TEST_PRED_FILE)
+    return Run(info, oof, test)
