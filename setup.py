@@ -16,6 +16,9 @@ INSTALL_REQUIRES = [
     "rich==15.0.0",
     "pillow==13.0.0",
     "psutil==7.2.2",
+    "nbformat==5.11.1",  # notebook-form kernels run locally and in the emulator
+    "nbclient==0.11.0",
+    "ipykernel==7.4.0",
 ]
 TEST_REQUIRES = [
     "pytest==9.2.0",
@@ -23,9 +26,6 @@ TEST_REQUIRES = [
     "ruff==0.17.6",
     "jax==0.10.2",  # the kernel is tested under the JAX backend too (Kaggle's TPU route)
     "jaxlib==0.10.2",
-    "nbformat==5.11.1",
-    "nbclient==0.11.0",
-    "ipykernel==7.4.0",
 ]
 
 setup(

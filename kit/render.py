@@ -229,8 +229,7 @@ def render_experiment(
     fmt = fmt or exp.kaggle.format
     if fmt not in CODE_FILE:
         raise KitError(f"format {fmt!r}: expected one of {', '.join(CODE_FILE)}")
-    if accelerator:
-        exp = replace(exp, kaggle=replace(exp.kaggle, accelerator=accelerator))
+    exp = replace(exp, kaggle=replace(exp.kaggle, format=fmt, accelerator=accelerator or exp.kaggle.accelerator))
     text = render_text(exp, fmt)
     meta = kernel_metadata(exp, owner, fmt)
     slug = meta["id"].split("/", 1)[1]
