@@ -1,0 +1,129 @@
+"""The kernel's entry point: config dict in, every output file and the manifest out.
+
+In:  `CONFIG`, the experiment as a plain dict (the rendered kernel's JSON literal), and the
+     environment (KIT_DATA_DIR / KIT_OUTPUT_DIR locally; /kaggle/input and /kaggle/working on Kaggle).
+Out: the files of kernels/contracts.py in `paths.output_dir()`; returns the manifest dict.
+
+Steps: build the `Experiment`, seed everything, detect the hardware, find the TFRecords, split the
+train files into folds (whole files, so no patient crosses folds), then per fold: datasets ->
+model -> fit with checkpointing -> OOF and test predictions with TTA -> weights -> all outputs
+(rewritten after every fold, so finished folds survive a session that dies later).
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import keras
+import numpy as np
+
+from kernels.config import Experiment, from_dict
+from kernels.data import (
+    META_DIM,
+    DataFiles,
+    count_examples,
+    discover_files,
+    eval_dataset,
+    fold_splits,
+    read_records_meta,
+    train_dataset,
+)
+from kernels.models import build_model, count_params
+from kernels.outputs import FoldOutput, oof_frame, save_weights, write_outputs
+from kernels.paths import output_dir
+from kernels.strategy import Hardware, detect_hardware, global_batch_size, scaled_lr, strategy_scope
+from kernels.train import compile_model, predict_tta, train_fold, with_known_batches
+
+CONFIG_LABEL = "CONFIG"
+
+
+def fold_files(files: DataFiles, train_idx: Sequence[int], val_idx: Sequence[int]) -> tuple[list, list, list]:
+    """(train, validation, external) files of one fold. External files join training only: those with
+    the training files' indices when there are as many external as train files (the paired re-packs),
+    else all of them."""
+    train = [files.train[i] for i in train_idx]
+    val = [files.train[i] for i in val_idx]
+    if len(files.external) == len(files.train):
+        external = [files.external[i] for i in train_idx]
+    else:
+        external = list(files.external)
+    return train, val, external
+
+
+def run_fold(
+    exp: Experiment, hw: Hardware, files: DataFiles, fold: int, train_idx: Sequence[int], val_idx: Sequence[int],
+    out_dir: str,
+) -> FoldOutput:
+    """Train one fold and predict its validation files and the test files."""
+    train_files, val_files, external = fold_files(files, train_idx, val_idx)
+    keras.utils.set_random_seed(exp.seed + fold)  # a fold's result does not depend on which folds ran before
+    train_ds, steps = train_dataset(train_files, exp, hw, external=external)
+    val_ds = with_known_batches(eval_dataset(val_files, exp, hw, labelled=True), count_examples(val_files),
+                                global_batch_size(exp, hw))
+    peak_lr = scaled_lr(exp, hw)
+    with strategy_scope(hw):
+        model = build_model(exp, hw, META_DIM, total_steps=steps * exp.train.epochs)
+        compile_model(model, exp, hw, peak_lr, steps)
+    print(
+        f"[kit] fold {fold}: {len(train_files)} train files (+{len(external)} external), {len(val_files)} validation "
+        f"files; {steps} steps/epoch, peak lr {peak_lr:.2e}, {count_params(model):,} parameters",
+        flush=True,
+    )
+    trained = train_fold(model, exp, train_ds, steps, val_ds, label=f"fold {fold} ")
+    print(f"[kit] fold {fold}: best epoch {trained.best_epoch} of {trained.epochs_run} "
+          f"({exp.train.monitor} {trained.best_value})", flush=True)
+    start = time.monotonic()
+    oof = predict_tta(model, val_files, exp, hw, labelled=True)
+    test_pred = predict_tta(model, files.test, exp, hw, labelled=False).tta if files.test else np.zeros(0)
+    predict_s = time.monotonic() - start
+    weights = save_weights(model, out_dir, fold) if exp.train.save_weights else None
+    result = FoldOutput(
+        fold=fold, oof=oof_frame(read_records_meta(val_files, labelled=True), oof.tta, fold),
+        oof_pred_no_tta=oof.plain, test_pred=test_pred, history=trained.history, best_epoch=trained.best_epoch,
+        epochs_run=trained.epochs_run, train_s=trained.train_s, predict_s=predict_s, weights_file=weights,
+        extra={"tta_views": oof.views},
+    )
+    del model, trained
+    gc.collect()
+    return result
+
+
+def kernel_main(config: dict[str, Any]) -> dict[str, Any]:
+    """Run the whole experiment (every fold in data.run_folds, or all) and write its outputs. The outputs
+    are rewritten after every fold, so a session that dies later still leaves the finished folds."""
+    start = time.monotonic()
+    exp = from_dict(config, CONFIG_LABEL)
+    keras.utils.set_random_seed(exp.seed)
+    print(f"[kit] experiment {exp.name!r}: backbone {exp.model.backbone}, {exp.data.image_size} px, "
+          f"{exp.data.folds} folds, {exp.train.epochs} epochs", flush=True)
+    hw = detect_hardware(exp)
+    files = discover_files(exp)
+    out_dir = output_dir()
+    splits = fold_splits(len(files.train), exp.data.folds, exp.data.fold_seed)
+    run = list(exp.data.run_folds) or list(range(exp.data.folds))
+    test_names = [str(n) for n in read_records_meta(files.test, labelled=False)["image_name"]] if files.test else []
+    print(f"[kit] {len(files.train)} train, {len(files.test)} test, {len(files.external)} external files; "
+          f"folds {run}; outputs -> {out_dir}", flush=True)
+    setup_s = time.monotonic() - start
+    results: list[FoldOutput] = []
+    manifest: dict[str, Any] = {}
+    for fold in run:
+        train_idx, val_idx = splits[fold]
+        fold_start = time.monotonic()
+        results.append(run_fold(exp, hw, files, fold, train_idx, val_idx, out_dir))
+        timings = {
+            "setup_s": setup_s,
+            "train_s": sum(r.train_s for r in results),
+            "predict_s": sum(r.predict_s for r in results),
+            "total_s": time.monotonic() - start,
+        }
+        manifest = write_outputs(out_dir, exp, hw, global_batch_size(exp, hw), results, test_names, timings)
+        print(f"[kit] fold {fold} done in {time.monotonic() - fold_start:.0f} s: AUC {manifest['folds'][-1]['auc']:.4f} "
+              f"(no TTA {manifest['folds'][-1]['auc_no_tta']:.4f}); outputs written", flush=True)
+    folds_text = ", ".join(f"{f['auc']:.4f}" for f in manifest["folds"])
+    print(f"[kit] OOF AUC {manifest['oof_auc']:.4f} (no TTA {manifest['oof_auc_no_tta']:.4f}; folds {folds_text}) "
+          f"in {manifest['timings']['total_s']:.0f} s", flush=True)
+    return manifest

@@ -1,0 +1,361 @@
+"""Training one fold: losses, optimisers, the per-step LR schedule, checkpointing and TTA prediction.
+
+In:  an `Experiment`, the detected `Hardware`, a built model and the fold's tf.data datasets
+     (from kernels.data), or TFRecord files to predict.
+Out: `FoldTraining` (the model with its best weights reloaded, per-epoch history, best epoch, epoch
+     times) and `TTAPrediction` (plain and TTA-averaged P(malignant) per image, in file order).
+
+Registries: `LOSSES` (train.loss), `OPTIMIZERS` (train.optimizer), `SCHEDULES` (train.schedule);
+adding one is one function and one line. Everything is keras-ops based, so it runs under the
+TensorFlow and the JAX backend.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from kernels.augment import dihedral_view
+from kernels.config import Experiment
+from kernels.data import count_examples, eval_dataset
+from kernels.models import model_prediction
+from kernels.schema import MELANOMA_INDEX
+from kernels.strategy import global_batch_size
+
+DIHEDRAL_VIEWS = 8  # identity, flips, transposes: the symmetry group of the square
+HISTORY_KEYS = ("loss", "val_loss", "auc", "val_auc", "lr", "epoch_time_s")
+AUC_THRESHOLDS = 400  # resolution of the streaming AUC metric (the manifest uses the exact AUC)
+
+# ---------------------------------------------------------------- losses
+
+
+def _train_loss_bce(exp: Experiment) -> keras.losses.Loss:
+    t = exp.train
+    if exp.model.head == "diagnosis":
+        return keras.losses.CategoricalCrossentropy(label_smoothing=t.label_smoothing, name="cce")
+    return keras.losses.BinaryCrossentropy(label_smoothing=t.label_smoothing, name="bce")
+
+
+def _train_loss_focal(exp: Experiment) -> keras.losses.Loss:
+    t = exp.train
+    if exp.model.head == "diagnosis":
+        return keras.losses.CategoricalFocalCrossentropy(
+            alpha=t.focal_alpha, gamma=t.focal_gamma, label_smoothing=t.label_smoothing, name="focal"
+        )
+    return keras.losses.BinaryFocalCrossentropy(
+        apply_class_balancing=True, alpha=t.focal_alpha, gamma=t.focal_gamma,
+        label_smoothing=t.label_smoothing, name="focal",
+    )
+
+
+LOSSES: dict[str, Callable[[Experiment], keras.losses.Loss]] = {
+    "bce": _train_loss_bce,  # binary CE on the sigmoid head, categorical CE on the diagnosis head
+    "focal": _train_loss_focal,
+}
+
+
+def make_loss(exp: Experiment) -> keras.losses.Loss:
+    """The loss named by train.loss, for the experiment's head."""
+    return LOSSES[exp.train.loss](exp)
+
+
+# ---------------------------------------------------------------- LR schedule
+
+
+class WarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
+    """Per-step LR: linear warm-up from min_lr to peak, then cosine / exponential / constant towards min_lr.
+
+    exponential: lr = min + (peak - min) * decay_per_epoch ** (steps after warm-up / steps_per_epoch).
+    cosine: lr = min + (peak - min) * (1 + cos(pi * progress)) / 2, progress 0 -> 1 over the rest of the run.
+    """
+
+    def __init__(
+        self, peak_lr: float, min_lr: float, warmup_steps: int, total_steps: int, steps_per_epoch: int,
+        kind: str = "cosine", decay_per_epoch: float = 1.0,
+    ) -> None:
+        super().__init__()
+        if kind not in SCHEDULES:
+            raise ValueError(f"train.schedule {kind!r}: expected one of {', '.join(SCHEDULES)}")
+        self.peak_lr = float(peak_lr)
+        self.min_lr = float(min(min_lr, peak_lr))
+        self.warmup_steps = int(max(0, warmup_steps))
+        self.total_steps = int(max(total_steps, self.warmup_steps + 1))
+        self.steps_per_epoch = int(max(1, steps_per_epoch))
+        self.kind = kind
+        self.decay_per_epoch = float(decay_per_epoch)
+
+    def __call__(self, step: Any) -> Any:
+        ops = keras.ops
+        step = ops.cast(step, "float32")
+        span = self.peak_lr - self.min_lr
+        warm = float(max(1, self.warmup_steps))
+        warmup_lr = self.min_lr + span * ops.minimum((step + 1.0) / warm, 1.0)
+        after = ops.maximum(step - float(self.warmup_steps), 0.0)
+        decayed = SCHEDULES[self.kind](self, after)
+        lr = self.min_lr + span * decayed
+        return ops.where(step < float(self.warmup_steps), warmup_lr, lr)
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            "peak_lr": self.peak_lr, "min_lr": self.min_lr, "warmup_steps": self.warmup_steps,
+            "total_steps": self.total_steps, "steps_per_epoch": self.steps_per_epoch, "kind": self.kind,
+            "decay_per_epoch": self.decay_per_epoch,
+        }
+
+
+def _train_decay_cosine(s: WarmupDecay, after: Any) -> Any:
+    progress = keras.ops.minimum(after / float(max(1, s.total_steps - s.warmup_steps)), 1.0)
+    return 0.5 * (1.0 + keras.ops.cos(math.pi * progress))
+
+
+def _train_decay_exponential(s: WarmupDecay, after: Any) -> Any:
+    return keras.ops.power(s.decay_per_epoch, after / float(s.steps_per_epoch))
+
+
+def _train_decay_constant(s: WarmupDecay, after: Any) -> Any:
+    return keras.ops.ones_like(after)
+
+
+SCHEDULES: dict[str, Callable[[WarmupDecay, Any], Any]] = {  # fraction of (peak - min) after warm-up
+    "cosine": _train_decay_cosine,
+    "exponential": _train_decay_exponential,
+    "constant": _train_decay_constant,
+}
+
+
+def make_schedule(exp: Experiment, peak_lr: float, steps_per_epoch: int) -> WarmupDecay:
+    """The experiment's schedule at `peak_lr` (already scaled with the global batch)."""
+    t = exp.train
+    total = max(1, t.epochs * steps_per_epoch)
+    return WarmupDecay(
+        peak_lr=peak_lr, min_lr=t.min_lr, warmup_steps=int(round(t.warmup_epochs * steps_per_epoch)),
+        total_steps=total, steps_per_epoch=steps_per_epoch, kind=t.schedule, decay_per_epoch=t.exp_decay,
+    )
+
+
+# ---------------------------------------------------------------- optimisers
+
+
+OPTIMIZERS: dict[str, Callable[[Experiment, Any], keras.optimizers.Optimizer]] = {
+    "adam": lambda exp, lr: keras.optimizers.Adam(learning_rate=lr),
+    "adamw": lambda exp, lr: keras.optimizers.AdamW(learning_rate=lr, weight_decay=exp.train.weight_decay),
+    "sgd": lambda exp, lr: keras.optimizers.SGD(learning_rate=lr, momentum=exp.train.momentum, nesterov=True),
+}
+
+
+def make_optimizer(exp: Experiment, lr: Any) -> keras.optimizers.Optimizer:
+    """The optimiser named by train.optimizer with learning rate (or schedule) `lr`."""
+    return OPTIMIZERS[exp.train.optimizer](exp, lr)
+
+
+# ---------------------------------------------------------------- metric and callbacks
+
+
+class MelanomaAUC(keras.metrics.AUC):
+    """Streaming ROC AUC of P(melanoma): column MELANOMA_INDEX of a diagnosis head, else the one output."""
+
+    def __init__(self, column: int | None = None, **kwargs: Any) -> None:
+        kwargs.setdefault("num_thresholds", AUC_THRESHOLDS)
+        super().__init__(**kwargs)
+        self.column = column
+
+    def update_state(self, y_true: Any, y_pred: Any, sample_weight: Any = None) -> Any:
+        if self.column is not None:
+            y_true = y_true[:, self.column : self.column + 1]
+            y_pred = y_pred[:, self.column : self.column + 1]
+        y_true = keras.ops.cast(y_true >= 0.5, "float32")  # mixed / smoothed labels count by majority
+        return super().update_state(y_true, y_pred, sample_weight)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "column": self.column}
+
+
+def _train_float(value: Any) -> float:
+    return float(np.asarray(keras.ops.convert_to_numpy(value)).reshape(-1)[0])
+
+
+def current_lr(optimizer: keras.optimizers.Optimizer) -> float:
+    """The optimiser's learning rate at its current step (schedules evaluated)."""
+    return _train_float(optimizer.learning_rate)
+
+
+class EpochRecorder(keras.callbacks.Callback):
+    """Records per epoch loss, val_loss, auc, val_auc, lr and epoch time; prints a `[kit]` progress line."""
+
+    def __init__(self, label: str = "") -> None:
+        super().__init__()
+        self.label = label
+        self.history: dict[str, list[float]] = {k: [] for k in HISTORY_KEYS}
+        self._start = 0.0
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self._start = time.monotonic()
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        logs = logs or {}
+        seconds = time.monotonic() - self._start
+        row = {k: float(logs.get(k, float("nan"))) for k in HISTORY_KEYS[:4]}
+        row["lr"] = current_lr(self.model.optimizer)
+        row["epoch_time_s"] = seconds
+        for key in HISTORY_KEYS:
+            self.history[key].append(row[key])
+        total = self.params.get("epochs", "?") if self.params else "?"
+        print(
+            f"[kit] {self.label}epoch {epoch + 1}/{total} loss {row['loss']:.4f} val_loss {row['val_loss']:.4f} "
+            f"auc {row['auc']:.4f} val_auc {row['val_auc']:.4f} lr {row['lr']:.2e} {seconds:.1f} s",
+            flush=True,
+        )
+
+
+class BestCheckpoint(keras.callbacks.Callback):
+    """Keeps the weights of the best epoch by `monitor` (max for AUC, min for loss), stops early after
+    `patience` epochs without improvement (0 = never), and puts the best weights back at the end.
+
+    Weights are held in host memory, so nothing half-written is ever on disk. A NaN monitor value
+    (a validation fold with one class) never counts as best; if no epoch had a finite value, the
+    last epoch is kept.
+    """
+
+    def __init__(self, monitor: str = "val_auc", patience: int = 0) -> None:
+        super().__init__()
+        self.monitor = monitor
+        self.patience = patience
+        self.maximize = not monitor.endswith("loss")
+        self.best = -math.inf if self.maximize else math.inf
+        self.best_epoch = 0  # 1-based; 0 = none yet
+        self.epochs_run = 0
+        self.best_weights: list[np.ndarray] | None = None
+
+    def _better(self, value: float) -> bool:
+        return value > self.best if self.maximize else value < self.best
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self.epochs_run = epoch + 1
+        value = float((logs or {}).get(self.monitor, float("nan")))
+        if math.isfinite(value) and self._better(value):
+            self.best, self.best_epoch = value, epoch + 1
+            self.best_weights = [np.array(w, copy=True) for w in self.model.get_weights()]
+        elif self.patience and self.best_epoch and self.epochs_run - self.best_epoch >= self.patience:
+            print(f"[kit] early stopping after epoch {self.epochs_run}: {self.monitor} best at epoch {self.best_epoch}")
+            self.model.stop_training = True
+
+    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
+        if self.best_weights is not None:
+            self.model.set_weights(self.best_weights)
+        else:
+            self.best_epoch = self.epochs_run
+
+
+# ---------------------------------------------------------------- one fold
+
+
+@dataclass
+class FoldTraining:
+    """What training one fold gives: the model (best weights loaded) and how it got there."""
+
+    model: keras.Model
+    history: dict[str, list[float]]
+    best_epoch: int  # 1-based (0 when no epoch ran)
+    epochs_run: int
+    epoch_times_s: list[float]
+    train_s: float
+    best_value: float | None = None
+
+
+def effective_jit_compile(hw: Any) -> bool:
+    """XLA for the train/predict steps: the hardware's choice, and always under JAX (un-jitted JAX crawls)."""
+    return bool(getattr(hw, "jit_compile", False)) or getattr(hw, "backend", "") == "jax"
+
+
+def compile_model(model: keras.Model, exp: Experiment, hw: Any, peak_lr: float, steps_per_epoch: int) -> None:
+    """Compile with the experiment's loss, optimiser (per-step schedule at `peak_lr`) and the melanoma AUC."""
+    column = MELANOMA_INDEX if exp.model.head == "diagnosis" else None
+    model.compile(
+        optimizer=make_optimizer(exp, make_schedule(exp, peak_lr, steps_per_epoch)),
+        loss=make_loss(exp),
+        metrics=[MelanomaAUC(column=column, name="auc")],
+        jit_compile=effective_jit_compile(hw),
+        steps_per_execution=exp.train.steps_per_execution,
+    )
+
+
+def train_fold(
+    model: keras.Model, exp: Experiment, train_ds: Any, steps_per_epoch: int, val_ds: Any, label: str = ""
+) -> FoldTraining:
+    """Fit a compiled model; reload the best epoch's weights (by train.monitor) before returning."""
+    recorder = EpochRecorder(label)
+    best = BestCheckpoint(exp.train.monitor, exp.train.early_stopping)
+    start = time.monotonic()
+    if exp.train.epochs > 0:
+        model.fit(
+            train_ds, epochs=exp.train.epochs, steps_per_epoch=steps_per_epoch, validation_data=val_ds,
+            callbacks=[recorder, best], verbose=exp.train.verbose, shuffle=False,  # tf.data shuffles
+        )
+    value = best.best if best.best_weights is not None else None
+    return FoldTraining(
+        model=model, history=recorder.history, best_epoch=best.best_epoch, epochs_run=best.epochs_run,
+        epoch_times_s=list(recorder.history["epoch_time_s"]), train_s=time.monotonic() - start, best_value=value,
+    )
+
+
+def with_known_batches(ds: Any, n_examples: int, batch_size: int) -> Any:
+    """Tell tf.data how many batches a finite eval dataset has (ceil(n / batch), from the file names), so
+    Keras neither warns that the validation data "ran out" nor guesses progress."""
+    return ds.apply(tf.data.experimental.assert_cardinality(math.ceil(n_examples / batch_size)))
+
+
+# ---------------------------------------------------------------- prediction with TTA
+
+
+@dataclass(frozen=True)
+class TTAPrediction:
+    """P(malignant) per image in file order: one plain pass, and the mean over every TTA view."""
+
+    plain: np.ndarray
+    tta: np.ndarray
+    views: int  # number of passes averaged into `tta`
+
+
+def tta_plan(exp: Experiment) -> list[tuple[int | None, int | None]]:
+    """The passes to average: (dihedral view or None, augmented pass number or None), the plain pass first."""
+    plan: list[tuple[int | None, int | None]] = [(None, None)]
+    if exp.train.tta_dihedral:
+        plan += [(k, None) for k in range(1, DIHEDRAL_VIEWS)]
+    plan += [(None, i) for i in range(1, exp.train.tta + 1)]
+    return plan
+
+
+def predict_pass(model: keras.Model, ds: Any, exp: Experiment) -> np.ndarray:
+    """P(malignant) for every element of a finite dataset."""
+    return model_prediction(model.predict(ds, verbose=0), exp)
+
+
+def predict_tta(
+    model: keras.Model, files: Sequence[str], exp: Experiment, hw: Any, labelled: bool
+) -> TTAPrediction:
+    """Predict `files` in eval order: the plain pass, then the dihedral views and train.tta augmented passes
+    (each seeded by its pass number, so the same run gives the same TTA). Padding rows are dropped."""
+    n = count_examples(files)
+    preds = []
+    for view, tta_pass in tta_plan(exp):
+        ds = eval_dataset(list(files), exp, hw, labelled=labelled, augment=tta_pass is not None, view=view,
+                          tta_pass=tta_pass)
+        ds = with_known_batches(ds, n, global_batch_size(exp, hw))
+        pred = predict_pass(model, ds, exp)
+        if len(pred) < n:
+            raise ValueError(f"predict: {len(pred)} predictions for {n} records in {len(files)} file(s)")
+        preds.append(pred[:n])
+    stacked = np.stack(preds)
+    return TTAPrediction(plain=stacked[0], tta=stacked.mean(axis=0), views=len(preds))
+
+
+def dihedral_views(images: Any) -> list[Any]:
+    """All 8 dihedral views of a batch (for in-memory TTA, e.g. `kit predict`)."""
+    return [dihedral_view(images, k) for k in range(DIHEDRAL_VIEWS)]
