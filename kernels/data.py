@@ -1,0 +1,473 @@
+"""The tf.data input pipeline: TFRecord files in, batches of (inputs, label) out.
+
+In:  the experiment (``data.*``, ``augment.*``, ``model.head``), the `Hardware` record (replicas, where
+     augmentation runs) and TFRecord files in the competition schema (`kernels.schema`), found by glob
+     through ``tf.io.gfile`` (local folders, gs://, ram://), counted from their ``-COUNT.tfrec`` names.
+Out: `train_dataset` -> (endless shuffled, augmented batches, steps per epoch); `eval_dataset` -> a
+     finite dataset in a fixed order (files in the given order, records in file order) that
+     `read_records_meta` describes row for row; `decode_image` / `prepare_image` for single images.
+
+Images come out float32 0..255, [size, size, 3] (the model normalises for its backbone); in device-
+augmentation mode they stay uint8 and the model's float32 Input casts them on the accelerator. Labels: head
+"sigmoid" -> float32 [1] = target; head "diagnosis" -> float32 one-hot over ``schema.DIAGNOSES`` (unknown
+codes -> "unknown"; a malignant record is always "melanoma", a benign one never). Inputs are the image,
+or {"image", "meta"} with ``data.metadata`` (`metadata_vector`, ``META_DIM`` floats).
+
+Speed (measured in ``make bench``): records are parsed in vectorised chunks (which is also where
+malignant records are repeated ``data.upsample_malignant`` times), shuffled as JPEG bytes, decoded in
+parallel (at a reduced DCT scale when the stored image is >= 2x the model size), batched as uint8 and
+augmented per batch by one XLA-compiled function (`kernels.augment.host_augment_fn`). tf.data's
+autotuner is switched off and parallelism fixed (``data.parallel_calls``, 0 = CPU count): with it on,
+every finite pass ends in a multi-second stall on a small CPU (../shared/notes/cpu-facts.md).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+from kernels.augment import dihedral_view, host_augment_fn
+from kernels.config import ConfigError, Experiment
+from kernels.paths import DataLocationError, resolve_dataset
+from kernels.schema import DIAGNOSES, MELANOMA_INDEX, MISSING_AGE, SEXES, SITES, count_from_name, feature_spec
+from kernels.strategy import Hardware, global_batch_size
+
+DATA_RATIOS = (1, 2, 4, 8)  # the DCT scales decode_jpeg supports
+DATA_PARSE_CHUNK = 64  # records parsed per vectorised parse_example call
+DATA_READ_BUFFER = 8 << 20  # bytes of read-ahead per TFRecord file
+DATA_PREFETCH = 2  # batches ready ahead of the model
+DATA_BATCH_CALLS_MAX = 4  # whole-batch map calls in flight at once (each XLA call is multi-threaded itself)
+DATA_META_BATCH = 4096  # records per step when reading metadata only
+DATA_AUTOTUNE = False  # tf.data's autotuner: off (fixed parallelism), see the module docstring
+DATA_EVAL_SEED_STREAM = 7919  # keeps TTA augmentation draws apart from training draws
+META_AGE_SCALE = 90.0  # age / 90 (the oldest age bucket)
+META_LOG_COUNT_SCALE = 5.0  # log(images per patient) / 5 (~1 for the largest patients)
+META_GROUP_STRIDE = 1 << 32  # patient key = group * stride + patient_id (main files 0, external 1)
+META_DIM = len(SEXES) + 2 + len(SITES) + 1  # sex one-hot, age, age missing, site one-hot, log count
+
+
+@dataclass(frozen=True)
+class DataFiles:
+    """The dataset's TFRecord files, sorted: train (folds are made of these), test, external (train only)."""
+
+    train: tuple[str, ...]
+    test: tuple[str, ...]
+    external: tuple[str, ...] = ()
+
+
+# ---------------------------------------------------------------------------------------------
+# Files and folds
+# ---------------------------------------------------------------------------------------------
+def data_glob(root: str, pattern: str, what: str) -> tuple[str, ...]:
+    """Sorted files under ``root`` matching ``pattern``; each must end in -COUNT.tfrec."""
+    files = tuple(sorted(tf.io.gfile.glob(f"{root.rstrip('/')}/{pattern}")))
+    if not files:
+        raise DataLocationError(f"{root}: no {what} files match {pattern!r}")
+    for path in files:
+        try:
+            count_from_name(path)
+        except ValueError:
+            raise DataLocationError(f"{path}: {what} file name does not end in -COUNT.tfrec "
+                                    "(the example count is read from it)") from None
+    return files
+
+
+def discover_files(exp: Experiment) -> DataFiles:
+    """Train, test and (when ``data.external`` is set) external files of the experiment's datasets."""
+    d = exp.data
+    root = resolve_dataset(d.dataset, gcs_path=d.gcs_path)
+    external: tuple[str, ...] = ()
+    if d.external:
+        external = data_glob(resolve_dataset(d.external, "KIT_EXTERNAL_DIR"), d.external_glob, "external")
+    return DataFiles(data_glob(root, d.train_glob, "train"), data_glob(root, d.test_glob, "test"), external)
+
+
+def count_examples(files: Sequence[str]) -> int:
+    """Number of examples in ``files``, from their -COUNT.tfrec names."""
+    return sum(count_from_name(f) for f in files)
+
+
+def fold_splits(n_files: int, folds: int, seed: int) -> list[tuple[list[int], list[int]]]:
+    """(train file indices, validation file indices) per fold: seeded, shuffled KFold over whole files."""
+    from sklearn.model_selection import KFold
+
+    if n_files < folds:
+        raise ConfigError(f"data.folds: {folds} folds need at least {folds} train files, found {n_files}")
+    splitter = KFold(n_splits=folds, shuffle=True, random_state=seed)
+    return [(sorted(tr.tolist()), sorted(va.tolist())) for tr, va in splitter.split(np.arange(n_files))]
+
+
+def data_parallelism(exp: Experiment) -> int:
+    """Fixed tf.data parallelism: ``data.parallel_calls`` or the number of CPU cores."""
+    return exp.data.parallel_calls or os.cpu_count() or 1
+
+
+def data_batch_calls(exp: Experiment) -> int:
+    """Parallel calls of a map over whole batches (parse chunks, augmentation): few, as each holds a
+    batch in memory and XLA spreads one call over the cores already."""
+    return min(data_parallelism(exp), DATA_BATCH_CALLS_MAX)
+
+
+def data_options(deterministic: bool) -> tf.data.Options:
+    """Autotune off (its thread stalls every finite pass at teardown), order as asked."""
+    options = tf.data.Options()
+    options.autotune.enabled = DATA_AUTOTUNE
+    options.deterministic = deterministic
+    return options
+
+
+# ---------------------------------------------------------------------------------------------
+# Single images
+# ---------------------------------------------------------------------------------------------
+def data_ratio(stored: int, size: int, configured: int = 0) -> int:
+    """The decode_jpeg DCT scale: the configured one, else the largest that keeps >= ``size`` px."""
+    if configured:
+        return configured
+    ratio = 1
+    for r in DATA_RATIOS[1:]:
+        if stored // r >= size:
+            ratio = r
+    return ratio
+
+
+def decode_image(jpeg_bytes: Any, exp: Experiment, stored_size: int | None = None) -> tf.Tensor:
+    """JPEG bytes -> uint8 [h, w, 3], decoded at 1/2, 1/4 or 1/8 scale when the stored image is at
+    least that many times the model size (``data.decode_ratio``; 0 = auto from ``stored_size``, or
+    from the JPEG header when it is not given)."""
+    size = exp.data.image_size
+    if exp.data.decode_ratio or stored_size is not None:
+        ratio = data_ratio(stored_size or size, size, exp.data.decode_ratio)
+        return tf.io.decode_jpeg(jpeg_bytes, channels=3, ratio=ratio)
+    shape = tf.io.extract_jpeg_shape(jpeg_bytes)
+    smaller = tf.minimum(shape[0], shape[1])
+    index = tf.add_n([tf.cast(smaller >= size * r, tf.int32) for r in DATA_RATIOS[1:]])
+    branches = [lambda r=r: tf.io.decode_jpeg(jpeg_bytes, channels=3, ratio=r) for r in DATA_RATIOS]
+    return tf.switch_case(index, branches)
+
+
+def data_fit(image: Any, size: int) -> tf.Tensor:
+    """uint8 [h, w, 3] -> uint8 [size, size, 3]; resized (antialiased bilinear) only when needed."""
+    shape = tf.shape(image)
+
+    def resize() -> tf.Tensor:
+        out = tf.image.resize(image, [size, size], method="bilinear", antialias=True)
+        return tf.cast(tf.clip_by_value(tf.round(out), 0.0, 255.0), tf.uint8)
+
+    fitted = tf.cond((shape[0] == size) & (shape[1] == size), lambda: tf.cast(image, tf.uint8), resize)
+    return tf.reshape(fitted, [size, size, 3])
+
+
+def prepare_image(image: Any, exp: Experiment) -> tf.Tensor:
+    """Any decoded uint8 image [h, w, 3] (grey [h, w] / [h, w, 1] and RGBA are accepted) ->
+    float32 [size, size, 3] in 0..255, resized (whole image, no crop) when its size differs."""
+    x = tf.convert_to_tensor(image)
+    if x.shape.rank == 2:
+        x = x[..., None]
+    if x.shape[-1] == 1:
+        x = tf.image.grayscale_to_rgb(x)
+    elif x.shape[-1] == 4:
+        x = x[..., :3]
+    if x.dtype != tf.uint8:
+        x = tf.cast(tf.clip_by_value(tf.round(tf.cast(x, tf.float32)), 0.0, 255.0), tf.uint8)
+    return tf.cast(data_fit(x, exp.data.image_size), tf.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# Labels and metadata
+# ---------------------------------------------------------------------------------------------
+def data_labels(target: Any, diagnosis: Any, head: str) -> tf.Tensor:
+    """Vectorised labels: [n, 1] target, or [n, len(DIAGNOSES)] one-hot diagnosis kept consistent
+    with the target (malignant -> melanoma; a benign "melanoma" -> unknown)."""
+    target = tf.cast(target, tf.int64)
+    if head != "diagnosis":
+        return tf.cast(target, tf.float32)[:, None]
+    code = tf.cast(diagnosis, tf.int64)
+    code = tf.where((code < 0) | (code >= len(DIAGNOSES)), tf.zeros_like(code), code)
+    code = tf.where(target == 1, tf.fill(tf.shape(code), tf.constant(MELANOMA_INDEX, tf.int64)), code)
+    code = tf.where((target == 0) & (code == MELANOMA_INDEX), tf.zeros_like(code), code)
+    return tf.one_hot(code, len(DIAGNOSES), dtype=tf.float32)
+
+
+def metadata_vector(sex: Any, age: Any, site: Any, n_images: Any) -> tf.Tensor:
+    """float32 [..., META_DIM]: sex one-hot (male, female, missing), age/90, age-missing flag, site
+    one-hot (``schema.SITES``, missing last), log(images per patient)/5. Codes out of range = missing."""
+    sex = tf.cast(sex, tf.int64)
+    site = tf.cast(site, tf.int64)
+    age = tf.cast(age, tf.float32)
+    sex = tf.where((sex < 0) | (sex >= len(SEXES)), tf.cast(len(SEXES) - 1, tf.int64), sex)
+    site = tf.where((site < 0) | (site >= len(SITES)), tf.cast(len(SITES) - 1, tf.int64), site)
+    missing_age = tf.cast(age < 0, tf.float32)
+    scaled_age = tf.where(age < 0, tf.zeros_like(age), age / META_AGE_SCALE)
+    count = tf.math.log(tf.maximum(tf.cast(n_images, tf.float32), 1.0)) / META_LOG_COUNT_SCALE
+    return tf.concat([
+        tf.one_hot(sex, len(SEXES), dtype=tf.float32), scaled_age[..., None], missing_age[..., None],
+        tf.one_hot(site, len(SITES), dtype=tf.float32), count[..., None],
+    ], axis=-1)
+
+
+def missing_metadata_vector() -> np.ndarray:
+    """The metadata vector of an image with every field missing (one image per patient)."""
+    missing = metadata_vector([len(SEXES) - 1], [MISSING_AGE], [len(SITES) - 1], [1])
+    return np.asarray(missing[0], dtype=np.float32)
+
+
+DATA_COUNT_TABLES: dict[tuple[tuple[str, ...], tuple[int, ...]], tf.lookup.StaticHashTable] = {}
+
+
+def data_patient_counts(files: Sequence[str], groups: Sequence[int]) -> tf.lookup.StaticHashTable:
+    """Images per (group, patient) over ``files`` (one metadata-only pass, remembered for the same
+    files: TTA passes reuse it), as a lookup table."""
+    key = (tuple(files), tuple(groups))
+    if key not in DATA_COUNT_TABLES:
+        DATA_COUNT_TABLES[key] = data_count_table(files, groups)
+    return DATA_COUNT_TABLES[key]
+
+
+def data_count_table(files: Sequence[str], groups: Sequence[int]) -> tf.lookup.StaticHashTable:
+    """Read the patient ids of ``files`` and count images per (group, patient)."""
+    keys: list[np.ndarray] = []
+    spec = {"patient_id": tf.io.FixedLenFeature([], tf.int64)}
+    for group in sorted(set(groups)):
+        members = [f for f, g in zip(files, groups, strict=True) if g == group]
+        ds = tf.data.TFRecordDataset(members, buffer_size=DATA_READ_BUFFER).batch(DATA_META_BATCH)
+        for chunk in ds.map(lambda r: tf.io.parse_example(r, spec)["patient_id"]):
+            keys.append(chunk.numpy() + group * META_GROUP_STRIDE)
+    unique, counts = np.unique(np.concatenate(keys) if keys else np.zeros(0, np.int64), return_counts=True)
+    init = tf.lookup.KeyValueTensorInitializer(tf.constant(unique, tf.int64), tf.constant(counts, tf.int64))
+    return tf.lookup.StaticHashTable(init, default_value=1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Pipeline stages
+# ---------------------------------------------------------------------------------------------
+def data_stored_sizes(files: Sequence[str]) -> set[int]:
+    """The shorter side of the first image of each file (a cheap probe of the stored size)."""
+    sizes = set()
+    spec = {"image": tf.io.FixedLenFeature([], tf.string)}
+    for path in files:
+        for record in tf.data.TFRecordDataset(path).take(1):
+            shape = tf.io.extract_jpeg_shape(tf.io.parse_single_example(record, spec)["image"]).numpy()
+            sizes.add(int(min(shape[0], shape[1])))
+    return sizes
+
+
+def data_decoder(files: Sequence[str], exp: Experiment) -> Any:
+    """jpeg bytes -> uint8 [size, size, 3]. The DCT scale is fixed when every file's probe agrees
+    (no per-image header parse), else chosen per image from its header."""
+    size = exp.data.image_size
+    ratios = {data_ratio(s, size, exp.data.decode_ratio) for s in data_stored_sizes(files)}
+    stored = None
+    if exp.data.decode_ratio == 0 and len(ratios) == 1:
+        stored = size * ratios.pop()  # any stored size that yields this ratio
+    return lambda jpeg: data_fit(decode_image(jpeg, exp, stored_size=stored), size)
+
+
+def data_records(files: Sequence[str], groups: Sequence[int] | None, exp: Experiment,
+                 training: bool) -> tf.data.Dataset:
+    """Serialized records (with their file group when ``groups`` is given). Training: files shuffled
+    every pass and read interleaved in parallel (endless unless cached). Eval: files in the given
+    order, records in file order."""
+    def read(path: Any, group: Any = None) -> tf.data.Dataset:
+        records = tf.data.TFRecordDataset(path, buffer_size=DATA_READ_BUFFER)
+        return records if group is None else records.map(lambda r: (r, group))
+
+    ds = tf.data.Dataset.from_tensor_slices(
+        list(files) if groups is None else (list(files), tf.constant(list(groups), tf.int64)))
+    if not training:
+        return ds.flat_map(read)
+    ds = ds.shuffle(len(files), seed=exp.seed, reshuffle_each_iteration=True)
+    if not exp.data.cache:
+        ds = ds.repeat()
+    par = min(data_parallelism(exp), len(files))
+    return ds.interleave(read, cycle_length=par, block_length=1, num_parallel_calls=par, deterministic=False)
+
+
+def data_parse_chunk(records: Any, groups: Any, exp: Experiment, labelled: bool, upsample: int,
+                     counts: tf.lookup.StaticHashTable | None) -> dict[str, tf.Tensor]:
+    """A chunk of serialized records -> {"jpeg", "label"?, "meta"?}, malignant rows repeated."""
+    parsed = tf.io.parse_example(records, feature_spec(labelled))
+    out: dict[str, tf.Tensor] = {"jpeg": parsed["image"]}
+    if labelled:
+        out["label"] = data_labels(parsed["target"], parsed["diagnosis"], exp.model.head)
+    if counts is not None:
+        n_images = counts.lookup(groups * META_GROUP_STRIDE + parsed["patient_id"])
+        out["meta"] = metadata_vector(parsed["sex"], parsed["age_approx"], parsed["anatom_site_general_challenge"],
+                                      n_images)
+    if labelled and upsample > 1:
+        repeats = tf.where(parsed["target"] == 1, upsample, 1)
+        out = {k: tf.repeat(v, repeats, axis=0) for k, v in out.items()}
+    return out
+
+
+def data_examples(files: Sequence[str], groups: Sequence[int], exp: Experiment, labelled: bool,
+                  training: bool) -> tf.data.Dataset:
+    """Parsed examples {"jpeg", "label"?, "meta"?}, one per record (malignant ones repeated in training)."""
+    counts = data_patient_counts(files, groups) if exp.data.metadata else None
+    upsample = exp.data.upsample_malignant if training else 1
+    par = data_batch_calls(exp)
+    ds = data_records(files, groups if counts is not None else None, exp, training).batch(DATA_PARSE_CHUNK)
+    if counts is None:
+        ds = ds.map(lambda r: data_parse_chunk(r, None, exp, labelled, upsample, None), num_parallel_calls=par,
+                    deterministic=not training)
+    else:
+        ds = ds.map(lambda r, g: data_parse_chunk(r, g, exp, labelled, upsample, counts), num_parallel_calls=par,
+                    deterministic=not training)
+    return ds.unbatch()
+
+
+def data_decoded(ds: tf.data.Dataset, decoder: Any, exp: Experiment, deterministic: bool) -> tf.data.Dataset:
+    """Examples -> (inputs, label) or inputs, with the image decoded to uint8 at model size;
+    inputs = the image, or {"image", "meta"} with data.metadata."""
+    def decode(example: dict[str, Any]) -> Any:
+        image = decoder(example["jpeg"])
+        inputs = {"image": image, "meta": example["meta"]} if "meta" in example else image
+        return (inputs, example["label"]) if "label" in example else inputs
+
+    return ds.map(decode, num_parallel_calls=data_parallelism(exp), deterministic=deterministic)
+
+
+def data_map_image(inputs: Any, fn: Any) -> Any:
+    """Apply ``fn`` to the image (alone or inside the inputs dict)."""
+    if isinstance(inputs, dict):
+        return {**inputs, "image": fn(inputs["image"])}
+    return fn(inputs)
+
+
+def data_pad(inputs: Any, label: Any, multiple: int, to_size: bool = False) -> tuple[Any, Any, Any]:
+    """Pad a batch with zero rows to a multiple of ``multiple`` (sharded devices need equal shares),
+    or to exactly ``multiple`` rows with ``to_size``; returns (inputs, label, weight) with weight 1
+    on real rows and 0 on padding."""
+    image = inputs["image"] if isinstance(inputs, dict) else inputs
+    n = tf.shape(image)[0]
+    extra = multiple - n if to_size else (multiple - n % multiple) % multiple
+
+    def pad(value: Any) -> Any:
+        return None if value is None else tf.pad(value, [[0, extra]] + [[0, 0]] * (len(value.shape) - 1))
+
+    inputs = {k: pad(v) for k, v in inputs.items()} if isinstance(inputs, dict) else pad(inputs)
+    return inputs, pad(label), pad(tf.ones([n], tf.float32))
+
+
+# ---------------------------------------------------------------------------------------------
+# Datasets
+# ---------------------------------------------------------------------------------------------
+def train_dataset(files: Sequence[str], exp: Experiment, hw: Hardware,
+                  external: Sequence[str] = ()) -> tuple[tf.data.Dataset, int]:
+    """Endless training batches of the global batch size, and the steps of one epoch (examples in
+    ``files`` + ``external`` by their names // global batch; upsampled copies do not lengthen it).
+
+    Host mode: images float32, augmented per batch (+ mixup/cutmix). Device mode
+    (``hw.augment_on_device``): images stay uint8 (the model's float32 Input casts them on the
+    accelerator: 4x less host work and transfer); only mixup/cutmix, which needs labels, runs here.
+    """
+    all_files = [*files, *external]
+    groups = [0] * len(files) + [1] * len(external)
+    batch = global_batch_size(exp, hw)
+    steps = max(1, count_examples(all_files) // batch)
+    decoder = data_decoder(all_files, exp)
+    ds = data_examples(all_files, groups, exp, labelled=True, training=True)
+    if exp.data.cache:
+        ds = data_decoded(ds, decoder, exp, deterministic=False).cache().repeat()
+        ds = ds.shuffle(exp.data.shuffle_buffer, seed=exp.seed, reshuffle_each_iteration=True)
+    else:  # shuffle JPEG bytes, not decoded images (a fraction of the memory)
+        ds = ds.shuffle(exp.data.shuffle_buffer, seed=exp.seed, reshuffle_each_iteration=True)
+        ds = data_decoded(ds, decoder, exp, deterministic=False)
+    ds = ds.batch(batch, drop_remainder=True)
+    host_ops = bool(exp.augment.ops) and not hw.augment_on_device
+    if host_ops or exp.augment.mix != "none":
+        augment = host_augment_fn(exp, mix=True, ops=host_ops)
+
+        def finish(index: Any, example: tuple[Any, Any]) -> tuple[Any, Any]:
+            inputs, label = example
+            inputs, label = augment(inputs, label, seed=tf.stack([tf.cast(exp.seed, tf.int64), index]))
+            if hw.augment_on_device:
+                inputs = data_map_image(inputs, lambda x: tf.cast(tf.round(x), tf.uint8))
+            return inputs, label
+
+        ds = ds.enumerate().map(finish, num_parallel_calls=data_batch_calls(exp), deterministic=False)
+    elif not hw.augment_on_device:
+        ds = ds.map(lambda x, y: (data_map_image(x, lambda i: tf.cast(i, tf.float32)), y),
+                    num_parallel_calls=data_batch_calls(exp), deterministic=False)
+    return ds.prefetch(DATA_PREFETCH).with_options(data_options(deterministic=False)), steps
+
+
+DATA_TTA_PASSES = itertools.count(1)  # each augmented eval dataset draws a fresh, reproducible stream
+
+
+def eval_dataset(files: Sequence[str], exp: Experiment, hw: Hardware, labelled: bool, augment: bool = False,
+                 view: int | None = None, tta_pass: int | None = None) -> tf.data.Dataset:
+    """A finite pass over ``files`` in a fixed order (files as given, records in file order; the rows of
+    `read_records_meta`), in global-batch batches: (inputs, label) if ``labelled`` else inputs.
+
+    ``view`` (0..7) applies `kernels.augment.dihedral_view`; ``augment`` applies the host augmentation
+    ops (no mixing) with draws seeded by ``tta_pass`` (None: the next pass number of this process).
+    Images are float32, or uint8 in device mode without ``augment`` (the model's Input casts them).
+    With several replicas the last batch is zero-padded to a multiple of the replicas and labelled
+    elements carry a third item, the sample weight (0 on padding): drop predictions past the count.
+    """
+    batch = global_batch_size(exp, hw)
+    ds = data_examples(list(files), [0] * len(files), exp, labelled=labelled, training=False)
+    ds = data_decoded(ds, data_decoder(files, exp), exp, deterministic=True).batch(batch)
+    # the batch count from the file names: Keras sizes its progress bar and does not warn at the end;
+    # a file holding fewer or more records than its name says fails loudly here
+    ds = ds.apply(tf.data.experimental.assert_cardinality(math.ceil(count_examples(files) / batch)))
+    host = host_augment_fn(exp, mix=False) if augment and exp.augment.ops else None
+    stream = next(DATA_TTA_PASSES) if tta_pass is None else tta_pass
+    as_uint8 = hw.augment_on_device and host is None
+
+    def finish(index: Any, example: Any) -> Any:
+        inputs, label = example if labelled else (example, None)
+        if host is not None:  # the last, short batch is padded to full size: one XLA compile per size
+            seed = tf.stack([tf.cast(exp.seed + DATA_EVAL_SEED_STREAM * stream, tf.int64), index])
+            n = tf.shape(inputs["image"] if isinstance(inputs, dict) else inputs)[0]
+            full, _, _ = data_pad(inputs, None, batch, to_size=True)
+            full, _ = host(full, tf.zeros([batch, 1]), seed=seed)
+            inputs = tf.nest.map_structure(lambda v: v[:n], full)
+        elif not as_uint8:
+            inputs = data_map_image(inputs, lambda x: tf.cast(x, tf.float32))
+        if view is not None:
+            inputs = data_map_image(inputs, lambda x: dihedral_view(x, view))
+        if hw.replicas > 1:
+            inputs, label, weight = data_pad(inputs, label, hw.replicas)
+            return (inputs, label, weight) if labelled else inputs
+        return (inputs, label) if labelled else inputs
+
+    ds = ds.enumerate().map(finish, num_parallel_calls=data_batch_calls(exp), deterministic=True)
+    return ds.prefetch(DATA_PREFETCH).with_options(data_options(deterministic=True))
+
+
+def read_records_meta(files: Sequence[str], labelled: bool) -> pd.DataFrame:
+    """The records of ``files`` in `eval_dataset`'s order, without images: image_name, patient_id,
+    sex and anatom_site_general_challenge as names, age_approx (NaN when missing) and, if
+    ``labelled``, diagnosis (name) and target."""
+    spec = {k: v for k, v in feature_spec(labelled).items() if k != "image"}
+    ds = tf.data.TFRecordDataset(list(files), buffer_size=DATA_READ_BUFFER).batch(DATA_META_BATCH)
+    ds = ds.map(lambda r: tf.io.parse_example(r, spec)).with_options(data_options(deterministic=True))
+    columns: dict[str, list[np.ndarray]] = {k: [] for k in spec}
+    for chunk in ds:
+        for key in spec:
+            columns[key].append(chunk[key].numpy())
+    data = {k: np.concatenate(v) if v else np.zeros(0) for k, v in columns.items()}
+
+    def names(codes: np.ndarray, table: Sequence[str], fallback: str) -> list[str]:
+        return [table[c] if 0 <= c < len(table) else fallback for c in codes.astype(np.int64)]
+
+    frame = pd.DataFrame({
+        "image_name": [b.decode("utf-8") for b in data["image_name"]],
+        "patient_id": data["patient_id"].astype(np.int64),
+        "sex": names(data["sex"], SEXES, "missing"),
+        "age_approx": np.where(data["age_approx"] < 0, math.nan, data["age_approx"]).astype(float),
+        "anatom_site_general_challenge": names(data["anatom_site_general_challenge"], SITES, "missing"),
+    })
+    if labelled:
+        frame["diagnosis"] = names(data["diagnosis"], DIAGNOSES, DIAGNOSES[0])
+        frame["target"] = data["target"].astype(np.int64)
+    return frame
