@@ -1,0 +1,398 @@
+"""The one place kit talks to Kaggle: the `kaggle` package's Python API, imported lazily.
+
+In:  the environment (credentials in the usual places, KAGGLE_API_ENVIRONMENT / HTTP_PROXY when
+     pointed at the emulator) and a `RetryPolicy`.
+Out: `connect()` -> a `KaggleClient` whose methods return small plain dataclasses, retry transient
+     failures (429, 5xx, resets, truncated downloads) with back-off, and raise one-line `KitError`s.
+
+Credentials, first match wins (the client's own order): KAGGLE_API_TOKEN or ~/.kaggle/access_token;
+kaggle.json ({"username", "key"}) in $KAGGLE_CONFIG_DIR, else ~/.kaggle/, else ~/.config/kaggle/,
+with KAGGLE_USERNAME / KAGGLE_KEY overriding; OAuth credentials from `kaggle auth login`. With none,
+`connect` raises one line saying how to provide them (the client's help banner is never shown).
+The key is never logged: the client's stdout chatter is captured, its verbose mode (which prints
+request headers) is switched off, and nothing here formats a credential.
+
+Non-idempotent calls (`push`, `submit`) are single attempts: their callers reconcile (did it land?)
+before trying again, so a lost reply never creates a duplicate.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kit.errors import KitError
+from kit.kaggle.retry import STATS, KaggleCallError, RetryPolicy, TruncatedDownload, call_with_retry, http_status
+
+NO_CREDENTIALS = (
+    "no Kaggle credentials found: save your API key as kaggle.json (chmod 600) in ~/.kaggle/ "
+    "(or $KAGGLE_CONFIG_DIR), or set KAGGLE_USERNAME and KAGGLE_KEY, or KAGGLE_API_TOKEN"
+)
+NOT_INSTALLED = "the kaggle client is not installed: pip install kaggle==2.2.5 six==1.17.0"
+LOCAL_ENV_VALUE = "LOCALHOST"
+OUTPUT_PAGE_SIZE = 100
+SUBMISSION_PAGE_SIZE = 100
+MAX_PAGES = 1000
+DOWNLOAD_TIMEOUT_S = (10.0, 120.0)  # connect, read
+CHUNK_BYTES = 1 << 20
+UPLOAD_FAILED = "Could not submit to competition"
+
+
+class KernelNotFound(KitError):
+    """Kaggle answered 404 for a kernel (or one of its versions)."""
+
+
+@dataclass(frozen=True)
+class PushReply:
+    version: int | None
+    url: str
+    error: str
+
+
+@dataclass(frozen=True)
+class KernelStatus:
+    status: str  # QUEUED | RUNNING | COMPLETE | ERROR | CANCEL_REQUESTED | CANCEL_ACKNOWLEDGED
+    failure_message: str
+
+
+@dataclass(frozen=True)
+class KernelInfo:
+    current_version: int | None
+    source: str
+
+
+@dataclass(frozen=True)
+class OutputFile:
+    name: str
+    url: str
+
+
+@dataclass(frozen=True)
+class KernelOutputs:
+    files: list[OutputFile]
+    log: str
+
+
+@dataclass(frozen=True)
+class Submission:
+    ref: int
+    status: str  # PENDING | COMPLETE | ERROR
+    description: str
+    file_name: str
+    public_score: str
+    private_score: str
+    error: str
+    date: str
+
+
+@dataclass
+class CredentialInfo:
+    """Where credentials were found (never the secret itself) and any warnings about them."""
+
+    source: str
+    warnings: list[str] = field(default_factory=list)
+
+
+def kaggle_config_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """The folder the client reads kaggle.json from (same rule as the client)."""
+    env = os.environ if environ is None else environ
+    if env.get("KAGGLE_CONFIG_DIR"):
+        return Path(env["KAGGLE_CONFIG_DIR"])
+    home = Path(env.get("HOME") or Path.home())
+    legacy = home / ".kaggle"
+    if legacy.exists() or not sys.platform.startswith("linux"):
+        return legacy
+    return Path(env.get("XDG_CONFIG_HOME") or home / ".config") / "kaggle"
+
+
+def _read_key_file(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def find_credentials(environ: Mapping[str, str] | None = None) -> CredentialInfo | None:
+    """Where Kaggle credentials would come from, or None when there are none."""
+    env = os.environ if environ is None else environ
+    home = Path(env.get("HOME") or Path.home())
+    if env.get("KAGGLE_API_TOKEN"):
+        return CredentialInfo("KAGGLE_API_TOKEN")
+    for name in ("access_token", "access_token.txt"):
+        token = home / ".kaggle" / name
+        if token.is_file() and token.read_text(encoding="utf-8", errors="replace").strip():
+            return CredentialInfo(str(token))
+    key_file = kaggle_config_dir(env) / "kaggle.json"
+    data = _read_key_file(key_file) if key_file.is_file() else {}
+    has_user = bool(env.get("KAGGLE_USERNAME") or data.get("username"))
+    has_key = bool(env.get("KAGGLE_KEY") or data.get("key"))
+    if has_user and has_key:
+        info = CredentialInfo(str(key_file) if data else "KAGGLE_USERNAME/KAGGLE_KEY")
+        if data and os.name != "nt" and key_file.stat().st_mode & 0o044:
+            info.warnings.append(f"{key_file} is readable by other users; run: chmod 600 {key_file}")
+        return info
+    if (home / ".kaggle" / "credentials.json").is_file():
+        return CredentialInfo(str(home / ".kaggle" / "credentials.json"))
+    return None
+
+
+@contextlib.contextmanager
+def quiet_stdout() -> Iterator[io.StringIO]:
+    """Capture what the client prints (banners, warnings) so it never reaches the user's terminal raw."""
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        yield buffer
+
+
+def _enum_name(value: Any) -> str:
+    return getattr(value, "name", None) or str(value or "")
+
+
+def _is_not_found(exc: BaseException) -> bool:
+    return http_status(exc) == 404
+
+
+class KaggleClient:
+    """Kaggle calls kit needs, on top of an authenticated `kaggle.api.KaggleApi`."""
+
+    def __init__(self, api: Any, policy: RetryPolicy | None = None,
+                 on_retry: Callable[[str, int, str, float], None] | None = None) -> None:
+        self.api = api
+        self.policy = policy or RetryPolicy.from_env()
+        self.on_retry = on_retry
+        self.stats = STATS
+
+    @property
+    def username(self) -> str:
+        name = self.api.config_values.get("username") or ""
+        if not name:
+            raise KitError("Kaggle credentials carry no user name: set KAGGLE_USERNAME or add username to kaggle.json")
+        return str(name)
+
+    def _retry(self, fn: Callable[[], Any], what: str) -> Any:
+        return call_with_retry(fn, what, self.policy, on_retry=self.on_retry, stats=self.stats)
+
+    def _sdk(self) -> Any:
+        return self.api.build_kaggle_client()
+
+    # -- kernels -------------------------------------------------------------------------------
+    def push(self, folder: Path, accelerator: str | None = None, timeout_s: int | None = None) -> PushReply:
+        """One SaveKernel call (no retry: the caller reconciles). Raises the client's exception on failure."""
+        with quiet_stdout():
+            reply = self.api.kernels_push(str(folder), str(timeout_s) if timeout_s else None, accelerator)
+        if reply is None:
+            raise KaggleCallError(f"push {folder}: the client returned no reply")
+        return PushReply(version=reply.version_number, url=reply.url or "", error=reply.error or "")
+
+    def kernel_status(self, ref: str) -> KernelStatus:
+        """Status of `owner/slug[/N]`; raises KernelNotFound on 404."""
+        def call() -> KernelStatus:
+            try:
+                reply = self.api.kernels_status(ref)
+            except ValueError as exc:  # the client turns 401/403 into ValueError
+                raise KaggleCallError(f"status {ref}: {exc}") from None
+            except Exception as exc:
+                if _is_not_found(exc):
+                    raise KernelNotFound(f"status {ref}: kernel not found") from None
+                raise
+            return KernelStatus(status=_enum_name(reply.status).upper(), failure_message=reply.failure_message or "")
+
+        return self._retry(call, f"status {ref}")
+
+    def kernel_info(self, owner: str, slug: str) -> KernelInfo:
+        """Latest version number and source text of a kernel; raises KernelNotFound on 404."""
+        from kagglesdk.kernels.types.kernels_api_service import ApiGetKernelRequest
+
+        def call() -> KernelInfo:
+            request = ApiGetKernelRequest()
+            request.user_name, request.kernel_slug = owner, slug
+            try:
+                with self._sdk() as kaggle:
+                    reply = kaggle.kernels.kernels_api_client.get_kernel(request)
+            except Exception as exc:
+                if _is_not_found(exc):
+                    raise KernelNotFound(f"get kernel {owner}/{slug}: not found") from None
+                raise
+            meta, blob = reply.metadata, reply.blob
+            return KernelInfo(
+                current_version=getattr(meta, "current_version_number", None) if meta else None,
+                source=(getattr(blob, "source", None) or "") if blob else "",
+            )
+
+        return self._retry(call, f"get kernel {owner}/{slug}")
+
+    def list_outputs(self, owner: str, slug: str, version: int | None = None) -> KernelOutputs:
+        """Every output file (name, download URL) of a kernel version, all pages, plus its log."""
+        from kagglesdk.kernels.types.kernels_api_service import ApiListKernelSessionOutputRequest
+
+        files: list[OutputFile] = []
+        log = ""
+        token = ""
+        for _ in range(MAX_PAGES):
+            def call(page_token: str = token) -> Any:
+                request = ApiListKernelSessionOutputRequest()
+                request.user_name, request.kernel_slug = owner, slug
+                request.page_size, request.page_token = OUTPUT_PAGE_SIZE, page_token
+                if version is not None:
+                    request.version_label = f"v{version}"
+                with self._sdk() as kaggle:
+                    return kaggle.kernels.kernels_api_client.list_kernel_session_output(request)
+
+            reply = self._retry(call, f"list outputs of {owner}/{slug}" + (f"/{version}" if version else ""))
+            files.extend(OutputFile(f.file_name or "", f.url or "") for f in reply.files or [])
+            log = log or (reply.log or "")
+            token = reply.next_page_token or ""
+            if not token:
+                break
+        return KernelOutputs(files=files, log=log)
+
+    # -- downloads -----------------------------------------------------------------------------
+    def download(self, url: str, dest: Path, what: str) -> int:
+        """Fetch `url` into `dest`, resuming a partial file with a Range request; returns the size.
+
+        The server's Content-Length (or Content-Range total) must match what arrived, or the
+        attempt counts as truncated and is retried from where it stopped."""
+        import requests
+
+        def attempt() -> int:
+            have = dest.stat().st_size if dest.exists() else 0
+            headers = {"Range": f"bytes={have}-"} if have else {}
+            with requests.get(url, headers=headers, stream=True, timeout=DOWNLOAD_TIMEOUT_S) as reply:
+                if reply.status_code == 416:  # what we hold is not a prefix of the file: start over
+                    dest.unlink(missing_ok=True)
+                    raise TruncatedDownload("range not satisfiable, restarting")
+                reply.raise_for_status()
+                total = _expected_total(reply, have)
+                mode = "ab" if reply.status_code == 206 else "wb"
+                with open(dest, mode) as fh:
+                    try:
+                        for chunk in reply.iter_content(CHUNK_BYTES):
+                            fh.write(chunk)
+                    except (requests.exceptions.ChunkedEncodingError, requests.exceptions.ConnectionError) as exc:
+                        fh.flush()
+                        got = dest.stat().st_size
+                        raise TruncatedDownload(
+                            f"connection broke after {got} of {total if total is not None else '?'} bytes"
+                        ) from exc
+            size = dest.stat().st_size
+            if total is not None and size != total:
+                if size > total:
+                    dest.unlink(missing_ok=True)
+                raise TruncatedDownload(f"got {size} of {total} bytes")
+            return size
+
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        return self._retry(attempt, f"download {what}")
+
+    # -- competitions --------------------------------------------------------------------------
+    def submit(self, path: Path, message: str, competition: str) -> int:
+        """Upload and create one submission (no retry: the caller reconciles); returns its ref."""
+        with quiet_stdout():
+            reply = self.api.competition_submit(str(path), message, competition, quiet=True)
+        if (reply.message or "") == UPLOAD_FAILED:
+            raise ConnectionError(f"upload of {path.name} failed")
+        if not reply.ref:
+            raise KaggleCallError(f"submit {path}: Kaggle returned no submission ref ({reply.message})")
+        return int(reply.ref)
+
+    def submissions(self, competition: str) -> list[Submission]:
+        """All of the user's submissions to a competition, newest first."""
+        from kagglesdk.competitions.types.competition_api_service import ApiListSubmissionsRequest
+
+        found: list[Submission] = []
+        token = ""
+        for page in range(1, MAX_PAGES + 1):
+            def call(page_token: str = token, page_number: int = page) -> Any:
+                request = ApiListSubmissionsRequest()
+                request.competition_name = competition
+                request.page_size = SUBMISSION_PAGE_SIZE
+                request.page_token = page_token
+                if not page_token:
+                    request.page = page_number
+                with self._sdk() as kaggle:
+                    return kaggle.competitions.competition_api_client.list_submissions(request)
+
+            reply = self._retry(call, f"list submissions of {competition}")
+            found.extend(_submission(s) for s in reply.submissions or [] if s is not None)
+            token = reply.next_page_token or ""
+            if not token:
+                break
+        return found
+
+    def submission(self, ref: int) -> Submission:
+        from kagglesdk.competitions.types.competition_api_service import ApiGetSubmissionRequest
+
+        def call() -> Submission:
+            request = ApiGetSubmissionRequest()
+            request.ref = int(ref)
+            with self._sdk() as kaggle:
+                return _submission(kaggle.competitions.competition_api_client.get_submission(request))
+
+        return self._retry(call, f"get submission {ref}")
+
+
+def _expected_total(reply: Any, have: int) -> int | None:
+    if reply.status_code == 206:
+        content_range = reply.headers.get("Content-Range", "")
+        start = content_range.split(" ")[-1].split("-")[0]
+        if not start.isdigit() or int(start) != have:
+            raise TruncatedDownload(f"server resumed at {content_range!r}, expected byte {have}")
+        total = content_range.rsplit("/", 1)[-1]
+        return int(total) if total.isdigit() else None
+    length = reply.headers.get("Content-Length")
+    return int(length) if length and length.isdigit() else None
+
+
+def _submission(s: Any) -> Submission:
+    date = getattr(s, "date", None)
+    return Submission(
+        ref=int(s.ref or 0),
+        status=_enum_name(s.status).upper(),
+        description=s.description or "",
+        file_name=s.file_name or "",
+        public_score=s.public_score or "",
+        private_score=s.private_score or "",
+        error=s.error_description or "",
+        date=date.isoformat(timespec="seconds") if date else "",
+    )
+
+
+def _client_args(environ: Mapping[str, str]) -> list[str]:
+    """The client's routing flags for the current environment (never --verbose: it prints headers)."""
+    return ["--local"] if environ.get("KAGGLE_API_ENVIRONMENT") == LOCAL_ENV_VALUE else []
+
+
+def connect(policy: RetryPolicy | None = None, on_retry: Callable[[str, int, str, float], None] | None = None,
+            warn: Callable[[str], None] | None = None) -> KaggleClient:
+    """Authenticate with the usual credentials and return a `KaggleClient` (see module docstring)."""
+    info = find_credentials()
+    if info is None:
+        raise KitError(NO_CREDENTIALS)
+    for line in info.warnings:
+        (warn or (lambda text: print(f"warning: {text}", file=sys.stderr)))(line)
+    config_dir = kaggle_config_dir()
+    with quiet_stdout():
+        try:
+            from kaggle.api.kaggle_api_extended import KaggleApi  # runs kaggle/__init__ (authenticates)
+        except ImportError as exc:
+            if exc.name in ("kaggle", "six", "kagglesdk"):
+                raise KitError(f"{NOT_INSTALLED} (missing module {exc.name!r})") from None
+            raise
+        api = KaggleApi()
+        # The class reads these once at import; set them from the environment as it is now.
+        api.config_dir = str(config_dir)
+        api.config = str(config_dir / "kaggle.json")
+        api.args = _client_args(os.environ)
+        try:
+            api.authenticate()
+        except SystemExit:
+            raise KitError(NO_CREDENTIALS) from None
+    return KaggleClient(api, policy=policy, on_retry=on_retry)

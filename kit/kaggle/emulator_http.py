@@ -1,0 +1,236 @@
+"""The emulator's HTTP face: Kaggle's wire format on top of an `Emulator`.
+
+In:  requests from the real `kaggle` client (as proxy requests: absolute URIs, routed on the
+     `/v1/<service>/<Method>` suffix), plain GETs of download URLs, PUTs of submission uploads.
+Out: camelCase JSON replies, Kaggle's {"code", "message"} errors (401 without an Authorization
+     header), file bytes with Content-Length, ETag, Last-Modified and Range (206) support; and the
+     faults the emulator's `FaultPlan` picks (429, 500, lost replies, slow replies, truncation).
+Adding a call is one function on `Emulator` and one line in `API_CALLS`.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import email.utils
+import hashlib
+import json
+import sys
+import time
+from collections.abc import Callable, Mapping
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlsplit
+
+from kit.kaggle.faults import API_FAULTS, FILE_FAULTS
+
+if TYPE_CHECKING:
+    from kit.kaggle.emulator import Emulator
+
+NO_FAULT_CALLS = frozenset({"security.OAuthService/IntrospectToken"})
+STATS_PATH = "/emulator/stats"
+
+
+class ApiError(Exception):
+    """An error reply: HTTP status and Kaggle's {"code", "message"} body."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _api_calls() -> dict[str, Callable[[Emulator, Mapping[str, Any], str], dict[str, Any]]]:
+    """The calls the emulator answers: "<service>/<Method>" -> handler(emulator, body, user)."""
+    return {
+        "security.OAuthService/IntrospectToken": lambda e, b, u: {"active": True, "username": e.settings.token_user},
+        "kernels.KernelsApiService/SaveKernel": lambda e, b, u: e.save_kernel(b, u),
+        "kernels.KernelsApiService/GetKernelSessionStatus": lambda e, b, u: e.kernel_status(b),
+        "kernels.KernelsApiService/GetKernel": lambda e, b, u: e.get_kernel(b),
+        "kernels.KernelsApiService/ListKernelSessionOutput": lambda e, b, u: e.list_output(b),
+        "competitions.CompetitionApiService/StartSubmissionUpload": lambda e, b, u: e.start_upload(b),
+        "competitions.CompetitionApiService/CreateSubmission": lambda e, b, u: e.create_submission(b),
+        "competitions.CompetitionApiService/GetSubmissionLimits": lambda e, b, u: e.submission_limits(b),
+        "competitions.CompetitionApiService/ListSubmissions": lambda e, b, u: e.list_submissions(b),
+        "competitions.CompetitionApiService/GetSubmission": lambda e, b, u: e.get_submission(b),
+    }
+
+
+API_CALLS = _api_calls()
+
+
+def _caller(header: str | None, token_user: str) -> str | None:
+    """The user an Authorization header names (Basic: its user name; Bearer: the token user)."""
+    if not header:
+        return None
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "bearer" and value:
+        return token_user
+    if scheme.lower() == "basic":
+        with contextlib.suppress(ValueError, UnicodeDecodeError):
+            return base64.b64decode(value).decode().split(":", 1)[0] or None
+    return None
+
+
+class EmulatorServer(ThreadingHTTPServer):
+    """Threaded server that notes, instead of printing, clients hanging up mid-request."""
+
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], emulator: Emulator) -> None:
+        super().__init__(address, handler)
+        self.emulator = emulator
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (ConnectionError, TimeoutError)):
+            self.emulator.log(f"client {client_address[1]} hung up: {type(exc).__name__}")
+            return
+        super().handle_error(request, client_address)
+
+
+def handler_for(emulator: Emulator) -> type[BaseHTTPRequestHandler]:
+    """The request handler class bound to `emulator`."""
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        server_version = "KaggleEmulator/1"
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+            emulator.log(f"{self.command} {urlsplit(self.path).path} " + (format % args).split('"')[-1].strip())
+
+        def _body(self) -> bytes:
+            length = int(self.headers.get("Content-Length") or 0)
+            return self.rfile.read(length) if length else b""
+
+        def _send(self, status: int, data: bytes, headers: Mapping[str, str] | None = None,
+                  content_type: str = "application/json") -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(data)))
+            for key, value in (headers or {}).items():
+                self.send_header(key, value)
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(data)
+
+        def _json(self, status: int, payload: Mapping[str, Any]) -> None:
+            self._send(status, json.dumps(payload).encode())
+
+        def _error(self, status: int, message: str) -> None:
+            self._json(status, {"code": status, "message": message})
+
+        def _fault(self, key: str, kinds: tuple[str, ...]) -> str | None:
+            kind = emulator.faults.decide(key, kinds)
+            if kind is None:
+                return None
+            emulator._count_fault(kind)
+            if kind == "slow":
+                time.sleep(emulator.faults.config.slow_s)
+                return None
+            if kind == "429":
+                self._send(429, json.dumps({"code": 429, "message": "Too many requests"}).encode(),
+                           {"Retry-After": "0"})
+                return kind
+            if kind == "500":
+                self._error(500, "Internal server error (injected)")
+                return kind
+            return kind  # lost_reply / truncate: the caller acts on it
+
+        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+            path = urlsplit(self.path).path
+            raw = self._body()
+            marker = "/v1/"
+            if marker not in path:
+                return self._error(404, f"no such endpoint {path}")
+            call = path.split(marker, 1)[1]
+            handler = API_CALLS.get(call)
+            if handler is None:
+                return self._error(404, f"the emulator does not implement {call}")
+            user = _caller(self.headers.get("Authorization"), emulator.settings.token_user)
+            if user is None:
+                return self._error(401, "Unauthenticated")
+            try:
+                body = json.loads(raw or b"{}")
+            except json.JSONDecodeError:
+                return self._error(400, "request body is not JSON")
+            emulator._count("calls")
+            lost = False
+            if call not in NO_FAULT_CALLS:
+                identity = body.get("slug") or body.get("kernelSlug") or body.get("competitionName") or body.get("ref")
+                kind = self._fault(f"{call}:{identity}", API_FAULTS)
+                if kind in ("429", "500"):
+                    return None
+                lost = kind == "lost_reply"
+            try:
+                reply = handler(emulator, body, user)
+            except ApiError as exc:
+                return self._error(exc.status, exc.message)
+            if lost:
+                return self._error(500, "Internal server error (injected after the work was done)")
+            return self._json(200, reply)
+
+        def do_GET(self) -> None:  # noqa: N802
+            path = urlsplit(self.path).path
+            if path == STATS_PATH:
+                return self._json(200, emulator.stats())
+            parts = path.split("/", 5)
+            if len(parts) < 6 or parts[1] != "files" or not parts[4].isdigit():
+                return self._error(404, f"no such file {path}")
+            _, _, owner, slug, number, name = parts
+            name = unquote(name)
+            kind = self._fault(f"GET:{owner}/{slug}/{number}/{name}", FILE_FAULTS)
+            if kind in ("429", "500"):
+                return None
+            truncate = kind == "truncate"
+            try:
+                file_path = emulator.output_file(owner, slug, int(number), name)
+            except ApiError as exc:
+                return self._error(exc.status, exc.message)
+            self._serve_file(file_path, truncate)
+            return None
+
+        def _serve_file(self, file_path: Path, truncate: bool) -> None:
+            data = file_path.read_bytes()
+            size = len(data)
+            stat = file_path.stat()
+            headers = {"Accept-Ranges": "bytes", "ETag": f'"{hashlib.sha256(data).hexdigest()[:16]}"',
+                       "Last-Modified": email.utils.formatdate(stat.st_mtime, usegmt=True)}
+            status, start = 200, 0
+            wanted = self.headers.get("Range", "")
+            if wanted.startswith("bytes=") and wanted[6:].endswith("-") and wanted[6:-1].isdigit():
+                start = int(wanted[6:-1])
+                if start >= size:
+                    headers["Content-Range"] = f"bytes */{size}"
+                    return self._send(416, b"", headers)
+                status = 206
+                headers["Content-Range"] = f"bytes {start}-{size - 1}/{size}"
+            body = data[start:]
+            emulator._count("downloads")
+            if truncate and len(body) > 1:
+                self.send_response(status)
+                self.send_header("Content-Type", "application/octet-stream")
+                self.send_header("Content-Length", str(len(body)))
+                for key, value in headers.items():
+                    self.send_header(key, value)
+                self.end_headers()
+                self.wfile.write(body[: len(body) // 2])
+                self.wfile.flush()
+                self.close_connection = True
+                return None
+            return self._send(status, body, headers, content_type="application/octet-stream")
+
+        def do_PUT(self) -> None:  # noqa: N802
+            path = urlsplit(self.path).path
+            data = self._body()
+            if not path.startswith("/upload/"):
+                return self._error(404, f"no such upload URL {path}")
+            if self._fault(f"PUT:{path}", ("500", "slow")) == "500":
+                return None
+            try:
+                emulator.receive_upload(path.rsplit("/", 1)[1], data)
+            except ApiError as exc:
+                return self._error(exc.status, exc.message)
+            return self._json(200, {})
+
+    return Handler

@@ -1,0 +1,187 @@
+"""Bounded exponential back-off with jitter for calls to Kaggle.
+
+In:  a zero-argument callable, a label naming what it does, and a `RetryPolicy`.
+Out: the callable's result; or, once the attempts are spent (or at once for a permanent error),
+     a `KaggleCallError` whose one-line message names the call and the last failure.
+
+Transient (retried): HTTP 429 and 5xx, connection errors and resets, timeouts, broken or
+truncated transfers (`TruncatedDownload`). Everything else (4xx, bad arguments) fails at once.
+The policy comes from the environment so tests and impatient users can shrink it:
+KIT_RETRY_ATTEMPTS, KIT_RETRY_BASE_S, KIT_RETRY_CAP_S.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TypeVar
+
+from kit.errors import KitError
+
+T = TypeVar("T")
+
+DEFAULT_ATTEMPTS = 6
+DEFAULT_BASE_S = 1.0
+DEFAULT_CAP_S = 30.0
+JITTER_FRACTION = 0.5  # each delay is scaled by a random factor in [1 - j, 1 + j]
+BACKOFF_FACTOR = 2.0
+RETRY_AFTER_CAP_S = 120.0
+TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+MAX_MESSAGE = 200
+
+
+class KaggleCallError(KitError):
+    """A call to Kaggle failed for good (permanent error, or transient errors past the budget)."""
+
+
+class TruncatedDownload(IOError):
+    """A download ended before the promised number of bytes arrived."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How many attempts, and the delay between them: base * factor**(n-1), capped, with jitter."""
+
+    attempts: int = DEFAULT_ATTEMPTS
+    base_s: float = DEFAULT_BASE_S
+    cap_s: float = DEFAULT_CAP_S
+    jitter: float = JITTER_FRACTION
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> RetryPolicy:
+        env = os.environ if environ is None else environ
+        try:
+            return cls(
+                attempts=max(1, int(env.get("KIT_RETRY_ATTEMPTS", DEFAULT_ATTEMPTS))),
+                base_s=max(0.0, float(env.get("KIT_RETRY_BASE_S", DEFAULT_BASE_S))),
+                cap_s=max(0.0, float(env.get("KIT_RETRY_CAP_S", DEFAULT_CAP_S))),
+            )
+        except ValueError as exc:
+            raise KitError(f"KIT_RETRY_*: expected numbers ({exc})") from None
+
+    def delay(self, attempt: int, rng: random.Random | None = None) -> float:
+        """Seconds to wait after failed attempt number `attempt` (1-based)."""
+        raw = min(self.cap_s, self.base_s * BACKOFF_FACTOR ** (attempt - 1))
+        r = (rng or random).uniform(1.0 - self.jitter, 1.0 + self.jitter)
+        return max(0.0, min(self.cap_s, raw * r))
+
+
+class RetryStats:
+    """Thread-safe counters of what the retry layer did (for summaries and the fault figures)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.retries = 0
+        self.failures = 0
+        self.by_reason: dict[str, int] = {}
+
+    def record(self, reason: str) -> None:
+        with self._lock:
+            self.retries += 1
+            self.by_reason[reason] = self.by_reason.get(reason, 0) + 1
+
+    def record_failure(self) -> None:
+        with self._lock:
+            self.failures += 1
+
+
+STATS = RetryStats()
+
+
+def http_status(exc: BaseException) -> int | None:
+    """The HTTP status an exception carries (requests' HTTPError), if any."""
+    response = getattr(exc, "response", None)
+    status = getattr(response, "status_code", None)
+    return int(status) if isinstance(status, int) else None
+
+
+def _is_connection_problem(exc: BaseException) -> bool:
+    try:
+        import requests
+        import urllib3.exceptions
+    except ImportError:  # pragma: no cover - requests ships with the kaggle client
+        return isinstance(exc, (ConnectionError, TimeoutError))
+    transient = (
+        requests.exceptions.ConnectionError,
+        requests.exceptions.Timeout,
+        requests.exceptions.ChunkedEncodingError,
+        urllib3.exceptions.ProtocolError,
+        urllib3.exceptions.ReadTimeoutError,
+        ConnectionError,
+        TimeoutError,
+    )
+    return isinstance(exc, transient)
+
+
+def classify(exc: BaseException) -> str | None:
+    """A short reason when `exc` is transient ('http-429', 'http-500', 'connection', 'truncated'), else None."""
+    if isinstance(exc, TruncatedDownload):
+        return "truncated"
+    status = http_status(exc)
+    if status is not None:
+        return f"http-{status}" if status in TRANSIENT_STATUS else None
+    if _is_connection_problem(exc):
+        return "connection"
+    return None
+
+
+def retry_after_s(exc: BaseException) -> float | None:
+    """Seconds from a Retry-After header on a 429/503 reply, if it holds a number."""
+    response = getattr(exc, "response", None)
+    headers = getattr(response, "headers", None) or {}
+    value = headers.get("Retry-After") if hasattr(headers, "get") else None
+    try:
+        return min(RETRY_AFTER_CAP_S, max(0.0, float(value))) if value is not None else None
+    except ValueError:
+        return None
+
+
+def describe(exc: BaseException) -> str:
+    """One line for an exception: 'HTTP 500: message', 'truncated: ...' or 'ConnectionError: ...'."""
+    if isinstance(exc, TruncatedDownload):
+        return f"truncated: {exc}"[:MAX_MESSAGE]
+    status = http_status(exc)
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if status is not None:
+        return f"HTTP {status}: {text}"[:MAX_MESSAGE]
+    return f"{type(exc).__name__}: {text}"[:MAX_MESSAGE]
+
+
+def call_with_retry(
+    fn: Callable[[], T],
+    what: str,
+    policy: RetryPolicy | None = None,
+    on_retry: Callable[[str, int, str, float], None] | None = None,
+    retry_if: Callable[[BaseException], str | None] = classify,
+    stats: RetryStats = STATS,
+    sleep: Callable[[float], None] = time.sleep,
+    rng: random.Random | None = None,
+) -> T:
+    """Run `fn` until it succeeds, retrying transient failures with back-off; see module docstring."""
+    policy = policy or RetryPolicy.from_env()
+    for attempt in range(1, policy.attempts + 1):
+        try:
+            return fn()
+        except KitError:
+            raise
+        except Exception as exc:
+            reason = retry_if(exc)
+            if reason is None:
+                stats.record_failure()
+                raise KaggleCallError(f"{what}: {describe(exc)}") from None
+            if attempt >= policy.attempts:
+                stats.record_failure()
+                raise KaggleCallError(
+                    f"{what}: still failing after {policy.attempts} attempt(s) ({describe(exc)})"
+                ) from None
+            wait = retry_after_s(exc) if reason == "http-429" else None
+            wait = policy.delay(attempt, rng) if wait is None else min(wait, policy.cap_s)
+            stats.record(reason)
+            if on_retry:
+                on_retry(what, attempt, reason, wait)
+            sleep(wait)
+    raise AssertionError("unreachable")  # pragma: no cover

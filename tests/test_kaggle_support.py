@@ -1,0 +1,163 @@
+"""Shared helpers for the Kaggle tests (imported by tests/test_kaggle_*.py; holds no tests itself).
+
+- `write_competition(folder, names)`: a tiny competition folder (sample_submission.csv, solution.csv
+  with a Usage column) for the emulator to score against.
+- `write_credentials(folder)`: a 0600 kaggle.json with a fake key (FAKE_KEY) for the real client.
+- `quick_kernel_dir(...)`: a hand-written kernel (plain Python, no TensorFlow) that writes outputs
+  meeting kernels/contracts.py in well under a second, with its kernel-metadata.json.
+- `quick_rendered(...)`: the same, wrapped as a `kit.render.RenderedKernel` so push_one can push it.
+- `start_emulator(...)`: an emulator on 127.0.0.1 in this process (kernels run as subprocesses).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+from collections.abc import Sequence
+from pathlib import Path
+
+from kernels.config import from_dict
+from kit.kaggle.emulator import Emulator, EmulatorSettings
+from kit.kaggle.faults import FaultConfig
+from kit.render import RenderedKernel
+
+FAKE_USER = "kit-user"
+FAKE_KEY = "f4k3k3y0123456789abcdefdeadbeef"
+COMPETITION = "siim-isic-melanoma-classification"
+TEST_NAMES = [f"ISIC_{9000000 + i}" for i in range(40)]
+TRAIN_NAMES = [f"ISIC_{1000000 + i}" for i in range(24)]
+FAST_ENV = {"KIT_RETRY_BASE_S": "0.01", "KIT_RETRY_CAP_S": "0.05", "KIT_RETRY_ATTEMPTS": "8",
+            "KIT_POLL_S": "0.5", "KIT_POLL_MAX_S": "2"}
+
+
+def write_competition(folder: Path, names: Sequence[str] = TEST_NAMES) -> Path:
+    """sample_submission.csv and solution.csv (targets alternate by name hash, 30 % Public)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = ["image_name,target"] + [f"{n},0.5" for n in names]
+    (folder / "sample_submission.csv").write_text("\n".join(rows) + "\n")
+    sol = ["image_name,target,Usage"]
+    for i, n in enumerate(names):
+        target = int(hashlib.sha256(n.encode()).digest()[0] % 3 == 0)
+        sol.append(f"{n},{target},{'Public' if i % 10 < 3 else 'Private'}")
+    (folder / "solution.csv").write_text("\n".join(sol) + "\n")
+    return folder
+
+
+def solution_targets(folder: Path) -> dict[str, int]:
+    lines = (folder / "solution.csv").read_text().splitlines()[1:]
+    return {line.split(",")[0]: int(line.split(",")[1]) for line in lines}
+
+
+def write_credentials(folder: Path, user: str = FAKE_USER, key: str = FAKE_KEY) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "kaggle.json"
+    path.write_text(json.dumps({"username": user, "key": key}))
+    path.chmod(stat.S_IRUSR | stat.S_IWUSR)
+    return folder
+
+
+QUICK_KERNEL = '''\
+"""A hand-written kernel: writes kit's output files (contracts) without training anything."""
+import hashlib, json, os, time
+time.sleep({sleep_s})
+SEED = {seed}
+TEST = {test!r}
+TRAIN = {train!r}
+SIZE_PAD = {pad}
+out = os.environ.get("KIT_OUTPUT_DIR", ".")
+print("quick kernel seed", SEED, "inputs", sorted(os.listdir(os.environ.get("KIT_INPUT_ROOT", "."))))
+if {fail!r}:
+    raise SystemExit("quick kernel told to fail: " + {fail!r})
+def score(name):
+    return int(hashlib.sha256(f"{{SEED}}:{{name}}".encode()).hexdigest()[:6], 16) / 16**6
+files = {{}}
+def write(name, text):
+    path = os.path.join(out, name)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as fh:
+        fh.write(text)
+    data = open(path, "rb").read()
+    files[name] = {{"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}}
+write("oof.csv", "image_name,target,pred,fold\\n" + "".join(
+    f"{{n}},{{i % 2}},{{score(n):.6f}},{{i % 2}}\\n" for i, n in enumerate(TRAIN)))
+write("test_pred.csv", "image_name,target\\n" + "".join(f"{{n}},{{score(n):.6f}}\\n" for n in TEST))
+write("test_pred_folds.csv", "image_name,fold_0,fold_1\\n" + "".join(
+    f"{{n}},{{score(n):.6f}},{{score(n):.6f}}\\n" for n in TEST))
+write("history.json", json.dumps({{"schema": "kit.history/1", "folds": []}}))
+write("plots/padding.bin", "x" * SIZE_PAD)
+manifest = {{"schema": "kit.manifest/1", "experiment": "quick", "config": {{"seed": SEED}}, "versions": {{}},
+            "seed": SEED, "hardware": {{"kind": "cpu", "replicas": 1}},
+            "folds": [{{"fold": 0, "auc": 0.5, "best_epoch": 0}}, {{"fold": 1, "auc": 0.5, "best_epoch": 0}}],
+            "oof_auc": 0.5, "timings": {{"total_s": 0.0}}, "files": files}}
+write("manifest.json", json.dumps(manifest, indent=1))
+print("quick kernel done")
+'''
+
+
+def quick_kernel_dir(root: Path, slug: str, owner: str = FAKE_USER, seed: int = 0, fail: str = "",
+                     pad: int = 200_000, shape: str | None = "TpuV5E8",
+                     datasets: Sequence[str] = (), sleep_s: float = 0.0) -> Path:
+    """A kernel folder (kernel.py + kernel-metadata.json) the real client can push."""
+    folder = root / slug
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "kernel.py").write_text(QUICK_KERNEL.format(seed=seed, test=TEST_NAMES, train=TRAIN_NAMES,
+                                                          pad=pad, fail=fail, sleep_s=sleep_s))
+    meta = {"id": f"{owner}/{slug}", "title": slug, "code_file": "kernel.py", "language": "python",
+            "kernel_type": "script", "is_private": True, "enable_gpu": False, "enable_tpu": shape is not None,
+            "enable_internet": True, "dataset_sources": list(datasets), "competition_sources": [COMPETITION],
+            "kernel_sources": [], "model_sources": [], "keywords": []}
+    if shape:
+        meta["machine_shape"] = shape
+    (folder / "kernel-metadata.json").write_text(json.dumps(meta, indent=1))
+    return folder
+
+
+def quick_rendered(root: Path, name: str, **kwargs: object) -> RenderedKernel:
+    """A quick kernel as a RenderedKernel (content hash over its files), for kit.kaggle.push."""
+    folder = quick_kernel_dir(root, name, **kwargs)  # type: ignore[arg-type]
+    meta = json.loads((folder / "kernel-metadata.json").read_text())
+    digest = hashlib.sha256((folder / "kernel.py").read_bytes() + (folder / "kernel-metadata.json").read_bytes())
+    return RenderedKernel(directory=folder, code_file=folder / "kernel.py", metadata=meta, kernel_id=meta["id"],
+                          slug=name, content_hash=digest.hexdigest(), experiment=from_dict({"name": name}))
+
+
+def start_emulator(tmp: Path, faults: FaultConfig | None = None, **settings: object) -> Emulator:
+    datasets = tmp / "datasets"
+    datasets.mkdir(exist_ok=True)
+    options = {"score_delay_s": 0.2, "daily_submissions": 100, **settings}
+    if "competition_dir" not in options:
+        options["competition_dir"] = write_competition(tmp / "competition")
+    options.setdefault("state_dir", tmp / "emulator")
+    return Emulator(EmulatorSettings(datasets_root=datasets, **options), faults).start()  # type: ignore[arg-type]
+
+
+def client_env(emulator: Emulator, config_dir: Path, ledger: Path | None = None) -> dict[str, str]:
+    """Environment for the real client (and kit) to reach `emulator` with the fake credentials."""
+    env = {**emulator.client_env(), "KAGGLE_CONFIG_DIR": str(config_dir), **FAST_ENV}
+    if ledger is not None:
+        env["KIT_LEDGER"] = str(ledger)
+    return env
+
+
+def apply_env(monkeypatch: object, env: dict[str, str]) -> None:
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)  # type: ignore[attr-defined]
+    for key in ("KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_API_TOKEN"):
+        monkeypatch.delenv(key, raising=False)  # type: ignore[attr-defined]
+
+
+def tree_text(*roots: Path) -> list[tuple[Path, bytes]]:
+    """(path, bytes) of every file under the roots (for secret greps)."""
+    found = []
+    for root in roots:
+        if root.is_file():
+            found.append((root, root.read_bytes()))
+        elif root.is_dir():
+            found.extend((p, p.read_bytes()) for p in root.rglob("*") if p.is_file() and not p.is_symlink())
+    return found
+
+
+def env_without_kaggle() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("KAGGLE_")}
