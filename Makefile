@@ -10,6 +10,8 @@ IMG     ?=
 ACC     ?=
 MSG     ?=
 PORT    ?= 8765
+COMP    ?=
+SAMPLE  ?=
 
 .PHONY: help install demo test lint bench data render run push-kernel status wait pull blend report submit \
         submissions predict emulator clean
@@ -65,7 +67,7 @@ report: $(STAMP)  ## leaderboard of all runs and the answers (best backbone, bes
 	$(KIT) report
 
 submit: $(STAMP)  ## validate and submit ensembles/$(ENS)/submission.csv, then wait for the score
-	$(KIT) submit ensembles/$(ENS)/submission.csv --recipe $(ENS) $(if $(MSG),--message "$(MSG)")
+	$(KIT) submit ensembles/$(ENS)/submission.csv $(if $(SAMPLE),--sample $(SAMPLE)) $(if $(MSG),--message "$(MSG)")
 
 submissions: $(STAMP)  ## list submissions with their scores
 	$(KIT) submissions
@@ -73,8 +75,8 @@ submissions: $(STAMP)  ## list submissions with their scores
 predict: $(STAMP)  ## probability that IMG (file(s) or folder) is malignant, with the $(ENS) ensemble
 	$(KIT) predict $(IMG) --ensemble $(ENS)
 
-emulator: $(STAMP)  ## start the Kaggle emulator on 127.0.0.1:$(PORT) for a dry run of the real path
-	$(KIT) emulator --port $(PORT)
+emulator: $(STAMP)  ## start the Kaggle emulator on 127.0.0.1:$(PORT) (COMP=competition data folder)
+	$(KIT) emulator --port $(PORT) $(if $(COMP),--competition-dir $(COMP))
 
 clean:  ## remove build outputs, runs, generated data and ensemble outputs (keeps .venv)
 	rm -rf build runs .kit data/synth* data/uda* bench/results.json ensembles/*/
