@@ -43,7 +43,7 @@ ALPHA_BACKGROUND = (0, 0, 0)  # transparent pixels become black, like the vignet
 RGB_CHANNELS = 3
 UINT8_MAX = 255
 UINT16_TO_UINT8 = 257  # 65535 / 255
-HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")  # 16-bit grayscale PNGs open in one of these
+HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")  # 16-bit / 32-bit grayscale PNG and TIFF modes
 JPEG_SOS = b"\xff\xda"  # start-of-scan marker
 JPEG_EOI = b"\xff\xd9"  # end-of-image marker
 TF_NOISE_RE = re.compile(r"\{\{[^}]*\}\}|\[Op:[^\]]*\]")  # TF's op/device decorations around a message
@@ -134,9 +134,16 @@ def to_rgb_array(image: Image.Image) -> np.ndarray:
     """An opened Pillow image -> upright uint8 RGB array [H, W, 3] (EXIF orientation applied, 16-bit scaled
     to 8 bits, alpha composited over ALPHA_BACKGROUND)."""
     image.load()
-    image = ImageOps.exif_transpose(image) or image
+    try:
+        image = ImageOps.exif_transpose(image) or image
+    except Exception:  # a malformed EXIF block must not reject pixels that decode fine
+        pass
     if image.mode in HIGH_BIT_MODES:
-        values = np.asarray(image, dtype=np.float64) / UINT16_TO_UINT8
+        values = np.asarray(image, dtype=np.float64)
+        if image.mode.startswith("I;16") or values.max(initial=0) > UINT8_MAX:
+            values = values / UINT16_TO_UINT8
+        elif image.mode == "F" and values.max(initial=0) <= 1.0:
+            values = values * UINT8_MAX
         gray = np.clip(np.rint(values), 0, UINT8_MAX).astype(np.uint8)
         return np.repeat(gray[:, :, None], RGB_CHANNELS, axis=2)
     has_alpha = image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (

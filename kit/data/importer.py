@@ -38,9 +38,10 @@ from kernels import schema
 from kit.data.shards import assign_bins, assign_shards, count_test_shards
 from kit.data.tfrecords import JPEG_QUALITY, MISSING, DatasetSummary, write_dataset
 from kit.errors import KitError
+from kit.images import to_rgb_array
 
 if TYPE_CHECKING:
-    from PIL import Image
+    pass
 
 REQUIRED_COLUMNS = ("image_name", "target")
 OPTIONAL_COLUMNS = ("patient_id", "duplicate_of", "diagnosis", "sex", "age_approx", "anatom_site_general_challenge")
@@ -55,7 +56,6 @@ SITE_ALIASES = {
 }
 MIN_SIZE = 16
 DRAFT_MARGIN = 2  # JPEGs are decoded at a reduced DCT scale, but at least this many times the output size
-SIXTEEN_BIT_TO_EIGHT = 257.0  # 65535 / 255
 HEADER_ROWS = 1  # CSV row numbers in messages count the header as row 1
 
 
@@ -222,34 +222,6 @@ def find_images(
     return paths
 
 
-def _to_rgb(im: Image.Image) -> Image.Image:
-    """Any Pillow image -> mode RGB (see the module docstring for the rules)."""
-    from PIL import Image
-
-    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        values = np.asarray(im, dtype=np.float64)
-        if im.mode.startswith("I;16") or values.max(initial=0) > np.iinfo(np.uint8).max:
-            values = values / SIXTEEN_BIT_TO_EIGHT
-        elif im.mode == "F" and values.max(initial=0) <= 1.0:
-            values = values * np.iinfo(np.uint8).max
-        im = Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), "L")
-    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (im.mode == "P" and "transparency" in im.info):
-        rgba = im.convert("RGBA")
-        black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
-        return Image.alpha_composite(black, rgba).convert("RGB")
-    return im.convert("RGB")
-
-
-def _upright(im: Image.Image) -> Image.Image:
-    """The image turned by its EXIF orientation; as stored when the EXIF block itself is broken."""
-    from PIL import ImageOps
-
-    try:
-        return ImageOps.exif_transpose(im)
-    except Exception:  # a malformed EXIF block must not reject pixels that decode fine
-        return im
-
-
 def square_jpeg(path: Path, size: int) -> bytes:
     """One image file -> centre-cropped, resized, RGB JPEG bytes; a one-line KitError if unreadable."""
     from PIL import Image, UnidentifiedImageError
@@ -257,7 +229,7 @@ def square_jpeg(path: Path, size: int) -> bytes:
     try:
         with Image.open(path) as im:
             im.draft(None, (DRAFT_MARGIN * size, DRAFT_MARGIN * size))
-            rgb = _to_rgb(_upright(im))
+            rgb = Image.fromarray(to_rgb_array(im))
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise KitError(f"{path}: not a readable image ({type(exc).__name__}: {exc}); expected a JPEG or PNG file"
                        .replace("\n", " ")) from None
