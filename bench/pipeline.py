@@ -16,8 +16,8 @@ Out: ``run() -> dict`` with, at 256 and 384 px:
                          the same in device-augmentation mode
      fit_epoch_s_autotune_on / _off  seconds per Keras epoch over a finite 256-image kernel dataset with
                          tf.data's autotuner on / off (the kernel runs it off: the epoch-end stall)
-Each figure is the best of ``ROUNDS`` windows taken in turn on live pipelines (the machine may be
-shared; the ratios are what count).
+Each figure is the best of ``ROUNDS`` rounds, the pipelines of one size measured in turn (the machine
+may be shared; the ratios are what count).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,10 +39,9 @@ RECORDS = 1024
 FILES = 8
 BATCH = 32
 WARMUP_BATCHES = 6  # covers tf.data start-up, buffer fill and XLA compilation
-DRAIN_BATCHES = 4  # batches a waiting pipeline may have buffered, skipped before each window
-MEASURE_S = 1.5  # each window runs at least this long
+MEASURE_S = 2.0  # each window runs at least this long
 MIN_BATCHES = 8
-ROUNDS = 5
+ROUNDS = 3
 SEED = 7
 HOST_OPS = ("dihedral", "affine", "color")
 FIT_FILES = 2  # 256 images
@@ -82,17 +81,9 @@ def write_records(folder: Path, size: int) -> list[str]:
     return files
 
 
-def warm_up(batches: Iterator[Any]) -> Iterator[Any]:
-    """Pull the first batches (tf.data start-up, buffer fill, XLA compilation) and return the iterator."""
-    for _ in range(WARMUP_BATCHES):
-        next(batches)
-    return batches
-
-
 def images_per_s(batches: Iterator[Any]) -> float:
-    """Throughput of a warm, endless batch iterator over one window: the batches it buffered while it
-    waited are drained first, so the window times steady production only."""
-    for _ in range(DRAIN_BATCHES):
+    """Throughput of a fresh, endless batch iterator after a warm-up (start-up, buffers, XLA compile)."""
+    for _ in range(WARMUP_BATCHES):
         next(batches)
     n, start = 0, time.perf_counter()
     while True:
@@ -175,8 +166,9 @@ def stored_jpegs(files: list[str]) -> list[bytes]:
 
 
 def measure(folder: Path) -> dict[str, float]:
-    """All figures. Per size, every pipeline is built and warmed once, then measured in ROUNDS rounds of
-    short windows taken in turn (so each sees the same share of a busy machine); best window wins."""
+    """All figures: per size, each pipeline is built fresh and measured once per round, the four in
+    turn (so they see the same share of a busy machine), for ROUNDS rounds; the best round counts.
+    (Pipelines are not kept alive between windows: an idle AUTOTUNE pipeline keeps filling buffers.)"""
     from kit.console import console
 
     best: dict[str, float] = {}
@@ -184,18 +176,18 @@ def measure(folder: Path) -> dict[str, float]:
     files = {size: write_records(folder, size) for size in SIZES}
     for size in SIZES:
         jpegs = stored_jpegs(files[size])
-        live = {  # figure -> its iterators (decode-only: fixed parallelism and AUTOTUNE, the faster counts)
-            f"decode_only_{size}_img_s": [warm_up(decode_only(jpegs, cores)), warm_up(decode_only(jpegs, None))],
-            f"reference_{size}_img_s": [warm_up(reference(files[size], size))],
-            f"pipeline_{size}_img_s": [warm_up(kernel_pipeline(files[size], size, False))],
-            f"pipeline_device_aug_{size}_img_s": [warm_up(kernel_pipeline(files[size], size, True))],
+        makers: dict[str, Callable[[], float]] = {  # decode-only: fixed parallelism or AUTOTUNE, the faster
+            f"decode_only_{size}_img_s": lambda j=jpegs: max(images_per_s(decode_only(j, cores)),
+                                                             images_per_s(decode_only(j, None))),
+            f"reference_{size}_img_s": lambda s=size: images_per_s(reference(files[s], s)),
+            f"pipeline_{size}_img_s": lambda s=size: images_per_s(kernel_pipeline(files[s], s, False)),
+            f"pipeline_device_aug_{size}_img_s": lambda s=size: images_per_s(kernel_pipeline(files[s], s, True)),
         }
         for r in range(ROUNDS):
-            for key, iterators in live.items():
-                value = max(images_per_s(it) for it in iterators)
+            for key, make in makers.items():
+                value = make()
                 best[key] = max(best.get(key, 0.0), value)
                 console.print(f"    round {r + 1}/{ROUNDS} {key}: {value:,.0f}")
-        del live
     for autotune in (True, False):
         key = f"fit_epoch_s_autotune_{'on' if autotune else 'off'}"
         best[key] = min(fit_epoch_s(files[SIZES[0]], autotune) for _ in range(2))
@@ -210,7 +202,7 @@ def measure(folder: Path) -> dict[str, float]:
 def peak_rss_child(folder: str, size: str, on_device: str) -> None:
     """(Child process) run one kernel pipeline; print its peak RSS in MB."""
     files = write_records(Path(folder), int(size))
-    images_per_s(warm_up(kernel_pipeline(files, int(size), on_device == "1")))
+    images_per_s(kernel_pipeline(files, int(size), on_device == "1"))
     print(json.dumps({"peak_rss_mb": vm_hwm_mb()}))
 
 
