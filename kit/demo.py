@@ -17,10 +17,12 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 from rich.table import Table
 
 from kernels.config import Experiment
-from kernels.contracts import MANIFEST_FILE
+from kernels.contracts import MANIFEST_FILE, TEST_PRED_FILE, read_test_pred
+from kernels.metrics import bootstrap_auc_ci
 from kit.cli import main as kit_main
 from kit.commands.run import run_experiment
 from kit.config import load_experiment
@@ -105,23 +107,38 @@ def main(argv: list[str] | None = None) -> int:
     except KitError as exc:
         console.print(f"[red]error:[/] {exc}")
         return 2
-    summary(runs, out, time.monotonic() - start)
+    summary(runs, out, data, time.monotonic() - start)
     return 0
 
 
-def summary(runs: list[Path], out: Path, seconds: float) -> None:
-    """Closing table: each run's and the blend's OOF AUC, and where the outputs are."""
+def held_out_auc(pred_csv: Path, data: Path) -> str:
+    """AUC of test predictions against the dataset's hidden solution.csv, with a 95 % interval that
+    resamples patients: the held-out figure no training or blending step has seen."""
+    solution = pd.read_csv(data / "solution.csv").merge(pd.read_csv(data / "test.csv")[["image_name", "patient_id"]])
+    pred = read_test_pred(pred_csv).rename(columns={"target": "pred"})
+    joined = solution.merge(pred, on="image_name", validate="one_to_one")
+    ci = bootstrap_auc_ci(joined["target"], joined["pred"], groups=joined["patient_id"])
+    return f"{ci.auc:.4f} [{ci.low:.3f}, {ci.high:.3f}]"
+
+
+def summary(runs: list[Path], out: Path, data: Path, seconds: float) -> None:
+    """Closing table: each run's and the blend's OOF AUC and held-out AUC, and where the outputs are."""
     table = Table(title="demo results")
-    for col in ("what", "OOF AUC", "where"):
+    for col in ("what", "OOF AUC", "held-out AUC [95% CI]", "where"):
         table.add_column(col)
     for run in runs:
         manifest = json.loads((run / MANIFEST_FILE).read_text())
-        table.add_row(manifest["experiment"], f"{manifest['oof_auc']:.4f}", str(run))
+        table.add_row(manifest["experiment"], f"{manifest['oof_auc']:.4f}",
+                      held_out_auc(run / TEST_PRED_FILE, data), str(run))
     blend = json.loads((out / "blend.json").read_text())
-    table.add_row(f"blend ({blend['method']})", f"{blend['oof_auc']:.4f}", str(out / "submission.csv"))
+    table.add_row(f"blend ({blend['method']})", f"{blend['oof_auc']:.4f}",
+                  held_out_auc(out / "submission.csv", data), str(out / "submission.csv"))
     console.print(table)
     console.print(f"report: {out / 'report.md'} and {out / 'report.html'}")
-    console.print(f"predict: .venv/bin/kit predict {out.parents[1] / 'data'}/<image.jpg> --ensemble {DEMO_ENSEMBLE}")
+    example = pd.read_csv(data / "test.csv")["image_name"].iloc[0]
+    image = SAMPLE / "images" / f"{example}.jpg"
+    if image.exists():  # a held-out image of the real sample
+        console.print(f"predict a held-out lesion: .venv/bin/kit predict {image.relative_to(REPO)} --ensemble {DEMO_ENSEMBLE}")
     console.print(f"demo finished in {seconds / 60:.1f} min")
 
 
