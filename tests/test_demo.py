@@ -38,6 +38,7 @@ def test_tiny_demo_runs_the_whole_loop(tmp_path: Path) -> None:
     assert list(sub.columns) == ["image_name", "target"]
     blend = json.loads((out / "blend.json").read_text())
     assert 0.0 <= blend["oof_auc"] <= 1.0 and len(blend["runs"]) == 2
-    assert "OOF AUC" in (out / "report.md").read_text() or "AUC" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert "## Leaderboard" in report and "OOF AUC" in report and "demo-scratch/v1" in report
     assert (out / "report.html").exists() and list(out.glob("*.png"))
-    assert "demo results" in proc.stdout and "blend" in proc.stdout
+    assert "demo results" in proc.stdout and "held-out AUC" in proc.stdout and "blend (rank_mean)" in proc.stdout
