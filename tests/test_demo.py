@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 def test_tiny_demo_runs_the_whole_loop(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "kit.demo", "--data", "synth", "--root", str(tmp_path), "--tiny"],
-        capture_output=True, text=True, cwd=REPO, timeout=900,
+        capture_output=True, text=True, cwd=REPO, timeout=900, env={**os.environ, "COLUMNS": "200"},
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     data = tmp_path / "data" / "synth-64"
