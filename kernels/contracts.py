@@ -185,17 +185,21 @@ def validate_manifest(manifest: Mapping[str, Any], where: str = MANIFEST_FILE) -
     return manifest
 
 
-def read_manifest(path: str | os.PathLike[str]) -> Mapping[str, Any]:
-    """Read and validate a run manifest JSON."""
+def read_json(path: str | os.PathLike[str]) -> Any:
+    """Parse a JSON file; a missing or broken file becomes a one-line ContractError."""
     where = str(path)
     try:
         with open(where, encoding="utf-8") as fh:
-            data = json.load(fh)
+            return json.load(fh)
     except FileNotFoundError:
         raise _fail(where, "file not found") from None
     except json.JSONDecodeError as exc:
         raise _fail(where, f"not valid JSON ({exc})") from None
-    return validate_manifest(data, where)
+
+
+def read_manifest(path: str | os.PathLike[str]) -> Mapping[str, Any]:
+    """Read and validate a run manifest JSON."""
+    return validate_manifest(read_json(path), str(path))
 
 
 def file_digest(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -24,15 +24,19 @@ from kit.errors import KitError
 
 SECRET_ENV_PREFIXES = ("KAGGLE_",)
 BLOCKED_PACKAGES = ("kit", "kernels")
-# Runs the script as __main__ with the toolkit's own packages unimportable, like on Kaggle.
-SCRIPT_RUNNER = """\
-import importlib.abc, runpy, sys
-class _Block(importlib.abc.MetaPathFinder):
+# Prologue of every local kernel process: the toolkit's own packages become unimportable, like on Kaggle.
+IMPORT_BLOCKER = f"""\
+import importlib.abc, sys
+class _KitBlock(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in {blocked!r}:
+        if name.split(".")[0] in {BLOCKED_PACKAGES!r}:
             raise ModuleNotFoundError(f"No module named {{name!r}} (a kernel must be self-contained)")
         return None
-sys.meta_path.insert(0, _Block())
+sys.meta_path.insert(0, _KitBlock())
+"""
+# Runs the script as __main__ behind the blocker.
+SCRIPT_RUNNER = IMPORT_BLOCKER + """\
+import runpy
 sys.argv = [sys.argv[1]]
 runpy.run_path(sys.argv[0], run_name="__main__")
 """
@@ -71,7 +75,7 @@ def kernel_command(code_file: Path) -> list[str]:
     """The command that runs a kernel file (script, or notebook through nbclient)."""
     if code_file.suffix == ".ipynb":
         return [sys.executable, "-m", "kit.notebook_runner", str(code_file)]
-    return [sys.executable, "-c", SCRIPT_RUNNER.format(blocked=BLOCKED_PACKAGES), str(code_file)]
+    return [sys.executable, "-c", SCRIPT_RUNNER, str(code_file)]
 
 
 def run_kernel(

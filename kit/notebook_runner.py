@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from kit.errors import KitError
-from kit.localrun import BLOCKED_PACKAGES
+from kit.localrun import IMPORT_BLOCKER
 
 KERNEL_NAME = "python3"
 EXIT_CELL_FAILED = 1
@@ -35,14 +35,7 @@ TRANSPORT_ENCRYPTION = "auto"  # CurveZMQ on the kernel's sockets when the kerne
 PARENT_PID_VAR = "JPY_PARENT_PID"  # ipykernel exits when this process goes away
 # The kernel's start command: block the toolkit's packages, then start ipykernel like
 # `python -m ipykernel_launcher` does (cwd off sys.path).
-KERNEL_BOOT = """\
-import importlib.abc, sys
-class _KitBlock(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in {blocked!r}:
-            raise ModuleNotFoundError(f"No module named {{name!r}} (a kernel must be self-contained)")
-        return None
-sys.meta_path.insert(0, _KitBlock())
+KERNEL_BOOT = IMPORT_BLOCKER + """\
 if sys.path and sys.path[0] in ("", "."):
     del sys.path[0]
 del _KitBlock, importlib
@@ -53,8 +46,7 @@ kernelapp.launch_new_instance()
 
 def kernel_boot_command(connection_file: str, extra_arguments: Sequence[str] = ()) -> list[str]:
     """The command that starts a kernel unable to import the toolkit."""
-    boot = KERNEL_BOOT.format(blocked=BLOCKED_PACKAGES)
-    return [sys.executable, "-c", boot, "-f", connection_file, *extra_arguments]
+    return [sys.executable, "-c", KERNEL_BOOT, "-f", connection_file, *extra_arguments]
 
 
 def _require_jupyter() -> tuple[Any, Any, Any]:

@@ -35,14 +35,13 @@ among themselves (``reference="within"``, what the submission did for the full t
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-from kernels.contracts import ContractError
+from kernels.contracts import ContractError, read_json
 from kit.blend.calibrate import apply_calibration
 from kit.blend.methods import LINKS, TRANSFORMS
 
@@ -80,15 +79,7 @@ def validate_blend(data: Mapping[str, Any], where: str = BLEND_FILE) -> Mapping[
 
 def read_blend(path: str | os.PathLike[str]) -> Mapping[str, Any]:
     """Read and validate a blend.json."""
-    where = str(path)
-    try:
-        with open(where, encoding="utf-8") as fh:
-            data = json.load(fh)
-    except FileNotFoundError:
-        raise ContractError(f"{where}: file not found") from None
-    except json.JSONDecodeError as exc:
-        raise ContractError(f"{where}: not valid JSON ({exc})") from None
-    return validate_blend(data, where)
+    return validate_blend(read_json(path), str(path))
 
 
 def _stored_rank(p: np.ndarray, quantiles: list[float]) -> np.ndarray:
