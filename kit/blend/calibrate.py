@@ -20,11 +20,11 @@ from typing import Any
 import numpy as np
 
 from kit.blend.methods import fit_logistic, sigmoid
+from kit.blend.nested import cross_fit
 from kit.errors import KitError
 
 CALIBRATIONS = ("platt", "isotonic")
 PLATT_C = 1e6  # effectively unregularised logistic regression
-MIN_FOLDS_FOR_CROSSFIT = 2
 
 
 @dataclass(frozen=True)
@@ -87,16 +87,8 @@ def cross_fitted(method: str, scores: np.ndarray, y: np.ndarray, folds: np.ndarr
     """Each fold's scores calibrated by a map fitted on the other folds (NaN if impossible)."""
     s = np.asarray(scores, dtype=float)
     y = np.asarray(y, dtype=int)
-    out = np.full(s.size, np.nan)
-    ids = np.unique(folds)
-    if ids.size < MIN_FOLDS_FOR_CROSSFIT:
-        return out
-    for k in ids:
-        train, held = folds != k, folds == k
-        if np.unique(y[train]).size < 2:
-            continue
-        out[held] = apply_calibration(fit_calibration(method, s[train], y[train]), s[held])
-    return out
+    return cross_fit(y, np.asarray(folds),
+                     lambda train, held: apply_calibration(fit_calibration(method, s[train], y[train]), s[held]))
 
 
 def calibrate(method: str, scores: np.ndarray, y: np.ndarray, folds: np.ndarray) -> tuple[Calibration, CalibrationReport]:

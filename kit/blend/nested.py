@@ -14,7 +14,7 @@ different fit (a stacker's intercept moves between folds), so pooling them would
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,9 +66,10 @@ def fold_aucs(y: np.ndarray, scores: np.ndarray, folds: np.ndarray) -> dict[int,
     return {int(k): g.auc for k, g in auc_by_group(y[ok], scores[ok], folds[ok]).items()}
 
 
-def nested_scores(name: str, X: np.ndarray, y: np.ndarray, folds: np.ndarray, params: Mapping[str, Any]) -> np.ndarray:
-    """Held-out blend scores: fold k blended with weights learned on the other folds (NaN where
-    fewer than two folds exist or the other folds lack a class)."""
+def cross_fit(y: np.ndarray, folds: np.ndarray, fit_apply: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> np.ndarray:
+    """The fold loop shared by nested blending and cross-fitted calibration: for each fold k,
+    ``fit_apply(train_mask, held_mask)`` learns on the other folds and returns fold k's scores.
+    NaN where fewer than two folds exist or the other folds lack a class."""
     out = np.full(len(y), np.nan)
     fold_ids = np.unique(folds)
     if fold_ids.size < MIN_FOLDS_FOR_NESTED:
@@ -77,9 +78,17 @@ def nested_scores(name: str, X: np.ndarray, y: np.ndarray, folds: np.ndarray, pa
         train, held = folds != k, folds == k
         if np.unique(y[train]).size < 2:
             continue
-        fitted = fit_transformed(name, X[train], y[train], folds[train], params)
-        out[held] = combine(fitted, X[held])
+        out[held] = fit_apply(train, held)
     return out
+
+
+def nested_scores(name: str, X: np.ndarray, y: np.ndarray, folds: np.ndarray, params: Mapping[str, Any]) -> np.ndarray:
+    """Held-out blend scores: fold k blended with weights learned on the other folds (NaN where
+    fewer than two folds exist or the other folds lack a class)."""
+    return cross_fit(
+        y, folds,
+        lambda train, held: combine(fit_transformed(name, X[train], y[train], folds[train], params), X[held]),
+    )
 
 
 def score_method(
