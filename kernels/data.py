@@ -13,10 +13,12 @@ augmentation mode they stay uint8 and the model's float32 Input casts them on th
 codes -> "unknown"; a malignant record is always "melanoma", a benign one never). Inputs are the image,
 or {"image", "meta"} with ``data.metadata`` (`metadata_vector`, ``META_DIM`` floats).
 
-Speed (measured in ``make bench``): records are parsed in vectorised chunks (which is also where
-malignant records are repeated ``data.upsample_malignant`` times), shuffled as JPEG bytes, decoded in
-parallel (at a reduced DCT scale when the stored image is >= 2x the model size), batched as uint8 and
-augmented per batch by one XLA-compiled function (`kernels.augment.host_augment_fn`). tf.data's
+Speed (measured in ``make bench``): records are read in chunks per file (several files interleaved)
+and parsed in vectorised chunks, only the features the experiment uses (which is also where malignant
+records are repeated ``data.upsample_malignant`` times), shuffled as JPEG bytes, decoded in parallel (at
+a reduced DCT scale when the stored image is >= 2x the model size; with no per-image size check when
+every file's probe is exactly that size), batched as uint8 and augmented per batch by one compiled
+function (`kernels.augment.host_augment_fn`). tf.data's
 autotuner is switched off and parallelism fixed (``data.parallel_calls``, 0 = CPU count): with it on,
 every finite pass ends in a multi-second stall on a small CPU (../shared/notes/cpu-facts.md).
 """
@@ -42,7 +44,8 @@ from kernels.strategy import Hardware, global_batch_size
 
 DATA_RATIOS = (1, 2, 4, 8)  # the DCT scales decode_jpeg supports
 DATA_PARSE_CHUNK = 64  # records parsed per vectorised parse_example call
-DATA_READ_BUFFER = 8 << 20  # bytes of read-ahead per TFRecord file
+DATA_READ_BUFFER = 8 << 20  # bytes of read-ahead per TFRecord file (large for gs:// reads on a TPU)
+DATA_CYCLE_MIN = 8  # training files open at once (at least): record chunks from many files meet in the shuffle
 DATA_PREFETCH = 2  # batches ready ahead of the model
 DATA_BATCH_CALLS_MAX = 4  # whole-batch map calls in flight at once (each XLA call is multi-threaded itself)
 DATA_META_BATCH = 4096  # records per step when reading metadata only
@@ -51,6 +54,7 @@ DATA_EVAL_SEED_STREAM = 7919  # keeps TTA augmentation draws apart from training
 META_AGE_SCALE = 90.0  # age / 90 (the oldest age bucket)
 META_LOG_COUNT_SCALE = 5.0  # log(images per patient) / 5 (~1 for the largest patients)
 META_GROUP_STRIDE = 1 << 32  # patient key = group * stride + patient_id (main files 0, external 1)
+META_FEATURES = ("sex", "age_approx", "anatom_site_general_challenge")  # record fields metadata_vector reads
 META_DIM = len(SEXES) + 2 + len(SITES) + 1  # sex one-hot, age, age missing, site one-hot, log count
 
 
@@ -248,36 +252,43 @@ def data_count_table(files: Sequence[str], groups: Sequence[int]) -> tf.lookup.S
 # ---------------------------------------------------------------------------------------------
 # Pipeline stages
 # ---------------------------------------------------------------------------------------------
-def data_stored_sizes(files: Sequence[str]) -> set[int]:
-    """The shorter side of the first image of each file (a cheap probe of the stored size)."""
-    sizes = set()
+def data_stored_shapes(files: Sequence[str]) -> set[tuple[int, int]]:
+    """(height, width) of the first image of each file (a cheap probe of the stored size)."""
+    shapes = set()
     spec = {"image": tf.io.FixedLenFeature([], tf.string)}
     for path in files:
         for record in tf.data.TFRecordDataset(path).take(1):
             shape = tf.io.extract_jpeg_shape(tf.io.parse_single_example(record, spec)["image"]).numpy()
-            sizes.add(int(min(shape[0], shape[1])))
-    return sizes
+            shapes.add((int(shape[0]), int(shape[1])))
+    return shapes
 
 
 def data_decoder(files: Sequence[str], exp: Experiment) -> Any:
     """jpeg bytes -> uint8 [size, size, 3]. The DCT scale is fixed when every file's probe agrees
-    (no per-image header parse), else chosen per image from its header."""
+    (no per-image header parse), else chosen per image from its header. When every probe is a square
+    of exactly size x scale (the competition's re-packed sets), decoding needs no resize check per
+    image; an image of another size in such a file then stops the pipeline with a shape error."""
     size = exp.data.image_size
-    ratios = {data_ratio(s, size, exp.data.decode_ratio) for s in data_stored_sizes(files)}
-    stored = None
+    shapes = data_stored_shapes(files)
+    ratios = {data_ratio(min(shape), size, exp.data.decode_ratio) for shape in shapes}
     if exp.data.decode_ratio == 0 and len(ratios) == 1:
-        stored = size * ratios.pop()  # any stored size that yields this ratio
-    return lambda jpeg: data_fit(decode_image(jpeg, exp, stored_size=stored), size)
+        ratio = ratios.pop()
+        if shapes == {(size * ratio, size * ratio)}:
+            return lambda jpeg: tf.ensure_shape(tf.io.decode_jpeg(jpeg, channels=3, ratio=ratio), [size, size, 3])
+        return lambda jpeg: data_fit(decode_image(jpeg, exp, stored_size=size * ratio), size)
+    return lambda jpeg: data_fit(decode_image(jpeg, exp), size)
 
 
 def data_records(files: Sequence[str], groups: Sequence[int] | None, exp: Experiment,
                  training: bool) -> tf.data.Dataset:
-    """Serialized records (with their file group when ``groups`` is given). Training: files shuffled
-    every pass and read interleaved in parallel (endless unless cached). Eval: files in the given
-    order, records in file order."""
+    """Chunks of up to ``DATA_PARSE_CHUNK`` serialized records of one file (with a same-length vector
+    of the file's group when ``groups`` is given). Batching inside each file keeps the per-record work
+    of the interleave out of the hot path. Training: files shuffled every pass and read interleaved
+    in parallel, every file of the cycle open at once (endless unless cached). Eval: files in the
+    given order, records in file order."""
     def read(path: Any, group: Any = None) -> tf.data.Dataset:
-        records = tf.data.TFRecordDataset(path, buffer_size=DATA_READ_BUFFER)
-        return records if group is None else records.map(lambda r: (r, group))
+        chunks = tf.data.TFRecordDataset(path, buffer_size=DATA_READ_BUFFER).batch(DATA_PARSE_CHUNK)
+        return chunks if group is None else chunks.map(lambda r: (r, tf.fill(tf.shape(r), group)))
 
     ds = tf.data.Dataset.from_tensor_slices(
         list(files) if groups is None else (list(files), tf.constant(list(groups), tf.int64)))
@@ -286,17 +297,28 @@ def data_records(files: Sequence[str], groups: Sequence[int] | None, exp: Experi
     ds = ds.shuffle(len(files), seed=exp.seed, reshuffle_each_iteration=True)
     if not exp.data.cache:
         ds = ds.repeat()
-    par = min(data_parallelism(exp), len(files))
-    return ds.interleave(read, cycle_length=par, block_length=1, num_parallel_calls=par, deterministic=False)
+    cycle = min(max(data_parallelism(exp), DATA_CYCLE_MIN), len(files))
+    return ds.interleave(read, cycle_length=cycle, block_length=1, num_parallel_calls=min(data_parallelism(exp), cycle),
+                         deterministic=False)
+
+
+def data_parse_spec(labelled: bool, head: str, metadata: bool) -> dict[str, Any]:
+    """The part of the record schema this pipeline reads (every other feature is skipped unparsed)."""
+    wanted = {"image"}
+    if labelled:
+        wanted |= {"target", "diagnosis"} if head == "diagnosis" else {"target"}
+    if metadata:
+        wanted |= {"patient_id", *META_FEATURES}
+    return {key: value for key, value in feature_spec(labelled).items() if key in wanted}
 
 
 def data_parse_chunk(records: Any, groups: Any, exp: Experiment, labelled: bool, upsample: int,
                      counts: tf.lookup.StaticHashTable | None) -> dict[str, tf.Tensor]:
     """A chunk of serialized records -> {"jpeg", "label"?, "meta"?}, malignant rows repeated."""
-    parsed = tf.io.parse_example(records, feature_spec(labelled))
+    parsed = tf.io.parse_example(records, data_parse_spec(labelled, exp.model.head, counts is not None))
     out: dict[str, tf.Tensor] = {"jpeg": parsed["image"]}
     if labelled:
-        out["label"] = data_labels(parsed["target"], parsed["diagnosis"], exp.model.head)
+        out["label"] = data_labels(parsed["target"], parsed.get("diagnosis"), exp.model.head)
     if counts is not None:
         n_images = counts.lookup(groups * META_GROUP_STRIDE + parsed["patient_id"])
         out["meta"] = metadata_vector(parsed["sex"], parsed["age_approx"], parsed["anatom_site_general_challenge"],
@@ -313,7 +335,7 @@ def data_examples(files: Sequence[str], groups: Sequence[int], exp: Experiment, 
     counts = data_patient_counts(files, groups) if exp.data.metadata else None
     upsample = exp.data.upsample_malignant if training else 1
     par = data_batch_calls(exp)
-    ds = data_records(files, groups if counts is not None else None, exp, training).batch(DATA_PARSE_CHUNK)
+    ds = data_records(files, groups if counts is not None else None, exp, training)
     if counts is None:
         ds = ds.map(lambda r: data_parse_chunk(r, None, exp, labelled, upsample, None), num_parallel_calls=par,
                     deterministic=not training)

@@ -17,6 +17,7 @@ import tensorflow as tf
 from kernels.config import ConfigError, from_dict
 from kernels.data import (
     META_DIM,
+    data_decoder,
     data_ratio,
     decode_image,
     discover_files,
@@ -248,6 +249,39 @@ def test_decode_ratio_from_header_or_stored_size() -> None:
     assert decode_image(big, from_dict({"name": "t", "data": {"image_size": 96}})).shape == (128, 128, 3)
     assert decode_image(big, from_dict({"name": "t", "data": {"image_size": 64, "decode_ratio": 2}})).shape[0] == 128
     assert [data_ratio(s, 256) for s in (256, 511, 512, 1024, 4096)] == [1, 1, 2, 4, 8]
+
+
+def jpeg_file(path: Path, sizes: list[int]) -> str:
+    """A TFRecord file of square JPEG records, one per entry of ``sizes``."""
+    rng = np.random.default_rng(len(sizes))
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for side in sizes:
+            jpeg = tf.io.encode_jpeg(rng.integers(0, 255, (side, side, 3), dtype=np.uint8), quality=95).numpy()
+            feature = {"image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[jpeg]))}
+            writer.write(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
+    return str(path)
+
+
+def test_decoder_fast_path_scaled_path_and_per_image_path(tmp_path: Path) -> None:
+    """Probes that all show size x scale decode without a per-image resize check; mixed probes decode
+    each image by its own header and resize it; a stray size inside a 'uniform' file is an error."""
+    exp = from_dict({"name": "t", "data": {"image_size": 32}})
+    exact = jpeg_file(tmp_path / "a.tfrec", [32, 32])
+    double = jpeg_file(tmp_path / "b.tfrec", [64, 64])
+    odd = jpeg_file(tmp_path / "c.tfrec", [48, 40])
+
+    def decoded(files: list[str]) -> list[tuple[int, ...]]:
+        decode = data_decoder(files, exp)
+        records = tf.data.TFRecordDataset(files)
+        spec = {"image": tf.io.FixedLenFeature([], tf.string)}
+        return [tuple(decode(tf.io.parse_single_example(r, spec)["image"]).shape) for r in records]
+
+    assert decoded([exact]) == [(32, 32, 3)] * 2
+    assert decoded([double]) == [(32, 32, 3)] * 2  # 1/2 DCT scale, no resize
+    assert decoded([exact, double, odd]) == [(32, 32, 3)] * 6  # per image: scale, then resize when needed
+    stray = jpeg_file(tmp_path / "d.tfrec", [32, 40])
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"\[40,40,3\] is not compatible with expected shape \[32,32,3\]"):
+        decoded([stray])
 
 
 def test_prepare_image_accepts_any_size_grey_and_rgba() -> None:
