@@ -10,7 +10,11 @@ Out: ``run() -> dict`` with, at 256 and 384 px:
      pipeline_*          the kernel's `train_dataset` with host augmentation (dihedral, affine = rotation,
                          shear, zoom, shift; color = saturation, contrast, brightness)
      pipeline_device_aug_*  the kernel's `train_dataset` when augmentation runs on the accelerator
+     pipeline_projective_*  as pipeline_*, with ``augment.warp = "projective"`` (TensorFlow's
+                         ImageProjectiveTransformV3 instead of the fused XLA warp; not a target, shown
+                         so the choice of default is visible)
      pipeline_vs_reference_*, device_aug_vs_decode_*  the ratios the targets are about
+     (pipeline_projective_vs_reference_* the same ratio for the projective-op warp)
      pipeline_peak_rss_mb  peak RSS of a fresh process running only the kernel's host-augmentation pipeline
                          at 384 px (the heaviest), TensorFlow's ~0.7 GB included; pipeline_device_aug_peak_rss_mb
                          the same in device-augmentation mode
@@ -111,14 +115,14 @@ def decode_only(jpegs: list[bytes], parallel: int | None) -> Iterator[Any]:
     return iter(ds)
 
 
-def kernel_pipeline(files: list[str], size: int, on_device: bool) -> Iterator[Any]:
-    """The kernel's training dataset (host or device augmentation mode) on a 1-replica CPU."""
+def kernel_pipeline(files: list[str], size: int, on_device: bool, warp: str = "fused") -> Iterator[Any]:
+    """The kernel's training dataset (host or device augmentation mode, ``augment.warp``) on a 1-replica CPU."""
     from kernels.config import from_dict
     from kernels.data import train_dataset
     from kernels.strategy import Hardware
 
     exp = from_dict({"name": "bench", "seed": SEED, "data": {"image_size": size},
-                     "augment": {"ops": list(HOST_OPS), "where": "device" if on_device else "host"},
+                     "augment": {"ops": list(HOST_OPS), "where": "device" if on_device else "host", "warp": warp},
                      "train": {"batch_size": BATCH}})
     hw = Hardware(kind="cpu", backend="tensorflow", replicas=1, devices=("CPU:0",), strategy=None,
                   augment_on_device=on_device)
@@ -166,7 +170,7 @@ def stored_jpegs(files: list[str]) -> list[bytes]:
 
 
 def measure(folder: Path) -> dict[str, float]:
-    """All figures: per size, each pipeline is built fresh and measured once per round, the four in
+    """All figures: per size, each pipeline is built fresh and measured once per round, the five in
     turn (so they see the same share of a busy machine), for ROUNDS rounds; the best round counts.
     (Pipelines are not kept alive between windows: an idle AUTOTUNE pipeline keeps filling buffers.)"""
     from kit.console import console
@@ -182,6 +186,8 @@ def measure(folder: Path) -> dict[str, float]:
             f"reference_{size}_img_s": lambda s=size: images_per_s(reference(files[s], s)),
             f"pipeline_{size}_img_s": lambda s=size: images_per_s(kernel_pipeline(files[s], s, False)),
             f"pipeline_device_aug_{size}_img_s": lambda s=size: images_per_s(kernel_pipeline(files[s], s, True)),
+            f"pipeline_projective_{size}_img_s": lambda s=size: images_per_s(
+                kernel_pipeline(files[s], s, False, warp="projective")),
         }
         for r in range(ROUNDS):
             for key, make in makers.items():
@@ -194,6 +200,8 @@ def measure(folder: Path) -> dict[str, float]:
         console.print(f"    {key}: {best[key]:.2f}")
     for size in SIZES:
         best[f"pipeline_vs_reference_{size}"] = best[f"pipeline_{size}_img_s"] / best[f"reference_{size}_img_s"]
+        best[f"pipeline_projective_vs_reference_{size}"] = (
+            best[f"pipeline_projective_{size}_img_s"] / best[f"reference_{size}_img_s"])
         best[f"device_aug_vs_decode_{size}"] = (
             best[f"pipeline_device_aug_{size}_img_s"] / best[f"decode_only_{size}_img_s"])
     return best

@@ -101,6 +101,7 @@ class AugmentSection:
     where: Literal["auto", "host", "device"] = "auto"  # auto: device on TPU/GPU, host on CPU
     ops: tuple[str, ...] = ("dihedral", "affine", "color")  # registry names, applied in order
     params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # per-op overrides
+    warp: Literal["fused", "projective"] = "fused"  # geometric warp: fused XLA gather or the TF/Keras op
     mix: Literal["none", "mixup", "cutmix"] = "none"  # batch-level mixing
     mix_alpha: float = 0.4  # Beta(alpha, alpha) mixing strength
     mix_prob: float = 0.5  # share of batches that are mixed

@@ -139,6 +139,30 @@ def test_warp_matches_tensorflow_projective_transform_bilinear_reflect() -> None
     np.testing.assert_allclose(jit(tf.constant(x), tf.constant(centred)).numpy(), ref.numpy(), atol=0.02)
 
 
+def test_projective_op_warp_matches_the_fused_warp_on_host_and_device() -> None:
+    """augment.warp = "projective" (TF's op on the host, keras.ops.image.affine_transform on the device)
+    gives the fused warp's images for the same draws; with XLA on, the host chain runs uncompiled."""
+    ops = ["dihedral", "affine", "resized_crop", "color"]
+    x, fused, _ = run_host(ops, warp="fused")
+    _, projective, _ = run_host(ops, warp="projective")
+    assert np.abs(fused - x).max() > 10.0
+    np.testing.assert_allclose(projective, fused, atol=0.05)
+    _, compiled, y = run_host(ops, warp="projective", jit=True)
+    assert compiled.shape == x.shape and compiled.min() >= 0.0 and compiled.max() <= 255.0
+    np.testing.assert_array_equal(y, labels())
+    outs = {}
+    for warp in ("fused", "projective"):
+        layer = DeviceAugmentation(ops, {"affine": {"p": 1.0}}, seed=4, warp=warp)
+        outs[warp] = np.asarray(layer(x.astype(np.float32), training=True))
+        assert layer.get_config()["warp"] == warp
+    np.testing.assert_allclose(outs["projective"], outs["fused"], atol=0.05)
+    assert np.abs(outs["fused"] - x).max() > 10.0
+    with pytest.raises(ValueError, match="warp 'nearest'"):
+        DeviceAugmentation(ops, warp="nearest")
+    with pytest.raises(ConfigError, match=r"augment\.warp"):
+        experiment(ops, warp="nearest")
+
+
 def test_dihedral_views_are_the_eight_exact_flips_and_transposes() -> None:
     x = batch(1, size=8, n=2)
     views = [dihedral_view(tf.constant(x), k).numpy() for k in range(8)]

@@ -155,6 +155,8 @@ def test_jax_backend_data_parallel_pipeline_and_device_augmentation(tmp_path: Pa
         images = np.full((8, 32, 32, 3), 100.0, "float32")
         images[:, :, :16] = 200.0
         out = Probe().predict(images, batch_size=8, verbose=0)
+        warped = {{w: np.asarray(DeviceAugmentation(["dihedral", "affine"], {{"affine": {{"p": 1.0}}}}, seed=2,
+                                                    warp=w)(images, training=True)) for w in ("fused", "projective")}}
         print(json.dumps({{
             "backend": hw.backend, "kind": hw.kind, "replicas": hw.replicas, "strategy": hw.strategy is None,
             "distribution": type(keras.distribution.distribution()).__name__, "global_batch": global_batch_size(exp, hw),
@@ -162,6 +164,8 @@ def test_jax_backend_data_parallel_pipeline_and_device_augmentation(tmp_path: Pa
             "loss_finite": bool(np.isfinite(history.history["loss"][0])),
             "device_ops_ok": bool(out.shape == images.shape and out.min() >= 0 and out.max() <= 255),
             "device_ops_changed": float(np.abs(out - images).max()),
+            "projective_vs_fused": float(np.abs(warped["projective"] - warped["fused"]).max()),
+            "warp_changed": float(np.abs(warped["fused"] - images).max()),
         }}))
     """, {"KERAS_BACKEND": "", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
     assert (result["backend"], result["kind"], result["replicas"]) == ("jax", "cpu", 2)
@@ -169,4 +173,5 @@ def test_jax_backend_data_parallel_pipeline_and_device_augmentation(tmp_path: Pa
     assert result["batch_dtype"] == "<dtype: 'uint8'>" and result["batch_shape"] == [8, 32, 32, 3]
     assert result["pred_rows"] == 22  # 21 test images, the last batch padded to a multiple of 2 devices
     assert result["loss_finite"] and result["device_ops_ok"] and result["device_ops_changed"] > 1.0
+    assert result["projective_vs_fused"] < 0.05 and result["warp_changed"] > 10.0  # keras affine_transform
     assert "keras DataParallel" in result["stdout"]
