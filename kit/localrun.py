@@ -13,6 +13,7 @@ runs), sees none of the parent's Kaggle credentials, and runs with the output fo
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -78,6 +79,14 @@ def kernel_command(code_file: Path) -> list[str]:
     return [sys.executable, "-c", SCRIPT_RUNNER, str(code_file)]
 
 
+def stop_kernel(proc: subprocess.Popen[str]) -> None:
+    """Kill a kernel started by `run_kernel` and everything it started (its process group)."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        proc.kill()
+
+
 def run_kernel(
     code_file: str | Path,
     output_dir: str | Path,
@@ -87,8 +96,10 @@ def run_kernel(
     timeout_s: float | None = None,
     extra_env: Mapping[str, str] | None = None,
     on_line: Callable[[str], None] | None = None,
+    on_start: Callable[[subprocess.Popen[str]], None] | None = None,
 ) -> LocalResult:
-    """Run a rendered kernel to completion; its output lines go to the log (and `on_line`)."""
+    """Run a rendered kernel to completion; its output lines go to the log (and `on_line`);
+    `on_start` gets the kernel's process as soon as it exists (so a caller can stop it)."""
     code = Path(code_file).resolve()
     if not code.is_file():
         raise KitError(f"{code}: kernel file not found (run `kit render` first)")
@@ -98,20 +109,26 @@ def run_kernel(
     env = kernel_env(out, data_dir, input_root, extra_env)
     start = time.monotonic()
     with open(log, "w", encoding="utf-8") as fh:
-        proc = subprocess.Popen(
+        proc = subprocess.Popen(  # its own process group: stopping it stops a notebook's ipykernel too
             kernel_command(code), cwd=out, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            text=True, bufsize=1,
+            text=True, bufsize=1, start_new_session=True,
         )
         assert proc.stdout is not None
-        deadline = start + timeout_s if timeout_s else None
-        for line in proc.stdout:
-            fh.write(line)
-            fh.flush()
-            if on_line:
-                on_line(line.rstrip("\n"))
-            if deadline and time.monotonic() > deadline:
-                proc.kill()
-                fh.write(f"\n[kit] killed after {timeout_s:.0f} s timeout\n")
-                break
+        try:
+            if on_start:
+                on_start(proc)
+            deadline = start + timeout_s if timeout_s else None
+            for line in proc.stdout:
+                fh.write(line)
+                fh.flush()
+                if on_line:
+                    on_line(line.rstrip("\n"))
+                if deadline and time.monotonic() > deadline:
+                    stop_kernel(proc)
+                    fh.write(f"\n[kit] killed after {timeout_s:.0f} s timeout\n")
+                    break
+        except BaseException:  # Ctrl-C (or anything else) here must not leave the kernel running
+            stop_kernel(proc)
+            raise
         returncode = proc.wait()
     return LocalResult(returncode=returncode, output_dir=out, log_path=log, seconds=time.monotonic() - start)

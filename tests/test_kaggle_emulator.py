@@ -24,6 +24,7 @@ from test_kaggle_support import (
     FAKE_KEY,
     apply_env,
     client_env,
+    ctrl_c_works,
     env_without_kaggle,
     quick_kernel_dir,
     quick_rendered,
@@ -388,8 +389,12 @@ def test_not_found_right_after_push_counts_as_queued(world, tmp_path: Path) -> N
     assert [r["status"] for r in _wait_terminal(client, ledger)] == ["COMPLETE"]
 
 
+SLOW_KERNEL_S = 120  # a kernel still running when the emulator is stopped
+
+
 def test_kit_emulator_command_serves_the_kaggle_cli_and_keeps_state(tmp_path: Path) -> None:
-    """`kit emulator` as a user starts it, driven by the `kaggle` command itself; a restart keeps the state."""
+    """`kit emulator` as a user starts it, driven by the `kaggle` command itself; Ctrl-C returns at once
+    though a kernel is still running (it is killed and re-queued), and a restart keeps the state."""
     comp = write_competition(tmp_path / "data" / "synth-32")
     creds = write_credentials(tmp_path / "creds")
     state = tmp_path / "state"
@@ -397,6 +402,7 @@ def test_kit_emulator_command_serves_the_kaggle_cli_and_keeps_state(tmp_path: Pa
         [sys.executable, "-m", "kit.cli", "emulator", "--port", "0", "--datasets-root", str(tmp_path / "data"),
          "--state", str(state), "--score-delay", "0"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**env_without_kaggle(), "COLUMNS": "200"},
+        preexec_fn=ctrl_c_works,
     )
     try:
         assert server.stdout is not None
@@ -418,15 +424,19 @@ def test_kit_emulator_command_serves_the_kaggle_cli_and_keeps_state(tmp_path: Pa
                   "-m", "dry run")
         assert "Successfully submitted" in out
         assert "dry run" in run("competitions", "submissions", "-c", COMPETITION)
+        slow = quick_kernel_dir(tmp_path / "k", "slow-cli", sleep_s=SLOW_KERNEL_S)
+        assert "Kernel version 1 successfully pushed" in run("kernels", "push", "-p", str(slow))
         stats = requests.get(f"{url}/emulator/stats", timeout=5).json()
-        assert stats["versions"] == 1 and stats["submissions"] == 1
+        assert stats["versions"] == 2 and stats["submissions"] == 1
     finally:
         server.send_signal(signal.SIGINT)
-        rest, _ = server.communicate(timeout=30)
+        rest, _ = server.communicate(timeout=SLOW_KERNEL_S / 4)
     assert server.returncode == 0 and "emulator stopped" in rest
     restarted = start_emulator(tmp_path, competition_dir=comp, state_dir=state)
     try:
-        assert restarted.stats()["versions"] == 1
+        assert restarted.stats()["versions"] == 2
+        (slow_version,) = restarted.state["kernels"]["kit-user/slow-cli"]["versions"]
+        assert slow_version["status"] in ("QUEUED", "RUNNING")  # killed, not failed: it runs again
         assert restarted.get_kernel({"userName": "kit-user", "kernelSlug": "quick-cli"})["metadata"][
             "currentVersionNumber"] == 1
         (listed,) = restarted.list_submissions({"competitionName": COMPETITION})["submissions"]

@@ -21,6 +21,7 @@ from test_kaggle_support import (
     FAKE_KEY,
     apply_env,
     client_env,
+    ctrl_c_works,
     start_emulator,
     tree_text,
     write_credentials,
@@ -182,7 +183,7 @@ def test_fault_run_ten_kernels_interrupted_sweep_resumes(workdir, synth_data: Pa
 
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
     proc = subprocess.Popen([sys.executable, "-m", "kit.cli", "push", str(sweep), "--concurrency", "2"], cwd=work,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=ctrl_c_works)
     first_lines: list[str] = []
     deadline = time.monotonic() + 180
     assert proc.stdout is not None

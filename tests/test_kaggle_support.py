@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import stat
 from collections.abc import Sequence
 from pathlib import Path
@@ -157,6 +158,12 @@ def tree_text(*roots: Path) -> list[tuple[Path, bytes]]:
         elif root.is_dir():
             found.extend((p, p.read_bytes()) for p in root.rglob("*") if p.is_file() and not p.is_symlink())
     return found
+
+
+def ctrl_c_works() -> None:
+    """Popen preexec_fn for a child the test stops with SIGINT: a shell's background job (`cmd &`)
+    ignores SIGINT and its children inherit that, so give the child the default back."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def env_without_kaggle() -> dict[str, str]:

@@ -29,6 +29,7 @@ import hashlib
 import json
 import math
 import shutil
+import subprocess
 import threading
 import time
 from collections.abc import Mapping
@@ -46,6 +47,7 @@ from kernels.metrics import auc
 from kit.errors import KitError
 from kit.kaggle.emulator_http import ApiError, EmulatorServer, handler_for
 from kit.kaggle.faults import FaultConfig, FaultPlan
+from kit.localrun import run_kernel, stop_kernel
 
 HOST = "127.0.0.1"
 STATE_FILE = "state.json"
@@ -135,6 +137,8 @@ class Emulator:
         self._server = EmulatorServer((host, port), handler_for(self), self)
         self.host, self.port = self._server.server_address[:2]
         self._thread: threading.Thread | None = None
+        self._running: dict[tuple[str, int], subprocess.Popen[str]] = {}  # kernel processes now running
+        self._stopping = False
         self._requeue_unfinished()
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -159,12 +163,19 @@ class Emulator:
             self.stop()
 
     def stop(self, wait_kernels: bool = False) -> None:
-        """Stop serving; queued kernels are dropped (re-queued at the next start), running ones finish
-        in the background unless `wait_kernels`."""
+        """Stop serving. With `wait_kernels`, running and queued kernels finish first; without, queued
+        ones are dropped and running ones killed, both left QUEUED/RUNNING in the state folder and
+        re-queued at the next start (Ctrl-C on `kit emulator` returns at once)."""
         if self._thread is not None:
             self._server.shutdown()
             self._thread = None
         self._server.server_close()
+        if not wait_kernels:
+            with self._lock:
+                self._stopping = True
+                running = list(self._running.values())
+            for proc in running:
+                stop_kernel(proc)
         self._pool.shutdown(wait=wait_kernels, cancel_futures=True)
 
     def __enter__(self) -> Emulator:
@@ -322,8 +333,6 @@ class Emulator:
         return root
 
     def _run_version(self, ref: str, number: int) -> None:
-        from kit.localrun import run_kernel
-
         folder = self.version_dir(ref, number)
         with self._lock:
             version = dict(next(v for v in self.state["kernels"][ref]["versions"] if v["number"] == number))
@@ -344,9 +353,16 @@ class Emulator:
             input_root = self._input_root(folder, version)
             self._count("kernel_runs")
             result = run_kernel(code, output, input_root=str(input_root), log_path=log_path,
-                                timeout_s=version["timeout_s"], extra_env=self.settings.kernel_env)
+                                timeout_s=version["timeout_s"], extra_env=self.settings.kernel_env,
+                                on_start=lambda proc: self._started(ref, number, proc))
         except Exception as exc:  # the emulator must survive whatever a kernel does
             self._set_version(ref, number, status="ERROR", finished=_now(), failure=f"emulator: {exc}")
+            return
+        finally:
+            with self._lock:
+                self._running.pop((ref, number), None)
+        if self._stopping and result.returncode != 0:  # killed by stop(): stays RUNNING, re-queued next start
+            self.log(f"run {ref} v{number} stopped with the emulator")
             return
         if result.returncode == 0:
             self._set_version(ref, number, status="COMPLETE", finished=_now())
@@ -355,6 +371,14 @@ class Emulator:
             self._set_version(ref, number, status="ERROR", finished=_now(),
                               failure=f"Kernel exited with code {result.returncode}: {tail[0][:FAILURE_CHARS]}")
         self.log(f"run {ref} v{number} rc={result.returncode} {result.seconds:.1f}s")
+
+    def _started(self, ref: str, number: int, proc: subprocess.Popen[str]) -> None:
+        """Track a kernel process; one that starts while the emulator stops is killed at once."""
+        with self._lock:
+            self._running[(ref, number)] = proc
+            stopping = self._stopping
+        if stopping:
+            stop_kernel(proc)
 
     def _requeue_unfinished(self) -> None:
         with self._lock:
