@@ -16,6 +16,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -114,21 +115,31 @@ def run_kernel(
             text=True, bufsize=1, start_new_session=True,
         )
         assert proc.stdout is not None
+        timed_out = threading.Event()
+
+        def expire() -> None:
+            timed_out.set()
+            stop_kernel(proc)
+
+        watchdog = threading.Timer(timeout_s, expire) if timeout_s else None
         try:
             if on_start:
                 on_start(proc)
-            deadline = start + timeout_s if timeout_s else None
+            if watchdog:  # kills a kernel that runs too long, whether or not it prints anything
+                watchdog.daemon = True
+                watchdog.start()
             for line in proc.stdout:
                 fh.write(line)
                 fh.flush()
                 if on_line:
                     on_line(line.rstrip("\n"))
-                if deadline and time.monotonic() > deadline:
-                    stop_kernel(proc)
-                    fh.write(f"\n[kit] killed after {timeout_s:.0f} s timeout\n")
-                    break
         except BaseException:  # Ctrl-C (or anything else) here must not leave the kernel running
             stop_kernel(proc)
             raise
+        finally:
+            if watchdog:
+                watchdog.cancel()
         returncode = proc.wait()
+        if timed_out.is_set():
+            fh.write(f"\n[kit] killed after {timeout_s:.0f} s timeout\n")
     return LocalResult(returncode=returncode, output_dir=out, log_path=log, seconds=time.monotonic() - start)

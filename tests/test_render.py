@@ -7,6 +7,7 @@ import dataclasses
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -107,6 +108,27 @@ def test_kernel_cannot_import_the_toolkit(tmp_path: Path, monkeypatch: pytest.Mo
     assert result.returncode == 0
     seen = json.loads((tmp_path / "out2" / "done.txt").read_text())
     assert "KIT_OUTPUT_DIR" in seen and "KIT_DATA_DIR" in seen and not any(k.startswith("KAGGLE_") for k in seen)
+
+
+def test_a_silent_kernel_is_killed_at_its_timeout_with_its_children(tmp_path: Path) -> None:
+    """The timeout does not wait for output, and it stops the kernel's whole process group."""
+    pid_file = tmp_path / "child.pid"
+    script = tmp_path / "silent.py"
+    script.write_text(
+        "import subprocess, sys, time\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])\n"
+        f"open({str(pid_file)!r}, 'w').write(str(child.pid))\n"
+        "time.sleep(120)\n")
+    result = run_kernel(script, tmp_path / "out", timeout_s=5)
+    assert result.returncode != 0 and result.seconds < 60
+    assert "[kit] killed after 5 s timeout" in result.log_path.read_text()
+    child = int(pid_file.read_text())
+    for _ in range(50):  # the kill is asynchronous; give the kernel's child a moment to go
+        if not Path(f"/proc/{child}").exists() or "Z" in Path(f"/proc/{child}/stat").read_text().split()[2]:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError(f"the kernel's child {child} outlived the timeout")
 
 
 def test_render_cli(tmp_path: Path) -> None:
