@@ -163,9 +163,9 @@ class Emulator:
             self.stop()
 
     def stop(self, wait_kernels: bool = False) -> None:
-        """Stop serving. With `wait_kernels`, running and queued kernels finish first; without, queued
-        ones are dropped and running ones killed, both left QUEUED/RUNNING in the state folder and
-        re-queued at the next start (Ctrl-C on `kit emulator` returns at once)."""
+        """Stop serving. Queued kernels are dropped; running ones are waited for with `wait_kernels`,
+        else killed (Ctrl-C on `kit emulator` returns at once). Dropped and killed ones stay QUEUED /
+        RUNNING in the state folder and are re-queued at the next start."""
         if self._thread is not None:
             self._server.shutdown()
             self._thread = None
