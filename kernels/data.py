@@ -297,9 +297,10 @@ def data_records(files: Sequence[str], groups: Sequence[int] | None, exp: Experi
     ds = ds.shuffle(len(files), seed=exp.seed, reshuffle_each_iteration=True)
     if not exp.data.cache:
         ds = ds.repeat()
-    cycle = min(max(data_parallelism(exp), DATA_CYCLE_MIN), len(files))
-    return ds.interleave(read, cycle_length=cycle, block_length=1, num_parallel_calls=min(data_parallelism(exp), cycle),
-                         deterministic=False)
+    par = data_parallelism(exp)
+    cycle = min(max(par, DATA_CYCLE_MIN), len(files))
+    return ds.interleave(read, cycle_length=cycle, block_length=1, num_parallel_calls=min(par, cycle),
+                         deterministic=par == 1)  # data.parallel_calls = 1: a fixed training order
 
 
 def data_parse_spec(labelled: bool, head: str, metadata: bool) -> dict[str, Any]:
