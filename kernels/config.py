@@ -13,6 +13,7 @@ inlined into a kernel.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -21,6 +22,8 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 IMAGE_SIZE_MULTIPLE = 32
 MIN_FOLDS = 2
+MAX_LR = 10.0  # a learning rate above this diverges with every optimizer here
+MAX_IMAGE_SIZE = 1024  # the largest re-pack of the competition images
 COMPETITION = "siim-isic-melanoma-classification"
 
 
@@ -254,8 +257,40 @@ def _check(cond: bool, where: str, key: str, got: Any, expected: str) -> None:
         raise ConfigError(f"{where}: {key}: got {got!r}, expected {expected}")
 
 
+def _config_check_finite(value: Any, where: str, key: str) -> None:
+    """Every number anywhere in the config (augment.params included) is finite: no inf, no nan."""
+    if dataclasses.is_dataclass(value):
+        for f in dataclasses.fields(value):
+            _config_check_finite(getattr(value, f.name), where, f"{key}.{f.name}" if key else f.name)
+    elif isinstance(value, Mapping):
+        for k, v in value.items():
+            _config_check_finite(v, where, f"{key}.{k}")
+    elif isinstance(value, tuple):
+        for i, v in enumerate(value):
+            _config_check_finite(v, where, f"{key}[{i}]")
+    elif isinstance(value, float):
+        _check(math.isfinite(value), where, key, value, "a finite number")
+
+
 def _check_values(exp: Experiment, where: str, known: Known | None) -> None:
     d, t, m, a = exp.data, exp.train, exp.model, exp.augment
+    _config_check_finite(exp, where, "")
+    _check(t.weight_decay >= 0, where, "train.weight_decay", t.weight_decay, "a number >= 0")
+    _check(0 <= t.momentum < 1, where, "train.momentum", t.momentum, "a number in [0, 1)")
+    _check(t.focal_gamma >= 0, where, "train.focal_gamma", t.focal_gamma, "a number >= 0")
+    _check(0 <= t.focal_alpha <= 1, where, "train.focal_alpha", t.focal_alpha, "a number in [0, 1]")
+    _check(t.verbose in (0, 1, 2), where, "train.verbose", t.verbose, "0, 1 or 2")
+    _check(t.lr <= MAX_LR, where, "train.lr", t.lr, f"a number in (0, {MAX_LR:g}]")
+    _check(d.image_size <= MAX_IMAGE_SIZE, where, "data.image_size", d.image_size,
+           f"a positive multiple of {IMAGE_SIZE_MULTIPLE} up to {MAX_IMAGE_SIZE}")
+    _check(exp.kaggle.timeout_s >= 0, where, "kaggle.timeout_s", exp.kaggle.timeout_s, "seconds >= 0 (0 = Kaggle's default)")
+    _check(all(u >= 1 for u in m.metadata_units), where, "model.metadata_units", list(m.metadata_units),
+           "positive integers")
+    s = m.scratch
+    _check(0 < s.se_ratio <= 1, where, "model.scratch.se_ratio", s.se_ratio, "a number in (0, 1]")
+    _check(s.expand >= 1, where, "model.scratch.expand", s.expand, "an integer >= 1")
+    _check(s.width_mult > 0, where, "model.scratch.width_mult", s.width_mult, "a number > 0")
+    _check(s.stem_stride >= 1, where, "model.scratch.stem_stride", s.stem_stride, "an integer >= 1")
     _check(bool(exp.name.strip()), where, "name", exp.name, "a non-empty name")
     _check(
         d.image_size > 0 and d.image_size % IMAGE_SIZE_MULTIPLE == 0,
@@ -269,7 +304,7 @@ def _check_values(exp: Experiment, where: str, known: Known | None) -> None:
     _check(d.shuffle_buffer >= 1, where, "data.shuffle_buffer", d.shuffle_buffer, "an integer >= 1")
     _check(d.parallel_calls >= 0, where, "data.parallel_calls", d.parallel_calls, "an integer >= 0")
     _check(bool(d.dataset), where, "data.dataset", d.dataset, "a dataset slug, folder or gs:// URL")
-    _check(t.epochs >= 0, where, "train.epochs", t.epochs, "an integer >= 0")
+    _check(t.epochs >= 1, where, "train.epochs", t.epochs, "an integer >= 1")
     _check(t.batch_size >= 1, where, "train.batch_size", t.batch_size, "an integer >= 1")
     _check(t.reference_batch >= 1, where, "train.reference_batch", t.reference_batch, "an integer >= 1")
     _check(t.lr > 0, where, "train.lr", t.lr, "a number > 0")

@@ -61,6 +61,11 @@ MANIFEST_KEYS = (
     "timings",  # {"total_s": float, ...}
     "files",  # {name: {"size": int, "sha256": str}} for every other output file
 )
+# The completion marker: the kernel rewrites the manifest after every fold with COMPLETE_KEY false and
+# FOLDS_PLANNED_KEY listing every fold it means to train, and sets it true in its very last (atomic) write.
+# A manifest without the key was written by an older kernel, which wrote its manifest only at the end.
+COMPLETE_KEY = "complete"
+FOLDS_PLANNED_KEY = "folds_planned"
 
 
 class ContractError(ValueError):
@@ -183,6 +188,32 @@ def validate_manifest(manifest: Mapping[str, Any], where: str = MANIFEST_FILE) -
         if not isinstance(meta, Mapping) or "size" not in meta or "sha256" not in meta:
             raise _fail(where, f"files[{name!r}]: expected {{size, sha256}}")
     return manifest
+
+
+def planned_folds(manifest: Mapping[str, Any]) -> list[int]:
+    """The folds a run meant to train: FOLDS_PLANNED_KEY, else its config's data.run_folds or all folds."""
+    planned = manifest.get(FOLDS_PLANNED_KEY)
+    if isinstance(planned, list):
+        return [int(k) for k in planned]
+    data = manifest.get("config", {}).get("data", {}) if isinstance(manifest.get("config"), Mapping) else {}
+    run_folds = list(data.get("run_folds") or [])
+    return [int(k) for k in run_folds] or list(range(int(data.get("folds", 0) or 0)))
+
+
+def incomplete_reason(manifest: Mapping[str, Any]) -> str | None:
+    """None for a finished run; else one phrase saying what is missing (the kernel never wrote its marker).
+    A manifest without the marker (an older kernel's, written once at the end) counts as finished."""
+    if COMPLETE_KEY not in manifest:
+        return None
+    done = [int(f["fold"]) for f in manifest["folds"]]
+    planned = planned_folds(manifest)
+    missing = [k for k in planned if k not in done]
+    if manifest[COMPLETE_KEY] is True and not missing:
+        return None
+    finished = ", ".join(str(k) for k in done) or "none"
+    if missing:
+        return f"incomplete: fold(s) {finished} of {len(planned)} finished, {', '.join(map(str, missing))} never ran"
+    return f"incomplete: the kernel did not mark it {COMPLETE_KEY} (fold(s) {finished} finished)"
 
 
 def read_json(path: str | os.PathLike[str]) -> Any:

@@ -49,6 +49,7 @@ DATA_CYCLE_MIN = 8  # training files open at once (at least): record chunks from
 DATA_PREFETCH = 2  # batches ready ahead of the model
 DATA_BATCH_CALLS_MAX = 4  # whole-batch map calls in flight at once (each XLA call is multi-threaded itself)
 DATA_META_BATCH = 4096  # records per step when reading metadata only
+DATA_CHECK_BATCH = 256  # whole serialized records per step of the pre-training integrity pass
 DATA_AUTOTUNE = False  # tf.data's autotuner: off (fixed parallelism), see the module docstring
 DATA_EVAL_SEED_STREAM = 7919  # keeps TTA augmentation draws apart from training draws
 META_AGE_SCALE = 90.0  # age / 90 (the oldest age bucket)
@@ -92,6 +93,39 @@ def discover_files(exp: Experiment) -> DataFiles:
     if d.external:
         external = data_glob(resolve_dataset(d.external, "KIT_EXTERNAL_DIR"), d.external_glob, "external")
     return DataFiles(data_glob(root, d.train_glob, "train"), data_glob(root, d.test_glob, "test"), external)
+
+
+class DataRecordError(ValueError):
+    """A TFRecord file is corrupt or truncated. The message is one line naming the file and the record."""
+
+
+def data_first_bad_record(path: str) -> int:
+    """Index (from 0) of the first record of ``path`` that cannot be read."""
+    good = 0
+    try:
+        for _ in tf.data.TFRecordDataset(path):
+            good += 1
+    except tf.errors.OpError:
+        pass
+    return good
+
+
+def check_records(files: Sequence[str]) -> None:
+    """Read every record of ``files`` once, nothing parsed (TFRecordDataset checks each record's CRC),
+    and check each file holds as many records as its -COUNT name says; `DataRecordError` otherwise.
+    Run before training, so a damaged file is named in seconds instead of failing mid-epoch."""
+    for path in files:
+        n = 0
+        try:
+            for chunk in tf.data.TFRecordDataset(path, buffer_size=DATA_READ_BUFFER).batch(DATA_CHECK_BATCH):
+                n += int(chunk.shape[0])
+        except tf.errors.OpError as exc:
+            reason = (exc.message or type(exc).__name__).splitlines()[0]
+            raise DataRecordError(f"{path}: record {data_first_bad_record(path)} (from 0) cannot be read: the file "
+                                  f"is corrupt or truncated ({reason}); re-download or rebuild it") from None
+        expected = count_from_name(path)
+        if n != expected:
+            raise DataRecordError(f"{path}: holds {n} records, its name says {expected}; re-download or rebuild it")
 
 
 def count_examples(files: Sequence[str]) -> int:

@@ -7,12 +7,15 @@ Out: the files of kernels/contracts.py in `paths.output_dir()`; returns the mani
 Steps: build the `Experiment`, seed everything, detect the hardware, find the TFRecords, split the
 train files into folds (whole files, so no patient crosses folds), then per fold: datasets ->
 model -> fit with checkpointing -> OOF and test predictions with TTA -> weights -> all outputs
-(rewritten after every fold, so finished folds survive a session that dies later).
+(rewritten after every fold, so finished folds survive a session that dies later). The manifest's
+`complete` marker turns true in the last write only. With KIT_RESUME=1 in the environment, the folds
+an interrupted session of the same config left in the output folder are kept and only the rest train.
 """
 
 from __future__ import annotations
 
 import gc
+import os
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -20,11 +23,13 @@ from typing import Any
 import keras
 import numpy as np
 
-from kernels.config import Experiment, from_dict
+from kernels.config import ConfigError, Experiment, from_dict
 from kernels.data import (
     META_DIM,
     DataFiles,
+    check_records,
     count_examples,
+    data_stored_shapes,
     discover_files,
     eval_dataset,
     fold_splits,
@@ -32,12 +37,13 @@ from kernels.data import (
     train_dataset,
 )
 from kernels.models import build_model, count_params
-from kernels.outputs import FoldOutput, oof_frame, save_weights, write_outputs
+from kernels.outputs import FoldOutput, finished_folds, oof_frame, save_weights, write_outputs
 from kernels.paths import output_dir
 from kernels.strategy import Hardware, detect_hardware, global_batch_size, scaled_lr, strategy_scope
 from kernels.train import compile_model, predict_tta, train_fold, with_known_batches
 
 CONFIG_LABEL = "CONFIG"
+RESUME_ENV = "KIT_RESUME"  # "1": keep the folds a previous session finished in the output folder
 
 
 def fold_files(files: DataFiles, train_idx: Sequence[int], val_idx: Sequence[int]) -> tuple[list, list, list]:
@@ -51,6 +57,20 @@ def fold_files(files: DataFiles, train_idx: Sequence[int], val_idx: Sequence[int
     else:
         external = list(files.external)
     return train, val, external
+
+
+def check_data(exp: Experiment, files: DataFiles) -> None:
+    """The config checks that need the data, before any training: enough train files for the folds, a
+    model size no larger than the stored images, and every record of every file readable."""
+    d = exp.data
+    if d.folds > len(files.train):
+        raise ConfigError(f"{CONFIG_LABEL}: data.folds: got {d.folds}, expected at most {len(files.train)} "
+                          f"(folds are whole files: {len(files.train)} train files match {d.train_glob!r})")
+    stored = min(min(shape) for shape in data_stored_shapes(files.train[:1]))
+    if d.image_size > stored:
+        raise ConfigError(f"{CONFIG_LABEL}: data.image_size: got {d.image_size}, expected at most {stored} "
+                          f"(the stored image size in {files.train[0]}; larger only upsamples)")
+    check_records([*files.train, *files.test, *files.external])
 
 
 def run_fold(
@@ -101,6 +121,7 @@ def kernel_main(config: dict[str, Any]) -> dict[str, Any]:
           f"{exp.data.folds} folds, {exp.train.epochs} epochs", flush=True)
     hw = detect_hardware(exp)
     files = discover_files(exp)
+    check_data(exp, files)
     out_dir = output_dir()
     splits = fold_splits(len(files.train), exp.data.folds, exp.data.fold_seed)
     run = list(exp.data.run_folds) or list(range(exp.data.folds))
@@ -108,9 +129,13 @@ def kernel_main(config: dict[str, Any]) -> dict[str, Any]:
     print(f"[kit] {len(files.train)} train, {len(files.test)} test, {len(files.external)} external files; "
           f"folds {run}; outputs -> {out_dir}", flush=True)
     setup_s = time.monotonic() - start
-    results: list[FoldOutput] = []
+    results: list[FoldOutput] = finished_folds(out_dir, exp, test_names) if os.environ.get(RESUME_ENV) == "1" else []
+    if results:
+        print(f"[kit] resuming: fold(s) {[r.fold for r in results]} already finished, kept", flush=True)
     manifest: dict[str, Any] = {}
     for fold in run:
+        if any(r.fold == fold for r in results):
+            continue
         train_idx, val_idx = splits[fold]
         fold_start = time.monotonic()
         results.append(run_fold(exp, hw, files, fold, train_idx, val_idx, out_dir))
@@ -120,9 +145,12 @@ def kernel_main(config: dict[str, Any]) -> dict[str, Any]:
             "predict_s": sum(r.predict_s for r in results),
             "total_s": time.monotonic() - start,
         }
-        manifest = write_outputs(out_dir, exp, hw, global_batch_size(exp, hw), results, test_names, timings)
+        manifest = write_outputs(out_dir, exp, hw, global_batch_size(exp, hw), results, test_names, timings, run)
         print(f"[kit] fold {fold} done in {time.monotonic() - fold_start:.0f} s: AUC {manifest['folds'][-1]['auc']:.4f} "
               f"(no TTA {manifest['folds'][-1]['auc_no_tta']:.4f}); outputs written", flush=True)
+    if not manifest:  # every fold was already finished: only the marker was missing
+        manifest = write_outputs(out_dir, exp, hw, global_batch_size(exp, hw), results, test_names,
+                                 {"setup_s": setup_s, "total_s": time.monotonic() - start}, run)
     folds_text = ", ".join(f"{f['auc']:.4f}" for f in manifest["folds"])
     print(f"[kit] OOF AUC {manifest['oof_auc']:.4f} (no TTA {manifest['oof_auc_no_tta']:.4f}; folds {folds_text}) "
           f"in {manifest['timings']['total_s']:.0f} s", flush=True)

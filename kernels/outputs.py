@@ -3,8 +3,10 @@
 In:  per-fold results (`FoldOutput`: OOF frame, test predictions, history, timings), the experiment,
      the hardware description and the output folder.
 Out: oof.csv, test_pred.csv, test_pred_folds.csv, history.json, history.png, fold{k}.weights.h5 and,
-     last, manifest.json (config, versions, seed, hardware, per-fold and overall OOF AUC, timings and
-     the size and sha256 of every other file). Returns the manifest dict.
+     last, manifest.json (config, versions, seed, hardware, per-fold and overall OOF AUC, timings,
+     the size and sha256 of every other file, and the completion marker `complete`, true only once
+     every planned fold is in). Returns the manifest dict. `finished_folds` reads the folds a
+     previous, interrupted session of the same experiment left behind (for a resume).
 
 history.json: {"schema": HISTORY_SCHEMA, "folds": [{"fold": k, "best_epoch": e, "loss": [...],
 "val_loss": [...], "auc": [...], "val_auc": [...], "lr": [...], "epoch_time_s": [...]}]}.
@@ -26,6 +28,8 @@ import pandas as pd
 
 from kernels.config import Experiment, to_dict
 from kernels.contracts import (
+    COMPLETE_KEY,
+    FOLDS_PLANNED_KEY,
     HISTORY_FILE,
     HISTORY_PLOT_FILE,
     MANIFEST_FILE,
@@ -39,6 +43,9 @@ from kernels.contracts import (
     atomic_write_bytes,
     atomic_write_text,
     file_digest,
+    incomplete_reason,
+    read_json,
+    read_manifest,
     validate_manifest,
     validate_oof,
     validate_test_pred,
@@ -54,6 +61,9 @@ HISTORY_PANELS = (("loss", ("loss", "val_loss")), ("AUC", ("auc", "val_auc")), (
 PLOT_DPI = 100
 PLOT_PANEL_INCHES = (5.0, 3.6)
 CATEGORY_NAMES = {"sex": SEXES, "anatom_site_general_challenge": SITES}
+NO_TTA_COLUMN = "pred_no_tta"  # extra oof.csv column: the plain (no-TTA) prediction, kept for a resume
+FOLD_RECORD_OWN_KEYS = ("fold", "auc", "auc_no_tta", "best_epoch", "epochs_run", "epoch_times_s", "n_val",
+                        "n_val_malignant", "train_s", "predict_s", "weights")
 
 
 @dataclass
@@ -204,10 +214,13 @@ def fold_record(f: FoldOutput) -> dict[str, Any]:
 
 def write_outputs(
     out_dir: str, exp: Experiment, hw: Any, global_batch: int, folds: Sequence[FoldOutput],
-    test_names: Sequence[str], timings: Mapping[str, float],
+    test_names: Sequence[str], timings: Mapping[str, float], planned: Sequence[int] | None = None,
 ) -> dict[str, Any]:
-    """Validate and write every output file, then the manifest; return the manifest."""
-    oof = pd.concat([f.oof for f in folds], ignore_index=True)
+    """Validate and write every output file, then the manifest; return the manifest. The manifest's
+    `complete` is true only when `folds` covers every fold in `planned` (default: the folds given)."""
+    planned = [f.fold for f in folds] if planned is None else [int(k) for k in planned]
+    oof = pd.concat([f.oof.assign(**{NO_TTA_COLUMN: np.asarray(f.oof_pred_no_tta, dtype=float)}) for f in folds],
+                    ignore_index=True)
     oof = oof[[*OOF_COLUMNS, *[c for c in oof.columns if c not in OOF_COLUMNS]]]
     validate_oof(oof, OOF_FILE)
     test_pred, test_folds = test_frames(test_names, {f.fold: f.test_pred for f in folds})
@@ -235,7 +248,50 @@ def write_outputs(
         "n_test": len(test_pred),
         "timings": {k: round(float(v), 3) for k, v in timings.items()},
         "files": {name: file_digest(os.path.join(out_dir, name)) for name in written},
+        FOLDS_PLANNED_KEY: planned,
+        COMPLETE_KEY: set(planned) <= {f.fold for f in folds},
     }
     validate_manifest(manifest, MANIFEST_FILE)
     atomic_write_text(os.path.join(out_dir, MANIFEST_FILE), json.dumps(manifest, indent=1) + "\n")
     return manifest
+
+
+def _outputs_same_config(manifest: Mapping[str, Any], exp: Experiment) -> bool:
+    return json.dumps(manifest.get("config"), sort_keys=True) == json.dumps(to_dict(exp), sort_keys=True)
+
+
+def finished_folds(out_dir: str, exp: Experiment, test_names: Sequence[str]) -> list[FoldOutput]:
+    """The folds an interrupted session of `exp` finished in `out_dir` (its manifest, oof.csv,
+    test_pred_folds.csv, history.json and weights, each checked), ready to be written again beside
+    the folds still to train. [] when `out_dir` holds no manifest; ValueError (one line) when it
+    holds a run of another config or with other test images, or a finished run."""
+    path = os.path.join(out_dir, MANIFEST_FILE)
+    if not os.path.exists(path):
+        return []
+    manifest = read_manifest(path)
+    if not _outputs_same_config(manifest, exp):
+        raise ValueError(f"{path}: written with another config than {exp.name!r}'s; cannot resume it")
+    if incomplete_reason(manifest) is None:
+        raise ValueError(f"{path}: the run is already complete; nothing to resume")
+    oof = pd.read_csv(os.path.join(out_dir, OOF_FILE), dtype={"image_name": str})
+    per_fold = pd.read_csv(os.path.join(out_dir, TEST_FOLDS_FILE), dtype={"image_name": str})
+    if [str(n) for n in per_fold["image_name"]] != [str(n) for n in test_names]:
+        raise ValueError(f"{os.path.join(out_dir, TEST_FOLDS_FILE)}: other test images than the dataset's now")
+    histories = {int(h["fold"]): h for h in read_json(os.path.join(out_dir, HISTORY_FILE))["folds"]}
+    out = []
+    for record in manifest["folds"]:
+        fold = int(record["fold"])
+        weights = record.get("weights")
+        if weights and not os.path.exists(os.path.join(out_dir, weights)):
+            raise ValueError(f"{os.path.join(out_dir, weights)}: listed for fold {fold} but missing")
+        rows = oof[oof["fold"] == fold].reset_index(drop=True)
+        history = {k: list(v) for k, v in histories[fold].items() if k not in ("fold", "best_epoch")}
+        out.append(FoldOutput(
+            fold=fold, oof=rows.drop(columns=[NO_TTA_COLUMN]),
+            oof_pred_no_tta=rows[NO_TTA_COLUMN].to_numpy(dtype=float),
+            test_pred=per_fold[f"fold_{fold}"].to_numpy(dtype=float), history=history,
+            best_epoch=int(record["best_epoch"]), epochs_run=int(record["epochs_run"]),
+            train_s=float(record["train_s"]), predict_s=float(record["predict_s"]), weights_file=weights,
+            extra={k: v for k, v in record.items() if k not in FOLD_RECORD_OWN_KEYS},
+        ))
+    return out

@@ -7,3 +7,9 @@ class KitError(Exception):
     """A problem the user can fix. The message is one line naming the file/key and what was expected."""
 
     exit_code = 2
+
+
+class Interrupted(KitError):
+    """Ctrl-C (or SIGTERM) stopped a long command; the message says what was kept and how to carry on."""
+
+    exit_code = 130

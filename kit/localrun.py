@@ -98,9 +98,11 @@ def run_kernel(
     extra_env: Mapping[str, str] | None = None,
     on_line: Callable[[str], None] | None = None,
     on_start: Callable[[subprocess.Popen[str]], None] | None = None,
+    append_log: bool = False,
 ) -> LocalResult:
-    """Run a rendered kernel to completion; its output lines go to the log (and `on_line`);
-    `on_start` gets the kernel's process as soon as it exists (so a caller can stop it)."""
+    """Run a rendered kernel to completion; its output lines go to the log (and `on_line`), appended
+    with `append_log` (a resumed run keeps its first session's log); `on_start` gets the kernel's
+    process as soon as it exists (so a caller can stop it)."""
     code = Path(code_file).resolve()
     if not code.is_file():
         raise KitError(f"{code}: kernel file not found (run `kit render` first)")
@@ -109,7 +111,7 @@ def run_kernel(
     log = Path(log_path) if log_path else out / "kernel.log"
     env = kernel_env(out, data_dir, input_root, extra_env)
     start = time.monotonic()
-    with open(log, "w", encoding="utf-8") as fh:
+    with open(log, "a" if append_log else "w", encoding="utf-8") as fh:
         proc = subprocess.Popen(  # its own process group: stopping it stops a notebook's ipykernel too
             kernel_command(code), cwd=out, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             text=True, bufsize=1, start_new_session=True,

@@ -4,8 +4,11 @@ Layout: ``<root>/<experiment>/v<N>/`` holds exactly what the kernel wrote (the f
 `kernels.contracts`: oof.csv, test_pred.csv, test_pred_folds.csv, manifest.json, history.json,
 history.png, fold{k}.weights.h5, optional plots) plus ``kernel.log`` and ``run.json`` (kit's
 provenance: experiment, version, source "local" | "kaggle", kernel "owner/slug" or null,
-content_hash, finished_at). The latest run of an experiment is its highest N. A folder without a
-valid manifest.json is incomplete: listed by `incomplete_runs`, ignored by everything else.
+content_hash, finished_at). The latest run of an experiment is its highest N. A folder whose
+manifest.json is missing, invalid, or not marked complete by the kernel (`kernels.contracts.incomplete_reason`:
+interrupted after some folds) is incomplete: listed by `incomplete_runs` with why, never loaded, and a
+selection that would reach past it (the newest folder of a selected experiment) is refused with one line.
+Selectors starting with ``!`` exclude (``tags=["!synthetic"]``, ``globs=["!smoke-*"]``).
 
 In:  a runs root folder (default ``runs``) and selectors (names, tags, globs).
 Out: `RunInfo` (manifest-level facts, cheap) and `Run` (plus the validated OOF and test frames);
@@ -32,6 +35,8 @@ from kernels.contracts import (
     ContractError,
     atomic_write_text,
     file_digest,
+    incomplete_reason,
+    read_json,
     read_manifest,
     read_oof,
     read_test_pred,
@@ -48,6 +53,8 @@ RUN_ID_SEP = "/"
 CHECKED_CSVS = (OOF_FILE, TEST_PRED_FILE)  # checked against the manifest's sha256 on every load
 RUN_JSON_KEYS = ("experiment", "version", "source", "kernel", "content_hash", "finished_at")
 SOURCES = ("local", "kaggle")
+EXCLUDE_PREFIX = "!"
+RESUME_HINT = "finish it with `kit run EXP --resume`, delete it, or exclude it from the selection"
 
 
 @dataclass(frozen=True)
@@ -119,7 +126,14 @@ def _version_folders(root: Path) -> Iterable[tuple[str, int, Path]]:
 
 
 def _info(experiment: str, version: int, folder: Path) -> RunInfo:
-    manifest = read_manifest(folder / MANIFEST_FILE)
+    try:
+        manifest = read_manifest(folder / MANIFEST_FILE)
+    except ContractError as exc:
+        detail = str(exc).replace(f"{folder}{os.sep}", "", 1)
+        raise ContractError(f"{folder}: incomplete ({detail})") from None
+    reason = incomplete_reason(manifest)
+    if reason:
+        raise ContractError(f"{folder}: {reason}")
     return RunInfo(experiment, version, folder, manifest, _read_provenance(folder))
 
 
@@ -137,12 +151,35 @@ def list_runs(root: str | os.PathLike[str] = DEFAULT_ROOT) -> list[RunInfo]:
 def incomplete_runs(root: str | os.PathLike[str] = DEFAULT_ROOT) -> list[tuple[Path, str]]:
     """Run folders that blends ignore, each with the reason (missing or invalid manifest)."""
     out = []
-    for _, _, folder in _version_folders(Path(root)):
+    for experiment, version, folder in _version_folders(Path(root)):
         try:
-            read_manifest(folder / MANIFEST_FILE)
+            _info(experiment, version, folder)
         except ContractError as exc:
             out.append((folder, str(exc)))
-    return sorted(out)
+    return sorted(out, key=lambda item: (item[0].parent.name, _version_of(item[0].name) or 0))
+
+
+def _folder_tags(folder: Path) -> tuple[str, ...]:
+    """Tags of a (possibly incomplete) run folder's config; () when its manifest is unreadable."""
+    try:
+        manifest = read_json(folder / MANIFEST_FILE)
+        return tuple(str(t) for t in manifest.get("config", {}).get("tags", ()) or ())
+    except (ContractError, AttributeError, TypeError):
+        return ()
+
+
+def _blocking(root: Path, everything: Sequence[RunInfo], latest: bool) -> list[tuple[str, Path, str]]:
+    """Incomplete folders a selection must not silently skip: with `latest`, an experiment's newest
+    folder when it is incomplete (so an older run would stand in for it); else every incomplete one."""
+    newest_complete = {}
+    for run in everything:
+        newest_complete[run.experiment] = max(run.version, newest_complete.get(run.experiment, 0))
+    out = []
+    for folder, reason in incomplete_runs(root):
+        version = _version_of(folder.name) or 0
+        if not latest or version > newest_complete.get(folder.parent.name, 0):
+            out.append((folder.parent.name, folder, reason))
+    return out
 
 
 def latest_runs(root: str | os.PathLike[str] = DEFAULT_ROOT) -> list[RunInfo]:
@@ -153,8 +190,14 @@ def latest_runs(root: str | os.PathLike[str] = DEFAULT_ROOT) -> list[RunInfo]:
     return [latest[k] for k in sorted(latest)]
 
 
-def _matches_glob(run: RunInfo, pattern: str) -> bool:
-    return fnmatch.fnmatchcase(run.experiment, pattern) or fnmatch.fnmatchcase(run.run_id, pattern)
+def _matches_glob(experiment: str, run_id: str, pattern: str) -> bool:
+    return fnmatch.fnmatchcase(experiment, pattern) or fnmatch.fnmatchcase(run_id, pattern)
+
+
+def _split(selectors: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(include, exclude): selectors starting with EXCLUDE_PREFIX exclude."""
+    return ([s for s in selectors if not s.startswith(EXCLUDE_PREFIX)],
+            [s[len(EXCLUDE_PREFIX):] for s in selectors if s.startswith(EXCLUDE_PREFIX)])
 
 
 def select_runs(
@@ -164,36 +207,63 @@ def select_runs(
     globs: Sequence[str] = (),
     latest: bool = True,
 ) -> list[RunInfo]:
-    """Runs matching any selector (union), sorted by run id; no selector at all means every run.
+    """Runs matching any selector (union), minus the excluded ones, sorted by run id; no including
+    selector at all means every run.
 
     A name is an experiment (its latest run when `latest`) or an exact ``<experiment>/v<N>``;
-    a tag matches the config's ``tags``; a glob (fnmatch) matches the experiment name or run id.
-    A selector that matches nothing is an error naming it, so a typo never shrinks a blend.
+    a tag matches the config's ``tags``; a glob (fnmatch) matches the experiment name or run id;
+    ``!tag`` / ``!glob`` remove runs. A selector that matches nothing is an error naming it, so a
+    typo never shrinks a blend; so is an incomplete folder that a selector reaches (see the module doc).
     """
+    tags_in, tags_out = _split(tags)
+    globs_in, globs_out = _split(globs)
     everything = list_runs(root)
     pool = latest_runs(root) if latest else everything
+
+    def excluded(experiment: str, run_id: str, run_tags: Sequence[str]) -> bool:
+        return (any(t in run_tags for t in tags_out)
+                or any(_matches_glob(experiment, run_id, g) for g in globs_out))
+
+    def wanted(experiment: str, run_id: str, run_tags: Sequence[str]) -> bool:
+        if excluded(experiment, run_id, run_tags):
+            return False
+        if not (names or tags_in or globs_in):
+            return True
+        return (experiment in names or run_id in names or any(t in run_tags for t in tags_in)
+                or any(_matches_glob(experiment, run_id, g) for g in globs_in))
+
+    for experiment, folder, reason in _blocking(Path(root), everything, latest):
+        run_id = f"{experiment}{RUN_ID_SEP}{folder.name}"
+        if (names or tags_in or globs_in) and wanted(experiment, run_id, _folder_tags(folder)):
+            raise KitError(f"{reason}; {RESUME_HINT}")
     if not everything:
         raise KitError(f"{root}: no complete runs (expected <experiment>/v<N>/ folders with a valid manifest.json)")
     chosen: dict[str, RunInfo] = {}
-    if not (names or tags or globs):
+    if not (names or tags_in or globs_in):
         chosen = {r.run_id: r for r in pool}
     for name in names:
         hits = [r for r in everything if r.run_id == name] or [r for r in pool if r.experiment == name]
         if not hits:
+            bad = [reason for folder, reason in incomplete_runs(root) if f"{folder.parent.name}/{folder.name}" == name]
+            if bad:
+                raise KitError(bad[0])
             have = ", ".join(sorted({r.experiment for r in everything}))
             raise KitError(f"{root}: no run named {name!r} (have: {have})")
         chosen.update((r.run_id, r) for r in hits)
-    for tag in tags:
+    for tag in tags_in:
         hits = [r for r in pool if tag in r.tags]
         if not hits:
             raise KitError(f"{root}: no run tagged {tag!r}")
         chosen.update((r.run_id, r) for r in hits)
-    for pattern in globs:
-        hits = [r for r in pool if _matches_glob(r, pattern)]
+    for pattern in globs_in:
+        hits = [r for r in pool if _matches_glob(r.experiment, r.run_id, pattern)]
         if not hits:
             raise KitError(f"{root}: no run matches the glob {pattern!r}")
         chosen.update((r.run_id, r) for r in hits)
-    return [chosen[k] for k in sorted(chosen)]
+    kept = {k: r for k, r in chosen.items() if not excluded(r.experiment, r.run_id, r.tags)}
+    if not kept:
+        raise KitError(f"{root}: every selected run is excluded (by {', '.join(EXCLUDE_PREFIX + x for x in tags_out + globs_out)})")
+    return [kept[k] for k in sorted(kept)]
 
 
 def next_version_dir(root: str | os.PathLike[str], experiment: str, create: bool = False) -> Path:

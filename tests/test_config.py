@@ -36,7 +36,19 @@ def test_defaults_and_frozen(tmp_path: Path) -> None:
         ('name = "x"\nepochs = 3\n', "epochs: unknown key"),
         ('name = "x"\n[train]\nepoch = 3\n', "train.epoch: unknown key"),
         ('name = "x"\n[train]\nepochs = "3"\n', "train.epochs: got '3', expected an integer"),
-        ('name = "x"\n[train]\nepochs = -1\n', "train.epochs: got -1, expected an integer >= 0"),
+        ('name = "x"\n[train]\nepochs = -1\n', "train.epochs: got -1, expected an integer >= 1"),
+        # issue 14, case 2: values that used to pass and waste a training run
+        ('name = "x"\n[train]\nepochs = 0\n', "train.epochs: got 0, expected an integer >= 1"),
+        ('name = "x"\n[train]\nlr = inf\n', "train.lr: got inf, expected a finite number"),
+        ('name = "x"\n[train]\nlr = nan\n', "train.lr: got nan, expected a finite number"),
+        ('name = "x"\n[train]\nweight_decay = -0.1\n', "train.weight_decay: got -0.1, expected a number >= 0"),
+        ('name = "x"\n[train]\nfocal_gamma = -2\n', "train.focal_gamma: got -2.0, expected a number >= 0"),
+        ('name = "x"\n[train]\nmomentum = 7\n', "train.momentum: got 7.0, expected a number in [0, 1)"),
+        ('name = "x"\n[model.scratch]\nse_ratio = -0.25\n', "model.scratch.se_ratio: got -0.25, expected a number in (0, 1]"),
+        ('name = "x"\n[model.scratch]\nexpand = 0\n', "model.scratch.expand: got 0, expected an integer >= 1"),
+        ('name = "x"\n[augment]\nmix_alpha = inf\n', "augment.mix_alpha: got inf, expected a finite number"),
+        ('name = "x"\n[augment]\nops = ["affine"]\n[augment.params.affine]\nrotation = inf\n',
+         "augment.params.affine.rotation: got inf, expected a finite number"),
         ('name = "x"\n[data]\nimage_size = 100\n', "data.image_size: got 100, expected a positive multiple of 32"),
         ('name = "x"\n[data]\nfolds = 1\n', "data.folds: got 1, expected at least 2"),
         ('name = "x"\n[model]\nbackbone = "resnet9000"\n', "model.backbone: got 'resnet9000', expected one of"),
@@ -96,3 +108,13 @@ def test_cli_reports_one_line_and_nonzero_exit(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [f"error: {path}: data.image_size: got 100, expected a positive multiple of 32"]
     assert not (tmp_path / "out").exists()
+
+
+def test_unreadable_config_files_are_one_line(tmp_path: Path) -> None:
+    """Issue 14, case 8: non-UTF-8 TOML and a folder given as the config."""
+    latin = tmp_path / "latin.toml"
+    latin.write_bytes('name = "caf\xe9"\n'.encode("latin-1"))
+    for path, needle in ((latin, "not UTF-8 text (byte 11"), (tmp_path, "is a folder, expected an experiment TOML")):
+        with pytest.raises(ConfigError) as err:
+            load_experiments(path)
+        assert str(err.value).startswith(str(path)) and needle in str(err.value) and "\n" not in str(err.value)

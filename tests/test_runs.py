@@ -63,7 +63,22 @@ def test_select_by_name_tag_glob(root: Path) -> None:
     assert ids(select_runs(root, tags=["big"])) == ["effnet-b3/v1"]
     assert ids(select_runs(root, globs=["effnet-*"])) == ["effnet-b0/v2", "effnet-b3/v1"]
     assert ids(select_runs(root, globs=["*/v1"], latest=False)) == ["cnn/v1", "effnet-b0/v1", "effnet-b3/v1"]
-    assert ids(select_runs(root, names=["cnn"], tags=["big"])) == ["cnn/v1", "effnet-b3/v1"]
+    assert ids(select_runs(root, names=["cnn/v1"], tags=["big"])) == ["cnn/v1", "effnet-b3/v1"]
+    assert ids(select_runs(root, globs=["*", "!cnn"])) == ["effnet-b0/v2", "effnet-b3/v1"]
+    assert ids(select_runs(root, tags=["pretrained", "!big"])) == ["effnet-b0/v2"]
+    assert ids(select_runs(root, tags=["!big"], globs=["!cnn*"])) == ["effnet-b0/v2"]
+
+
+def test_selection_refuses_to_reach_past_an_incomplete_run(root: Path) -> None:
+    # cnn's newest folders (v2, v3) never finished: taking cnn/v1 in their place would be silent.
+    for kwargs in ({"names": ["cnn"]}, {"globs": ["*"]}, {"names": ["cnn/v3"]}):
+        with pytest.raises(KitError) as info:
+            select_runs(root, **kwargs)
+        assert "cnn/v2: incomplete (manifest.json: file not found)" in str(info.value) or (
+            "cnn/v3: incomplete (manifest.json: not valid JSON" in str(info.value))
+        assert "--resume" in str(info.value) and "\n" not in str(info.value)
+    with pytest.raises(KitError, match="every selected run is excluded"):
+        select_runs(root, globs=["effnet-b3", "!effnet-*"])
 
 
 @pytest.mark.parametrize("kwargs,message", [

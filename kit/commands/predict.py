@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 
 PROBABILITY_DIGITS = 4
@@ -27,7 +26,9 @@ def _fmt(value: float) -> str:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter is not for users
+    from kit.quiet import quiet_tensorflow
+
+    quiet_tensorflow()  # TensorFlow's start-up chatter and retracing warnings are not for users
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
