@@ -131,3 +131,51 @@ def test_run_timeout_must_be_positive(tiny_exp: Path) -> None:
     result = kit("run", "tiny.toml", "--timeout", "-5", cwd=tiny_exp)
     assert result.returncode == 2
     assert one_error_line(result) == "error: --timeout -5: expected seconds > 0 (or 0 for no limit)"
+
+
+def _copy_data(src: Path, dst: Path) -> Path:
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_corrupt_tfrecord_named_before_training(tiny_exp: Path, tmp_path: Path) -> None:
+    """Issue 14, case 3: a truncated train file is named (file and record) in one line, before any epoch."""
+    data = _copy_data(tiny_exp / "data", tmp_path / "data")
+    victim = sorted(data.glob("train*.tfrec"))[1]
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
+    (tmp_path / "tiny.toml").write_text(TINY_TOML.format(data=data))
+    result = kit("run", "tiny.toml", cwd=tmp_path)
+    assert result.returncode == 1
+    errors = [ln for ln in result.stdout.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in result.stdout + result.stderr
+    assert f"{victim}: record " in errors[0] and "corrupt or truncated" in errors[0]
+    log = next((tmp_path / "runs" / "tiny-resume").glob("v*/kernel.log")).read_text()
+    assert "fold 0:" not in log  # stopped before the first fold started training
+
+
+def test_check_records_names_file_and_record(tiny_exp: Path, tmp_path: Path) -> None:
+    from kernels.data import DataRecordError, check_records
+
+    data = _copy_data(tiny_exp / "data", tmp_path / "data")
+    files = sorted(str(p) for p in data.glob("*.tfrec"))
+    check_records(files)  # intact
+    victim = Path(files[0])
+    raw = bytearray(victim.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF  # one flipped byte inside a record: its CRC fails
+    victim.write_bytes(bytes(raw))
+    with pytest.raises(DataRecordError, match=rf"^{victim}: record \d+ \(from 0\) cannot be read"):
+        check_records(files)
+    renamed = victim.with_name(victim.name.replace(victim.stem.split("-")[-1], "999"))
+    Path(files[1]).rename(renamed)
+    with pytest.raises(DataRecordError, match=r"holds \d+ records, its name says 999"):
+        check_records([str(renamed)])
+
+
+def test_more_folds_than_train_files_refused_before_start(tiny_exp: Path, tmp_path: Path) -> None:
+    (tmp_path / "many.toml").write_text(TINY_TOML.format(data=tiny_exp / "data").replace("folds = 2", "folds = 5"))
+    result = kit("run", "many.toml", cwd=tmp_path)
+    assert result.returncode == 1 and not (tmp_path / "runs").exists()
+    assert result.stdout.strip() == (f"error: many.toml: data.folds: got 5, expected at most 4 (folds are whole "
+                                     f"files: 4 train files match 'train*.tfrec' in {tiny_exp / 'data'})")

@@ -62,6 +62,17 @@ def dataset_dir(exp: Experiment, override: str | None) -> str:
     raise KitError(f"{exp.name}: data.dataset {exp.data.dataset!r} is not a local folder; pass --data DIR")
 
 
+def check_folds(exp: Experiment, data: str, where: str) -> None:
+    """data.folds against the dataset folder: folds are whole train files, so there must be at least as
+    many files as folds (checked here, before anything starts, when the dataset is a local folder)."""
+    if "://" in data:
+        return
+    n = len(list(Path(data).glob(exp.data.train_glob)))
+    if 0 < n < exp.data.folds:
+        raise KitError(f"{where}: data.folds: got {exp.data.folds}, expected at most {n} (folds are whole files: "
+                       f"{n} train files match {exp.data.train_glob!r} in {data})")
+
+
 def _done_folds(folder: Path) -> str:
     try:
         manifest = read_json(folder / MANIFEST_FILE)
@@ -168,8 +179,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     for path in args.experiments:
         for exp in load_experiments(path):
             try:
+                data = dataset_dir(exp, args.data)
+                check_folds(exp, data, str(path))
                 run_experiment(
-                    exp, dataset_dir(exp, args.data), Path(args.runs), Path(args.build), fmt=args.format,
+                    exp, data, Path(args.runs), Path(args.build), fmt=args.format,
                     backend=args.backend, timeout_s=timeout_s, verbose=args.verbose, resume=args.resume,
                 )
             except Interrupted:
