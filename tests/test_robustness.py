@@ -179,3 +179,50 @@ def test_more_folds_than_train_files_refused_before_start(tiny_exp: Path, tmp_pa
     assert result.returncode == 1 and not (tmp_path / "runs").exists()
     assert result.stdout.strip() == (f"error: many.toml: data.folds: got 5, expected at most 4 (folds are whole "
                                      f"files: 4 train files match 'train*.tfrec' in {tiny_exp / 'data'})")
+
+
+@pytest.fixture()
+def two_runs(tmp_path: Path) -> Path:
+    from test_blend_fixtures import experiment_config, make_cohort, make_run, signal_preds
+
+    cohort = make_cohort(n=60, n_test=12)
+    for i, (name, tags) in enumerate((("demo-a", ["demo"]), ("demo-b", ["demo"]), ("dryrun-synth", ["dryrun"]))):
+        oof, test = signal_preds(cohort, 1.0, seed=i)
+        make_run(tmp_path / "runs", name, cohort, oof, test, 1, experiment_config(name, tags=tags))
+    return tmp_path
+
+
+def test_damaged_manifest_refuses_the_blend_and_is_listed(two_runs: Path) -> None:
+    """Issue 14, case 4: one of the blended runs' manifest.json damaged -> one line naming it, exit 2,
+    no half-written ensemble; `kit report` lists it."""
+    manifest = two_runs / "runs" / "demo-b" / "v1" / MANIFEST_FILE
+    manifest.write_text(manifest.read_text()[:100])
+    (two_runs / "ensembles").mkdir()
+    (two_runs / "ensembles" / "d.toml").write_text('[runs]\nglobs = ["demo-*"]\n')
+    line = one_error_line(kit("blend", "d", cwd=two_runs))
+    assert "runs/demo-b/v1: incomplete (manifest.json: not valid JSON" in line and "exclude it" in line
+    assert not (two_runs / "ensembles" / "d").exists()
+    (two_runs / "ensembles" / "d.toml").write_text('[runs]\nglobs = ["demo-*"]\nexclude_globs = ["demo-b"]\n')
+    result = kit("blend", "d", cwd=two_runs)
+    assert result.returncode == 0, result.stdout + result.stderr
+    runs = json.loads((two_runs / "ensembles" / "d" / "blend.json").read_text())["runs"]
+    assert [r["run_id"] for r in runs] == ["demo-a/v1"]
+    report = kit("report", "--out", "rep", cwd=two_runs)
+    assert report.returncode == 0 and "not in the report: runs/demo-b/v1: incomplete (manifest.json" in report.stdout
+
+
+def test_demo_recipe_takes_only_demo_runs(two_runs: Path) -> None:
+    """Issue 14, case 5: after `make demo`, a pulled dry-run run does not join the demo blend, and a
+    recipe can set runs aside by tag."""
+    from kit.blend.recipe import load_recipe
+    from kit.runs import select_runs
+
+    demo = load_recipe("demo", REPO / "ensembles")
+    ids = [r.run_id for r in select_runs(two_runs / "runs", demo.names, demo.tags, demo.globs, demo.latest)]
+    assert ids == ["demo-a/v1", "demo-b/v1"]
+    dry = load_recipe("dryrun", REPO / "ensembles")
+    assert [r.run_id for r in select_runs(two_runs / "runs", dry.names, dry.tags, dry.globs)] == ["dryrun-synth/v1"]
+    (two_runs / "r.toml").write_text('[runs]\nglobs = ["*"]\nexclude_tags = ["dryrun"]\n')
+    mixed = load_recipe(str(two_runs / "r.toml"))
+    assert [r.run_id for r in select_runs(two_runs / "runs", mixed.names, mixed.tags, mixed.globs)] == [
+        "demo-a/v1", "demo-b/v1"]

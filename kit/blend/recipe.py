@@ -12,6 +12,8 @@ A recipe (every table and key optional; defaults shown)::
     tags = []                  # config tags
     globs = []                 # fnmatch over experiment names / run ids under runs/
     latest = true              # only each experiment's latest run (an exact "<exp>/v<N>" always counts)
+    exclude_tags = []          # runs with any of these tags are set aside (e.g. ["synthetic"])
+    exclude_globs = []         # runs whose experiment name / run id matches are set aside (e.g. ["smoke-*"])
     [method]
     name = "rank_mean"         # a name in kit.blend.methods.METHODS
     params = {}                # that method's parameters (see its defaults)
@@ -42,6 +44,7 @@ from typing import Any
 from kit.blend.calibrate import CALIBRATIONS
 from kit.blend.methods import METHODS, method_params
 from kit.errors import KitError
+from kit.runs import EXCLUDE_PREFIX
 
 ENSEMBLES_DIR = "ensembles"
 RECIPE_SUFFIX = ".toml"
@@ -60,8 +63,8 @@ class Recipe:
     description: str = ""
     root: str = "runs"
     names: tuple[str, ...] = ()
-    tags: tuple[str, ...] = ()
-    globs: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()  # "!tag" entries exclude (from exclude_tags)
+    globs: tuple[str, ...] = ()  # "!glob" entries exclude (from exclude_globs)
     latest: bool = True
     method: str = DEFAULT_METHOD
     params: Mapping[str, Any] = field(default_factory=dict)
@@ -80,7 +83,8 @@ class Recipe:
 
 SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
     "": {"description": str},
-    "runs": {"root": str, "names": list, "tags": list, "globs": list, "latest": bool},
+    "runs": {"root": str, "names": list, "tags": list, "globs": list, "latest": bool, "exclude_tags": list,
+             "exclude_globs": list},
     "method": {"name": str, "params": dict},
     "calibration": {"method": str},
     "data": {"dataset": str},
@@ -161,8 +165,8 @@ def from_dict(data: Mapping[str, Any], path: Path) -> Recipe:
         description=top.get("description", ""),
         root=runs.get("root", "runs"),
         names=tuple(runs.get("names", ())),
-        tags=tuple(runs.get("tags", ())),
-        globs=tuple(runs.get("globs", ())),
+        tags=(*runs.get("tags", ()), *(EXCLUDE_PREFIX + t for t in runs.get("exclude_tags", ()))),
+        globs=(*runs.get("globs", ()), *(EXCLUDE_PREFIX + g for g in runs.get("exclude_globs", ()))),
         latest=runs.get("latest", True),
         method=name,
         params=params,

@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from rich.markup import escape
+
 from kit.blend.build import REPORT_HTML, REPORT_MD, SUBMISSION_FILE, run_blend
 from kit.blend.recipe import ENSEMBLES_DIR, default_recipe, load_recipe
 from kit.console import console
@@ -40,6 +42,10 @@ def cmd_report(args: argparse.Namespace) -> int:
         outcome = run_blend(recipe, root=args.runs, dataset=args.dataset, out_dir=args.out, write_blend=False,
                             console=console)
     else:
+        from kit.runs import incomplete_runs
+
+        for _folder, why in incomplete_runs(args.runs or "runs"):  # listed, never silently left out
+            console.print(f"[yellow]not in the report:[/] {escape(why)}")
         recipe = default_recipe(root=args.runs or "runs", dataset=args.dataset or "",
                                 path=Path(args.ensembles) / "all-runs.toml")
         outcome = run_blend(recipe, dataset=args.dataset, out_dir=args.out or DEFAULT_REPORT_DIR, write_blend=False,
