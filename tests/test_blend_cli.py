@@ -247,7 +247,7 @@ def test_a_failed_blend_leaves_the_previous_outputs(tmp_path: Path, capsys: pyte
 
 
 RECIPE_ERRORS = [
-    ('[runs]\nglob = ["*"]\n', "t.toml: runs.glob: unknown key (expected one of globs, latest, names, root, tags)"),
+    ('[runs]\nglob = ["*"]\n', "t.toml: runs.glob: unknown key (expected one of exclude_globs, exclude_tags, globs, latest, names, root, tags)"),
     ('[method]\nname = "median"\n', "t.toml: method: unknown blend method 'median'"),
     ('[method]\nname = "greedy"\nparams = {steps = 3}\n', "t.toml: method.params.steps: unknown parameter of greedy"),
     ('[calibration]\nmethod = "beta"\n', "t.toml: calibration.method: got 'beta', expected one of none, platt, "
@@ -289,7 +289,7 @@ def test_recipe_hash_ignores_layout_but_not_settings(tmp_path: Path) -> None:
 
 def test_demo_recipe_is_valid() -> None:
     recipe = load_recipe("demo", Path(__file__).parents[1] / "ensembles")
-    assert recipe.method == "rank_mean" and recipe.globs == ("*",) and recipe.calibration == "platt"
+    assert recipe.method == "rank_mean" and recipe.tags == ("demo",) and recipe.calibration == "platt"
     assert {"greedy", "stacking", "hill_climb"} <= set(recipe.compare)
 
 
