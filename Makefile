@@ -14,7 +14,7 @@ COMP    ?=
 SAMPLE  ?=
 
 .PHONY: help install demo test lint bench data render run push-kernel status wait pull blend report submit \
-        submissions predict emulator clean
+        submissions predict emulator clean clean-runs clean-all
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/' | expand -t 16
@@ -78,5 +78,12 @@ predict: $(STAMP)  ## probability that IMG (file(s) or folder) is malignant, wit
 emulator: $(STAMP)  ## start the Kaggle emulator on 127.0.0.1:$(PORT) (COMP=competition data folder)
 	$(KIT) emulator --port $(PORT) $(if $(COMP),--competition-dir $(COMP))
 
-clean:  ## remove build outputs, runs, generated data and ensemble outputs (keeps .venv)
-	rm -rf build runs .kit data/synth* data/uda* bench/results.json ensembles/*/
+clean:  ## remove what can be rebuilt: build/, generated data/synth*, data/uda*, bench results, caches
+	rm -rf build data/synth* data/uda* bench/results.json .pytest_cache .ruff_cache
+	find . -path ./.venv -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
+
+clean-runs:  ## DELETES runs/ (trained and pulled Kaggle outputs) and ensembles/*/ (blends, submissions)
+	rm -rf runs ensembles/*/
+
+clean-all: clean clean-runs  ## clean + clean-runs + DELETES .kit/ (the ledger of pushes and submissions)
+	rm -rf .kit

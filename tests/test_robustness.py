@@ -226,3 +226,31 @@ def test_demo_recipe_takes_only_demo_runs(two_runs: Path) -> None:
     mixed = load_recipe(str(two_runs / "r.toml"))
     assert [r.run_id for r in select_runs(two_runs / "runs", mixed.names, mixed.tags, mixed.globs)] == [
         "demo-a/v1", "demo-b/v1"]
+
+
+def test_make_clean_keeps_the_ledger_and_pulled_runs(tmp_path: Path) -> None:
+    """Issue 14, case 6: `make clean` removes only what can be rebuilt; runs/ and .kit/ need an explicit
+    target whose help says what it deletes."""
+    import shutil
+
+    shutil.copy(REPO / "Makefile", tmp_path / "Makefile")
+    keep = ["runs/x/v1/oof.csv", ".kit/ledger.json", "data/isic-uda1/labels.csv", "ensembles/demo.toml",
+            "ensembles/demo/submission.csv", ".venv/lib/__pycache__/a.pyc"]
+    gone = ["build/kernels/k.py", "data/synth-128/train00-1.tfrec", "data/uda-128/test.csv", "bench/results.json",
+            "kit/__pycache__/a.pyc"]
+    for name in keep + gone:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("x")
+
+    def make(target: str) -> None:
+        subprocess.run(["make", "-s", target], cwd=tmp_path, check=True, capture_output=True, timeout=60)
+
+    make("clean")
+    assert all((tmp_path / n).exists() for n in keep) and not any((tmp_path / n).exists() for n in gone)
+    make("clean-runs")
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "ensembles" / "demo").exists()
+    assert (tmp_path / ".kit" / "ledger.json").exists() and (tmp_path / "ensembles" / "demo.toml").exists()
+    make("clean-all")
+    assert not (tmp_path / ".kit").exists() and (tmp_path / "data" / "isic-uda1" / "labels.csv").exists()
+    helps = subprocess.run(["make", "-s", "help"], cwd=tmp_path, capture_output=True, text=True, timeout=60).stdout
+    assert "DELETES runs/" in helps and "DELETES .kit/" in helps
