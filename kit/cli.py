@@ -1,15 +1,20 @@
 """The `kit` command line: one sub-command module per concern, each with `register(subparsers)`.
 
 In:  argv. Out: exit code. Known user errors (KitError, ConfigError, ContractError,
-DataLocationError) become one line on stderr and a non-zero exit; nothing else is caught.
+DataLocationError) become one line on stderr and a non-zero exit, and so does a file that is not UTF-8
+text (named when a frame of the traceback holds its path). Options shared by several commands are
+checked here, at the edge (``--port`` in 0..65535). Sub-command modules are imported to build the
+parser; each imports its heavy libraries only inside its command functions.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
+from types import TracebackType
 
 from kernels.config import ConfigError
 from kernels.contracts import ContractError
@@ -40,13 +45,41 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+PORT_RANGE = (0, 65535)
+PATH_SUFFIXES = (".csv", ".toml", ".json", ".txt")
+EXIT_USAGE = 2
+
+
+def check_shared_options(args: argparse.Namespace) -> None:
+    """Edge checks of options several commands take; KitError naming the option and the range."""
+    port = getattr(args, "port", None)
+    if isinstance(port, int) and not PORT_RANGE[0] <= port <= PORT_RANGE[1]:
+        raise KitError(f"--port {port}: expected {PORT_RANGE[0]}..{PORT_RANGE[1]} (0 = any free port)")
+
+
+def _file_in(tb: TracebackType | None) -> str | None:
+    """The innermost path-like local (a .csv/.toml/.json/.txt) on the traceback: the file being read."""
+    found = None
+    while tb is not None:
+        for value in tb.tb_frame.f_locals.values():
+            if isinstance(value, (str, os.PathLike)) and str(os.fspath(value)).endswith(PATH_SUFFIXES):
+                found = str(os.fspath(value))
+        tb = tb.tb_next
+    return found
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        check_shared_options(args)
         return int(args.func(args) or 0)
     except (KitError, ConfigError, ContractError, DataLocationError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return getattr(exc, "exit_code", 2)
+        return getattr(exc, "exit_code", EXIT_USAGE)
+    except UnicodeDecodeError as exc:
+        where = _file_in(exc.__traceback__) or "a file"
+        print(f"error: {where}: not UTF-8 text (byte {exc.start}: {exc.reason}); save it as UTF-8", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130

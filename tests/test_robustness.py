@@ -254,3 +254,17 @@ def test_make_clean_keeps_the_ledger_and_pulled_runs(tmp_path: Path) -> None:
     assert not (tmp_path / ".kit").exists() and (tmp_path / "data" / "isic-uda1" / "labels.csv").exists()
     helps = subprocess.run(["make", "-s", "help"], cwd=tmp_path, capture_output=True, text=True, timeout=60).stdout
     assert "DELETES runs/" in helps and "DELETES .kit/" in helps
+
+
+def test_non_utf8_submission_and_bad_port_are_one_line(tmp_path: Path) -> None:
+    """Issue 14, case 8: a non-UTF-8 submission CSV and `kit emulator --port -1`."""
+    (tmp_path / "sub.csv").write_bytes("image_name,target\nISIC_\xe9,0.5\n".encode("latin-1"))
+    (tmp_path / "sample.csv").write_text("image_name,target\nISIC_1,0\n")
+    result = kit("submit", "sub.csv", "--sample", "sample.csv", cwd=tmp_path)
+    assert result.returncode == 2
+    assert one_error_line(result) == "error: sub.csv: not UTF-8 text (byte 23: invalid continuation byte); save it as UTF-8"
+    for port in ("-1", "65536"):
+        result = kit("emulator", "--port", port, cwd=tmp_path)
+        assert result.returncode == 2
+        assert one_error_line(result) == f"error: --port {port}: expected 0..65535 (0 = any free port)"
+    assert not (tmp_path / ".kit").exists()
