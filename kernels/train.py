@@ -207,9 +207,12 @@ class EpochRecorder(keras.callbacks.Callback):
         for key in HISTORY_KEYS:
             self.history[key].append(row[key])
         total = self.params.get("epochs", "?") if self.params else "?"
-        print(
+        times = self.history["epoch_time_s"]
+        left = (total - epoch - 1) * sum(times) / len(times) if isinstance(total, int) else float("nan")
+        print(  # one line per epoch, also in a log: the fold's ETA at the mean epoch time so far
             f"[kit] {self.label}epoch {epoch + 1}/{total} loss {row['loss']:.4f} val_loss {row['val_loss']:.4f} "
-            f"auc {row['auc']:.4f} val_auc {row['val_auc']:.4f} lr {row['lr']:.2e} {seconds:.1f} s",
+            f"auc {row['auc']:.4f} val_auc {row['val_auc']:.4f} lr {row['lr']:.2e} {seconds:.1f} s "
+            f"eta {left:.0f} s",
             flush=True,
         )
 

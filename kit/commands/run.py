@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from kernels.config import Experiment, to_dict
 from kernels.contracts import MANIFEST_FILE, ContractError, incomplete_reason, read_json, read_manifest, verify_files
@@ -33,7 +34,9 @@ from kit.runs import VERSION_PREFIX, next_version_dir, write_run_record
 LOG_TAIL_LINES = 25
 RESUME_ENV = "KIT_RESUME"  # = kernels.main.RESUME_ENV (kit never imports the kernel's entry point)
 KIT_LINE = "[kit] "
-STATUS_WIDTH = 100
+STAGE_WIDTH = 24  # characters of the kernel's latest step shown after the progress bar
+BAR_WIDTH = 20
+EPOCH_LINE = re.compile(r"\bepoch \d+/\d+ ")  # the kernel's one line per epoch (kernels.train.EpochRecorder)
 ERROR_LINE = re.compile(r"^(?:[\w.]+\.)?(\w*(?:Error|Exception|Exit))(?:: (.*))?$")
 ONE_LINE_ERRORS = ("ConfigError", "DataRecordError", "DataLocationError", "ContractError")  # message says it all
 
@@ -129,15 +132,26 @@ def run_experiment(
         console.print(f"[bold]{escape(exp.name)}[/]: resuming {out} (fold(s) {_done_folds(out)} finished)")
     console.print(f"[bold]{escape(exp.name)}[/]: running {kernel.code_file} -> {out}", soft_wrap=True)
     in_log = verbose or not console.is_terminal
-    with console.status(f"{exp.name}: training", spinner="dots") as status:
+    planned = list(exp.data.run_folds) or list(range(exp.data.folds))
+    done = 0 if not resuming or _done_folds(out) == "none" else len(_done_folds(out).split(", "))
+    progress = Progress(TextColumn("{task.description}"), BarColumn(bar_width=BAR_WIDTH), MofNCompleteColumn(),
+                        TextColumn("epochs"), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+                        TextColumn("{task.fields[stage]}"), console=console, transient=True, disable=in_log)
+    with progress:
+        task = progress.add_task(exp.name, total=len(planned) * exp.train.epochs, completed=done * exp.train.epochs,
+                                 stage="starting")
+
         def on_line(line: str) -> None:
             if verbose:
-                console.print(f"  {line}", markup=False, soft_wrap=True)
+                console.print(f"  {line}", markup=False)
             elif line.startswith(KIT_LINE):
+                text = line[len(KIT_LINE):]
                 if in_log:
-                    console.print(f"  {line[len(KIT_LINE):]}", markup=False, soft_wrap=True)
+                    console.print(f"  {text}", markup=False)
                 else:
-                    status.update(f"{exp.name}: {escape(line[len(KIT_LINE):][:STATUS_WIDTH])}")
+                    epoch = EPOCH_LINE.search(text)
+                    stage = text[:epoch.end()].strip() if epoch else text.split(":")[0]
+                    progress.update(task, stage=escape(stage[:STAGE_WIDTH]), advance=1 if epoch else 0)
 
         try:
             result = run_kernel(kernel.code_file, out, data_dir=data, extra_env=extra, on_line=on_line,
