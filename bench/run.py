@@ -17,7 +17,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-BENCHES = ("bench.blend", "bench.pipeline", "bench.predict")
+BENCHES = ("bench.blend", "bench.pipeline", "bench.predict", "bench.startup")
 RESULTS = Path(__file__).with_name("results.json")
 TARGETS = {
     "blend_greedy_100x33126_s": ("<=", 2.0),

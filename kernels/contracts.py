@@ -21,7 +21,9 @@ Files a run leaves in its output folder (`/kaggle/working` on Kaggle):
 - ``history.png``    plots of loss, AUC and LR per epoch.
 - ``fold{k}.weights.h5`` the checkpointed (best) weights of fold k.
 
-This module imports only the standard library, numpy and pandas (it runs inside kernels).
+This module imports only the standard library, numpy and pandas (it runs inside kernels); numpy and
+pandas only inside the functions that read or check frames, so the CLI's start (errors, ledger,
+atomic writes) does not pay for them.
 """
 
 from __future__ import annotations
@@ -31,10 +33,10 @@ import json
 import math
 import os
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import pandas as pd
+if TYPE_CHECKING:
+    import pandas as pd
 
 OOF_FILE = "oof.csv"
 TEST_PRED_FILE = "test_pred.csv"
@@ -77,6 +79,8 @@ def _fail(where: str, problem: str) -> ContractError:
 
 
 def _read_csv(path: str | os.PathLike[str]) -> pd.DataFrame:
+    import pandas as pd
+
     where = str(path)
     if not os.path.exists(where):
         raise _fail(where, "file not found")
@@ -93,6 +97,8 @@ def _check_columns(df: pd.DataFrame, required: Iterable[str], where: str) -> Non
 
 
 def _check_names(df: pd.DataFrame, where: str) -> None:
+    import numpy as np
+
     names = df["image_name"]
     if names.isna().any():
         row = int(np.flatnonzero(names.isna().to_numpy())[0])
@@ -104,6 +110,9 @@ def _check_names(df: pd.DataFrame, where: str) -> None:
 
 
 def _check_finite(df: pd.DataFrame, column: str, where: str) -> None:
+    import numpy as np
+    import pandas as pd
+
     values = pd.to_numeric(df[column], errors="coerce").to_numpy(dtype=float)
     bad = ~np.isfinite(values)
     if bad.any():
@@ -113,6 +122,9 @@ def _check_finite(df: pd.DataFrame, column: str, where: str) -> None:
 
 def validate_oof(df: pd.DataFrame, where: str = OOF_FILE) -> pd.DataFrame:
     """Check an OOF frame: columns, unique names, 0/1 targets, finite preds, int folds."""
+    import numpy as np
+    import pandas as pd
+
     _check_columns(df, OOF_COLUMNS, where)
     _check_names(df, where)
     _check_finite(df, "pred", where)

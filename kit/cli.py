@@ -17,9 +17,11 @@ from collections.abc import Sequence
 from types import TracebackType
 
 from kernels.config import ConfigError
-from kernels.contracts import ContractError
-from kernels.paths import DataLocationError
 from kit.errors import KitError
+
+# One-line user errors defined in modules a command may or may not have imported: looked up only when
+# raised (a module that was never imported raised none of its errors), so start-up imports neither.
+LAZY_USER_ERRORS = (("kernels.contracts", "ContractError"), ("kernels.paths", "DataLocationError"))
 
 COMMAND_MODULES = (
     "kit.commands.data",  # kit data synth | import
@@ -68,18 +70,27 @@ def _file_in(tb: TracebackType | None) -> str | None:
     return found
 
 
+def user_errors() -> tuple[type[BaseException], ...]:
+    """The exception types that are one-line user errors (see LAZY_USER_ERRORS)."""
+    lazy = [getattr(sys.modules[module], name) for module, name in LAZY_USER_ERRORS if module in sys.modules]
+    return (KitError, ConfigError, *lazy)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         check_shared_options(args)
         return int(args.func(args) or 0)
-    except (KitError, ConfigError, ContractError, DataLocationError) as exc:
+    except Exception as exc:
+        if isinstance(exc, UnicodeDecodeError):
+            where = _file_in(exc.__traceback__) or "a file"
+            print(f"error: {where}: not UTF-8 text (byte {exc.start}: {exc.reason}); save it as UTF-8",
+                  file=sys.stderr)
+            return EXIT_USAGE
+        if not isinstance(exc, user_errors()):
+            raise
         print(f"error: {exc}", file=sys.stderr)
         return getattr(exc, "exit_code", EXIT_USAGE)
-    except UnicodeDecodeError as exc:
-        where = _file_in(exc.__traceback__) or "a file"
-        print(f"error: {where}: not UTF-8 text (byte {exc.start}: {exc.reason}); save it as UTF-8", file=sys.stderr)
-        return EXIT_USAGE
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130

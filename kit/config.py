@@ -19,22 +19,19 @@ from pathlib import Path
 from typing import Any
 
 from kernels.config import ConfigError, Experiment, Known, from_dict
-from kit.quiet import native_stderr_silenced
+from kit.registries import AUGMENT_DEFAULTS, BACKBONE_NAMES
 
 SWEEP_KEY = "sweep"
 
 
 @functools.cache
 def known_registries() -> Known:
-    """Names the registries offer (imports the kernel modules, hence TensorFlow, once)."""
-    with native_stderr_silenced():
-        from kernels.augment import AUGMENTATIONS
-        from kernels.models import BACKBONES
-
+    """Names the registries offer, from the plain table `kit.registries` (no TensorFlow import; a test
+    keeps it equal to the kernels' registries)."""
     return Known(
-        backbones=frozenset(BACKBONES),
-        augmentations=frozenset(AUGMENTATIONS),
-        augment_params={name: dict(spec.defaults) for name, spec in AUGMENTATIONS.items()},
+        backbones=frozenset(BACKBONE_NAMES),
+        augmentations=frozenset(AUGMENT_DEFAULTS),
+        augment_params={name: dict(defaults) for name, defaults in AUGMENT_DEFAULTS.items()},
     )
 
 

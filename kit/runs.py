@@ -24,9 +24,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from kernels.contracts import (
     MANIFEST_FILE,
@@ -43,6 +41,9 @@ from kernels.contracts import (
     verify_files,
 )
 from kit.errors import KitError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 DEFAULT_ROOT = "runs"
 RUN_JSON = "run.json"

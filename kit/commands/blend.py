@@ -15,14 +15,16 @@ from pathlib import Path
 
 from rich.markup import escape
 
-from kit.blend.build import REPORT_HTML, REPORT_MD, SUBMISSION_FILE, run_blend
-from kit.blend.recipe import ENSEMBLES_DIR, default_recipe, load_recipe
 from kit.console import console
 
 DEFAULT_REPORT_DIR = "build/report"
+ENSEMBLES_DIR = "ensembles"  # = kit.blend.recipe.ENSEMBLES_DIR (the blend stack loads only when a command runs)
 
 
 def cmd_blend(args: argparse.Namespace) -> int:
+    from kit.blend.build import REPORT_HTML, REPORT_MD, SUBMISSION_FILE, run_blend
+    from kit.blend.recipe import load_recipe
+
     recipe = load_recipe(args.recipe, args.ensembles)
     outcome = run_blend(recipe, root=args.runs, dataset=args.dataset, out_dir=args.out, console=console)
     blend = outcome.blend or {}
@@ -37,6 +39,9 @@ def cmd_blend(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from kit.blend.build import REPORT_HTML, REPORT_MD, run_blend
+    from kit.blend.recipe import default_recipe, load_recipe
+
     if args.recipe:
         recipe = load_recipe(args.recipe, args.ensembles)
         outcome = run_blend(recipe, root=args.runs, dataset=args.dataset, out_dir=args.out, write_blend=False,

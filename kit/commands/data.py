@@ -10,13 +10,17 @@ import argparse
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from kit.console import console
-from kit.data.tfrecords import DatasetSummary
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
+
+    from kit.data.tfrecords import DatasetSummary
 
 SYNTH_DEFAULTS = {"train": 1000, "test": 400, "size": 128, "shards": 10, "seed": 42, "malignant_rate": 0.1}
 IMPORT_DEFAULTS = {"test_fraction": 0.2, "shards": 10, "seed": 42}
@@ -24,11 +28,17 @@ TF_LOG_LEVEL_VAR, TF_LOG_LEVEL_WARNINGS = "TF_CPP_MIN_LOG_LEVEL", "1"
 
 
 def _quiet_tensorflow() -> None:
-    """TensorFlow's C++ start-up notices (oneDNN, CPU features) are noise here; the user can still override."""
+    """TensorFlow's start-up notices (oneDNN, CPU features, absl) are noise here; the user can still override
+    the log level with TF_CPP_MIN_LOG_LEVEL."""
+    from kit.quiet import quiet_tensorflow
+
     os.environ.setdefault(TF_LOG_LEVEL_VAR, TF_LOG_LEVEL_WARNINGS)
+    quiet_tensorflow()
 
 
 def _progress(total: int, label: str) -> Progress:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     progress = Progress(
         TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console, transient=True
     )
@@ -60,6 +70,7 @@ def _report(summary: DatasetSummary) -> None:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
+    _quiet_tensorflow()
     from kit.data.synth import SynthSpec, check_spec, write_synth
 
     spec = SynthSpec(n_train=args.train, n_test=args.test, size=args.size, shards=args.shards,
@@ -73,6 +84,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
+    _quiet_tensorflow()  # before kit.data.importer, which imports TensorFlow (kit.images)
     from kit.data.importer import ImportSpec, check_spec, find_images, import_dataset, read_labels
 
     spec = ImportSpec(size=args.size, test_fraction=args.test_fraction, shards=args.shards,

@@ -13,15 +13,17 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from kernels.config import COMPETITION
 from kit.console import console
 from kit.errors import KitError
 from kit.kaggle.ledger import Ledger, now_iso
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
 
 DEFAULT_BUILD = "build/kernels"
 FAULT_KINDS = {"429": "a 429 reply", "500": "a 500 reply", "lost_reply": "a lost reply (work done, 500 sent)",
@@ -61,6 +63,8 @@ def _with_client(args: argparse.Namespace, body: Callable[[Any, Ledger], int]) -
 
 
 def _progress() -> Progress:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
     return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TimeElapsedColumn(), console=console, transient=False)
 

@@ -6,9 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
-from kit.config import load_experiments
 from kit.console import console
-from kit.render import render_experiment
 
 DEFAULT_OWNER_ENV = "KAGGLE_USERNAME"
 DEFAULT_OWNER = "kit-user"
@@ -20,6 +18,9 @@ def default_owner() -> str:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
+    from kit.config import load_experiments
+    from kit.render import render_experiment
+
     for path in args.experiments:
         for exp in load_experiments(path):
             kernel = render_experiment(

@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from kernels.config import Experiment, to_dict
 from kernels.contracts import MANIFEST_FILE, ContractError, incomplete_reason, read_json, read_manifest, verify_files
@@ -131,6 +130,15 @@ def run_experiment(
         extra[RESUME_ENV] = "1"
         console.print(f"[bold]{escape(exp.name)}[/]: resuming {out} (fold(s) {_done_folds(out)} finished)")
     console.print(f"[bold]{escape(exp.name)}[/]: running {kernel.code_file} -> {out}", soft_wrap=True)
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
     in_log = verbose or not console.is_terminal
     planned = list(exp.data.run_folds) or list(range(exp.data.folds))
     done = 0 if not resuming or _done_folds(out) == "none" else len(_done_folds(out).split(", "))
