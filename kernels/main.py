@@ -22,6 +22,7 @@ from typing import Any
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from kernels.config import ConfigError, Experiment, from_dict
 from kernels.data import (
@@ -66,7 +67,11 @@ def check_data(exp: Experiment, files: DataFiles) -> None:
     if d.folds > len(files.train):
         raise ConfigError(f"{CONFIG_LABEL}: data.folds: got {d.folds}, expected at most {len(files.train)} "
                           f"(folds are whole files: {len(files.train)} train files match {d.train_glob!r})")
-    stored = min(min(shape) for shape in data_stored_shapes(files.train[:1]))
+    try:
+        stored = min(min(shape) for shape in data_stored_shapes(files.train[:1]))
+    except tf.errors.OpError:
+        check_records(files.train[:1])  # names the file and the record
+        raise
     if d.image_size > stored:
         raise ConfigError(f"{CONFIG_LABEL}: data.image_size: got {d.image_size}, expected at most {stored} "
                           f"(the stored image size in {files.train[0]}; larger only upsamples)")

@@ -54,8 +54,10 @@ verbose = 0
 
 
 def kit(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """`kit ARGS` in a pipe, as in a log (80 columns: no COLUMNS from the caller's terminal)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
     return subprocess.run([sys.executable, "-m", "kit.cli", *map(str, args)], cwd=cwd, capture_output=True,
-                          text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(REPO)})
+                          text=True, timeout=600, env={**env, "PYTHONPATH": str(REPO)})
 
 
 def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
@@ -125,6 +127,19 @@ def test_ctrl_c_after_fold_0_then_resume(tiny_exp: Path) -> None:
     assert "fold 0 done" in log and "resuming: fold(s) [0] already finished" in log
 
     assert resume_folder(work / "runs", load_experiment(work / "tiny.toml", validate_names=False)) is None
+
+    # In a pipe, the run printed one line per epoch (fold, epoch, loss, val AUC, time, ETA) as it came.
+    epoch_lines = [ln for ln in resumed.stdout.splitlines() if "fold 1 epoch 1/1 loss" in ln]
+    assert len(epoch_lines) == 1 and " val_auc " in epoch_lines[0] and " eta " in epoch_lines[0]
+
+    # Issue 14, cases 7 and 9: kit predict in a pipe: no TensorFlow banner or retracing warning, the table
+    # fits 80 columns and the image path is whole.
+    (work / "img").mkdir()
+    (work / "img" / "ISIC_0000000.jpg").write_bytes(SAMPLE_IMAGE.read_bytes())
+    predicted = kit("predict", "img", "--run", "tiny-resume", cwd=work)
+    assert predicted.returncode == 0 and predicted.stderr == "", predicted.stderr
+    assert max(len(ln) for ln in predicted.stdout.splitlines()) <= 80
+    assert any(ln.startswith("img/ISIC_0000000.jpg ") for ln in predicted.stdout.splitlines()), predicted.stdout
 
 
 def test_run_timeout_must_be_positive(tiny_exp: Path) -> None:
@@ -268,3 +283,23 @@ def test_non_utf8_submission_and_bad_port_are_one_line(tmp_path: Path) -> None:
         assert result.returncode == 2
         assert one_error_line(result) == f"error: --port {port}: expected 0..65535 (0 = any free port)"
     assert not (tmp_path / ".kit").exists()
+
+
+def test_checks_that_need_the_data(tiny_exp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 14, case 2: image size larger than the stored images, and more folds than train files, are
+    one-line config errors from the kernel before any fold trains."""
+    from kernels.config import ConfigError, from_dict
+    from kernels.data import discover_files
+    from kernels.main import check_data
+    from kit.config import read_toml
+
+    monkeypatch.setenv("KIT_DATA_DIR", str(tiny_exp / "data"))
+    base = read_toml(tiny_exp / "tiny.toml")
+    exp = from_dict(base)
+    check_data(exp, discover_files(exp))  # fine as it is
+    big = from_dict({**base, "data": {**base["data"], "image_size": 64}})
+    with pytest.raises(ConfigError, match=r"^CONFIG: data.image_size: got 64, expected at most 32 \(the stored"):
+        check_data(big, discover_files(big))
+    many = from_dict({**base, "data": {**base["data"], "folds": 6}})
+    with pytest.raises(ConfigError, match=r"^CONFIG: data.folds: got 6, expected at most 4 \(folds are whole files"):
+        check_data(many, discover_files(many))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 
 PROBABILITY_DIGITS = 4
@@ -25,10 +26,17 @@ def _fmt(value: float) -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{PROBABILITY_DIGITS}f}"
 
 
+def _short_path(path: str) -> str:
+    """A path as short as it can be said: relative to the working folder when it lies below it."""
+    relative = os.path.relpath(path) if os.path.isabs(path) else path
+    return path if relative.startswith("..") else relative
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from kit.quiet import quiet_tensorflow
 
     quiet_tensorflow()  # TensorFlow's start-up chatter and retracing warnings are not for users
+    from rich import box
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
@@ -54,16 +62,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
         frame = predict(files, source, tick, fit=args.fit)
 
-    table = Table(title=f"P(malignant) - {source.label}")
-    table.add_column("image", overflow="fold")
-    table.add_column("probability", justify="right")
-    table.add_column("fold models min-max (raw)", justify="right")
-    table.add_column("fold sd", justify="right")
+    table = Table(title=f"P(malignant) - {source.label}", caption="folds: the fold models' raw outputs",
+                  box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)  # no side borders: a repository-relative path fits in 80 columns
+    table.add_column("image", overflow="fold")  # folds only when a path is wider than the terminal allows
+    table.add_column("probability", justify="right", no_wrap=True)
+    table.add_column("folds min-max", justify="right", no_wrap=True)
+    table.add_column("folds sd", justify="right", no_wrap=True)
     for row in frame.itertuples(index=False):
+        shown = _short_path(row.image)
         if row.error:
-            table.add_row(row.image, "[red]error[/]", "-", "-")
+            table.add_row(shown, "[red]error[/]", "-", "-")
         else:
-            table.add_row(row.image, _fmt(row.probability), f"{_fmt(row.fold_min)}-{_fmt(row.fold_max)}",
+            table.add_row(shown, _fmt(row.probability), f"{_fmt(row.fold_min)}-{_fmt(row.fold_max)}",
                           _fmt(row.fold_std))
     console.print(table)
     failed = frame[frame["error"] != ""]
