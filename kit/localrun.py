@@ -80,6 +80,18 @@ def kernel_command(code_file: Path) -> list[str]:
     return [sys.executable, "-c", SCRIPT_RUNNER, str(code_file)]
 
 
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _sigterm_as_interrupt() -> signal.Handlers | Callable[..., object] | int | None:
+    """In the main thread: SIGTERM (`kill`) becomes KeyboardInterrupt while a kernel runs, so the kernel is
+    stopped with its caller instead of running on alone. Returns the previous handler (None elsewhere)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _raise_interrupt) or signal.SIG_DFL
+
+
 def stop_kernel(proc: subprocess.Popen[str]) -> None:
     """Kill a kernel started by `run_kernel` and everything it started (its process group)."""
     try:
@@ -124,6 +136,7 @@ def run_kernel(
             stop_kernel(proc)
 
         watchdog = threading.Timer(timeout_s, expire) if timeout_s else None
+        previous = _sigterm_as_interrupt()
         try:
             if on_start:
                 on_start(proc)
@@ -141,6 +154,8 @@ def run_kernel(
         finally:
             if watchdog:
                 watchdog.cancel()
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
         returncode = proc.wait()
         if timed_out.is_set():
             fh.write(f"\n[kit] killed after {timeout_s:.0f} s timeout\n")

@@ -303,3 +303,37 @@ def test_checks_that_need_the_data(tiny_exp: Path, monkeypatch: pytest.MonkeyPat
     many = from_dict({**base, "data": {**base["data"], "folds": 6}})
     with pytest.raises(ConfigError, match=r"^CONFIG: data.folds: got 6, expected at most 4 \(folds are whole files"):
         check_data(many, discover_files(many))
+
+
+def test_sigterm_stops_the_kernel_with_kit_run(tiny_exp: Path, tmp_path: Path) -> None:
+    """`kill` of `kit run` (SIGTERM) stops its kernel too (it runs in its own session), with the same one
+    line as Ctrl-C, instead of leaving it training alone."""
+    (tmp_path / "tiny.toml").write_text(TINY_TOML.format(data=tiny_exp / "data").replace("epochs = 1", "epochs = 50"))
+    proc = subprocess.Popen([sys.executable, "-m", "kit.cli", "run", "tiny.toml", "-v"], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if "fold 0:" in line:  # the kernel is up and about to train
+            proc.send_signal(signal.SIGTERM)
+            break
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "interrupted; fold(s) none finished" in err
+    folder = next((tmp_path / "runs" / "tiny-resume").glob("v*")).resolve()
+
+    def kernels_in(path: Path) -> list[str]:  # processes whose working folder is the run folder: the kernel
+        found = []
+        for proc_dir in Path("/proc").iterdir():
+            try:
+                if proc_dir.name.isdigit() and Path(os.readlink(proc_dir / "cwd")) == path:
+                    found.append(proc_dir.name)
+            except OSError:
+                continue
+        return found
+
+    import time
+
+    deadline = time.monotonic() + 10
+    while kernels_in(folder) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert kernels_in(folder) == []
