@@ -41,7 +41,7 @@ def _http_error(status: int) -> requests.HTTPError:
 
 
 def test_retry_backs_off_with_bounded_jittered_delays() -> None:
-    policy = RetryPolicy(attempts=6, base_s=1.0, cap_s=5.0, jitter=0.5)
+    policy = RetryPolicy(attempts=6, base_s=1.0, cap_s=5.0, jitter=0.5, rate_base_s=2.0)
     rng = random.Random(0)
     delays = [policy.delay(n, rng) for n in range(1, 8)]
     assert all(0 <= d <= 5.0 for d in delays)
@@ -60,7 +60,34 @@ def test_retry_backs_off_with_bounded_jittered_delays() -> None:
     assert call_with_retry(flaky, "thing", policy, stats=stats, sleep=slept.append, rng=rng) == "ok"
     assert len(calls) == 5 and len(slept) == 4 and stats.retries == 4
     assert stats.by_reason == {"http-500": 1, "http-429": 1, "connection": 1, "truncated": 1}
-    assert slept[1] == 0.0  # the 429 said Retry-After: 0
+    assert 2.0 <= slept[1] <= 3.0  # the 429 said Retry-After: 0; kit waits its own rate-limit delay
+
+
+def test_rate_limits_get_minutes_not_attempts() -> None:
+    """Kaggle's throttling outlasts the attempt budget: 429s cost time, not attempts; waits double
+    to the cap, a long Retry-After lengthens one, and kit gives up only after rate_max_s of waiting."""
+    policy = RetryPolicy(attempts=2, base_s=0.0, rate_base_s=10.0, rate_cap_s=300.0, rate_max_s=1800.0, jitter=0.0)
+    slept: list[float] = []
+    told: list[tuple[str, int, str, float]] = []
+    failures = [_http_error(429) for _ in range(6)]
+    long_wait = _http_error(429)
+    long_wait.response.headers["Retry-After"] = "400"
+    failures.insert(2, long_wait)
+
+    def throttled() -> str:
+        if failures:
+            raise failures.pop(0)
+        return "ok"
+
+    assert call_with_retry(throttled, "status a/b", policy, sleep=slept.append,
+                           on_retry=lambda *a: told.append(a)) == "ok"
+    assert slept == [10.0, 20.0, 400.0, 80.0, 160.0, 300.0, 300.0]  # doubling, capped; Retry-After 400 honoured
+    assert [t[2] for t in told] == ["http-429"] * 7
+    forever = RetryPolicy(attempts=2, rate_base_s=10.0, rate_cap_s=300.0, rate_max_s=1800.0, jitter=0.0)
+    slept.clear()
+    with pytest.raises(KaggleCallError, match=r"^status a/b: Kaggle kept rate-limiting \(HTTP 429\) for 1\d{3} s"):
+        call_with_retry(lambda: (_ for _ in ()).throw(_http_error(429)), "status a/b", forever, sleep=slept.append)
+    assert 1500 <= sum(slept) <= 1800
 
 
 def test_retry_gives_up_with_one_line_and_skips_permanent_errors() -> None:
