@@ -16,7 +16,8 @@ from test_kaggle_support import FAKE_KEY, env_without_kaggle, write_competition,
 
 from kit.errors import KitError
 from kit.kaggle.client import NO_CREDENTIALS, find_credentials, kaggle_config_dir
-from kit.kaggle.emulator import score_submission
+from kit.kaggle.emulator import ApiError, Emulator, EmulatorSettings, Realism, score_submission
+from kit.kaggle.emulator.realism import Behaviours
 from kit.kaggle.faults import FaultConfig, FaultPlan
 from kit.kaggle.ledger import Ledger, experiment_entry, latest_version
 from kit.kaggle.pull import safe_output_name
@@ -194,6 +195,34 @@ def test_fault_plan_is_deterministic_and_bounded() -> None:
     assert sequence(always, "k", 6) == ["500", "500", None, "500", "500", None]
     with pytest.raises(KitError, match="fault rate 1.5"):
         FaultConfig.uniform(1.5)
+
+
+def test_realistic_behaviours_are_deterministic_and_switchable(tmp_path: Path) -> None:
+    """Same seed, same decisions; `Realism.kind()` is the old kind mode (404 for an unknown kernel)."""
+    realism = Realism(seed=5, stall_rate=0.3)
+
+    def stalls(seed: int) -> list[bool]:
+        behaviours = Behaviours(Realism(seed=seed, stall_rate=0.3))
+        return [behaviours.stalls("GetKernel:a/b") for _ in range(100)]
+
+    assert stalls(5) == stalls(5) and stalls(5) != stalls(6)
+    seq = stalls(5)
+    assert any(seq) and not any(seq[i] and seq[i + 1] for i in range(len(seq) - 1))  # never two in a row per call
+    kind = Realism.kind()
+    assert (kind.lag_s, kind.stall_rate, kind.throttle_rate, kind.hidden_is_403, kind.invalid_sources) == (
+        0.0, 0.0, 0.0, False, False) and realism.hidden_is_403 and realism.lag_s > 0
+    comp = write_competition(tmp_path / "comp")
+    answers = {}
+    for name, mode in (("real", realism), ("kind", kind)):
+        settings = EmulatorSettings(state_dir=tmp_path / name, competition_dir=comp, datasets_root=tmp_path)
+        emulator = Emulator(settings, realism=mode)
+        try:
+            with pytest.raises(ApiError) as info:
+                emulator.get_kernel({"userName": "kit-user", "kernelSlug": "nothing-here"})
+            answers[name] = info.value.status
+        finally:
+            emulator.stop()
+    assert answers == {"real": 403, "kind": 404}
 
 
 def test_scoring_splits_public_and_private(tmp_path: Path) -> None:

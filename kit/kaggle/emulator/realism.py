@@ -16,7 +16,7 @@ The behaviours (sources in ../../../shared notes and the kaggle-cli issues):
 - GetSubmission answers 404 for `submission_lag_s` after CreateSubmission;
 - push replies name sources that do not exist (invalid*Sources) and the kernel is pushed anyway;
 - the accelerator session cap counts `external_sessions` started elsewhere (for
-  `external_session_s` after the emulator starts);
+  `external_session_s` from the first push that meets the cap's count);
 - rate-limit spells: with `throttle_rate` per call, every call answers 429 with Retry-After 0 for
   `throttle_s`;
 - a new version is NEW_SCRIPT for `new_script_s` before QUEUED; with `cancel_rate` a run is
@@ -114,6 +114,7 @@ class Behaviours:
         self._seen: dict[str, int] = {}
         self._streak: dict[str, int] = {}
         self._throttle_until = 0.0
+        self._external_from: float | None = None
         self.started = clock()
 
     def _uniform(self, key: str, count: bool = True) -> float:
@@ -165,10 +166,14 @@ class Behaviours:
         return False
 
     def external_sessions(self) -> int:
-        """Accelerator sessions the user started elsewhere (in the browser), still running now."""
-        if self._clock() - self.started < self.realism.external_session_s:
-            return self.realism.external_sessions
-        return 0
+        """Accelerator sessions the user started elsewhere (in the browser), still running now: they
+        run for `external_session_s` from the first time the cap is counted."""
+        now = self._clock()
+        with self._lock:
+            if self._external_from is None:
+                self._external_from = now
+            start = self._external_from
+        return self.realism.external_sessions if now - start < self.realism.external_session_s else 0
 
 
 def kaggle_notebook(text: str, kaggle_meta: dict[str, Any]) -> str:
