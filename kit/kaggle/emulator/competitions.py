@@ -20,8 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
 from kernels.contracts import atomic_write_bytes, read_test_pred
 from kernels.metrics import auc
 from kit.kaggle.emulator.errors import ApiError
@@ -215,6 +213,8 @@ class CompetitionsService(EmulatorState):
 
 def score_submission(csv_path: Path, solution_path: Path) -> tuple[float, float]:
     """Public and private AUC of a submission file against the solution (Usage column splits them)."""
+    import pandas as pd
+
     solution = pd.read_csv(solution_path, dtype={"image_name": str})
     sub = read_test_pred(csv_path, expected_names=solution["image_name"])
     merged = solution.merge(sub, on="image_name", suffixes=("_true", "_pred"))
