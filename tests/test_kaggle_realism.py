@@ -86,7 +86,7 @@ def test_first_push_meets_403_for_a_kernel_kaggle_does_not_have(world, tmp_path:
 def test_status_rides_out_the_read_after_write_lag(world, tmp_path: Path) -> None:
     """Right after a push Kaggle answers 403/404 for the new version; status says what it waits for."""
     make, ledger = world
-    emulator = make(lag_s=1.5)
+    emulator = make(lag_s=2.5)
     client = _client()
     push_one(client, ledger, quick_rendered(tmp_path / "build", "quick-lag"), SHAPE)
     notes: list[str] = []
@@ -153,7 +153,7 @@ def test_fingerprint_ignores_kaggles_notebook_metadata_but_not_code() -> None:
 
 def test_submit_waits_through_the_404_after_create(world, tmp_path: Path) -> None:
     make, ledger = world
-    emulator = make(submission_lag_s=1.0)
+    emulator = make(submission_lag_s=2.0)
     client = _client()
     comp = tmp_path / "competition"
     record = send(client, ledger, comp / "sample_submission.csv", COMPETITION, comp / "sample_submission.csv")
