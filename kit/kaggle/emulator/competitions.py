@@ -23,9 +23,8 @@ from typing import Any
 from kernels.contracts import atomic_write_bytes, read_test_pred
 from kernels.metrics import auc
 from kit.kaggle.emulator.errors import ApiError
-from kit.kaggle.emulator.kernels import SOLUTION_FILE, _page
 from kit.kaggle.emulator.realism import RULES_NOT_ACCEPTED
-from kit.kaggle.emulator.state import DEFAULT_USER, EmulatorState, iso, now
+from kit.kaggle.emulator.state import DEFAULT_USER, SOLUTION_FILE, EmulatorState, iso, now, page
 
 USAGE_COLUMN = "Usage"
 PUBLIC_USAGE = "Public"
@@ -130,7 +129,7 @@ class CompetitionsService(EmulatorState):
             for s in self.state["submissions"]:
                 self._score(s)
             items = [self._submission_json(s) for s in reversed(self.state["submissions"])]
-        return _page(items, body, "submissions", PAGE_SIZE)
+        return page(items, body, "submissions", PAGE_SIZE)
 
     def get_submission(self, body: Mapping[str, Any]) -> dict[str, Any]:
         ref = int(body.get("ref") or 0)
@@ -164,7 +163,7 @@ class CompetitionsService(EmulatorState):
             f"https://www.kaggle.com/competitions/{name}", "category": "Featured", "reward": REWARD,
             "deadline": DEADLINE, "teamCount": teams, "userHasEntered": self.realism.joined,
             "maxDailySubmissions": self.settings.daily_submissions, "evaluationMetric": "AUC"}]
-        return _page(rows, body, "competitions", PAGE_SIZE)
+        return page(rows, body, "competitions", PAGE_SIZE)
 
     def _data_files(self) -> list[Path]:
         root = Path(self.settings.competition_dir)
@@ -176,7 +175,7 @@ class CompetitionsService(EmulatorState):
         root = Path(self.settings.competition_dir).resolve()
         files = [{"ref": p.resolve().relative_to(root).as_posix(), "name": p.resolve().relative_to(root).as_posix(),
                   "totalBytes": p.stat().st_size, "creationDate": iso(p.stat().st_mtime)} for p in self._data_files()]
-        return _page(files, body, "files", PAGE_SIZE)
+        return page(files, body, "files", PAGE_SIZE)
 
     def download_data(self, body: Mapping[str, Any]) -> Redirect:
         """`kaggle competitions download`: a redirect to the zip of the competition's files."""

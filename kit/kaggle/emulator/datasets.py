@@ -13,8 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from kit.kaggle.emulator.errors import ApiError
-from kit.kaggle.emulator.kernels import _page
-from kit.kaggle.emulator.state import EmulatorState, iso
+from kit.kaggle.emulator.state import EmulatorState, iso, page
 
 DATASET_OWNER = "kit"
 PAGE_SIZE = 20
@@ -42,7 +41,7 @@ class DatasetsService(EmulatorState):
                          f"{self.url}/datasets/{DATASET_OWNER}/{folder.name}",
                          "lastUpdated": iso(folder.stat().st_mtime), "downloadCount": 0, "voteCount": 0,
                          "usabilityRating": 1.0, "ownerName": DATASET_OWNER, "ownerRef": DATASET_OWNER})
-        return _page(rows, body, "datasets", PAGE_SIZE)
+        return page(rows, body, "datasets", PAGE_SIZE)
 
     def list_dataset_files(self, body: Mapping[str, Any]) -> dict[str, Any]:
         slug = str(body.get("datasetSlug") or "")
@@ -53,4 +52,4 @@ class DatasetsService(EmulatorState):
             raise ApiError(404, f"Dataset {body.get('ownerSlug')}/{slug} not found")
         files = [{"name": p.relative_to(folder).as_posix(), "totalBytes": p.stat().st_size,
                   "creationDate": iso(p.stat().st_mtime)} for p in sorted(folder.rglob("*")) if p.is_file()]
-        return _page(files, body, "datasetFiles", PAGE_SIZE)
+        return page(files, body, "datasetFiles", PAGE_SIZE)

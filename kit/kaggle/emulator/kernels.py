@@ -24,10 +24,9 @@ from urllib.parse import quote
 from kernels.contracts import atomic_write_text
 from kit.kaggle.emulator.errors import ApiError
 from kit.kaggle.emulator.realism import PERMISSION_DENIED, PHONE_NOT_VERIFIED, RULES_NOT_ACCEPTED, kaggle_notebook
-from kit.kaggle.emulator.state import EmulatorState, iso, now, parse_version, sha256
+from kit.kaggle.emulator.state import SOLUTION_FILE, EmulatorState, iso, now, page, parse_version, sha256
 from kit.localrun import run_kernel, stop_kernel
 
-SOLUTION_FILE = "solution.csv"
 MIN_SLUG = 5
 OUTPUT_PAGE_SIZE = 20
 LIST_PAGE_SIZE = 20
@@ -404,7 +403,7 @@ class KernelsService(EmulatorState):
                 if search and search not in ref.lower() and search not in kernel["title"].lower():
                     continue
                 rows.append(self._metadata(owner, slug, kernel, visible[-1], visible[-1]["number"]))
-        return _page(rows, body, "kernels", LIST_PAGE_SIZE)
+        return page(rows, body, "kernels", LIST_PAGE_SIZE)
 
     def list_kernel_files(self, body: Mapping[str, Any]) -> dict[str, Any]:
         """`kaggle kernels files`: the output files of a version, with sizes and dates."""
@@ -415,7 +414,7 @@ class KernelsService(EmulatorState):
         files = [{"name": p.relative_to(output).as_posix(), "size": p.stat().st_size,
                   "creationDate": iso(p.stat().st_mtime)}
                  for p in sorted(output.rglob("*")) if p.is_file()] if output.is_dir() else []
-        return _page(files, body, "files", LIST_PAGE_SIZE)
+        return page(files, body, "files", LIST_PAGE_SIZE)
 
     def delete_kernel(self, body: Mapping[str, Any], user: str) -> dict[str, Any]:
         """`kaggle kernels delete`: the kernel is gone for every later call (its folder stays)."""
@@ -451,17 +450,6 @@ class KernelsService(EmulatorState):
 def _duration(seconds: float) -> str:
     """A protobuf Duration as kagglesdk reads it ("151s"); whole seconds."""
     return f"{int(timedelta(seconds=seconds).total_seconds())}s"
-
-
-def _page(rows: list[dict[str, Any]], body: Mapping[str, Any], key: str, default_size: int) -> dict[str, Any]:
-    """One page of `rows` by pageToken (an offset) or page number, with nextPageToken when more follow."""
-    size = int(body.get("pageSize") or default_size)
-    token = str(body.get("pageToken") or "")
-    start = int(token) if token.isdigit() else (max(1, int(body.get("page") or 1)) - 1) * size
-    reply: dict[str, Any] = {key: rows[start:start + size]}
-    if start + size < len(rows):
-        reply["nextPageToken"] = str(start + size)
-    return reply
 
 
 def _link_entries(source: Path, mount: Path) -> None:

@@ -3,7 +3,8 @@
 In:  `EmulatorSettings` (folders, competition, limits), a `FaultConfig` and a `Realism`.
 Out: `EmulatorState`, the base the API services stand on: the state dict (saved as JSON in the
      state folder after every change, so a restarted emulator carries on), the fault plan and
-     the realistic behaviours, counters (`stats()`), the emulator log, and version look-ups.
+     the realistic behaviours, counters (`stats()`), the emulator log, version folders; and the
+     small helpers every service uses (`iso` dates, `page` of a listing).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import hashlib
 import json
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ from kit.kaggle.emulator.realism import Behaviours, Realism
 from kit.kaggle.faults import FaultConfig, FaultPlan
 
 STATE_FILE = "state.json"
+SOLUTION_FILE = "solution.csv"  # the competition folder's answers: never shown to kernels or the CLI
 LOG_NAME = "emulator.log"
 DEFAULT_WORKERS = 2
 DEFAULT_SESSION_TIMEOUT_S = 3600
@@ -51,6 +54,17 @@ def parse_version(label: str | None) -> int | None:
     if not text.isdigit():
         raise ApiError(400, f"invalid version label {label!r}")
     return int(text)
+
+
+def page(rows: list[dict[str, Any]], body: Mapping[str, Any], key: str, default_size: int) -> dict[str, Any]:
+    """One page of `rows` by pageToken (an offset) or page number, with nextPageToken when more follow."""
+    size = int(body.get("pageSize") or default_size)
+    token = str(body.get("pageToken") or "")
+    start = int(token) if token.isdigit() else (max(1, int(body.get("page") or 1)) - 1) * size
+    reply: dict[str, Any] = {key: rows[start:start + size]}
+    if start + size < len(rows):
+        reply["nextPageToken"] = str(start + size)
+    return reply
 
 
 @dataclass
