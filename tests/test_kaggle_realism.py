@@ -25,6 +25,7 @@ from test_kaggle_support import (
 from kernels.config import from_dict
 from kit.errors import KitError
 from kit.kaggle.client import KernelNotVisible, connect
+from kit.kaggle.emulator import ApiError
 from kit.kaggle.emulator.realism import kaggle_notebook
 from kit.kaggle.faults import FaultConfig
 from kit.kaggle.ledger import Ledger
@@ -77,6 +78,8 @@ def test_first_push_meets_403_for_a_kernel_kaggle_does_not_have(world, tmp_path:
     assert info.value.status == 403
     outcome = push_one(client, ledger, quick_rendered(tmp_path / "build", "quick-first"), SHAPE)
     assert (outcome.action, outcome.version) == ("pushed", 1)
+    with pytest.raises(ApiError, match="Permission 'kernels.get' was denied"):  # private: others cannot see it
+        emulator.get_kernel({"userName": "kit-user", "kernelSlug": "quick-first"}, user="someone-else")
     theirs = quick_rendered(tmp_path / "build", "quick-theirs", owner="someone-else")
     with pytest.raises(KitError, match=r"belongs to 'someone-else' but the Kaggle credentials are 'kit-user'"):
         push_one(client, ledger, theirs, SHAPE)

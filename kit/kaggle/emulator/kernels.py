@@ -62,18 +62,22 @@ class KernelsService(EmulatorState):
             return ApiError(403, PERMISSION_DENIED)
         return ApiError(404, f"Kernel {owner}/{slug}{what} not found")
 
-    def _kernel(self, owner: str, slug: str) -> dict[str, Any]:
+    def _kernel(self, owner: str, slug: str, user: str | None = None) -> dict[str, Any]:
+        """The kernel, if `user` (None: the emulator itself) may see it: not deleted, and public or theirs."""
         kernel = self.state["kernels"].get(f"{owner}/{slug}")
         if kernel is None or kernel.get("deleted"):
+            raise self._hidden(owner, slug)
+        private = not kernel["versions"] or kernel["versions"][-1].get("is_private", True)
+        if user is not None and user != owner and private:
             raise self._hidden(owner, slug)
         return kernel
 
     def _visible_versions(self, kernel: Mapping[str, Any]) -> list[dict[str, Any]]:
         return [v for v in kernel["versions"] if self.behaviours.visible(v["created"])]
 
-    def _version(self, owner: str, slug: str, label: str | None) -> dict[str, Any]:
+    def _version(self, owner: str, slug: str, label: str | None, user: str | None = None) -> dict[str, Any]:
         """The version a read names (latest visible without a label); lagging ones answer 403/404."""
-        kernel = self._kernel(owner, slug)
+        kernel = self._kernel(owner, slug, user)
         number = parse_version(label)
         visible = self._visible_versions(kernel)
         if number is None:
@@ -307,10 +311,10 @@ class KernelsService(EmulatorState):
                 self.count_fault("not_found")
                 raise ApiError(404, f"Kernel {owner}/{slug} not found")
 
-    def kernel_status(self, body: Mapping[str, Any]) -> dict[str, Any]:
+    def kernel_status(self, body: Mapping[str, Any], user: str | None = None) -> dict[str, Any]:
         owner, slug = body.get("userName", ""), body.get("kernelSlug", "")
         with self._lock:
-            version = dict(self._version(owner, slug, body.get("versionLabel")))
+            version = dict(self._version(owner, slug, body.get("versionLabel"), user))
         self._maybe_not_found(owner, slug, version, "status")
         status = version["status"]
         if status == "QUEUED" and now() - version["created"] < self.realism.lag_s + self.realism.new_script_s:
@@ -338,11 +342,11 @@ class KernelsService(EmulatorState):
             meta["dockerImage"] = version["docker_image"]
         return meta
 
-    def get_kernel(self, body: Mapping[str, Any]) -> dict[str, Any]:
+    def get_kernel(self, body: Mapping[str, Any], user: str | None = None) -> dict[str, Any]:
         owner, slug = body.get("userName", ""), body.get("kernelSlug", "")
         with self._lock:
-            kernel = self._kernel(owner, slug)
-            version = dict(self._version(owner, slug, body.get("versionLabel")))
+            kernel = self._kernel(owner, slug, user)
+            version = dict(self._version(owner, slug, body.get("versionLabel"), user))
             latest = self._visible_versions(kernel)[-1]["number"]  # stale while the newest one lags
         self._maybe_not_found(owner, slug, version, "get")
         kind = version["kernel_type"]
@@ -358,10 +362,10 @@ class KernelsService(EmulatorState):
                 "language": "python", "sourceType": "notebook"})
         return {"metadata": meta, "blob": {"source": source, "language": "python", "kernelType": kind, "slug": slug}}
 
-    def list_output(self, body: Mapping[str, Any]) -> dict[str, Any]:
+    def list_output(self, body: Mapping[str, Any], user: str | None = None) -> dict[str, Any]:
         owner, slug = body.get("userName", ""), body.get("kernelSlug", "")
         with self._lock:
-            version = dict(self._version(owner, slug, body.get("versionLabel")))
+            version = dict(self._version(owner, slug, body.get("versionLabel"), user))
         folder = self.version_dir(f"{owner}/{slug}", version["number"])
         output = folder / "output"
         names = sorted(p.relative_to(output).as_posix() for p in output.rglob("*") if p.is_file()) \
@@ -405,11 +409,11 @@ class KernelsService(EmulatorState):
                 rows.append(self._metadata(owner, slug, kernel, visible[-1], visible[-1]["number"]))
         return page(rows, body, "kernels", LIST_PAGE_SIZE)
 
-    def list_kernel_files(self, body: Mapping[str, Any]) -> dict[str, Any]:
+    def list_kernel_files(self, body: Mapping[str, Any], user: str | None = None) -> dict[str, Any]:
         """`kaggle kernels files`: the output files of a version, with sizes and dates."""
         owner, slug = body.get("userName", ""), body.get("kernelSlug", "")
         with self._lock:
-            version = dict(self._version(owner, slug, body.get("versionLabel")))
+            version = dict(self._version(owner, slug, body.get("versionLabel"), user))
         output = self.version_dir(f"{owner}/{slug}", version["number"]) / "output"
         files = [{"name": p.relative_to(output).as_posix(), "size": p.stat().st_size,
                   "creationDate": iso(p.stat().st_mtime)}
