@@ -35,7 +35,7 @@ class ConfigError(ValueError):
 class KaggleSection:
     """How the experiment is pushed to Kaggle."""
 
-    accelerator: str = "TpuV5E8"  # TpuV5E8 | NvidiaTeslaT4 | NvidiaTeslaT4Highmem | none
+    accelerator: str = "TpuV5E8"  # TpuV5E8 | NvidiaTeslaT4 | none
     internet: bool = True  # needed to download ImageNet weights unless attached
     competition: str = COMPETITION  # competition attached as a data source
     dataset_sources: tuple[str, ...] = ()  # extra Kaggle datasets to attach ("owner/slug")

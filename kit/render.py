@@ -61,7 +61,7 @@ TITLE_PREFIX = "kit "
 MAX_TITLE = 50
 MIN_TITLE = 5
 SLUG_RE = re.compile(r"^[A-Za-z0-9_-]+/[A-Za-z0-9_.-]+$")
-ACCELERATORS = ("TpuV5E8", "NvidiaTeslaT4", "NvidiaTeslaT4Highmem", "none")
+ACCELERATORS = ("TpuV5E8", "NvidiaTeslaT4", "none")
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ import re
 import signal
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -22,6 +23,7 @@ from sklearn.metrics import roc_auc_score
 from test_kaggle_support import (
     COMPETITION,
     FAKE_KEY,
+    QUICK_REALISM,
     apply_env,
     client_env,
     ctrl_c_works,
@@ -41,7 +43,8 @@ from kit.kaggle.client import connect
 from kit.kaggle.faults import FaultConfig, fault_figures
 from kit.kaggle.ledger import Ledger
 from kit.kaggle.pull import pull_all, pull_version
-from kit.kaggle.push import push_one, push_queue, reconcile_pending, sha256_text
+from kit.kaggle.push import push_one, push_queue, reconcile_pending
+from kit.kaggle.reconcile import source_fingerprint
 from kit.kaggle.retry import RetryPolicy
 from kit.kaggle.status import PollPolicy, refresh, status_rows, wait_until_done
 from kit.kaggle.submit import refresh_submissions, send, wait_for_score
@@ -57,7 +60,7 @@ def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     made = []
 
     def make(faults: FaultConfig | None = None, **settings: object):
-        emulator = start_emulator(tmp_path, faults, **settings)
+        emulator = start_emulator(tmp_path, faults, **settings)  # type: ignore[arg-type]
         made.append(emulator)
         apply_env(monkeypatch, client_env(emulator, creds))
         return emulator
@@ -68,7 +71,8 @@ def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 
 
 def _client(attempts: int = 8):
-    return connect(policy=RetryPolicy(attempts=attempts, base_s=0.01, cap_s=0.05))
+    return connect(policy=RetryPolicy(attempts=attempts, base_s=0.01, cap_s=0.05, rate_base_s=0.05, rate_cap_s=0.3,
+                                      rate_max_s=30))
 
 
 def _wait_terminal(client, ledger, names=None):
@@ -167,7 +171,7 @@ def test_push_interrupted_after_sending_is_reconciled_on_next_run(world, tmp_pat
     assert reply.version == 1
     with ledger.transaction() as data:  # what it had written before sending
         data["experiments"]["quick-crash"] = {"kernel": kernel.kernel_id, "versions": [], "pending": {
-            "content_hash": kernel.content_hash, "body_sha256": sha256_text(kernel.code_file.read_text()),
+            "content_hash": kernel.content_hash, "body_sha256": source_fingerprint(kernel.code_file.read_text()),
             "since_version": 0, "accelerator": SHAPE, "started_at": "2024-01-01T00:00:00Z"}}
     outcome = push_one(client, ledger, kernel, SHAPE)
     assert (outcome.action, outcome.version) == ("skipped", 1)
@@ -379,7 +383,7 @@ def test_status_rows_from_ledger_without_kaggle(tmp_path: Path) -> None:
 
 def test_not_found_right_after_push_counts_as_queued(world, tmp_path: Path) -> None:
     make, ledger = world
-    emulator = make(FaultConfig(rate_not_found=1.0, max_streak=2))
+    emulator = make(FaultConfig(rate_not_found=1.0, max_streak=2), realism=replace(QUICK_REALISM, lag_s=0.0))
     client = _client()
     push_one(client, ledger, quick_rendered(tmp_path / "build", "quick-young"), SHAPE)
     refresh(client, ledger)
@@ -400,7 +404,8 @@ def test_kit_emulator_command_serves_the_kaggle_cli_and_keeps_state(tmp_path: Pa
     state = tmp_path / "state"
     server = subprocess.Popen(
         [sys.executable, "-m", "kit.cli", "emulator", "--port", "0", "--datasets-root", str(tmp_path / "data"),
-         "--state", str(state), "--score-delay", "0"],
+         "--state", str(state), "--score-delay", "0", "--lag-s", "0", "--stall-rate", "0", "--throttle-rate", "0",
+         "--submission-lag-s", "0"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**env_without_kaggle(), "COLUMNS": "200"},
         preexec_fn=ctrl_c_works,
     )

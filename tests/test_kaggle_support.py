@@ -6,7 +6,10 @@
 - `quick_kernel_dir(...)`: a hand-written kernel (plain Python, no TensorFlow) that writes outputs
   meeting kernels/contracts.py in well under a second, with its kernel-metadata.json.
 - `quick_rendered(...)`: the same, wrapped as a `kit.render.RenderedKernel` so push_one can push it.
-- `start_emulator(...)`: an emulator on 127.0.0.1 in this process (kernels run as subprocesses).
+- `start_emulator(...)`: an emulator on 127.0.0.1 in this process (kernels run as subprocesses), in
+  its default realistic mode with kaggle.com's windows shrunk to fractions of a second
+  (`QUICK_REALISM`; stalls and rate-limit spells are switched on by the tests about them).
+- `FAST_ENV`: kit's retry, poll, timeout and waiting budgets shrunk to match.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from kernels.config import from_dict
-from kit.kaggle.emulator import Emulator, EmulatorSettings
+from kit.kaggle.emulator import Emulator, EmulatorSettings, Realism
 from kit.kaggle.faults import FaultConfig
 from kit.render import RenderedKernel
 
@@ -30,7 +33,13 @@ COMPETITION = "siim-isic-melanoma-classification"
 TEST_NAMES = [f"ISIC_{9000000 + i}" for i in range(40)]
 TRAIN_NAMES = [f"ISIC_{1000000 + i}" for i in range(24)]
 FAST_ENV = {"KIT_RETRY_BASE_S": "0.01", "KIT_RETRY_CAP_S": "0.05", "KIT_RETRY_ATTEMPTS": "8",
-            "KIT_POLL_S": "0.5", "KIT_POLL_MAX_S": "2"}
+            "KIT_POLL_S": "0.5", "KIT_POLL_MAX_S": "2", "KIT_CONNECT_TIMEOUT_S": "5", "KIT_READ_TIMEOUT_S": "5",
+            "KIT_CONSISTENCY_S": "2.5", "KIT_RATE_LIMIT_BASE_S": "0.05", "KIT_RATE_LIMIT_CAP_S": "0.3",
+            "KIT_RATE_LIMIT_MAX_S": "30", "KIT_SLOT_WAIT_S": "60", "KIT_SUBMISSION_GRACE_S": "20",
+            "KIT_WAIT_TIMEOUT_S": "600"}
+STALL_S = 6.5  # a stalled reply outlasts FAST_ENV's read timeout
+QUICK_REALISM = Realism(lag_s=0.4, stall_rate=0.0, stall_s=STALL_S, submission_lag_s=0.4, external_session_s=1.0,
+                        throttle_rate=0.0, throttle_s=0.5, new_script_s=0.2, cancel_s=0.3, long_run_s=2.0)
 
 
 def write_competition(folder: Path, names: Sequence[str] = TEST_NAMES) -> Path:
@@ -124,14 +133,16 @@ def quick_rendered(root: Path, name: str, **kwargs: object) -> RenderedKernel:
                           slug=name, content_hash=digest.hexdigest(), experiment=from_dict({"name": name}))
 
 
-def start_emulator(tmp: Path, faults: FaultConfig | None = None, **settings: object) -> Emulator:
+def start_emulator(tmp: Path, faults: FaultConfig | None = None, realism: Realism = QUICK_REALISM,
+                   **settings: object) -> Emulator:
     datasets = tmp / "datasets"
     datasets.mkdir(exist_ok=True)
     options = {"score_delay_s": 0.2, "daily_submissions": 100, **settings}
     if "competition_dir" not in options:
         options["competition_dir"] = write_competition(tmp / "competition")
     options.setdefault("state_dir", tmp / "emulator")
-    return Emulator(EmulatorSettings(datasets_root=datasets, **options), faults).start()  # type: ignore[arg-type]
+    settings_ = EmulatorSettings(datasets_root=datasets, **options)  # type: ignore[arg-type]
+    return Emulator(settings_, faults, realism=realism).start()
 
 
 def client_env(emulator: Emulator, config_dir: Path, ledger: Path | None = None) -> dict[str, str]:

@@ -16,7 +16,8 @@ from test_kaggle_support import FAKE_KEY, env_without_kaggle, write_competition,
 
 from kit.errors import KitError
 from kit.kaggle.client import NO_CREDENTIALS, find_credentials, kaggle_config_dir
-from kit.kaggle.emulator import score_submission
+from kit.kaggle.emulator import ApiError, Emulator, EmulatorSettings, Realism, score_submission
+from kit.kaggle.emulator.realism import Behaviours
 from kit.kaggle.faults import FaultConfig, FaultPlan
 from kit.kaggle.ledger import Ledger, experiment_entry, latest_version
 from kit.kaggle.pull import safe_output_name
@@ -41,7 +42,7 @@ def _http_error(status: int) -> requests.HTTPError:
 
 
 def test_retry_backs_off_with_bounded_jittered_delays() -> None:
-    policy = RetryPolicy(attempts=6, base_s=1.0, cap_s=5.0, jitter=0.5)
+    policy = RetryPolicy(attempts=6, base_s=1.0, cap_s=5.0, jitter=0.5, rate_base_s=2.0)
     rng = random.Random(0)
     delays = [policy.delay(n, rng) for n in range(1, 8)]
     assert all(0 <= d <= 5.0 for d in delays)
@@ -60,7 +61,34 @@ def test_retry_backs_off_with_bounded_jittered_delays() -> None:
     assert call_with_retry(flaky, "thing", policy, stats=stats, sleep=slept.append, rng=rng) == "ok"
     assert len(calls) == 5 and len(slept) == 4 and stats.retries == 4
     assert stats.by_reason == {"http-500": 1, "http-429": 1, "connection": 1, "truncated": 1}
-    assert slept[1] == 0.0  # the 429 said Retry-After: 0
+    assert 2.0 <= slept[1] <= 3.0  # the 429 said Retry-After: 0; kit waits its own rate-limit delay
+
+
+def test_rate_limits_get_minutes_not_attempts() -> None:
+    """Kaggle's throttling outlasts the attempt budget: 429s cost time, not attempts; waits double
+    to the cap, a long Retry-After lengthens one, and kit gives up only after rate_max_s of waiting."""
+    policy = RetryPolicy(attempts=2, base_s=0.0, rate_base_s=10.0, rate_cap_s=300.0, rate_max_s=1800.0, jitter=0.0)
+    slept: list[float] = []
+    told: list[tuple[str, int, str, float]] = []
+    failures = [_http_error(429) for _ in range(6)]
+    long_wait = _http_error(429)
+    long_wait.response.headers["Retry-After"] = "400"
+    failures.insert(2, long_wait)
+
+    def throttled() -> str:
+        if failures:
+            raise failures.pop(0)
+        return "ok"
+
+    assert call_with_retry(throttled, "status a/b", policy, sleep=slept.append,
+                           on_retry=lambda *a: told.append(a)) == "ok"
+    assert slept == [10.0, 20.0, 400.0, 80.0, 160.0, 300.0, 300.0]  # doubling, capped; Retry-After 400 honoured
+    assert [t[2] for t in told] == ["http-429"] * 7
+    forever = RetryPolicy(attempts=2, rate_base_s=10.0, rate_cap_s=300.0, rate_max_s=1800.0, jitter=0.0)
+    slept.clear()
+    with pytest.raises(KaggleCallError, match=r"^status a/b: Kaggle kept rate-limiting \(HTTP 429\) for 1\d{3} s"):
+        call_with_retry(lambda: (_ for _ in ()).throw(_http_error(429)), "status a/b", forever, sleep=slept.append)
+    assert 1500 <= sum(slept) <= 1800
 
 
 def test_retry_gives_up_with_one_line_and_skips_permanent_errors() -> None:
@@ -167,6 +195,34 @@ def test_fault_plan_is_deterministic_and_bounded() -> None:
     assert sequence(always, "k", 6) == ["500", "500", None, "500", "500", None]
     with pytest.raises(KitError, match="fault rate 1.5"):
         FaultConfig.uniform(1.5)
+
+
+def test_realistic_behaviours_are_deterministic_and_switchable(tmp_path: Path) -> None:
+    """Same seed, same decisions; `Realism.kind()` is the old kind mode (404 for an unknown kernel)."""
+    realism = Realism(seed=5, stall_rate=0.3)
+
+    def stalls(seed: int) -> list[bool]:
+        behaviours = Behaviours(Realism(seed=seed, stall_rate=0.3))
+        return [behaviours.stalls("GetKernel:a/b") for _ in range(100)]
+
+    assert stalls(5) == stalls(5) and stalls(5) != stalls(6)
+    seq = stalls(5)
+    assert any(seq) and not any(seq[i] and seq[i + 1] for i in range(len(seq) - 1))  # never two in a row per call
+    kind = Realism.kind()
+    assert (kind.lag_s, kind.stall_rate, kind.throttle_rate, kind.hidden_is_403, kind.invalid_sources) == (
+        0.0, 0.0, 0.0, False, False) and realism.hidden_is_403 and realism.lag_s > 0
+    comp = write_competition(tmp_path / "comp")
+    answers = {}
+    for name, mode in (("real", realism), ("kind", kind)):
+        settings = EmulatorSettings(state_dir=tmp_path / name, competition_dir=comp, datasets_root=tmp_path)
+        emulator = Emulator(settings, realism=mode)
+        try:
+            with pytest.raises(ApiError) as info:
+                emulator.get_kernel({"userName": "kit-user", "kernelSlug": "nothing-here"})
+            answers[name] = info.value.status
+        finally:
+            emulator.stop()
+    assert answers == {"real": 403, "kind": 404}
 
 
 def test_scoring_splits_public_and_private(tmp_path: Path) -> None:

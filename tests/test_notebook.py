@@ -24,7 +24,7 @@ from kernels.config import from_dict, to_dict
 from kernels.contracts import OOF_FILE, TEST_PRED_FILE, read_manifest
 from kit.cli import main as kit_main
 from kit.data.synth import SynthSpec, write_synth
-from kit.kaggle.emulator import Emulator, EmulatorSettings
+from kit.kaggle.emulator import Emulator, EmulatorSettings, Realism
 from kit.localrun import run_kernel
 from kit.notebook import STAGE_SETTINGS, render_notebook
 from kit.render import MODULE_ORDER, STAGES, load_modules, render_experiment
@@ -33,6 +33,9 @@ OWNER = "kit-user"
 DATASET = "melanoma-32x32"
 KAGGLE_CLI = str(Path(sys.executable).with_name("kaggle"))
 RUN_WAIT_S = 240
+# kaggle.com's behaviours, minus what the real CLI (no timeouts, no retries) cannot ride out and the
+# in-process status polling below would meet: stalls, rate-limit spells, the read-after-write lag.
+CLI_REALISM = Realism(stall_rate=0.0, throttle_rate=0.0, lag_s=0.0)
 # A tiny from-scratch experiment. parallel_calls = 1 keeps the training input order fixed, so two
 # runs with the same seed give bit-identical predictions (more parallelism reorders examples).
 TINY = {
@@ -197,7 +200,7 @@ def test_script_and_notebook_give_the_same_predictions_and_the_emulator_runs_not
     config = tmp_path / "kaggle-config"
     config.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith("KAGGLE_")}
-    with Emulator(settings) as emulator:
+    with Emulator(settings, realism=CLI_REALISM) as emulator:
         env.update(emulator.client_env(), KAGGLE_CONFIG_DIR=str(config), KAGGLE_USERNAME=OWNER, KAGGLE_KEY="k")
         pushed = _cli(["kernels", "push", "-p", str(notebook.directory)], env)
         assert "error" not in pushed.lower(), pushed

@@ -30,6 +30,7 @@ FAULT_KINDS = {"429": "a 429 reply", "500": "a 500 reply", "lost_reply": "a lost
                "slow": "a slow reply", "truncate": "a truncated download",
                "not_found": "a 404 for a kernel created seconds ago"}
 DEFAULT_RUNS = "runs"
+WAIT_HELP = "give up waiting after this many seconds (default $KIT_WAIT_TIMEOUT_S, else 13 h)"
 
 
 def _ledger(args: argparse.Namespace) -> Ledger:
@@ -37,7 +38,15 @@ def _ledger(args: argparse.Namespace) -> Ledger:
 
 
 def _say_retry(what: str, attempt: int, reason: str, wait: float) -> None:
+    if reason == "http-429":
+        console.print(f"[yellow]  Kaggle is rate-limiting kit (HTTP 429): waiting {wait:.0f} s before "
+                      f"retrying {what} (try {attempt})[/]")
+        return
     console.print(f"[dim]  {what}: {reason}, retry {attempt} in {wait:.1f} s[/]")
+
+
+def _say_note(text: str) -> None:
+    console.print(f"[dim]  {text}[/]", highlight=False)
 
 
 def _client() -> Any:
@@ -92,7 +101,8 @@ def _wait(client: Any, ledger: Ledger, names: Sequence[str] | None, timeout: flo
             progress.update(task, total=len(rows), completed=sum(is_done(r) for r in rows),
                             description=f"Kaggle runs: {text}")
 
-        return wait_until_done(client, ledger, names, timeout_s=timeout, on_update=update)
+        return wait_until_done(client, ledger, names, timeout_s=timeout, on_update=update,
+                               on_note=lambda text: progress.console.print(f"[dim]  {text}[/]", highlight=False))
 
 
 # -- push ---------------------------------------------------------------------------------------
@@ -121,6 +131,9 @@ def cmd_push(args: argparse.Namespace) -> int:
             task = progress.add_task("pushing", total=len(kernels))
 
             def event(kind: str, payload: Any) -> None:
+                if kind == "note":
+                    progress.console.print(f"[dim]  {payload}[/]", highlight=False)
+                    return
                 if kind == "waiting":
                     progress.update(task, description=f"waiting for a free accelerator slot "
                                                       f"({len(payload)} busy: {', '.join(payload)[:60]})")
@@ -165,7 +178,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         if args.wait:
             rows = _wait(client, ledger, names, args.timeout)
         else:
-            refresh(client, ledger, names)
+            refresh(client, ledger, names, on_note=_say_note)
             rows = status_rows(ledger.read(), names)
         console.print(status_table(rows))
         _print_failures(rows)
@@ -202,7 +215,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
 
         with console.status("pulling outputs", spinner="dots") as spinner:
             pull_all(client, ledger, names, Path(args.runs), on_outcome=report,
-                     on_file=lambda name: spinner.update(f"pulling {name}"))
+                     on_file=lambda name: spinner.update(f"pulling {name}"), on_note=_say_note)
         if failed:
             first = failed[0]
             raise KitError(f"{len(failed)} pull(s) failed; first: {first.experiment}: {first.note}")
@@ -266,8 +279,20 @@ def _only_competition_dir(root: Path) -> Path:
     return found[0]
 
 
+def _realism(args: argparse.Namespace) -> Any:
+    """The emulator's Realism: kaggle.com's behaviours (or --kind), with each --<behaviour> applied."""
+    from dataclasses import fields, replace
+
+    from kit.kaggle.emulator import Realism
+
+    base = Realism.kind(seed=args.seed) if args.kind else Realism(seed=args.seed)
+    changes = {f.name: getattr(args, f"real_{f.name}") for f in fields(Realism)
+               if f.name != "seed" and getattr(args, f"real_{f.name}") is not None}
+    return replace(base, **changes)
+
+
 def cmd_emulator(args: argparse.Namespace) -> int:
-    from kit.kaggle.emulator import Emulator, EmulatorSettings
+    from kit.kaggle.emulator import Emulator, EmulatorSettings, describe_realism
     from kit.kaggle.faults import FaultConfig, describe_faults
 
     competition_dir = args.competition_dir or str(_only_competition_dir(Path(args.datasets_root)))
@@ -285,8 +310,10 @@ def cmd_emulator(args: argparse.Namespace) -> int:
         competition=args.competition, workers=args.workers, score_delay_s=args.score_delay,
         daily_submissions=args.daily_submissions, max_sessions=args.max_sessions, token_user=args.user,
     )
-    emulator = Emulator(settings, faults, port=args.port)
-    console.print(f"Kaggle emulator on {emulator.url} (state {args.state}; faults: {describe_faults(faults)})")
+    realism = _realism(args)
+    emulator = Emulator(settings, faults, port=args.port, realism=realism)
+    console.print(f"Kaggle emulator on {emulator.url} (state {args.state}; faults: {describe_faults(faults)}; "
+                  f"kaggle.com behaviours: {describe_realism(realism)})")
     console.print("Point the kaggle client (and kit) at it:\n"
                   f"  export KAGGLE_API_ENVIRONMENT=LOCALHOST HTTP_PROXY={emulator.url}\n"
                   "with any kaggle.json (the emulator accepts every key; its user name owns the kernels).\n"
@@ -312,20 +339,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("push", help="render experiments and push them to Kaggle (sweeps queue with a limit)")
     p.add_argument("experiments", nargs="+", metavar="EXP", help="experiment TOML file(s); a [sweep] expands")
     p.add_argument("--accelerator", default=None,
-                   help="TpuV5E8 (default from the config), NvidiaTeslaT4, NvidiaTeslaT4Highmem or none")
+                   help="TpuV5E8 (default from the config), NvidiaTeslaT4 or none")
     p.add_argument("--force", action="store_true", help="push even if unchanged since the last version")
     p.add_argument("--concurrency", type=int, default=2,
                    help="accelerator sessions busy at once (Kaggle allows only a few; default 2)")
     p.add_argument("--build", default=DEFAULT_BUILD, help=f"where kernels are rendered (default {DEFAULT_BUILD})")
     p.add_argument("--wait", action="store_true", help="then wait until every pushed run has finished")
-    p.add_argument("--timeout", type=float, default=None, help="give up waiting after this many seconds")
+    p.add_argument("--timeout", type=float, default=None, help=WAIT_HELP)
     _common(p)
     p.set_defaults(func=cmd_push)
 
     p = sub.add_parser("status", help="table of Kaggle runs from the ledger, refreshed from Kaggle")
     p.add_argument("experiments", nargs="*", metavar="NAME", help="experiment names (default: all)")
     p.add_argument("--wait", action="store_true", help="poll with back-off until every run has finished")
-    p.add_argument("--timeout", type=float, default=None, help="give up waiting after this many seconds")
+    p.add_argument("--timeout", type=float, default=None, help=WAIT_HELP)
     p.add_argument("--offline", action="store_true", help="show the ledger without asking Kaggle")
     _common(p)
     p.set_defaults(func=cmd_status)
@@ -334,7 +361,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("experiments", nargs="*", metavar="NAME", help="experiment names (default: all)")
     p.add_argument("--runs", default=DEFAULT_RUNS, help=f"runs root (default {DEFAULT_RUNS})")
     p.add_argument("--wait", action="store_true", help="wait for running kernels first")
-    p.add_argument("--timeout", type=float, default=None, help="give up waiting after this many seconds")
+    p.add_argument("--timeout", type=float, default=None, help=WAIT_HELP)
     _common(p)
     p.set_defaults(func=cmd_pull)
 
@@ -376,4 +403,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--daily-submissions", type=int, default=5, help="submissions allowed per day")
     p.add_argument("--score-delay", type=float, default=1.0, help="seconds before a submission is scored")
     p.add_argument("--user", default="kit-user", help="user an API token authenticates as")
+    _realism_options(p)
     p.set_defaults(func=cmd_emulator)
+
+
+def _realism_options(p: argparse.ArgumentParser) -> None:
+    """--kind, and one option per kaggle.com behaviour (a switch or a number), from `Realism`'s fields."""
+    from dataclasses import MISSING, fields
+
+    from kit.kaggle.emulator.realism import Realism
+
+    p.add_argument("--kind", action="store_true",
+                   help="the old kind mode: none of kaggle.com's behaviours (options below still apply)")
+    for f in fields(Realism):
+        if f.name == "seed":
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not MISSING else None
+        if isinstance(default, bool):
+            p.add_argument(flag, dest=f"real_{f.name}", action=argparse.BooleanOptionalAction, default=None,
+                           help=f"kaggle.com behaviour {f.name} (default {'on' if default else 'off'})")
+        else:
+            p.add_argument(flag, dest=f"real_{f.name}", type=type(default), default=None, metavar="N",
+                           help=f"kaggle.com behaviour {f.name} (default {default})")

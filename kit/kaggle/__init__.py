@@ -1,5 +1,7 @@
 """Kaggle for real: client layer, ledger, push / status / pull / submit, sweeps, retries, emulator.
 
-Modules: `client` (the kaggle package, lazily, plus credentials), `retry` (back-off), `ledger`
-(.kit/ledger.json), `push`, `status`, `pull`, `submit`, `emulator` (the HTTP stand-in for Kaggle).
+Modules, bottom up: `retry` (back-off, rate-limit budget), `timeouts` (connect/read timeouts the
+client lacks), `client` (the kaggle package, lazily, plus credentials), `ledger` (.kit/ledger.json),
+`reconcile` (did a push land? fingerprints, polling), `status`, `push`, `pull`, `submit`;
+`emulator/` (the HTTP stand-in for Kaggle, kaggle.com's behaviours by default).
 """

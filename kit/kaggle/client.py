@@ -14,6 +14,10 @@ request headers) is switched off, and nothing here formats a credential.
 
 Non-idempotent calls (`push`, `submit`) are single attempts: their callers reconcile (did it land?)
 before trying again, so a lost reply never creates a duplicate.
+Every request has a connect and read timeout (`kit.kaggle.timeouts`; the client sets none), so a
+stalled reply becomes a retried timeout. Kaggle answers 403 as well as 404 for a kernel it does
+not show the caller (one that does not exist, or one pushed seconds ago): reads of kernels raise
+`KernelNotVisible` for both (`KernelNotFound` for 404), and the callers decide what it means.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from kit.errors import KitError
+from kit.kaggle import timeouts
 from kit.kaggle.retry import STATS, KaggleCallError, RetryPolicy, TruncatedDownload, call_with_retry, http_status
 
 NO_CREDENTIALS = (
@@ -45,8 +50,50 @@ CHUNK_BYTES = 1 << 20
 UPLOAD_FAILED = "Could not submit to competition"
 
 
-class KernelNotFound(KitError):
+RULES_HINT = ("join the competition first: open https://www.kaggle.com/competitions/{competition}/rules "
+              "and accept them")
+PHONE_HINT = "verify your phone number at https://www.kaggle.com/settings (accelerators and internet need it)"
+INVALID_FIELDS = {"invalid_dataset_sources": "datasets", "invalid_competition_sources": "competitions",
+                  "invalid_kernel_sources": "kernels", "invalid_model_sources": "models"}
+
+
+class KernelNotVisible(KitError):
+    """Kaggle does not show the caller this kernel (version): 403 or 404 (`status` says which)."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class KernelNotFound(KernelNotVisible):
     """Kaggle answered 404 for a kernel (or one of its versions)."""
+
+    def __init__(self, message: str, status: int = 404) -> None:
+        super().__init__(message, status)
+
+
+class SubmissionNotFound(KitError):
+    """GetSubmission answered 404 (right after CreateSubmission Kaggle may not show it yet)."""
+
+
+def hint(message: str, competition: str = "") -> str:
+    """Kaggle's refusal with what to do about it, for the refusals a new user meets first."""
+    text = message.lower()
+    if "accept this competition's rules" in text or "accept the rules" in text:
+        return f"{message} ({RULES_HINT.format(competition=competition or 'COMPETITION')})"
+    if "phone" in text and "verif" in text:
+        return f"{message} ({PHONE_HINT})"
+    return message
+
+
+def _not_visible(exc: BaseException, what: str) -> KernelNotVisible | None:
+    """KernelNotFound for 404, KernelNotVisible for 403, None for anything else."""
+    status = http_status(exc)
+    if status == 404:
+        return KernelNotFound(f"{what}: not found (HTTP 404)")
+    if status == 403:
+        return KernelNotVisible(f"{what}: Kaggle does not show it (HTTP 403: permission denied)", 403)
+    return None
 
 
 @dataclass(frozen=True)
@@ -54,6 +101,7 @@ class PushReply:
     version: int | None
     url: str
     error: str
+    invalid: dict[str, list[str]] = field(default_factory=dict)  # kind (datasets, ...) -> sources Kaggle lacks
 
 
 @dataclass(frozen=True)
@@ -156,10 +204,6 @@ def _enum_name(value: Any) -> str:
     return getattr(value, "name", None) or str(value or "")
 
 
-def _is_not_found(exc: BaseException) -> bool:
-    return http_status(exc) == 404
-
-
 class KaggleClient:
     """Kaggle calls kit needs, on top of an authenticated `kaggle.api.KaggleApi`."""
 
@@ -190,25 +234,35 @@ class KaggleClient:
             reply = self.api.kernels_push(str(folder), str(timeout_s) if timeout_s else None, accelerator)
         if reply is None:
             raise KaggleCallError(f"push {folder}: the client returned no reply")
-        return PushReply(version=reply.version_number, url=reply.url or "", error=reply.error or "")
+        invalid = {kind: [str(s) for s in getattr(reply, name, None) or []] for name, kind in INVALID_FIELDS.items()}
+        return PushReply(version=reply.version_number, url=reply.url or "", error=reply.error or "",
+                         invalid={k: v for k, v in invalid.items() if v})
 
     def kernel_status(self, ref: str) -> KernelStatus:
-        """Status of `owner/slug[/N]`; raises KernelNotFound on 404."""
+        """Status of `owner/slug[/N]`; raises KernelNotVisible (KernelNotFound) on 403 (404)."""
+        from kagglesdk.kernels.types.kernels_api_service import ApiGetKernelSessionStatusRequest
+
+        owner, slug, *rest = ref.split("/")
+
         def call() -> KernelStatus:
+            request = ApiGetKernelSessionStatusRequest()
+            request.user_name, request.kernel_slug = owner, slug
+            if rest:
+                request.version_label = f"v{rest[0]}"
             try:
-                reply = self.api.kernels_status(ref)
-            except ValueError as exc:  # the client turns 401/403 into ValueError
-                raise KaggleCallError(f"status {ref}: {exc}") from None
+                with self._sdk() as kaggle:
+                    reply = kaggle.kernels.kernels_api_client.get_kernel_session_status(request)
             except Exception as exc:
-                if _is_not_found(exc):
-                    raise KernelNotFound(f"status {ref}: kernel not found") from None
+                hidden = _not_visible(exc, f"status {ref}")
+                if hidden is not None:
+                    raise hidden from None
                 raise
             return KernelStatus(status=_enum_name(reply.status).upper(), failure_message=reply.failure_message or "")
 
         return self._retry(call, f"status {ref}")
 
     def kernel_info(self, owner: str, slug: str) -> KernelInfo:
-        """Latest version number and source text of a kernel; raises KernelNotFound on 404."""
+        """Latest version number and source text of a kernel; raises KernelNotVisible on 403/404."""
         from kagglesdk.kernels.types.kernels_api_service import ApiGetKernelRequest
 
         def call() -> KernelInfo:
@@ -218,8 +272,9 @@ class KaggleClient:
                 with self._sdk() as kaggle:
                     reply = kaggle.kernels.kernels_api_client.get_kernel(request)
             except Exception as exc:
-                if _is_not_found(exc):
-                    raise KernelNotFound(f"get kernel {owner}/{slug}: not found") from None
+                hidden = _not_visible(exc, f"get kernel {owner}/{slug}")
+                if hidden is not None:
+                    raise hidden from None
                 raise
             meta, blob = reply.metadata, reply.blob
             return KernelInfo(
@@ -243,8 +298,14 @@ class KaggleClient:
                 request.page_size, request.page_token = OUTPUT_PAGE_SIZE, page_token
                 if version is not None:
                     request.version_label = f"v{version}"
-                with self._sdk() as kaggle:
-                    return kaggle.kernels.kernels_api_client.list_kernel_session_output(request)
+                try:
+                    with self._sdk() as kaggle:
+                        return kaggle.kernels.kernels_api_client.list_kernel_session_output(request)
+                except Exception as exc:
+                    hidden = _not_visible(exc, f"outputs of {owner}/{slug}" + (f"/{version}" if version else ""))
+                    if hidden is not None:
+                        raise hidden from None
+                    raise
 
             reply = self._retry(call, f"list outputs of {owner}/{slug}" + (f"/{version}" if version else ""))
             files.extend(OutputFile(f.file_name or "", f.url or "") for f in reply.files or [])
@@ -296,7 +357,13 @@ class KaggleClient:
     def submit(self, path: Path, message: str, competition: str) -> int:
         """Upload and create one submission (no retry: the caller reconciles); returns its ref."""
         with quiet_stdout():
-            reply = self.api.competition_submit(str(path), message, competition, quiet=True)
+            try:
+                reply = self.api.competition_submit(str(path), message, competition, quiet=True)
+            except Exception as exc:
+                if http_status(exc) == 403:
+                    raise KaggleCallError(f"submit {path.name}: Kaggle refused it (HTTP 403): "
+                                          f"{hint(str(exc), competition)}") from None
+                raise
         if (reply.message or "") == UPLOAD_FAILED:
             raise ConnectionError(f"upload of {path.name} failed")
         if not reply.ref:
@@ -328,15 +395,63 @@ class KaggleClient:
         return found
 
     def submission(self, ref: int) -> Submission:
+        """One submission; raises SubmissionNotFound on 404 (Kaggle's lag right after a submit)."""
         from kagglesdk.competitions.types.competition_api_service import ApiGetSubmissionRequest
 
         def call() -> Submission:
             request = ApiGetSubmissionRequest()
             request.ref = int(ref)
-            with self._sdk() as kaggle:
-                return _submission(kaggle.competitions.competition_api_client.get_submission(request))
+            try:
+                with self._sdk() as kaggle:
+                    return _submission(kaggle.competitions.competition_api_client.get_submission(request))
+            except Exception as exc:
+                if http_status(exc) == 404:
+                    raise SubmissionNotFound(f"submission {ref}: not found (HTTP 404)") from None
+                raise
 
         return self._retry(call, f"get submission {ref}")
+
+    # -- checks before a push ------------------------------------------------------------------
+    def dataset_visible(self, ref: str) -> bool:
+        """Whether the dataset `owner/slug` exists and the caller can see it (its file list answers)."""
+        from kagglesdk.datasets.types.dataset_api_service import ApiListDatasetFilesRequest
+
+        owner, _, slug = ref.partition("/")
+
+        def call() -> bool:
+            request = ApiListDatasetFilesRequest()
+            request.owner_slug, request.dataset_slug = owner, slug
+            try:
+                with self._sdk() as kaggle:
+                    kaggle.datasets.dataset_api_client.list_dataset_files(request)
+            except Exception as exc:
+                if http_status(exc) in (403, 404):
+                    return False
+                raise
+            return True
+
+        return bool(self._retry(call, f"check dataset {ref}"))
+
+    def competition_access(self, competition: str) -> str:
+        """'' when the caller may use the competition's data, else Kaggle's refusal with a hint."""
+        from kagglesdk.competitions.types.competition_api_service import ApiListDataFilesRequest
+
+        def call() -> str:
+            request = ApiListDataFilesRequest()
+            request.competition_name = competition
+            try:
+                with self._sdk() as kaggle:
+                    kaggle.competitions.competition_api_client.list_data_files(request)
+            except Exception as exc:
+                status = http_status(exc)
+                if status == 404:
+                    return f"competition {competition!r} not found"
+                if status in (401, 403):
+                    return hint(" ".join(str(exc).split()), competition)
+                raise
+            return ""
+
+        return str(self._retry(call, f"check competition {competition}"))
 
 
 def _expected_total(reply: Any, have: int) -> int | None:
@@ -373,6 +488,7 @@ def _client_args(environ: Mapping[str, str]) -> list[str]:
 def connect(policy: RetryPolicy | None = None, on_retry: Callable[[str, int, str, float], None] | None = None,
             warn: Callable[[str], None] | None = None) -> KaggleClient:
     """Authenticate with the usual credentials and return a `KaggleClient` (see module docstring)."""
+    timeouts.install()
     info = find_credentials()
     if info is None:
         raise KitError(NO_CREDENTIALS)

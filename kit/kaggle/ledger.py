@@ -7,7 +7,9 @@ Out: `Ledger.read()` -> the state dict; `with Ledger.transaction() as data:` -> 
 Shape (plain JSON; every key below always exists after `read`):
   experiments: {name: {kernel: "owner/slug", versions: [Version...], pending: Pending | null}}
     Version: {version, content_hash, body_sha256, accelerator, pushed_at, status, failure,
-              checked_at, run_dir}  (status is Kaggle's: QUEUED/RUNNING/COMPLETE/ERROR/...)
+              checked_at, run_dir}  (status is Kaggle's: NEW_SCRIPT/QUEUED/RUNNING/COMPLETE/ERROR/
+              CANCEL_REQUESTED/CANCEL_ACKNOWLEDGED; body_sha256 is the source fingerprint of
+              `kit.kaggle.reconcile`: a notebook's cells, not its bytes)
     Pending: a push that was sent but whose reply was not recorded yet: {content_hash,
              body_sha256, since_version, accelerator, started_at}; reconciled before any re-push.
   sweeps: {config path: {experiments: [names], concurrency, updated_at}}
@@ -34,7 +36,7 @@ LEDGER_ENV = "KIT_LEDGER"
 DEFAULT_LEDGER = Path(".kit/ledger.json")
 LEDGER_SCHEMA = "kit.ledger/1"
 TERMINAL_STATUSES = frozenset({"COMPLETE", "ERROR", "CANCEL_ACKNOWLEDGED"})
-ACTIVE_STATUSES = frozenset({"QUEUED", "RUNNING", "CANCEL_REQUESTED", "PUSHED"})
+ACTIVE_STATUSES = frozenset({"NEW_SCRIPT", "QUEUED", "RUNNING", "CANCEL_REQUESTED", "PUSHED"})
 
 
 def default_ledger_path() -> Path:

@@ -24,7 +24,7 @@ from typing import Any
 
 from kernels.contracts import MANIFEST_FILE, ContractError, atomic_write_text, file_digest, read_manifest, verify_files
 from kit.errors import KitError
-from kit.kaggle.client import KaggleClient, OutputFile
+from kit.kaggle.client import KaggleClient, KernelNotVisible, OutputFile
 from kit.kaggle.ledger import Ledger, latest_version, now_iso
 from kit.kaggle.status import log_text
 from kit.runs import KERNEL_LOG, RUN_JSON, write_run_record
@@ -146,11 +146,12 @@ def pull_version(client: KaggleClient, kernel: str, version: int, experiment: st
 
 def pull_all(client: KaggleClient, ledger: Ledger, names: Sequence[str] | None, runs_root: Path,
              on_outcome: Callable[[PullOutcome], None] | None = None,
-             on_file: Callable[[str], None] | None = None) -> list[PullOutcome]:
+             on_file: Callable[[str], None] | None = None,
+             on_note: Callable[[str], None] | None = None) -> list[PullOutcome]:
     """Pull the latest COMPLETE version of each selected experiment; failures are reported, not fatal."""
     from kit.kaggle.status import refresh, selected
 
-    refresh(client, ledger, names)
+    refresh(client, ledger, names, on_note=on_note)
     data = ledger.read()
     outcomes = []
     for name in selected(data, names):
@@ -163,6 +164,8 @@ def pull_all(client: KaggleClient, ledger: Ledger, names: Sequence[str] | None, 
             try:
                 outcome = pull_version(client, entry["kernel"], version["version"], name, version["content_hash"],
                                        Path(runs_root), on_file)
+            except KernelNotVisible as exc:  # Kaggle's lag: the outputs show a moment later
+                outcome = PullOutcome(name, version["version"], "not-ready", note=f"outputs not visible yet ({exc})")
             except (KitError, ContractError) as exc:
                 outcome = PullOutcome(name, version["version"], "failed", note=str(exc))
             if outcome.folder is not None:

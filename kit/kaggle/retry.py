@@ -6,8 +6,12 @@ Out: the callable's result; or, once the attempts are spent (or at once for a pe
 
 Transient (retried): HTTP 429 and 5xx, connection errors and resets, timeouts, broken or
 truncated transfers (`TruncatedDownload`). Everything else (4xx, bad arguments) fails at once.
+Rate limits (429) have their own budget: Kaggle's can last minutes and its Retry-After is not
+reliable (often 0), so waits start at `rate_base_s` and double up to `rate_cap_s`, a Retry-After
+only ever lengthens a wait, and kit gives up after `rate_max_s` of waiting, not after a count.
 The policy comes from the environment so tests and impatient users can shrink it:
-KIT_RETRY_ATTEMPTS, KIT_RETRY_BASE_S, KIT_RETRY_CAP_S.
+KIT_RETRY_ATTEMPTS, KIT_RETRY_BASE_S, KIT_RETRY_CAP_S; KIT_RATE_LIMIT_BASE_S, KIT_RATE_LIMIT_CAP_S,
+KIT_RATE_LIMIT_MAX_S.
 """
 
 from __future__ import annotations
@@ -29,7 +33,11 @@ DEFAULT_BASE_S = 1.0
 DEFAULT_CAP_S = 30.0
 JITTER_FRACTION = 0.5  # each delay is scaled by a random factor in [1 - j, 1 + j]
 BACKOFF_FACTOR = 2.0
-RETRY_AFTER_CAP_S = 120.0
+RETRY_AFTER_CAP_S = 600.0
+DEFAULT_RATE_BASE_S = 10.0
+DEFAULT_RATE_CAP_S = 300.0  # 5 minutes between tries at most
+DEFAULT_RATE_MAX_S = 1800.0  # give up after half an hour of rate limiting
+RATE_LIMITED = "http-429"
 TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 MAX_MESSAGE = 200
 
@@ -50,6 +58,9 @@ class RetryPolicy:
     base_s: float = DEFAULT_BASE_S
     cap_s: float = DEFAULT_CAP_S
     jitter: float = JITTER_FRACTION
+    rate_base_s: float = DEFAULT_RATE_BASE_S
+    rate_cap_s: float = DEFAULT_RATE_CAP_S
+    rate_max_s: float = DEFAULT_RATE_MAX_S
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> RetryPolicy:
@@ -59,9 +70,21 @@ class RetryPolicy:
                 attempts=max(1, int(env.get("KIT_RETRY_ATTEMPTS", DEFAULT_ATTEMPTS))),
                 base_s=max(0.0, float(env.get("KIT_RETRY_BASE_S", DEFAULT_BASE_S))),
                 cap_s=max(0.0, float(env.get("KIT_RETRY_CAP_S", DEFAULT_CAP_S))),
+                rate_base_s=max(0.0, float(env.get("KIT_RATE_LIMIT_BASE_S", DEFAULT_RATE_BASE_S))),
+                rate_cap_s=max(0.0, float(env.get("KIT_RATE_LIMIT_CAP_S", DEFAULT_RATE_CAP_S))),
+                rate_max_s=max(0.0, float(env.get("KIT_RATE_LIMIT_MAX_S", DEFAULT_RATE_MAX_S))),
             )
         except ValueError as exc:
-            raise KitError(f"KIT_RETRY_*: expected numbers ({exc})") from None
+            raise KitError(f"KIT_RETRY_* / KIT_RATE_LIMIT_*: expected numbers ({exc})") from None
+
+    def rate_delay(self, spell: int, retry_after: float | None, rng: random.Random | None = None) -> float:
+        """Seconds to wait after the `spell`-th 429 in a row: doubling from rate_base_s up to rate_cap_s;
+        a Retry-After above that lengthens the wait (0, Kaggle's usual value, is ignored)."""
+        raw = min(self.rate_cap_s, self.rate_base_s * BACKOFF_FACTOR ** (spell - 1))
+        wait = raw * (rng or random).uniform(1.0, 1.0 + self.jitter)
+        if retry_after:
+            wait = max(wait, retry_after)
+        return max(0.0, wait)
 
     def delay(self, attempt: int, rng: random.Random | None = None) -> float:
         """Seconds to wait after failed attempt number `attempt` (1-based)."""
@@ -130,7 +153,7 @@ def classify(exc: BaseException) -> str | None:
 
 
 def retry_after_s(exc: BaseException) -> float | None:
-    """Seconds from a Retry-After header on a 429/503 reply, if it holds a number."""
+    """Seconds from a Retry-After header on a 429/503 reply, if it holds a number (capped)."""
     response = getattr(exc, "response", None)
     headers = getattr(response, "headers", None) or {}
     value = headers.get("Retry-After") if hasattr(headers, "get") else None
@@ -163,7 +186,9 @@ def call_with_retry(
 ) -> T:
     """Run `fn` until it succeeds, retrying transient failures with back-off; see module docstring."""
     policy = policy or RetryPolicy.from_env()
-    for attempt in range(1, policy.attempts + 1):
+    attempt = spell = 0
+    rate_waited = 0.0
+    while True:
         try:
             return fn()
         except KitError:
@@ -173,15 +198,26 @@ def call_with_retry(
             if reason is None:
                 stats.record_failure()
                 raise KaggleCallError(f"{what}: {describe(exc)}") from None
-            if attempt >= policy.attempts:
-                stats.record_failure()
-                raise KaggleCallError(
-                    f"{what}: still failing after {policy.attempts} attempt(s) ({describe(exc)})"
-                ) from None
-            wait = retry_after_s(exc) if reason == "http-429" else None
-            wait = policy.delay(attempt, rng) if wait is None else min(wait, policy.cap_s)
+            if reason == RATE_LIMITED:  # its own budget: time, not attempts
+                spell += 1
+                wait = policy.rate_delay(spell, retry_after_s(exc), rng)
+                if rate_waited + wait > policy.rate_max_s:
+                    stats.record_failure()
+                    raise KaggleCallError(f"{what}: Kaggle kept rate-limiting (HTTP 429) for "
+                                          f"{rate_waited:.0f} s; try again later") from None
+                rate_waited += wait
+                count = spell
+            else:
+                spell = 0
+                attempt += 1
+                if attempt >= policy.attempts:
+                    stats.record_failure()
+                    raise KaggleCallError(
+                        f"{what}: still failing after {policy.attempts} attempt(s) ({describe(exc)})"
+                    ) from None
+                wait = policy.delay(attempt, rng)
+                count = attempt
             stats.record(reason)
             if on_retry:
-                on_retry(what, attempt, reason, wait)
+                on_retry(what, count, reason, wait)
             sleep(wait)
-    raise AssertionError("unreachable")  # pragma: no cover

@@ -5,57 +5,41 @@ Out: `refresh` updates each experiment's latest version in the ledger (status, f
      and for ERROR the tail of the kernel log); `status_rows` + `status_table` make the table;
      `wait_until_done` polls with back-off and a progress display until every run is terminal.
 
-A version Kaggle does not know yet (404 right after a push, which Kaggle is known to answer) stays
-QUEUED for `NOT_FOUND_GRACE_S`; after that it is shown as NOT_FOUND.
+A version Kaggle does not show yet (403 or 404 right after a push: its read-after-write lag) stays
+QUEUED, with a line saying what kit waits for, for $KIT_VISIBLE_GRACE_S (default 600 s) after the
+push; after that it is shown as NOT_FOUND. `wait_until_done` has a deadline ($KIT_WAIT_TIMEOUT_S,
+default 13 h: Kaggle's 12-hour session limit plus queueing) and names the runs still going.
 """
 
 from __future__ import annotations
 
 import calendar
 import json
-import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from rich.table import Table
 
 from kit.errors import KitError
-from kit.kaggle.client import KaggleClient, KernelNotFound
+from kit.kaggle.client import KaggleClient, KernelNotVisible
 from kit.kaggle.ledger import TERMINAL_STATUSES, Ledger, latest_version, now_iso
+from kit.kaggle.reconcile import PollPolicy, env_seconds, reconcile_pending
+
+__all__ = ["PollPolicy", "is_done", "log_tail", "log_text", "refresh", "selected", "status_rows", "status_table",
+           "wait_timeout_s", "wait_until_done"]
 
 NOT_FOUND_GRACE_S = 600.0
+DEFAULT_WAIT_TIMEOUT_S = 13 * 3600.0
 PENDING_STALE_S = 300.0  # a pending push older than this was interrupted; `refresh` settles it
 LOG_TAIL_LINES = 20
-DEFAULT_POLL_S = 10.0
-DEFAULT_POLL_MAX_S = 120.0
-POLL_FACTOR = 1.5
-STATUS_STYLE = {"COMPLETE": "green", "ERROR": "red", "RUNNING": "yellow", "QUEUED": "cyan", "NOT_FOUND": "red"}
+STATUS_STYLE = {"COMPLETE": "green", "ERROR": "red", "RUNNING": "yellow", "QUEUED": "cyan", "NOT_FOUND": "red",
+                "NEW_SCRIPT": "cyan", "CANCEL_REQUESTED": "yellow", "CANCEL_ACKNOWLEDGED": "red"}
 
 
-@dataclass(frozen=True)
-class PollPolicy:
-    """Delay between polls: first_s, growing by `factor` up to max_s ($KIT_POLL_S, $KIT_POLL_MAX_S)."""
-
-    first_s: float = DEFAULT_POLL_S
-    max_s: float = DEFAULT_POLL_MAX_S
-    factor: float = POLL_FACTOR
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> PollPolicy:
-        env = os.environ if environ is None else environ
-        try:
-            first = float(env.get("KIT_POLL_S", DEFAULT_POLL_S))
-            return cls(first_s=first, max_s=max(first, float(env.get("KIT_POLL_MAX_S", DEFAULT_POLL_MAX_S))))
-        except ValueError as exc:
-            raise KitError(f"KIT_POLL_S / KIT_POLL_MAX_S: expected numbers ({exc})") from None
-
-    def delays(self) -> Any:
-        delay = self.first_s
-        while True:
-            yield delay
-            delay = min(self.max_s, delay * self.factor)
+def wait_timeout_s(option: float | None) -> float:
+    """--timeout, else $KIT_WAIT_TIMEOUT_S, else 13 h."""
+    return option if option is not None else env_seconds("KIT_WAIT_TIMEOUT_S", DEFAULT_WAIT_TIMEOUT_S)
 
 
 def log_text(raw: str) -> str:
@@ -93,15 +77,15 @@ def selected(data: Mapping[str, Any], names: Sequence[str] | None) -> list[str]:
     return list(names)
 
 
-def refresh(client: KaggleClient, ledger: Ledger, names: Sequence[str] | None = None) -> None:
-    """Ask Kaggle for the status of each selected experiment's latest non-terminal version."""
-    from kit.kaggle.push import reconcile_pending  # push builds on this module; import here
-
+def refresh(client: KaggleClient, ledger: Ledger, names: Sequence[str] | None = None,
+            on_note: Callable[[str], None] | None = None) -> None:
+    """Ask Kaggle for the status of each selected experiment's latest non-terminal version;
+    `on_note` hears about versions Kaggle does not show yet."""
     data = ledger.read()
     for name in selected(data, names):
         pending = data["experiments"][name].get("pending")
         if pending and _age_s(pending.get("started_at")) > PENDING_STALE_S:  # not a push still in flight
-            reconcile_pending(client, ledger, name)
+            reconcile_pending(client, ledger, name, on_note=on_note)
     data = ledger.read()
     for name in selected(data, names):
         entry = data["experiments"][name]
@@ -113,11 +97,18 @@ def refresh(client: KaggleClient, ledger: Ledger, names: Sequence[str] | None = 
         try:
             state = client.kernel_status(ref)
             status, failure = state.status, state.failure_message
-        except KernelNotFound:
-            status = "QUEUED" if _age_s(version.get("pushed_at")) < NOT_FOUND_GRACE_S else "NOT_FOUND"
+        except KernelNotVisible as exc:
+            age, grace = _age_s(version.get("pushed_at")), env_seconds("KIT_VISIBLE_GRACE_S", NOT_FOUND_GRACE_S)
+            status = "QUEUED" if age < grace else "NOT_FOUND"
+            if status == "QUEUED" and on_note:
+                on_note(f"{name}: Kaggle does not show {ref} yet (HTTP {exc.status}, pushed {age:.0f} s ago); "
+                        f"waiting up to {grace:.0f} s for it")
         if status == "ERROR":
             owner, slug = entry["kernel"].split("/", 1)
-            tail = log_tail(client.list_outputs(owner, slug, version["version"]).log)
+            try:
+                tail = log_tail(client.list_outputs(owner, slug, version["version"]).log)
+            except KernelNotVisible:
+                tail = []
         with ledger.transaction() as fresh:
             target = next(v for v in fresh["experiments"][name]["versions"] if v["version"] == version["version"])
             target.update(status=status, failure=failure, checked_at=now_iso())
@@ -171,19 +162,24 @@ def wait_until_done(
     timeout_s: float | None = None,
     on_update: Callable[[list[dict[str, Any]]], None] | None = None,
     sleep: Callable[[float], None] = time.sleep,
+    on_note: Callable[[str], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Refresh until every selected run is terminal (or the timeout passes); returns the final rows."""
+    """Refresh until every selected run is terminal or the deadline (`wait_timeout_s(timeout_s)`)
+    passes, then one KitError naming the runs still going; returns the final rows."""
     poll = poll or PollPolicy.from_env()
-    deadline = time.monotonic() + timeout_s if timeout_s else None
+    limit = wait_timeout_s(timeout_s)
+    deadline = time.monotonic() + limit
     delays = poll.delays()
     while True:
-        refresh(client, ledger, names)
+        refresh(client, ledger, names, on_note=on_note)
         rows = status_rows(ledger.read(), names)
         if on_update:
             on_update(rows)
         if all(is_done(r) for r in rows):
             return rows
-        if deadline is not None and time.monotonic() >= deadline:
-            waiting = ", ".join(r["experiment"] for r in rows if not is_done(r))
-            raise KitError(f"status --wait: timed out after {timeout_s:.0f} s; still running: {waiting}")
-        sleep(next(delays))
+        if time.monotonic() >= deadline:
+            going = ", ".join(f"{r['experiment']} ({r['kernel']} v{r['version']}: {r['status']})"
+                              for r in rows if not is_done(r))
+            raise KitError(f"--wait: gave up after {limit:.0f} s (--timeout or $KIT_WAIT_TIMEOUT_S); still going "
+                           f"on Kaggle: {going}; `kit status` shows them later")
+        sleep(min(next(delays), max(0.0, deadline - time.monotonic())))

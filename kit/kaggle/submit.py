@@ -11,6 +11,8 @@ sample's (no missing, extra or duplicate names), every target is a finite number
 No duplicates on flaky networks: every message carries a short unique id; when the upload or
 create call fails, the user's submissions are listed and a submission with that message is
 adopted before anything is sent again.
+Right after a submit Kaggle may answer 404 for it (eventual consistency, as the official client
+knows): `wait_for_score` counts that as pending for $KIT_SUBMISSION_GRACE_S (default 120 s).
 """
 
 from __future__ import annotations
@@ -26,10 +28,10 @@ import pandas as pd
 
 from kernels.contracts import SUBMISSION_COLUMNS, file_digest, read_test_pred
 from kit.errors import KitError
-from kit.kaggle.client import KaggleClient, Submission
+from kit.kaggle.client import KaggleClient, Submission, SubmissionNotFound
 from kit.kaggle.ledger import Ledger, now_iso
+from kit.kaggle.reconcile import PollPolicy, env_seconds
 from kit.kaggle.retry import KaggleCallError, classify, describe
-from kit.kaggle.status import PollPolicy
 
 SHORT_HASH = 12
 SCORED = frozenset({"COMPLETE", "ERROR"})
@@ -37,6 +39,8 @@ SAMPLE_NAME = "sample_submission.csv"
 SAMPLE_SEARCH_ROOT = Path("data")
 BLEND_JSON = "blend.json"
 RUN_JSON = "run.json"
+SUBMISSION_GRACE_S = 120.0
+NOT_VISIBLE = "not visible on Kaggle yet"
 
 
 def find_sample(explicit: str | None, root: Path = SAMPLE_SEARCH_ROOT) -> Path:
@@ -172,10 +176,21 @@ def wait_for_score(client: KaggleClient, ledger: Ledger, record: Mapping[str, An
                    sleep: Callable[[float], None] = time.sleep) -> dict[str, Any]:
     """Poll Kaggle until the submission is scored (or errors); the ledger gets the scores."""
     poll = poll or PollPolicy.from_env()
-    deadline = time.monotonic() + timeout_s if timeout_s else None
+    started = time.monotonic()
+    deadline = started + timeout_s if timeout_s else None
+    grace = env_seconds("KIT_SUBMISSION_GRACE_S", SUBMISSION_GRACE_S)
     delays = poll.delays()
     while True:
-        submission = client.submission(int(record["ref"]))
+        try:
+            submission = client.submission(int(record["ref"]))
+        except SubmissionNotFound:
+            if time.monotonic() - started > grace:
+                raise KitError(f"submission {record['ref']}: Kaggle still answers 404 for it after {grace:.0f} s "
+                               "($KIT_SUBMISSION_GRACE_S); `kit submissions` shows whether it exists") from None
+            if on_poll:
+                on_poll(NOT_VISIBLE)
+            sleep(next(delays))
+            continue
         if on_poll:
             on_poll(submission.status)
         if submission.status in SCORED:

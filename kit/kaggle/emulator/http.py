@@ -3,9 +3,12 @@
 In:  requests from the real `kaggle` client (as proxy requests: absolute URIs, routed on the
      `/v1/<service>/<Method>` suffix), plain GETs of download URLs, PUTs of submission uploads.
 Out: camelCase JSON replies, Kaggle's {"code", "message"} errors (401 without an Authorization
-     header), file bytes with Content-Length, ETag, Last-Modified and Range (206) support; and the
-     faults the emulator's `FaultPlan` picks (429, 500, lost replies, slow replies, truncation).
-Adding a call is one function on `Emulator` and one line in `API_CALLS`.
+     header), redirects, file bytes with Content-Length, ETag, Last-Modified and Range (206)
+     support; the faults the emulator's `FaultPlan` picks (429, 500, lost replies, slow replies,
+     truncation) and the wire-level realistic behaviours (rate-limit spells answering 429 with
+     Retry-After 0, replies stalled past a client's read timeout).
+This module only calls into the emulator; the emulator's composition (`app`) hands it over.
+Adding a call is one method on a service and one line in `API_CALLS`.
 """
 
 from __future__ import annotations
@@ -23,37 +26,43 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
+from kit.kaggle.emulator.competitions import DATA_PATH, Redirect
+from kit.kaggle.emulator.errors import ApiError
 from kit.kaggle.faults import API_FAULTS, FILE_FAULTS
 
 if TYPE_CHECKING:
-    from kit.kaggle.emulator import Emulator
+    from kit.kaggle.emulator.app import Emulator
 
 NO_FAULT_CALLS = frozenset({"security.OAuthService/IntrospectToken"})
 STATS_PATH = "/emulator/stats"
+RATE_LIMITED = "Too many requests"
 
 
-class ApiError(Exception):
-    """An error reply: HTTP status and Kaggle's {"code", "message"} body."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
-def _api_calls() -> dict[str, Callable[[Emulator, Mapping[str, Any], str], dict[str, Any]]]:
+def _api_calls() -> dict[str, Callable[[Emulator, Mapping[str, Any], str], Any]]:
     """The calls the emulator answers: "<service>/<Method>" -> handler(emulator, body, user)."""
+    kernels, competitions, datasets = "kernels.KernelsApiService/", "competitions.CompetitionApiService/", \
+        "datasets.DatasetApiService/"
     return {
         "security.OAuthService/IntrospectToken": lambda e, b, u: {"active": True, "username": e.settings.token_user},
-        "kernels.KernelsApiService/SaveKernel": lambda e, b, u: e.save_kernel(b, u),
-        "kernels.KernelsApiService/GetKernelSessionStatus": lambda e, b, u: e.kernel_status(b),
-        "kernels.KernelsApiService/GetKernel": lambda e, b, u: e.get_kernel(b),
-        "kernels.KernelsApiService/ListKernelSessionOutput": lambda e, b, u: e.list_output(b),
-        "competitions.CompetitionApiService/StartSubmissionUpload": lambda e, b, u: e.start_upload(b),
-        "competitions.CompetitionApiService/CreateSubmission": lambda e, b, u: e.create_submission(b),
-        "competitions.CompetitionApiService/GetSubmissionLimits": lambda e, b, u: e.submission_limits(b),
-        "competitions.CompetitionApiService/ListSubmissions": lambda e, b, u: e.list_submissions(b),
-        "competitions.CompetitionApiService/GetSubmission": lambda e, b, u: e.get_submission(b),
+        kernels + "SaveKernel": lambda e, b, u: e.save_kernel(b, u),
+        kernels + "GetKernelSessionStatus": lambda e, b, u: e.kernel_status(b, u),
+        kernels + "GetKernel": lambda e, b, u: e.get_kernel(b, u),
+        kernels + "ListKernelSessionOutput": lambda e, b, u: e.list_output(b, u),
+        kernels + "ListKernels": lambda e, b, u: e.list_kernels(b, u),
+        kernels + "ListKernelFiles": lambda e, b, u: e.list_kernel_files(b, u),
+        kernels + "DeleteKernel": lambda e, b, u: e.delete_kernel(b, u),
+        kernels + "GetAcceleratorQuotaStatistics": lambda e, b, u: e.quota(u),
+        competitions + "StartSubmissionUpload": lambda e, b, u: e.start_upload(b),
+        competitions + "CreateSubmission": lambda e, b, u: e.create_submission(b),
+        competitions + "GetSubmissionLimits": lambda e, b, u: e.submission_limits(b),
+        competitions + "ListSubmissions": lambda e, b, u: e.list_submissions(b),
+        competitions + "GetSubmission": lambda e, b, u: e.get_submission(b),
+        competitions + "ListCompetitions": lambda e, b, u: e.list_competitions(b),
+        competitions + "ListDataFiles": lambda e, b, u: e.list_data_files(b),
+        competitions + "DownloadDataFiles": lambda e, b, u: e.download_data(b),
+        competitions + "GetLeaderboard": lambda e, b, u: e.leaderboard(b, u),
+        datasets + "ListDatasets": lambda e, b, u: e.list_datasets(b),
+        datasets + "ListDatasetFiles": lambda e, b, u: e.list_dataset_files(b),
     }
 
 
@@ -120,17 +129,19 @@ def handler_for(emulator: Emulator) -> type[BaseHTTPRequestHandler]:
         def _error(self, status: int, message: str) -> None:
             self._json(status, {"code": status, "message": message})
 
+        def _rate_limited(self) -> None:
+            self._send(429, json.dumps({"code": 429, "message": RATE_LIMITED}).encode(), {"Retry-After": "0"})
+
         def _fault(self, key: str, kinds: tuple[str, ...]) -> str | None:
             kind = emulator.faults.decide(key, kinds)
             if kind is None:
                 return None
-            emulator._count_fault(kind)
+            emulator.count_fault(kind)
             if kind == "slow":
                 time.sleep(emulator.faults.config.slow_s)
                 return None
             if kind == "429":
-                self._send(429, json.dumps({"code": 429, "message": "Too many requests"}).encode(),
-                           {"Retry-After": "0"})
+                self._rate_limited()
                 return kind
             if kind == "500":
                 self._error(500, "Internal server error (injected)")
@@ -155,25 +166,42 @@ def handler_for(emulator: Emulator) -> type[BaseHTTPRequestHandler]:
             except json.JSONDecodeError:
                 return self._error(400, "request body is not JSON")
             emulator._count("calls")
-            lost = False
+            lost = stall = False
             if call not in NO_FAULT_CALLS:
                 identity = body.get("slug") or body.get("kernelSlug") or body.get("competitionName") or body.get("ref")
-                kind = self._fault(f"{call}:{identity}", API_FAULTS)
+                key = f"{call}:{identity}"
+                if emulator.behaviours.throttled(key):
+                    emulator.count_fault("throttled")
+                    return self._rate_limited()
+                kind = self._fault(key, API_FAULTS)
                 if kind in ("429", "500"):
                     return None
                 lost = kind == "lost_reply"
+                stall = emulator.behaviours.stalls(key)
             try:
                 reply = handler(emulator, body, user)
             except ApiError as exc:
                 return self._error(exc.status, exc.message)
+            if stall:  # the work is done; the reply comes after the client has given up on it
+                emulator.count_fault("stall")
+                time.sleep(emulator.realism.stall_s)
             if lost:
                 return self._error(500, "Internal server error (injected after the work was done)")
+            if isinstance(reply, Redirect):
+                return self._send(302, b"", {"Location": reply.url})
             return self._json(200, reply)
 
         def do_GET(self) -> None:  # noqa: N802
             path = urlsplit(self.path).path
             if path == STATS_PATH:
                 return self._json(200, emulator.stats())
+            if path.startswith(DATA_PATH):
+                try:
+                    data = emulator.data_zip(unquote(path[len(DATA_PATH):]))
+                except ApiError as exc:
+                    return self._error(exc.status, exc.message)
+                return self._send(200, data, {"Accept-Ranges": "none", "Last-Modified": email.utils.formatdate(
+                    0, usegmt=True)}, content_type="application/zip")
             parts = path.split("/", 5)
             if len(parts) < 6 or parts[1] != "files" or not parts[4].isdigit():
                 return self._error(404, f"no such file {path}")
