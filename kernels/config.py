@@ -40,6 +40,7 @@ class KaggleSection:
     private: bool = True  # push as a private kernel
     format: Literal["script", "notebook"] = "script"  # kernel form rendered and pushed
     timeout_s: int = 0  # session timeout passed on push (0 = Kaggle's default)
+    allow_cpu: bool = False  # on Kaggle, train on the CPU when the accelerator is missing (else stop at once)
 
 
 @dataclass(frozen=True)

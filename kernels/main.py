@@ -34,8 +34,16 @@ from kernels.data import (
 from kernels.models import build_model, count_params
 from kernels.outputs import FoldOutput, oof_frame, save_weights, write_outputs
 from kernels.paths import output_dir
-from kernels.strategy import Hardware, detect_hardware, global_batch_size, scaled_lr, strategy_scope
-from kernels.train import compile_model, predict_tta, train_fold, with_known_batches
+from kernels.strategy import (
+    Hardware,
+    HardwareMismatch,
+    detect_hardware,
+    global_batch_size,
+    prepare_devices,
+    scaled_lr,
+    strategy_scope,
+)
+from kernels.train import NonFiniteLoss, compile_model, predict_tta, train_fold, with_known_batches
 
 CONFIG_LABEL = "CONFIG"
 
@@ -96,10 +104,14 @@ def kernel_main(config: dict[str, Any]) -> dict[str, Any]:
     are rewritten after every fold, so a session that dies later still leaves the finished folds."""
     start = time.monotonic()
     exp = from_dict(config, CONFIG_LABEL)
+    prepare_devices()  # a GPU rehearsal (KIT_REHEARSE=gpu) splits the CPU before TensorFlow starts
     keras.utils.set_random_seed(exp.seed)
     print(f"[kit] experiment {exp.name!r}: backbone {exp.model.backbone}, {exp.data.image_size} px, "
           f"{exp.data.folds} folds, {exp.train.epochs} epochs", flush=True)
-    hw = detect_hardware(exp)
+    try:
+        hw = detect_hardware(exp)
+    except HardwareMismatch as exc:  # on Kaggle without the asked-for accelerator: stop in the first minute
+        raise SystemExit(str(exc)) from None
     files = discover_files(exp)
     out_dir = output_dir()
     splits = fold_splits(len(files.train), exp.data.folds, exp.data.fold_seed)
@@ -113,7 +125,10 @@ def kernel_main(config: dict[str, Any]) -> dict[str, Any]:
     for fold in run:
         train_idx, val_idx = splits[fold]
         fold_start = time.monotonic()
-        results.append(run_fold(exp, hw, files, fold, train_idx, val_idx, out_dir))
+        try:
+            results.append(run_fold(exp, hw, files, fold, train_idx, val_idx, out_dir))
+        except NonFiniteLoss as exc:  # one line, a non-zero exit; finished folds' outputs stay as written
+            raise SystemExit(str(exc)) from None
         timings = {
             "setup_s": setup_s,
             "train_s": sum(r.train_s for r in results),
