@@ -190,3 +190,47 @@ def test_wrong_hardware_on_kaggle_stops_with_one_line(monkeypatch: pytest.Monkey
         kernel_main(to_dict(from_dict({"name": "t", "kaggle": {"accelerator": "NvidiaTeslaT4"},
                                        "data": {"dataset": str(tmp_path / "absent")}})))
     assert "wrong hardware" in str(stopped.value) and "needs a GPU" in str(stopped.value)
+
+
+def test_device_augmentation_stays_on_each_shard_under_data_parallel(tmp_path: Path) -> None:
+    """Compile the kernel's training step (default warp, device augmentation) on the 8-device rehearsal
+    and read the optimised HLO XLA dumps: no all-gather may carry an image-sized tensor (every device
+    augments its own shard; a gather over the flattened global batch made XLA all-gather all images)."""
+    dump = tmp_path / "hlo"
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent("""
+        import glob, json, os
+        from kernels.bootstrap import select_backend
+        select_backend({"backend": "jax"})
+        import numpy as np
+        from kernels.config import from_dict
+        from kernels.models import build_model
+        from kernels.strategy import detect_hardware
+        from kernels.train import compile_model
+        exp = from_dict({"name": "t", "data": {"image_size": 32},
+                         "augment": {"ops": ["dihedral", "affine", "color", "cutout", "hair"]},
+                         "model": {"backbone": "scratch", "weights": "none", "scratch": {"stages": 2, "width": 8}},
+                         "train": {"batch_size": 2, "epochs": 1}})
+        hw = detect_hardware(exp)
+        model = build_model(exp, hw, 0, total_steps=1)
+        compile_model(model, exp, hw, 1e-3, 1)
+        x = np.random.default_rng(0).integers(0, 255, (16, 32, 32, 3)).astype("uint8")
+        model.fit(x, np.zeros((16, 1), "float32"), batch_size=16, epochs=1, verbose=0)
+        modules = glob.glob(os.environ["DUMP"] + "/*train_step*after_optimizations.txt")
+        gathers = [line.strip() for path in modules for line in open(path) if "all-gather" in line]
+        print(json.dumps({"modules": len(modules), "warp": exp.augment.warp, "replicas": hw.replicas,
+                          "gathers": gathers}))
+    """)], capture_output=True, text=True, timeout=300, cwd=ROOT, env={
+        **os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3", "KIT_REHEARSE": "tpu",
+        "KERAS_BACKEND": "", "DUMP": str(dump), "XLA_FLAGS": f"--xla_dump_to={dump} --xla_dump_hlo_as_text"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    found = json.loads(result.stdout.strip().splitlines()[-1])
+    assert found["modules"] >= 1 and found["warp"] == "fused" and found["replicas"] == 8
+    image_elements = 32 * 32 * 3  # one image; the global batch is 16 of them
+
+    def elements(line: str) -> int:
+        shape = line.split("=", 1)[1].split("all-gather", 1)[0]
+        dims = [int(d) for d in shape[shape.index("[") + 1: shape.index("]")].split(",") if d] if "[" in shape else []
+        return int(np.prod(dims)) if dims else 1
+
+    big = [line[:160] for line in found["gathers"] if elements(line) >= image_elements]
+    assert not big, big
