@@ -82,6 +82,7 @@ class DataSection:
     train_glob: str = "train*.tfrec"  # train files inside the dataset
     test_glob: str = "test*.tfrec"  # test files inside the dataset
     external_glob: str = "train*.tfrec"  # files taken from the external dataset
+    external_diagnoses: tuple[str, ...] = ()  # the external set's diagnosis names in code order ((): known or masked)
     gcs_path: str = ""  # bucket holding the dataset when the runtime needs one (Colab)
     image_size: int = 256  # model input; a multiple of 32
     folds: int = 5  # folds = groups of whole files (patients never straddle folds)

@@ -36,19 +36,53 @@ AUC_THRESHOLDS = 400  # resolution of the streaming AUC metric (the manifest use
 # ---------------------------------------------------------------- losses
 
 
+class MaskedCategoricalLoss(keras.losses.Loss):
+    """The diagnosis head's loss with rows whose diagnosis is unknown masked (see `kernels.data.data_labels`).
+
+    A label row's sum is the share of it whose diagnosis is known (1; 0 for an external benign row whose code
+    has no 2020 class; in between after mixup). The known share trains the categorical loss (cross-entropy
+    or focal, label smoothing applied to the known share only); the rest is benign of an unknown kind and
+    trains the binary target alone: -log(1 - P(melanoma)).
+    """
+
+    def __init__(self, kind: str = "cce", label_smoothing: float = 0.0, gamma: float = 2.0, alpha: float = 0.25,
+                 **kwargs: Any) -> None:
+        kwargs.setdefault("name", kind)
+        super().__init__(**kwargs)
+        self.kind, self.label_smoothing, self.gamma, self.alpha = kind, label_smoothing, gamma, alpha
+
+    def call(self, y_true: Any, y_pred: Any) -> Any:
+        ops = keras.ops
+        y_true = ops.cast(y_true, "float32")
+        y_pred = ops.cast(y_pred, "float32")
+        known = ops.sum(y_true, axis=-1, keepdims=True)
+        classes = float(y_true.shape[-1])
+        smoothed = y_true * (1.0 - self.label_smoothing) + known * (self.label_smoothing / classes)
+        if self.kind == "focal":
+            part = keras.losses.categorical_focal_crossentropy(smoothed, y_pred, alpha=self.alpha, gamma=self.gamma)
+        else:
+            part = keras.losses.categorical_crossentropy(smoothed, y_pred)
+        eps = keras.backend.epsilon()
+        p_mel = ops.clip(y_pred[:, MELANOMA_INDEX], eps, 1.0 - eps)
+        return part + (1.0 - known[:, 0]) * -ops.log(1.0 - p_mel)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "kind": self.kind, "label_smoothing": self.label_smoothing,
+                "gamma": self.gamma, "alpha": self.alpha}
+
+
 def _train_loss_bce(exp: Experiment) -> keras.losses.Loss:
     t = exp.train
     if exp.model.head == "diagnosis":
-        return keras.losses.CategoricalCrossentropy(label_smoothing=t.label_smoothing, name="cce")
+        return MaskedCategoricalLoss("cce", label_smoothing=t.label_smoothing)
     return keras.losses.BinaryCrossentropy(label_smoothing=t.label_smoothing, name="bce")
 
 
 def _train_loss_focal(exp: Experiment) -> keras.losses.Loss:
     t = exp.train
     if exp.model.head == "diagnosis":
-        return keras.losses.CategoricalFocalCrossentropy(
-            alpha=t.focal_alpha, gamma=t.focal_gamma, label_smoothing=t.label_smoothing, name="focal"
-        )
+        return MaskedCategoricalLoss("focal", label_smoothing=t.label_smoothing, gamma=t.focal_gamma,
+                                   alpha=t.focal_alpha)
     return keras.losses.BinaryFocalCrossentropy(
         apply_class_balancing=True, alpha=t.focal_alpha, gamma=t.focal_gamma,
         label_smoothing=t.label_smoothing, name="focal",
