@@ -13,6 +13,8 @@ model -> fit with checkpointing -> OOF and test predictions with TTA -> weights 
 from __future__ import annotations
 
 import gc
+import json
+import os
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -46,6 +48,19 @@ from kernels.strategy import (
 from kernels.train import NonFiniteLoss, compile_model, predict_tta, train_fold, with_known_batches
 
 CONFIG_LABEL = "CONFIG"
+CONFIG_OVERRIDES_ENV = "KIT_CONFIG_OVERRIDES"  # JSON merged over CONFIG (kit preflight shrinks a run with it)
+
+
+def config_overrides(config: dict[str, Any], text: str | None) -> dict[str, Any]:
+    """``config`` with the sections of a JSON object merged in (``{"train": {"epochs": 1}}``); unset: as is.
+    Lets `kit preflight` run the exact rendered kernel on tiny data without editing it."""
+    if not text:
+        return config
+    merged = {**config}
+    for key, value in json.loads(text).items():
+        merged[key] = {**merged.get(key, {}), **value} if isinstance(value, dict) else value
+    print(f"[kit] config overrides ({CONFIG_OVERRIDES_ENV}): {text}", flush=True)
+    return merged
 
 
 def fold_files(files: DataFiles, train_idx: Sequence[int], val_idx: Sequence[int]) -> tuple[list, list, list]:
@@ -103,7 +118,7 @@ def kernel_main(config: dict[str, Any]) -> dict[str, Any]:
     """Run the whole experiment (every fold in data.run_folds, or all) and write its outputs. The outputs
     are rewritten after every fold, so a session that dies later still leaves the finished folds."""
     start = time.monotonic()
-    exp = from_dict(config, CONFIG_LABEL)
+    exp = from_dict(config_overrides(config, os.environ.get(CONFIG_OVERRIDES_ENV)), CONFIG_LABEL)
     prepare_devices()  # a GPU rehearsal (KIT_REHEARSE=gpu) splits the CPU before TensorFlow starts
     keras.utils.set_random_seed(exp.seed)
     print(f"[kit] experiment {exp.name!r}: backbone {exp.model.backbone}, {exp.data.image_size} px, "
