@@ -35,7 +35,8 @@ from kit.errors import KitError
 PREFLIGHT_TARGETS = {"TpuV5E8": "tpu", "NvidiaTeslaT4": "gpu", "NvidiaTeslaT4Highmem": "gpu", "none": ""}
 PREFLIGHT_IMAGE_SIZE = 32  # px: the smallest size every registered backbone accepts
 PREFLIGHT_BATCH = 1  # images per device
-PREFLIGHT_IMAGES_PER_FILE = 8  # per train file (one file per fold): a few steps per fold, several patients
+PREFLIGHT_STEPS = 4  # training steps per fold a train file gives (a diverging recipe shows within them)
+PREFLIGHT_REPLICAS = {"tpu": 8, "gpu": 2, "": 1}  # devices of each simulated topology
 PREFLIGHT_TEST_IMAGES = 5  # odd on purpose: the last batch is padded across devices
 PREFLIGHT_TIMEOUT_S = 900.0
 PREFLIGHT_SEED = 11
@@ -73,14 +74,15 @@ def preflight_overrides(exp: Experiment) -> dict[str, dict[str, object]]:
     }
 
 
-def preflight_data(exp: Experiment, root: Path) -> tuple[Path, Path | None]:
-    """Tiny synthetic data in the competition schema: one train file per fold (+ external files when the
-    experiment uses external data)."""
+def preflight_data(exp: Experiment, root: Path, target: str) -> tuple[Path, Path | None]:
+    """Tiny synthetic data in the competition schema: one train file per fold, each worth
+    `PREFLIGHT_STEPS` global batches (+ external files when the experiment uses external data)."""
     from kit.data.synth import SynthSpec, write_synth
 
     folds = exp.data.folds
     main = root / "data"
-    write_synth(main, SynthSpec(n_train=folds * PREFLIGHT_IMAGES_PER_FILE, n_test=PREFLIGHT_TEST_IMAGES,
+    per_file = PREFLIGHT_STEPS * PREFLIGHT_BATCH * PREFLIGHT_REPLICAS[target]
+    write_synth(main, SynthSpec(n_train=folds * per_file, n_test=PREFLIGHT_TEST_IMAGES,
                                 size=PREFLIGHT_IMAGE_SIZE, shards=folds, test_shards=1, seed=PREFLIGHT_SEED,
                                 malignant_rate=PREFLIGHT_MALIGNANT_RATE))
     external = None
@@ -128,7 +130,7 @@ def preflight(exp: Experiment, accelerator: str | None = None, fmt: str | None =
     root = Path(tempfile.mkdtemp(prefix="kit-preflight-")) if workdir is None else Path(workdir)
     try:
         kernel = render_experiment(exp, owner="preflight", out_root=root / "build", fmt=fmt, accelerator=acc)
-        data, external = preflight_data(exp, root)
+        data, external = preflight_data(exp, root, target)
         env = {"KIT_REHEARSE": target, "KIT_CONFIG_OVERRIDES": json.dumps(preflight_overrides(exp)),
                "KERAS_BACKEND": "", "XLA_FLAGS": ""}
         if external is not None:
