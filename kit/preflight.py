@@ -37,6 +37,7 @@ PREFLIGHT_IMAGE_SIZE = 32  # px: the smallest size every registered backbone acc
 PREFLIGHT_BATCH = 1  # images per device
 PREFLIGHT_STEPS = 4  # training steps per fold a train file gives (a diverging recipe shows within them)
 PREFLIGHT_REPLICAS = {"tpu": 8, "gpu": 2, "": 1}  # devices of each simulated topology
+PREFLIGHT_MIN_PER_FILE = 12  # images per synthetic file at least (whole patients go to one file)
 PREFLIGHT_TEST_IMAGES = 5  # odd on purpose: the last batch is padded across devices
 PREFLIGHT_TIMEOUT_S = 900.0
 PREFLIGHT_SEED = 11
@@ -81,14 +82,14 @@ def preflight_data(exp: Experiment, root: Path, target: str) -> tuple[Path, Path
 
     folds = exp.data.folds
     main = root / "data"
-    per_file = PREFLIGHT_STEPS * PREFLIGHT_BATCH * PREFLIGHT_REPLICAS[target]
+    per_file = max(PREFLIGHT_STEPS * PREFLIGHT_BATCH * PREFLIGHT_REPLICAS[target], PREFLIGHT_MIN_PER_FILE)
     write_synth(main, SynthSpec(n_train=folds * per_file, n_test=PREFLIGHT_TEST_IMAGES,
                                 size=PREFLIGHT_IMAGE_SIZE, shards=folds, test_shards=1, seed=PREFLIGHT_SEED,
                                 malignant_rate=PREFLIGHT_MALIGNANT_RATE))
     external = None
     if exp.data.external:
         external = root / "external"
-        write_synth(external, SynthSpec(n_train=folds * 2, n_test=2, size=PREFLIGHT_IMAGE_SIZE, shards=folds,
+        write_synth(external, SynthSpec(n_train=folds * PREFLIGHT_MIN_PER_FILE, n_test=2, size=PREFLIGHT_IMAGE_SIZE, shards=folds,
                                         test_shards=1, seed=PREFLIGHT_SEED + 1,
                                         malignant_rate=PREFLIGHT_MALIGNANT_RATE))
     return main, external
