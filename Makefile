@@ -14,7 +14,7 @@ COMP    ?=
 SAMPLE  ?=
 
 .PHONY: help install demo test lint bench data render run push-kernel status wait pull blend report submit \
-        submissions predict emulator clean clean-runs clean-all
+        submissions predict emulator clean clean-runs clean-all device-check preflight
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/' | expand -t 16
@@ -41,6 +41,12 @@ bench: $(STAMP)  ## input pipeline, blend, AUC engine and predict figures -> ben
 
 data: $(STAMP)  ## import the vendored real sample (DATA=uda) or synthesise data (DATA=synth) into data/
 	$(PY) -m kit.demo --data $(DATA) --only-data
+
+device-check: $(STAMP)  ## on a GPU machine: the kernel's route under both backends -> bench/device_check.json
+	$(PY) -m bench.device_check
+
+preflight: $(STAMP)  ## rehearse EXP on its target's simulated topology (ACC=NvidiaTeslaT4 to change)
+	$(KIT) preflight $(EXP) $(if $(ACC),--accelerator $(ACC))
 
 render: $(STAMP)  ## render EXP=experiments/x.toml into build/kernels/<slug>/
 	$(KIT) render $(EXP)

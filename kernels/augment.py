@@ -109,6 +109,11 @@ class AugTFOps:
         return tf.gather(x, indices)
 
     @staticmethod
+    def take_rows(x: Any, indices: Any) -> Any:
+        """Per image: x [B, N, C], indices [B, M] -> [B, M, C] (a gather that keeps the batch axis)."""
+        return tf.gather(x, indices, batch_dims=1)
+
+    @staticmethod
     def arange(n: int) -> Any:
         return tf.range(n, dtype=tf.float32)
 
@@ -175,6 +180,13 @@ class AugKerasOps:
     @staticmethod
     def take(x: Any, indices: Any) -> Any:
         return keras.ops.take(x, indices, axis=0)
+
+    @staticmethod
+    def take_rows(x: Any, indices: Any) -> Any:
+        """Per image: x [B, N, C], indices [B, M] -> [B, M, C]. A batched gather: under DataParallel each
+        device gathers from its own shard (a gather over the flattened batch made XLA all-gather every
+        device's images first)."""
+        return keras.ops.take_along_axis(x, indices[..., None], axis=1)
 
     @staticmethod
     def arange(n: int) -> Any:
@@ -316,11 +328,11 @@ def aug_warp(k: AugOps, images: Any, mats: Any) -> Any:
     wx, wy = (sx - fx)[..., None], (sy - fy)[..., None]
     x0, y0 = k.cast(fx, "int32"), k.cast(fy, "int32")
     x1, y1 = k.minimum(x0 + 1, width - 1), k.minimum(y0 + 1, height - 1)
-    base = k.cast(k.arange(n), "int32")[:, None, None] * (height * width)
-    flat = k.reshape(images, [-1, channels])
+    flat = k.reshape(images, [n, height * width, channels])
 
-    def pick(yy: Any, xx: Any) -> Any:
-        return k.cast(k.take(flat, base + yy * width + xx), "float32")
+    def pick(yy: Any, xx: Any) -> Any:  # per image, so a batch sharded over devices stays sharded
+        rows = k.take_rows(flat, k.reshape(yy * width + xx, [n, height * width]))
+        return k.cast(k.reshape(rows, [n, height, width, channels]), "float32")
 
     top = pick(y0, x0) * (1.0 - wx) + pick(y0, x1) * wx
     bottom = pick(y1, x0) * (1.0 - wx) + pick(y1, x1) * wx

@@ -13,10 +13,13 @@ from __future__ import annotations
 import glob
 import importlib.util
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from typing import Any
 
-TPU_ENV_VARS = ("TPU_NAME", "COLAB_TPU_ADDR", "TPU_ACCELERATOR_TYPE", "TPU_WORKER_ID")
+TPU_ENV_VARS = ("TPU_NAME", "COLAB_TPU_ADDR", "TPU_ACCELERATOR_TYPE", "TPU_WORKER_ID", "ISTPUVM")
+BOOT_REHEARSAL_BACKENDS = {"tpu": "jax", "gpu": "tensorflow"}  # KIT_REHEARSE -> backend (kernels.strategy)
+BOOT_TPU_REHEARSAL_DEVICES = 8
+BOOT_DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count"
 TPU_DEVICE_GLOBS = ("/dev/accel*", "/dev/vfio/[0-9]*")
 
 
@@ -40,9 +43,21 @@ def choose_backend(requested: str, environ: Mapping[str, str] | None = None) -> 
     return "tensorflow"
 
 
+def boot_rehearsal(environ: MutableMapping[str, str]) -> str:
+    """For ``KIT_REHEARSE`` (tpu | gpu): its backend, and for tpu the virtual CPU device count in
+    ``XLA_FLAGS`` (JAX reads it once, at start-up); "" when no rehearsal is asked for."""
+    target = environ.get("KIT_REHEARSE", "").strip().lower()
+    if target not in BOOT_REHEARSAL_BACKENDS:
+        return ""
+    if target == "tpu" and BOOT_DEVICE_COUNT_FLAG not in environ.get("XLA_FLAGS", ""):
+        count = environ.get("KIT_REHEARSE_DEVICES") or str(BOOT_TPU_REHEARSAL_DEVICES)
+        environ["XLA_FLAGS"] = f"{environ.get('XLA_FLAGS', '')} {BOOT_DEVICE_COUNT_FLAG}={count}".strip()
+    return BOOT_REHEARSAL_BACKENDS[target]
+
+
 def select_backend(config: Mapping[str, Any]) -> str:
     """Set KERAS_BACKEND (and quieter TF logs) for this process; call before importing keras."""
-    backend = choose_backend(str(config.get("backend", "auto")))
+    backend = boot_rehearsal(os.environ) or choose_backend(str(config.get("backend", "auto")))
     os.environ["KERAS_BACKEND"] = backend
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     print(f"[kit] keras backend: {backend}")

@@ -43,6 +43,7 @@ class KaggleSection:
     private: bool = True  # push as a private kernel
     format: Literal["script", "notebook"] = "script"  # kernel form rendered and pushed
     timeout_s: int = 0  # session timeout passed on push (0 = Kaggle's default)
+    allow_cpu: bool = False  # on Kaggle, train on the CPU when the accelerator is missing (else stop at once)
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,7 @@ class DataSection:
     train_glob: str = "train*.tfrec"  # train files inside the dataset
     test_glob: str = "test*.tfrec"  # test files inside the dataset
     external_glob: str = "train*.tfrec"  # files taken from the external dataset
+    external_diagnoses: tuple[str, ...] = ()  # the external set's diagnosis names in code order ((): known or masked)
     gcs_path: str = ""  # bucket holding the dataset when the runtime needs one (Colab)
     image_size: int = 256  # model input; a multiple of 32
     folds: int = 5  # folds = groups of whole files (patients never straddle folds)

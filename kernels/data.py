@@ -39,7 +39,16 @@ import tensorflow as tf
 from kernels.augment import dihedral_view, host_augment_fn
 from kernels.config import ConfigError, Experiment
 from kernels.paths import DataLocationError, resolve_dataset
-from kernels.schema import DIAGNOSES, MELANOMA_INDEX, MISSING_AGE, SEXES, SITES, count_from_name, feature_spec
+from kernels.schema import (
+    DIAGNOSES,
+    MELANOMA_INDEX,
+    MISSING_AGE,
+    SEXES,
+    SITES,
+    count_from_name,
+    external_code_map,
+    feature_spec,
+)
 from kernels.strategy import Hardware, global_batch_size
 
 DATA_RATIOS = (1, 2, 4, 8)  # the DCT scales decode_jpeg supports
@@ -221,17 +230,32 @@ def prepare_image(image: Any, exp: Experiment) -> tf.Tensor:
 # ---------------------------------------------------------------------------------------------
 # Labels and metadata
 # ---------------------------------------------------------------------------------------------
-def data_labels(target: Any, diagnosis: Any, head: str) -> tf.Tensor:
+def data_labels(target: Any, diagnosis: Any, head: str, groups: Any = None,
+                external_map: Sequence[int] = ()) -> tf.Tensor:
     """Vectorised labels: [n, 1] target, or [n, len(DIAGNOSES)] one-hot diagnosis kept consistent
-    with the target (malignant -> melanoma; a benign "melanoma" -> unknown)."""
+    with the target (malignant -> melanoma; a benign "melanoma" -> unknown).
+
+    External rows (``groups`` == 1) read their code through ``external_map`` (`schema.external_code_map`:
+    code -> 2020 index, -1 = no 2020 class, every code masked when empty). A masked benign row gets an
+    all-zero label (the diagnosis part of the loss is masked; `kernels.train` trains its binary target
+    only); a masked malignant row is "melanoma" (known from the target)."""
     target = tf.cast(target, tf.int64)
     if head != "diagnosis":
         return tf.cast(target, tf.float32)[:, None]
     code = tf.cast(diagnosis, tf.int64)
+    masked = tf.zeros_like(code, tf.bool)
+    if groups is not None:
+        external = tf.cast(groups, tf.int64) == 1
+        table = tf.constant(list(external_map) + [-1], tf.int64)  # the last entry: codes beyond the list
+        mapped = tf.gather(table, tf.clip_by_value(code, 0, len(external_map)))
+        mapped = tf.where(code < 0, tf.constant(-1, tf.int64), mapped)
+        code = tf.where(external, mapped, code)
+        masked = external & (code < 0)
     code = tf.where((code < 0) | (code >= len(DIAGNOSES)), tf.zeros_like(code), code)
     code = tf.where(target == 1, tf.fill(tf.shape(code), tf.constant(MELANOMA_INDEX, tf.int64)), code)
     code = tf.where((target == 0) & (code == MELANOMA_INDEX), tf.zeros_like(code), code)
-    return tf.one_hot(code, len(DIAGNOSES), dtype=tf.float32)
+    onehot = tf.one_hot(code, len(DIAGNOSES), dtype=tf.float32)
+    return tf.where((masked & (target == 0))[:, None], tf.zeros_like(onehot), onehot)
 
 
 def metadata_vector(sex: Any, age: Any, site: Any, n_images: Any) -> tf.Tensor:
@@ -353,7 +377,8 @@ def data_parse_chunk(records: Any, groups: Any, exp: Experiment, labelled: bool,
     parsed = tf.io.parse_example(records, data_parse_spec(labelled, exp.model.head, counts is not None))
     out: dict[str, tf.Tensor] = {"jpeg": parsed["image"]}
     if labelled:
-        out["label"] = data_labels(parsed["target"], parsed.get("diagnosis"), exp.model.head)
+        out["label"] = data_labels(parsed["target"], parsed.get("diagnosis"), exp.model.head, groups,
+                                   external_code_map(exp.data.external_diagnoses, exp.data.external))
     if counts is not None:
         n_images = counts.lookup(groups * META_GROUP_STRIDE + parsed["patient_id"])
         out["meta"] = metadata_vector(parsed["sex"], parsed["age_approx"], parsed["anatom_site_general_challenge"],
@@ -370,8 +395,9 @@ def data_examples(files: Sequence[str], groups: Sequence[int], exp: Experiment, 
     counts = data_patient_counts(files, groups) if exp.data.metadata else None
     upsample = exp.data.upsample_malignant if training else 1
     par = data_batch_calls(exp)
-    ds = data_records(files, groups if counts is not None else None, exp, training)
-    if counts is None:
+    grouped = counts is not None or (labelled and any(groups))  # external rows need their group for labels
+    ds = data_records(files, groups if grouped else None, exp, training)
+    if not grouped:
         ds = ds.map(lambda r: data_parse_chunk(r, None, exp, labelled, upsample, None), num_parallel_calls=par,
                     deterministic=not training)
     else:

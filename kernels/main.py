@@ -15,6 +15,7 @@ an interrupted session of the same config left in the output folder are kept and
 from __future__ import annotations
 
 import gc
+import json
 import os
 import time
 from collections.abc import Sequence
@@ -40,11 +41,32 @@ from kernels.data import (
 from kernels.models import build_model, count_params
 from kernels.outputs import FoldOutput, finished_folds, oof_frame, save_weights, write_outputs
 from kernels.paths import output_dir
-from kernels.strategy import Hardware, detect_hardware, global_batch_size, scaled_lr, strategy_scope
-from kernels.train import compile_model, predict_tta, train_fold, with_known_batches
+from kernels.strategy import (
+    Hardware,
+    HardwareMismatch,
+    detect_hardware,
+    global_batch_size,
+    prepare_devices,
+    scaled_lr,
+    strategy_scope,
+)
+from kernels.train import NonFiniteLoss, compile_model, predict_tta, train_fold, with_known_batches
 
 CONFIG_LABEL = "CONFIG"
 RESUME_ENV = "KIT_RESUME"  # "1": keep the folds a previous session finished in the output folder
+CONFIG_OVERRIDES_ENV = "KIT_CONFIG_OVERRIDES"  # JSON merged over CONFIG (kit preflight shrinks a run with it)
+
+
+def config_overrides(config: dict[str, Any], text: str | None) -> dict[str, Any]:
+    """``config`` with the sections of a JSON object merged in (``{"train": {"epochs": 1}}``); unset: as is.
+    Lets `kit preflight` run the exact rendered kernel on tiny data without editing it."""
+    if not text:
+        return config
+    merged = {**config}
+    for key, value in json.loads(text).items():
+        merged[key] = {**merged.get(key, {}), **value} if isinstance(value, dict) else value
+    print(f"[kit] config overrides ({CONFIG_OVERRIDES_ENV}): {text}", flush=True)
+    return merged
 
 
 def fold_files(files: DataFiles, train_idx: Sequence[int], val_idx: Sequence[int]) -> tuple[list, list, list]:
@@ -120,11 +142,15 @@ def kernel_main(config: dict[str, Any]) -> dict[str, Any]:
     """Run the whole experiment (every fold in data.run_folds, or all) and write its outputs. The outputs
     are rewritten after every fold, so a session that dies later still leaves the finished folds."""
     start = time.monotonic()
-    exp = from_dict(config, CONFIG_LABEL)
+    exp = from_dict(config_overrides(config, os.environ.get(CONFIG_OVERRIDES_ENV)), CONFIG_LABEL)
+    prepare_devices()  # a GPU rehearsal (KIT_REHEARSE=gpu) splits the CPU before TensorFlow starts
     keras.utils.set_random_seed(exp.seed)
     print(f"[kit] experiment {exp.name!r}: backbone {exp.model.backbone}, {exp.data.image_size} px, "
           f"{exp.data.folds} folds, {exp.train.epochs} epochs", flush=True)
-    hw = detect_hardware(exp)
+    try:
+        hw = detect_hardware(exp)
+    except HardwareMismatch as exc:  # on Kaggle without the asked-for accelerator: stop in the first minute
+        raise SystemExit(str(exc)) from None
     files = discover_files(exp)
     check_data(exp, files)
     out_dir = output_dir()
@@ -143,7 +169,10 @@ def kernel_main(config: dict[str, Any]) -> dict[str, Any]:
             continue
         train_idx, val_idx = splits[fold]
         fold_start = time.monotonic()
-        results.append(run_fold(exp, hw, files, fold, train_idx, val_idx, out_dir))
+        try:
+            results.append(run_fold(exp, hw, files, fold, train_idx, val_idx, out_dir))
+        except NonFiniteLoss as exc:  # one line, a non-zero exit; finished folds' outputs stay as written
+            raise SystemExit(str(exc)) from None
         timings = {
             "setup_s": setup_s,
             "train_s": sum(r.train_s for r in results),

@@ -36,19 +36,53 @@ AUC_THRESHOLDS = 400  # resolution of the streaming AUC metric (the manifest use
 # ---------------------------------------------------------------- losses
 
 
+class MaskedCategoricalLoss(keras.losses.Loss):
+    """The diagnosis head's loss with rows whose diagnosis is unknown masked (see `kernels.data.data_labels`).
+
+    A label row's sum is the share of it whose diagnosis is known (1; 0 for an external benign row whose code
+    has no 2020 class; in between after mixup). The known share trains the categorical loss (cross-entropy
+    or focal, label smoothing applied to the known share only); the rest is benign of an unknown kind and
+    trains the binary target alone: -log(1 - P(melanoma)).
+    """
+
+    def __init__(self, kind: str = "cce", label_smoothing: float = 0.0, gamma: float = 2.0, alpha: float = 0.25,
+                 **kwargs: Any) -> None:
+        kwargs.setdefault("name", kind)
+        super().__init__(**kwargs)
+        self.kind, self.label_smoothing, self.gamma, self.alpha = kind, label_smoothing, gamma, alpha
+
+    def call(self, y_true: Any, y_pred: Any) -> Any:
+        ops = keras.ops
+        y_true = ops.cast(y_true, "float32")
+        y_pred = ops.cast(y_pred, "float32")
+        known = ops.sum(y_true, axis=-1, keepdims=True)
+        classes = float(y_true.shape[-1])
+        smoothed = y_true * (1.0 - self.label_smoothing) + known * (self.label_smoothing / classes)
+        if self.kind == "focal":
+            part = keras.losses.categorical_focal_crossentropy(smoothed, y_pred, alpha=self.alpha, gamma=self.gamma)
+        else:
+            part = keras.losses.categorical_crossentropy(smoothed, y_pred)
+        eps = keras.backend.epsilon()
+        p_mel = ops.clip(y_pred[:, MELANOMA_INDEX], eps, 1.0 - eps)
+        return part + (1.0 - known[:, 0]) * -ops.log(1.0 - p_mel)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "kind": self.kind, "label_smoothing": self.label_smoothing,
+                "gamma": self.gamma, "alpha": self.alpha}
+
+
 def _train_loss_bce(exp: Experiment) -> keras.losses.Loss:
     t = exp.train
     if exp.model.head == "diagnosis":
-        return keras.losses.CategoricalCrossentropy(label_smoothing=t.label_smoothing, name="cce")
+        return MaskedCategoricalLoss("cce", label_smoothing=t.label_smoothing)
     return keras.losses.BinaryCrossentropy(label_smoothing=t.label_smoothing, name="bce")
 
 
 def _train_loss_focal(exp: Experiment) -> keras.losses.Loss:
     t = exp.train
     if exp.model.head == "diagnosis":
-        return keras.losses.CategoricalFocalCrossentropy(
-            alpha=t.focal_alpha, gamma=t.focal_gamma, label_smoothing=t.label_smoothing, name="focal"
-        )
+        return MaskedCategoricalLoss("focal", label_smoothing=t.label_smoothing, gamma=t.focal_gamma,
+                                   alpha=t.focal_alpha)
     return keras.losses.BinaryFocalCrossentropy(
         apply_class_balancing=True, alpha=t.focal_alpha, gamma=t.focal_gamma,
         label_smoothing=t.label_smoothing, name="focal",
@@ -150,9 +184,34 @@ OPTIMIZERS: dict[str, Callable[[Experiment, Any], keras.optimizers.Optimizer]] =
 }
 
 
+class ReplicaSafeLossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
+    """Keras' dynamic loss scaling (mixed_float16) with the finite-gradient check agreed by every replica.
+
+    Keras' own check, under TensorFlow's MirroredStrategy, looks at the FIRST replica's local gradients
+    only (its comment assumes they were all-reduced already; they are not yet). When another replica's
+    float16 gradients overflow, the step is applied anyway, the all-reduce sums the inf into every weight
+    and the loss is NaN a few steps later (the T4x2 route's failure). Here every replica's verdict is
+    summed over the replicas first, so either all apply the step or all skip it and halve the scale.
+    """
+
+    def check_finite(self, grads: Any) -> Any:
+        finite = super().check_finite(grads)
+        if keras.backend.backend() != "tensorflow":
+            return finite
+        ctx = tf.distribute.get_replica_context()
+        if ctx is None or ctx.num_replicas_in_sync <= 1:
+            return finite
+        bad = ctx.all_reduce(tf.distribute.ReduceOp.SUM, tf.cast(tf.logical_not(finite), tf.float32))
+        return bad < 0.5
+
+
 def make_optimizer(exp: Experiment, lr: Any) -> keras.optimizers.Optimizer:
-    """The optimiser named by train.optimizer with learning rate (or schedule) `lr`."""
-    return OPTIMIZERS[exp.train.optimizer](exp, lr)
+    """The optimiser named by train.optimizer with learning rate (or schedule) `lr`; under the
+    mixed_float16 policy wrapped in `ReplicaSafeLossScaleOptimizer` (dynamic loss scaling)."""
+    optimizer = OPTIMIZERS[exp.train.optimizer](exp, lr)
+    if keras.mixed_precision.global_policy().name == "mixed_float16":
+        return ReplicaSafeLossScaleOptimizer(optimizer)
+    return optimizer
 
 
 # ---------------------------------------------------------------- metric and callbacks
@@ -215,6 +274,47 @@ class EpochRecorder(keras.callbacks.Callback):
             f"eta {left:.0f} s",
             flush=True,
         )
+
+
+class NonFiniteLoss(RuntimeError):
+    """Training produced a NaN/inf (or exploded) loss; the message is the one line to show (fold, epoch, step,
+    lr, advice)."""
+
+
+# The clipped cross-entropies are below -log(keras epsilon 1e-7) ~ 16 per image; a training loss this large
+# means the weights have blown up (a diverging recipe: lr = 1000 reaches 1e12 with finite numbers).
+GUARD_DIVERGED_LOSS = 1e4
+
+
+NONFINITE_ADVICE = ("try a lower train.lr (or a longer train.warmup_epochs), train.mixed_precision = 'off', "
+                    "or check the input data")
+
+
+class NonFiniteGuard(keras.callbacks.Callback):
+    """Stops the fold at the first NaN/inf training loss (or one above `GUARD_DIVERGED_LOSS`) by raising
+    `NonFiniteLoss` (one line: fold, epoch, step, learning rate, what to try), instead of training on NaN to
+    the end of the session. Checked after every compiled call (``train.steps_per_execution`` steps)."""
+
+    def __init__(self, label: str = "") -> None:
+        super().__init__()
+        self.label = label
+        self.epoch = 0
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        value = (logs or {}).get("loss")
+        if value is None:
+            return
+        loss = _train_float(value)
+        if math.isfinite(loss) and abs(loss) < GUARD_DIVERGED_LOSS:
+            return
+        lr = current_lr(self.model.optimizer)
+        what = "non-finite" if not math.isfinite(loss) else "diverged (non-finite ahead)"
+        raise NonFiniteLoss(
+            f"[kit] {what} loss ({loss:.4g}) in {self.label.strip() or 'training'}, epoch {self.epoch + 1}, "
+            f"step {batch + 1}, learning rate {lr:.3g}: the run stops here; {NONFINITE_ADVICE}")
 
 
 class BestCheckpoint(keras.callbacks.Callback):
@@ -292,14 +392,16 @@ def compile_model(model: keras.Model, exp: Experiment, hw: Any, peak_lr: float, 
 def train_fold(
     model: keras.Model, exp: Experiment, train_ds: Any, steps_per_epoch: int, val_ds: Any, label: str = ""
 ) -> FoldTraining:
-    """Fit a compiled model; reload the best epoch's weights (by train.monitor) before returning."""
+    """Fit a compiled model; reload the best epoch's weights (by train.monitor) before returning.
+    Raises `NonFiniteLoss` at the first NaN/inf training loss."""
     recorder = EpochRecorder(label)
     best = BestCheckpoint(exp.train.monitor, exp.train.early_stopping)
+    guard = NonFiniteGuard(label)
     start = time.monotonic()
     if exp.train.epochs > 0:
         model.fit(
             train_ds, epochs=exp.train.epochs, steps_per_epoch=steps_per_epoch, validation_data=val_ds,
-            callbacks=[recorder, best], verbose=exp.train.verbose, shuffle=False,  # tf.data shuffles
+            callbacks=[guard, recorder, best], verbose=exp.train.verbose, shuffle=False,  # tf.data shuffles
         )
     value = best.best if best.best_weights is not None else None
     return FoldTraining(

@@ -30,6 +30,7 @@ COMMAND_MODULES = (
     "kit.commands.kaggle",  # kit push | status | pull | submit | submissions | emulator
     "kit.commands.blend",  # kit blend | report
     "kit.commands.predict",  # kit predict
+    "kit.commands.preflight",  # kit preflight (also run by kit push)
 )
 
 

@@ -111,6 +111,11 @@ def cmd_push(args: argparse.Namespace) -> int:
     from kit.kaggle.push import push_queue
     from kit.render import render_experiment
 
+    if not args.no_preflight:  # rehearse before anything is sent (KIT_PREFLIGHT=0 skips it too)
+        from kit.preflight import preflight_before_push
+
+        preflight_before_push(args.experiments, args.accelerator)
+
     def body(client: Any, ledger: Ledger) -> int:
         loaded = [(path, load_experiments(path)) for path in args.experiments]
         experiments = [exp for _, exps in loaded for exp in exps]
@@ -346,6 +351,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--build", default=DEFAULT_BUILD, help=f"where kernels are rendered (default {DEFAULT_BUILD})")
     p.add_argument("--wait", action="store_true", help="then wait until every pushed run has finished")
     p.add_argument("--timeout", type=float, default=None, help=WAIT_HELP)
+    p.add_argument("--no-preflight", action="store_true", help="skip the rehearsal (`kit preflight`; or KIT_PREFLIGHT=0)")
     _common(p)
     p.set_defaults(func=cmd_push)
 

@@ -1,0 +1,179 @@
+"""`kit preflight`: rehearse the exact kernel that would be pushed, on this CPU, before it is sent.
+
+In:  an `Experiment`, the target accelerator (``--accelerator``, else ``kaggle.accelerator``) and the kernel
+     form (``kaggle.format``); a work folder (a temporary one by default).
+Out: a `PreflightResult` (passed, one-line summary, seconds, the log); `run_preflight` raises `KitError`
+     with one line when the rehearsal fails.
+
+What it does: renders the kernel exactly as `kit push` would (script or notebook), writes tiny synthetic
+data in the experiment's schema (same features: external data when the experiment has some, metadata,
+head; one train file per fold), and runs the kernel through the local backend on the simulated topology of
+the target (``KIT_REHEARSE``: 8-device JAX DataParallel for TpuV5E8, 2-device TensorFlow MirroredStrategy
+for the T4 machines, the CPU for "none"). The kernel's text is not changed: a few settings are shrunk through
+``KIT_CONFIG_OVERRIDES`` (`PREFLIGHT_OVERRIDES`: small images, one epoch of a few steps per fold, one image
+per device, no weights file written) and ``model.weights`` becomes "none", because the rehearsal cannot
+download ImageNet weights here (the architecture, head, precision, TTA passes and outputs are the real
+ones). Every output is then checked against the file contracts (`kernels.contracts`); a NaN/exploding
+loss stops the kernel through its non-finite guard and fails the preflight with that line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from kernels.config import Experiment
+from kernels.contracts import MANIFEST_FILE, ContractError, read_manifest, read_oof, verify_files
+from kit.errors import KitError
+
+PREFLIGHT_TARGETS = {"TpuV5E8": "tpu", "NvidiaTeslaT4": "gpu", "NvidiaTeslaT4Highmem": "gpu", "none": ""}
+PREFLIGHT_IMAGE_SIZE = 32  # px: the smallest size every registered backbone accepts
+PREFLIGHT_BATCH = 1  # images per device
+PREFLIGHT_STEPS = 4  # training steps per fold a train file gives (a diverging recipe shows within them)
+PREFLIGHT_REPLICAS = {"tpu": 8, "gpu": 2, "": 1}  # devices of each simulated topology
+PREFLIGHT_MIN_PER_FILE = 12  # images per synthetic file at least (whole patients go to one file)
+PREFLIGHT_TEST_IMAGES = 5  # odd on purpose: the last batch is padded across devices
+PREFLIGHT_TIMEOUT_S = 900.0
+PREFLIGHT_SEED = 11
+PREFLIGHT_MALIGNANT_RATE = 0.34  # every validation file holds both classes (AUC defined)
+LOG_TAIL = 3
+PREFLIGHT_ENV = "KIT_PREFLIGHT"  # "0": `kit push` skips the rehearsal (the test suite sets it)
+
+
+@dataclass(frozen=True)
+class PreflightResult:
+    """How the rehearsal went."""
+
+    passed: bool
+    line: str  # one line: what passed, or why it failed
+    seconds: float
+    log: str
+
+
+def preflight_target(exp: Experiment, accelerator: str | None) -> tuple[str, str]:
+    """(accelerator, KIT_REHEARSE value) for the push target."""
+    acc = accelerator or exp.kaggle.accelerator
+    if acc not in PREFLIGHT_TARGETS:
+        raise KitError(f"--accelerator {acc!r}: expected one of {', '.join(PREFLIGHT_TARGETS)}")
+    return acc, PREFLIGHT_TARGETS[acc]
+
+
+def preflight_overrides(exp: Experiment) -> dict[str, dict[str, object]]:
+    """The settings shrunk for the rehearsal (sent to the kernel as KIT_CONFIG_OVERRIDES)."""
+    return {
+        "data": {"image_size": PREFLIGHT_IMAGE_SIZE, "shuffle_buffer": 16, "cache": False, "decode_ratio": 0},
+        "model": {"weights": "none"},
+        "train": {"epochs": 1, "batch_size": PREFLIGHT_BATCH, "save_weights": False, "verbose": 0,
+                  "steps_per_execution": 1},
+        "kaggle": {"allow_cpu": True},
+    }
+
+
+def preflight_data(exp: Experiment, root: Path, target: str) -> tuple[Path, Path | None]:
+    """Tiny synthetic data in the competition schema: one train file per fold, each worth
+    `PREFLIGHT_STEPS` global batches (+ external files when the experiment uses external data)."""
+    from kit.data.synth import SynthSpec, write_synth
+
+    folds = exp.data.folds
+    main = root / "data"
+    per_file = max(PREFLIGHT_STEPS * PREFLIGHT_BATCH * PREFLIGHT_REPLICAS[target], PREFLIGHT_MIN_PER_FILE)
+    write_synth(main, SynthSpec(n_train=folds * per_file, n_test=PREFLIGHT_TEST_IMAGES,
+                                size=PREFLIGHT_IMAGE_SIZE, shards=folds, test_shards=1, seed=PREFLIGHT_SEED,
+                                malignant_rate=PREFLIGHT_MALIGNANT_RATE))
+    external = None
+    if exp.data.external:
+        external = root / "external"
+        write_synth(external, SynthSpec(n_train=folds * PREFLIGHT_MIN_PER_FILE, n_test=2, size=PREFLIGHT_IMAGE_SIZE, shards=folds,
+                                        test_shards=1, seed=PREFLIGHT_SEED + 1,
+                                        malignant_rate=PREFLIGHT_MALIGNANT_RATE))
+    return main, external
+
+
+def preflight_failure(log: str, returncode: int) -> str:
+    """The one line that says why the kernel failed (its own stop line when it printed one)."""
+    lines = [line.strip() for line in log.splitlines() if line.strip()]
+    for line in reversed(lines):
+        if "non-finite" in line or "diverged" in line or "wrong hardware" in line:
+            return line.split("[kit] ", 1)[-1]
+    tail = [line for line in lines if not line.startswith(("I0000", "W0000", "WARNING"))][-LOG_TAIL:]
+    return f"kernel exited with code {returncode}: {tail[-1] if tail else '(no output)'}"
+
+
+def check_outputs(out: Path, exp: Experiment) -> dict:
+    """Every output against the contracts; OOF predictions finite, one manifest fold per run fold."""
+    import numpy as np
+
+    manifest = read_manifest(out / MANIFEST_FILE)
+    verify_files(out, manifest)
+    folds = list(exp.data.run_folds) or list(range(exp.data.folds))
+    if [f["fold"] for f in manifest["folds"]] != folds:
+        raise ContractError(f"{out / MANIFEST_FILE}: folds {[f['fold'] for f in manifest['folds']]}, expected {folds}")
+    if not np.isfinite(read_oof(out / "oof.csv")["pred"].to_numpy()).all():
+        raise ContractError(f"{out / 'oof.csv'}: non-finite predictions")
+    return manifest
+
+
+def preflight(exp: Experiment, accelerator: str | None = None, fmt: str | None = None,
+              workdir: Path | None = None, timeout_s: float = PREFLIGHT_TIMEOUT_S) -> PreflightResult:
+    """Render, make data, run on the simulated target, check every output; never raises for a failed run."""
+    from kit.localrun import run_kernel
+    from kit.render import render_experiment
+
+    acc, target = preflight_target(exp, accelerator)
+    start = time.monotonic()
+    owned = workdir is None
+    root = Path(tempfile.mkdtemp(prefix="kit-preflight-")) if workdir is None else Path(workdir)
+    try:
+        kernel = render_experiment(exp, owner="preflight", out_root=root / "build", fmt=fmt, accelerator=acc)
+        data, external = preflight_data(exp, root, target)
+        env = {"KIT_REHEARSE": target, "KIT_CONFIG_OVERRIDES": json.dumps(preflight_overrides(exp)),
+               "KERAS_BACKEND": "", "XLA_FLAGS": ""}
+        if external is not None:
+            env["KIT_EXTERNAL_DIR"] = str(external)
+        result = run_kernel(kernel.code_file, root / "out", data_dir=str(data), extra_env=env, timeout_s=timeout_s)
+        log = result.log_path.read_text(errors="replace")
+        seconds = time.monotonic() - start
+        where = {"tpu": "8-device JAX DataParallel", "gpu": "2-device MirroredStrategy", "": "the CPU"}[target]
+        if result.returncode != 0:
+            return PreflightResult(False, f"preflight {exp.name} ({acc}, {where}): {preflight_failure(log, result.returncode)}",
+                                   seconds, log)
+        try:
+            manifest = check_outputs(root / "out", exp)
+        except (ContractError, OSError, ValueError) as exc:
+            return PreflightResult(False, f"preflight {exp.name} ({acc}): outputs: {exc}", seconds, log)
+        hw = manifest["hardware"]
+        line = (f"preflight {exp.name} passed: {kernel.code_file.name} on {where} ({hw['kind']} x{hw['replicas']}, "
+                f"{hw['mixed_precision'] or 'float32'}), {len(manifest['folds'])} folds, every output valid, "
+                f"{seconds:.0f} s (tiny data, {PREFLIGHT_IMAGE_SIZE} px, weights none)")
+        return PreflightResult(True, line, seconds, log)
+    finally:
+        if owned:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def run_preflight(experiments: Sequence[Experiment], accelerator: str | None = None,
+                  fmt: str | None = None) -> list[PreflightResult]:
+    """Preflight each experiment; raise `KitError` (one line) at the first that fails."""
+    results = []
+    for exp in experiments:
+        result = preflight(exp, accelerator, fmt)
+        if not result.passed:
+            raise KitError(result.line)
+        results.append(result)
+    return results
+
+
+def preflight_before_push(paths: Sequence[str], accelerator: str | None) -> None:
+    """`kit push`'s gate: preflight every experiment of ``paths`` unless ``KIT_PREFLIGHT=0``."""
+    if os.environ.get(PREFLIGHT_ENV, "1") == "0":
+        return
+    from kit.config import load_experiments
+
+    for result in run_preflight([exp for path in paths for exp in load_experiments(path)], accelerator):
+        print(f"[kit] {result.line}", flush=True)

@@ -1,0 +1,65 @@
+"""`kit preflight` and the gate in `kit push`: the exact kernel rehearsed on the target's simulated topology
+with tiny data in the experiment's schema; a diverging recipe is refused before anything is sent."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from kit.cli import main
+
+TINY_TOML = """
+name = "pf-tiny"
+[kaggle]
+accelerator = "NvidiaTeslaT4"
+format = "{fmt}"
+[data]
+dataset = "someone/melanoma-32"
+external = "someone/external-32"
+image_size = 64
+folds = 2
+metadata = true
+[augment]
+ops = ["dihedral", "affine", "color"]
+[model]
+backbone = "scratch"
+weights = "imagenet"
+head = "diagnosis"
+[model.scratch]
+stages = 2
+width = 8
+[train]
+epochs = 3
+batch_size = 8
+lr = {lr}
+warmup_epochs = 0.0
+tta = 1
+tta_dihedral = false
+"""
+
+
+def experiment(tmp_path: Path, lr: float = 1e-3, fmt: str = "script") -> Path:
+    path = tmp_path / f"pf-{fmt}-{lr:g}.toml"
+    path.write_text(TINY_TOML.format(lr=lr, fmt=fmt))
+    return path
+
+
+def test_preflight_passes_on_the_gpu_rehearsal(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["preflight", str(experiment(tmp_path))]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1 and "preflight pf-tiny passed" in out[0]
+    assert "2-device MirroredStrategy (gpu x2, mixed_float16), 2 folds, every output valid" in out[0]
+
+
+def test_push_refuses_a_diverging_recipe_before_sending(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("KIT_PREFLIGHT", "1")  # the suite turns the gate off; this test is about the gate
+    ledger = tmp_path / "ledger.json"
+    code = main(["push", str(experiment(tmp_path, lr=1000.0)), "--accelerator", "NvidiaTeslaT4",
+                 "--ledger", str(ledger), "--build", str(tmp_path / "build")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0 and len(err) == 1
+    assert "preflight pf-tiny (NvidiaTeslaT4, 2-device MirroredStrategy)" in err[0] and "loss" in err[0]
+    assert "fold 0, epoch 1, step" in err[0]
+    assert not ledger.exists()  # nothing was sent, nothing recorded
