@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "kit.commands.kaggle",  # kit push | status | pull | submit | submissions | emulator
     "kit.commands.blend",  # kit blend | report
     "kit.commands.predict",  # kit predict
+    "kit.commands.plan",  # kit plan (accelerator hours before a push)
 )
 
 
