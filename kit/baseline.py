@@ -57,6 +57,7 @@ HIST_BINS = 8  # histogram bins per channel
 CENTRE_FRACTION = 0.5  # the centre window: the middle half of each side (where the lesion usually is)
 C_GRID = tuple(float(c) for c in np.logspace(-3, 1, 9))  # inverse L2 strengths tried by the inner CV
 INNER_FOLDS = 3  # inner CV folds choosing C
+MIN_INNER_FOLDS = 2
 MAX_ITER = 5000
 DECODE_BATCH = 64  # records decoded per tf.data batch
 PIXEL_MAX = 255.0
@@ -184,14 +185,17 @@ def read_table(files: Sequence[str], exp: Experiment, labelled: bool, use_meta: 
 # ---------------------------------------------------------------- the model
 
 
-def make_model(seed: int) -> Any:
-    """Standardise -> L2 logistic regression with C chosen by inner stratified CV on ROC AUC."""
-    from sklearn.linear_model import LogisticRegressionCV
+def make_model(seed: int, minority: int = INNER_FOLDS) -> Any:
+    """Standardise -> L2 logistic regression with C chosen by inner stratified CV on ROC AUC (as many inner
+    folds as the minority class allows, at most INNER_FOLDS; C = 1 when it has fewer than 2 images)."""
+    from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
     from sklearn.model_selection import StratifiedKFold
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    inner = StratifiedKFold(n_splits=INNER_FOLDS, shuffle=True, random_state=seed)
+    if minority < MIN_INNER_FOLDS:
+        return make_pipeline(StandardScaler(), LogisticRegression(max_iter=MAX_ITER))
+    inner = StratifiedKFold(n_splits=min(INNER_FOLDS, minority), shuffle=True, random_state=seed)
     options: dict[str, Any] = {}
     if "use_legacy_attributes" in inspect.signature(LogisticRegressionCV).parameters:  # scikit-learn >= 1.8
         options = {"l1_ratios": (0.0,), "use_legacy_attributes": False}
@@ -230,7 +234,7 @@ def fit_baseline(exp: Experiment, files: Any, metadata: bool = True) -> Baseline
         start = time.monotonic()
         x = np.concatenate([per_file[i].features for i in train_idx])
         y = np.concatenate([per_file[i].meta["target"].to_numpy() for i in train_idx])
-        model = make_model(exp.seed + fold).fit(x, y)
+        model = make_model(exp.seed + fold, int(min(y.sum(), len(y) - y.sum()))).fit(x, y)
         val_meta = pd.concat([per_file[i].meta for i in val_idx], ignore_index=True)
         val_x = np.concatenate([per_file[i].features for i in val_idx])
         pred = model.predict_proba(val_x)[:, 1]
@@ -238,7 +242,8 @@ def fit_baseline(exp: Experiment, files: Any, metadata: bool = True) -> Baseline
         oofs.append(frame)
         if len(test.features):
             test_folds[fold] = model.predict_proba(test.features)[:, 1]
-        chosen_c = float(np.ravel(model[-1].C_)[0])
+        last = model[-1]
+        chosen_c = float(np.ravel(last.C_)[0]) if hasattr(last, "C_") else float(last.C)
         records.append({
             "fold": fold, "auc": auc(frame["target"].to_numpy(), pred), "best_epoch": 0, "epochs_run": 0,
             "epoch_times_s": [], "n_val": len(frame), "n_val_malignant": int(frame["target"].sum()),
