@@ -52,6 +52,8 @@ from kernels.schema import SEXES, SITES
 BASELINE_NAME = "baseline"  # the experiment name of the baseline run folder (runs/baseline/v<N>/)
 ROLE_KEY = MANIFEST_ROLE_KEY  # manifest key telling the baseline run from model runs
 ROLE_BASELINE = "baseline"
+MODEL_FILE = "baseline_model.json"  # per fold: standardisation and coefficients (what `kit predict` applies)
+MODEL_SCHEMA = "kit.baseline/1"
 BASELINE_BACKBONE = "baseline-logreg"  # config model.backbone of the baseline (no kernel builds it)
 HIST_BINS = 8  # histogram bins per channel
 CENTRE_FRACTION = 0.5  # the centre window: the middle half of each side (where the lesion usually is)
@@ -118,16 +120,22 @@ def image_features(images: np.ndarray) -> np.ndarray:
     return np.concatenate(parts, axis=1)
 
 
-def metadata_features(meta: pd.DataFrame) -> tuple[np.ndarray, list[str]]:
-    """`read_records_meta` rows -> (float64 [n, k], names): sex one-hot, age/90 with a missing flag, site
-    one-hot. A column that is missing for every row (the data has no such field) is left out."""
+def age_fill(meta: pd.DataFrame) -> float:
+    """The scaled age given to images without one: the mean age/90 of ``meta`` (0 when none has an age)."""
+    age = meta["age_approx"].to_numpy(float)
+    return float(np.mean(age[np.isfinite(age)]) / AGE_SCALE) if np.isfinite(age).any() else 0.0
+
+
+def metadata_features(meta: pd.DataFrame, fill: float | None = None) -> tuple[np.ndarray, list[str]]:
+    """`read_records_meta` rows -> (float64 [n, k], names): sex one-hot, age/90 (missing -> ``fill``, default
+    `age_fill` of these rows) with a missing flag, site one-hot. A field missing for every row is left out."""
     cols: dict[str, np.ndarray] = {}
     if (meta["sex"] != "missing").any():
         for sex in SEXES:
             cols[f"sex_{sex}"] = (meta["sex"] == sex).to_numpy(float)
     age = meta["age_approx"].to_numpy(float)
     if np.isfinite(age).any():
-        cols["age"] = np.where(np.isfinite(age), age / AGE_SCALE, np.nanmean(age) / AGE_SCALE)
+        cols["age"] = np.where(np.isfinite(age), age / AGE_SCALE, age_fill(meta) if fill is None else fill)
         cols["age_missing"] = (~np.isfinite(age)).astype(float)
     site = meta["anatom_site_general_challenge"]
     if (site != "missing").any():
@@ -166,15 +174,23 @@ class Table:
     features: np.ndarray
 
 
-def read_table(files: Sequence[str], exp: Experiment, labelled: bool, use_meta: Sequence[str] | None) -> Table:
-    """Features of every record in ``files``; ``use_meta`` = the metadata columns to keep (None: decide)."""
+def missing_metadata_row(use_meta: Sequence[str], fill: float) -> np.ndarray:
+    """The ``use_meta`` columns of an image that comes without metadata (a user's image in `kit predict`)."""
+    values = {"sex_missing": 1.0, "age": fill, "age_missing": 1.0, "site_missing": 1.0}
+    return np.asarray([values.get(name, 0.0) for name in use_meta], dtype=float)
+
+
+def read_table(files: Sequence[str], exp: Experiment, labelled: bool, use_meta: Sequence[str] | None,
+               fill: float = 0.0) -> Table:
+    """Features of every record in ``files``; ``use_meta`` = the metadata columns to keep (None: none);
+    ``fill`` = the scaled age of images without one."""
     from kernels.data import read_records_meta
 
     meta = read_records_meta(list(files), labelled=labelled) if files else pd.DataFrame()
     images = image_features(read_images(files, exp))
     if use_meta is None or not len(meta):
         return Table(meta, images)
-    extra, names = metadata_features(meta)
+    extra, names = metadata_features(meta, fill)
     chosen = np.zeros((len(meta), len(use_meta)))
     for i, name in enumerate(use_meta):
         if name in names:
@@ -212,6 +228,7 @@ class BaselineResult:
     test_folds: dict[int, np.ndarray]
     folds: list[dict[str, Any]]
     features: list[str]
+    model: dict[str, Any]  # MODEL_FILE's content: what `predict_probabilities` needs
 
 
 def fit_baseline(exp: Experiment, files: Any, metadata: bool = True) -> BaselineResult:
@@ -221,14 +238,17 @@ def fit_baseline(exp: Experiment, files: Any, metadata: bool = True) -> Baseline
 
     names = feature_names()
     use_meta: list[str] | None = None
+    fill = 0.0
     if metadata:
-        _, use_meta = metadata_features(read_records_meta(list(files.train), labelled=True))
+        train_meta = read_records_meta(list(files.train), labelled=True)
+        fill = age_fill(train_meta)
+        _, use_meta = metadata_features(train_meta, fill)
         names += use_meta
-    per_file = [read_table([f], exp, True, use_meta) for f in files.train]
-    test = read_table(list(files.test), exp, False, use_meta)
+    per_file = [read_table([f], exp, True, use_meta, fill) for f in files.train]
+    test = read_table(list(files.test), exp, False, use_meta, fill)
     splits = fold_splits(len(files.train), exp.data.folds, exp.data.fold_seed)
     run = list(exp.data.run_folds) or list(range(exp.data.folds))
-    oofs, test_folds, records = [], {}, []
+    oofs, test_folds, records, models = [], {}, [], []
     for fold in run:
         train_idx, val_idx = splits[fold]
         start = time.monotonic()
@@ -244,6 +264,9 @@ def fit_baseline(exp: Experiment, files: Any, metadata: bool = True) -> Baseline
             test_folds[fold] = model.predict_proba(test.features)[:, 1]
         last = model[-1]
         chosen_c = float(np.ravel(last.C_)[0]) if hasattr(last, "C_") else float(last.C)
+        scaler = model[0]
+        models.append({"fold": fold, "mean": scaler.mean_.tolist(), "scale": scaler.scale_.tolist(),
+                       "coef": np.ravel(last.coef_).tolist(), "intercept": float(np.ravel(last.intercept_)[0])})
         records.append({
             "fold": fold, "auc": auc(frame["target"].to_numpy(), pred), "best_epoch": 0, "epochs_run": 0,
             "epoch_times_s": [], "n_val": len(frame), "n_val_malignant": int(frame["target"].sum()),
@@ -252,14 +275,17 @@ def fit_baseline(exp: Experiment, files: Any, metadata: bool = True) -> Baseline
     oof = pd.concat(oofs, ignore_index=True)
     oof = oof[[*OOF_COLUMNS, *[c for c in oof.columns if c not in OOF_COLUMNS]]]
     test_names = [str(n) for n in test.meta["image_name"]] if len(test.meta) else []
-    return BaselineResult(oof, test_names, test_folds, records, names)
+    model_doc = {"schema": MODEL_SCHEMA, "image_size": exp.data.image_size, "features": names,
+                 "metadata": list(use_meta or []), "age_fill": fill, "folds": models}
+    return BaselineResult(oof, test_names, test_folds, records, names, model_doc)
 
 
 def baseline_experiment(like: Experiment) -> Experiment:
     """The config recorded in the baseline's manifest: the data section of ``like`` (same folds, size,
-    files), named ``baseline``, tagged ``baseline``, with a model section naming the logistic regression."""
+    files; raw colours, no colour constancy: colour is what it measures), named and tagged ``baseline``,
+    with a model section naming the logistic regression."""
     return dataclasses.replace(
-        like, name=BASELINE_NAME, tags=(BASELINE_NAME,),
+        like, name=BASELINE_NAME, tags=(BASELINE_NAME,), data=dataclasses.replace(like.data, shades_of_gray=0),
         description="colour/texture statistics + metadata -> logistic regression (the floor)",
         model=ModelSection(backbone=BASELINE_BACKBONE, weights="none"),
     )
@@ -275,6 +301,7 @@ def write_baseline(out: Path, exp: Experiment, result: BaselineResult, total_s: 
     write_csv(result.oof, out / OOF_FILE)
     write_csv(test_pred, out / TEST_PRED_FILE)
     write_csv(per_fold, out / TEST_FOLDS_FILE)
+    atomic_write_text(out / MODEL_FILE, json.dumps(result.model) + "\n")
     import sklearn
 
     manifest = {
@@ -292,7 +319,7 @@ def write_baseline(out: Path, exp: Experiment, result: BaselineResult, total_s: 
         "timings": {"total_s": round(total_s, 3)},
         "baseline": {"model": "StandardScaler + LogisticRegressionCV (L2, C by inner CV on ROC AUC)",
                      "features": result.features, "c_grid": list(C_GRID), "inner_folds": INNER_FOLDS},
-        "files": {name: file_digest(out / name) for name in (OOF_FILE, TEST_PRED_FILE, TEST_FOLDS_FILE)},
+        "files": {name: file_digest(out / name) for name in (OOF_FILE, TEST_PRED_FILE, TEST_FOLDS_FILE, MODEL_FILE)},
     }
     validate_manifest(manifest, MANIFEST_FILE)
     atomic_write_text(out / MANIFEST_FILE, json.dumps(manifest, indent=1) + "\n")
@@ -315,6 +342,30 @@ def run_baseline(like: Experiment, data: str, runs_root: Path, metadata: bool = 
     write_run_record(out, experiment=exp.name, version=int(out.name[1:]), source="local", kernel=None,
                      content_hash="", finished_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     return out
+
+
+def read_model(folder: Path) -> dict[str, Any]:
+    """A baseline run's MODEL_FILE (one line naming the file when it is missing or not this schema)."""
+    from kernels.contracts import ContractError, read_json
+
+    doc = read_json(folder / MODEL_FILE)
+    if not isinstance(doc, dict) or doc.get("schema") != MODEL_SCHEMA:
+        raise ContractError(f"{folder / MODEL_FILE}: expected a JSON object with schema {MODEL_SCHEMA!r}")
+    return doc
+
+
+def predict_probabilities(images: np.ndarray, model: dict[str, Any]) -> np.ndarray:
+    """P(malignant) [n, folds] of images without metadata (prepared at ``model["image_size"]``, 0..255):
+    each fold's standardisation and logistic regression applied to `image_features` + the missing-metadata row."""
+    x = image_features(images)
+    if model["metadata"]:
+        row = missing_metadata_row(model["metadata"], float(model["age_fill"]))
+        x = np.concatenate([x, np.repeat(row[None, :], len(x), axis=0)], axis=1)
+    out = []
+    for fold in model["folds"]:
+        z = (x - np.asarray(fold["mean"])) / np.asarray(fold["scale"])
+        out.append(1.0 / (1.0 + np.exp(-(z @ np.asarray(fold["coef"]) + fold["intercept"]))))
+    return np.stack(out, axis=1)
 
 
 def is_baseline(manifest: Any) -> bool:

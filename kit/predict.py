@@ -44,6 +44,7 @@ from kernels.data import DATA_EVAL_SEED_STREAM, META_DIM, missing_metadata_vecto
 from kernels.models import build_model, load_model_weights, model_prediction
 from kernels.strategy import Hardware
 from kernels.train import tta_plan
+from kit.baseline import predict_probabilities
 from kit.blend.saved import BLEND_FILE, apply_saved, read_blend
 from kit.errors import KitError
 from kit.images import DEFAULT_FIT, ImageError, ImageFile, read_image
@@ -66,6 +67,7 @@ class Member:
     folder: Path
     exp: Experiment
     folds: tuple[int, ...]
+    baseline: Mapping[str, Any] | None = field(default=None, repr=False)  # a baseline run's model file
 
     def weights_path(self, fold: int) -> Path:
         return self.folder / WEIGHTS_PATTERN.format(fold=fold)
@@ -84,12 +86,17 @@ class Source:
 
 
 def member_from_run(info: RunInfo) -> Member:
-    """A run folder -> Member (config from its manifest; folds with a weights file)."""
+    """A run folder -> Member (config from its manifest; folds with a weights file, or the baseline's model)."""
+    from kit.baseline import is_baseline, read_model
+
     where = str(info.folder / MANIFEST_FILE)
     try:
         exp = from_dict(info.config, f"{where}: config")
     except ConfigError as exc:
         raise KitError(str(exc)) from None
+    if is_baseline(dict(info.manifest)):
+        model = read_model(info.folder)
+        return Member(info.run_id, info.folder, exp, tuple(int(f["fold"]) for f in model["folds"]), model)
     folds = tuple(int(f["fold"]) for f in info.manifest["folds"])
     present = tuple(k for k in folds if (info.folder / WEIGHTS_PATTERN.format(fold=k)).is_file())
     if not present:
@@ -267,6 +274,9 @@ def load_member_models(member: Member, progress: Progress | None = None) -> list
     """Every fold model of one run, built once and loaded with its weights."""
     tick = progress or (lambda what, n: None)
     models = []
+    if member.baseline is not None:  # a logistic regression per fold, applied with numpy: nothing to build
+        tick(f"{member.run_id}: baseline", len(member.folds))
+        return models
     for fold in member.folds:
         tick(f"{member.run_id}: loading fold {fold}", 0)
         models.append(load_fold_model(member, fold))
@@ -284,7 +294,7 @@ def predict_member(member: Member, files: Sequence[ImageFile], errors: dict[int,
     tick = progress or (lambda what, n: None)
     owned = models is None
     fold_models = load_member_models(member, progress) if models is None else list(models)
-    out = np.full((len(files), len(fold_models)), np.nan)
+    out = np.full((len(files), len(member.folds) if member.baseline is not None else len(fold_models)), np.nan)
     for chunk in _chunks(len(files), CHUNK_IMAGES):
         label = f"{member.run_id}: images {chunk.start + 1}-{chunk.stop} of {len(files)}"
         ok, prepared = [], []
@@ -298,6 +308,10 @@ def predict_member(member: Member, files: Sequence[ImageFile], errors: dict[int,
                 errors[i] = str(exc)
         tick(label, 0)
         if ok:
+            if member.baseline is not None:
+                out[ok, :] = predict_probabilities(np.stack(prepared), dict(member.baseline))
+                tick(label, len(chunk))
+                continue
             passes = tta_inputs(np.stack(prepared), exp)
             meta = metadata_inputs(len(ok), exp)
             for j, model in enumerate(fold_models):

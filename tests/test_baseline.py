@@ -88,3 +88,31 @@ def test_a_bad_role_is_one_clear_line(baseline_run: Path) -> None:
     manifest = json.loads((baseline_run / "manifest.json").read_text())
     with pytest.raises(ContractError, match="role is 'floor', expected one of model, baseline"):
         validate_manifest({**manifest, "role": "floor"})
+
+
+def test_kit_predict_applies_the_baseline_as_its_run_did(baseline_run: Path, real_data: Path, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    import tensorflow as tf
+
+    from kernels.schema import feature_spec
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for path in sorted(real_data.glob("test*.tfrec"))[:1]:
+        for record in tf.data.TFRecordDataset(str(path)):
+            example = tf.io.parse_single_example(record, feature_spec(False))
+            (images / f"{example['image_name'].numpy().decode()}.jpg").write_bytes(example["image"].numpy())
+    runs = tmp_path / "runs"
+    assert kit_main(["baseline", "--data", str(real_data), "--size", SIZE, "--folds", str(FOLDS), "--runs", str(runs),
+                     "--no-metadata"]) == 0
+    for run, tolerance in ((runs / "baseline" / "v1", 1e-6), (baseline_run, None)):
+        out = tmp_path / "pred.csv"
+        code = kit_main(["predict", str(images), "--run", str(run), "--runs", str(run.parents[1]), "--csv", str(out)])
+        assert code == 0, capsys.readouterr().err
+        ours = pd.read_csv(out, dtype={"image_name": str}).merge(read_test_pred(run / "test_pred.csv"),
+                                                                 on="image_name", validate="1:1")
+        assert len(ours) == len(list(images.iterdir())) > 20
+        if tolerance:  # image statistics only: exactly what the run predicted for its test images
+            assert np.abs(ours["probability"] - ours["target"]).max() < tolerance
+        else:  # the run had the sample's metadata, a user's image has none: the same images, similar ranks
+            assert np.corrcoef(ours["probability"].rank(), ours["target"].rank())[0, 1] > 0.6
