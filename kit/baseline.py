@@ -65,6 +65,7 @@ DECODE_BATCH = 64  # records decoded per tf.data batch
 PIXEL_MAX = 255.0
 AGE_SCALE = 90.0
 GREY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R BT.601 luma
+STD_EPS = 1e-6  # keeps the centre/whole spread ratio finite on a flat image
 
 
 # ---------------------------------------------------------------- features (pure numpy)
@@ -114,7 +115,7 @@ def image_features(images: np.ndarray) -> np.ndarray:
     texture = np.stack([
         grad.reshape(n, -1).mean(1), grad.reshape(n, -1).std(1), cgrad.reshape(n, -1).mean(1),
         cgrad.reshape(n, -1).std(1), np.abs(lap).reshape(n, -1).mean(1),
-        cgrey.reshape(n, -1).std(1) / (grey.reshape(n, -1).std(1) + 1e-6),
+        cgrey.reshape(n, -1).std(1) / (grey.reshape(n, -1).std(1) + STD_EPS),
     ], axis=1)
     parts.append(texture)
     return np.concatenate(parts, axis=1)

@@ -42,7 +42,7 @@ def test_tiny_demo_runs_the_whole_loop(tmp_path: Path) -> None:
     sub = read_test_pred(out / "submission.csv", expected_names=sample["image_name"])
     assert list(sub.columns) == ["image_name", "target"]
     blend = json.loads((out / "blend.json").read_text())
-    assert 0.0 <= blend["oof_auc"] <= 1.0 and len(blend["runs"]) == 2
+    assert 0.0 <= blend["oof_auc"] <= 1.0 and len(blend["runs"]) == 3  # the two models and the baseline
     report = (out / "report.md").read_text()
     assert "## Leaderboard" in report and "OOF AUC" in report and "demo-scratch/v1" in report
     assert (out / "report.html").exists() and list(out.glob("*.png"))
