@@ -97,6 +97,7 @@ class DataSection:
     metadata: bool = False  # sex, age, site, images-per-patient as a second input
     decode_ratio: int = 0  # 0 = auto (1/2/4/8 from stored vs model size)
     parallel_calls: int = 0  # 0 = number of CPU cores (fixed: autotune stalls at epoch end)
+    shades_of_gray: int = 0  # colour constancy: Shades of Gray Minkowski p (6 = ISIC winners' choice); 0 = off
 
 
 @dataclass(frozen=True)
@@ -305,6 +306,7 @@ def _check_values(exp: Experiment, where: str, known: Known | None) -> None:
     _check(d.decode_ratio in (0, 1, 2, 4, 8), where, "data.decode_ratio", d.decode_ratio, "0 (auto), 1, 2, 4 or 8")
     _check(d.shuffle_buffer >= 1, where, "data.shuffle_buffer", d.shuffle_buffer, "an integer >= 1")
     _check(d.parallel_calls >= 0, where, "data.parallel_calls", d.parallel_calls, "an integer >= 0")
+    _check(d.shades_of_gray >= 0, where, "data.shades_of_gray", d.shades_of_gray, "0 (off) or a Minkowski p >= 1")
     _check(bool(d.dataset), where, "data.dataset", d.dataset, "a dataset slug, folder or gs:// URL")
     _check(t.epochs >= 1, where, "train.epochs", t.epochs, "an integer >= 1")
     _check(t.batch_size >= 1, where, "train.batch_size", t.batch_size, "an integer >= 1")

@@ -16,7 +16,8 @@ Files a run leaves in its output folder (`/kaggle/working` on Kaggle):
                      the mean over folds. Same format as a submission.
 - ``test_pred_folds.csv`` per-fold test predictions: ``image_name, fold_0 .. fold_{k-1}``.
 - ``manifest.json``  the run manifest: see `MANIFEST_KEYS`; ``files`` maps every other output
-                     file name to its size and sha256.
+                     file name to its size and sha256; optional ``role`` (`MANIFEST_ROLES`: "model"
+                     when absent, "baseline" for `kit baseline`'s floor run).
 - ``history.json``   per fold, per epoch: loss, val_loss, auc, val_auc, lr, epoch_time_s.
 - ``history.png``    plots of loss, AUC and LR per epoch.
 - ``fold{k}.weights.h5`` the checkpointed (best) weights of fold k.
@@ -68,6 +69,8 @@ MANIFEST_KEYS = (
 # A manifest without the key was written by an older kernel, which wrote its manifest only at the end.
 COMPLETE_KEY = "complete"
 FOLDS_PLANNED_KEY = "folds_planned"
+MANIFEST_ROLE_KEY = "role"  # optional top-level key: which kind of run this is (absent = "model")
+MANIFEST_ROLES = ("model", "baseline")  # "baseline": `kit baseline`'s floor run (runs/baseline/v<N>/)
 
 
 class ContractError(ValueError):
@@ -190,6 +193,9 @@ def validate_manifest(manifest: Mapping[str, Any], where: str = MANIFEST_FILE) -
         for key in ("fold", "auc", "best_epoch"):
             if key not in fold:
                 raise _fail(where, f"folds[{i}]: missing key {key!r}")
+    role = manifest.get(MANIFEST_ROLE_KEY, MANIFEST_ROLES[0])
+    if role not in MANIFEST_ROLES:
+        raise _fail(where, f"{MANIFEST_ROLE_KEY} is {role!r}, expected one of {', '.join(MANIFEST_ROLES)}")
     auc = manifest["oof_auc"]
     if auc is not None and not (isinstance(auc, (int, float)) and (math.isnan(auc) or 0.0 <= auc <= 1.0)):
         raise _fail(where, f"oof_auc is {auc!r}, expected a number in [0, 1]")

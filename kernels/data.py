@@ -6,6 +6,8 @@ In:  the experiment (``data.*``, ``augment.*``, ``model.head``), the `Hardware` 
 Out: `train_dataset` -> (endless shuffled, augmented batches, steps per epoch); `eval_dataset` -> a
      finite dataset in a fixed order (files in the given order, records in file order) that
      `read_records_meta` describes row for row; `decode_image` / `prepare_image` for single images.
+     With ``data.shades_of_gray`` = p every decoded image (training, evaluation, `prepare_image`, so
+     `kit predict` too) goes through `colour_constancy` first.
 
 Images come out float32 0..255, [size, size, 3] (the model normalises for its backbone); in device-
 augmentation mode they stay uint8 and the model's float32 Input casts them on the accelerator. Labels: head
@@ -60,6 +62,7 @@ DATA_BATCH_CALLS_MAX = 4  # whole-batch map calls in flight at once (each XLA ca
 DATA_META_BATCH = 4096  # records per step when reading metadata only
 DATA_CHECK_BATCH = 256  # whole serialized records per step of the pre-training integrity pass
 DATA_AUTOTUNE = False  # tf.data's autotuner: off (fixed parallelism), see the module docstring
+DATA_CC_EPS = 1e-6  # guards the Shades of Gray division on an all-black image
 DATA_EVAL_SEED_STREAM = 7919  # keeps TTA augmentation draws apart from training draws
 META_AGE_SCALE = 90.0  # age / 90 (the oldest age bucket)
 META_LOG_COUNT_SCALE = 5.0  # log(images per patient) / 5 (~1 for the largest patients)
@@ -212,6 +215,19 @@ def data_fit(image: Any, size: int) -> tf.Tensor:
     return tf.reshape(fitted, [size, size, 3])
 
 
+def colour_constancy(image: Any, power: int) -> tf.Tensor:
+    """Shades of Gray colour constancy (Finlayson & Trezzi 2004; the ISIC 2019/2020 winners' preprocessing):
+    uint8 [..., h, w, 3] -> uint8, each channel scaled so the image's Minkowski p-norm illuminant estimate
+    becomes grey (p = ``power``; 1 = grey world, large p -> max-RGB). ``power`` 0 returns the image as is."""
+    if not power:
+        return tf.convert_to_tensor(image)
+    x = tf.cast(image, tf.float32)
+    light = tf.reduce_mean(tf.pow(x, float(power)), axis=[-3, -2], keepdims=True) ** (1.0 / power)
+    light = light / tf.maximum(tf.norm(light, axis=-1, keepdims=True), DATA_CC_EPS)
+    out = x / tf.maximum(light * math.sqrt(3.0), DATA_CC_EPS)
+    return tf.cast(tf.clip_by_value(tf.round(out), 0.0, 255.0), tf.uint8)
+
+
 def prepare_image(image: Any, exp: Experiment) -> tf.Tensor:
     """Any decoded uint8 image [h, w, 3] (grey [h, w] / [h, w, 1] and RGBA are accepted) ->
     float32 [size, size, 3] in 0..255, resized (whole image, no crop) when its size differs."""
@@ -224,7 +240,7 @@ def prepare_image(image: Any, exp: Experiment) -> tf.Tensor:
         x = x[..., :3]
     if x.dtype != tf.uint8:
         x = tf.cast(tf.clip_by_value(tf.round(tf.cast(x, tf.float32)), 0.0, 255.0), tf.uint8)
-    return tf.cast(data_fit(x, exp.data.image_size), tf.float32)
+    return tf.cast(colour_constancy(data_fit(x, exp.data.image_size), exp.data.shades_of_gray), tf.float32)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -410,7 +426,7 @@ def data_decoded(ds: tf.data.Dataset, decoder: Any, exp: Experiment, determinist
     """Examples -> (inputs, label) or inputs, with the image decoded to uint8 at model size;
     inputs = the image, or {"image", "meta"} with data.metadata."""
     def decode(example: dict[str, Any]) -> Any:
-        image = decoder(example["jpeg"])
+        image = colour_constancy(decoder(example["jpeg"]), exp.data.shades_of_gray)
         inputs = {"image": image, "meta": example["meta"]} if "meta" in example else image
         return (inputs, example["label"]) if "label" in example else inputs
 

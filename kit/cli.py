@@ -27,10 +27,12 @@ COMMAND_MODULES = (
     "kit.commands.data",  # kit data synth | import
     "kit.commands.render",  # kit render
     "kit.commands.run",  # kit run (local backend)
+    "kit.commands.baseline",  # kit baseline (the floor run)
     "kit.commands.kaggle",  # kit push | status | pull | submit | submissions | emulator
     "kit.commands.blend",  # kit blend | report
     "kit.commands.predict",  # kit predict
     "kit.commands.preflight",  # kit preflight (also run by kit push)
+    "kit.commands.plan",  # kit plan (accelerator hours before a push)
 )
 
 

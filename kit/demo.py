@@ -3,9 +3,11 @@
 In:  --data uda (the vendored real sample, default) or synth (generated); --root for where data,
      builds, runs and ensemble outputs go (default: the repository); --tiny for a seconds-long
      smoke version (used by the tests).
-Out: a competition-format dataset, two rendered kernels run locally (a pretrained architecture
-     with weights="none" and a from-scratch CNN), their pulled-style run folders, the blended
-     submission and the AUC report; a closing table of the AUCs and where everything is.
+Out: a competition-format dataset, the baseline run (`kit baseline`: colour/texture statistics +
+     metadata -> logistic regression on the kernels' folds, the floor every model must beat), two
+     rendered kernels run locally (a pretrained architecture with weights="none" and a from-scratch
+     CNN), their pulled-style run folders, the blended submission and the AUC report; a closing table
+     of the AUCs (baseline first) and where everything is.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from rich.table import Table
 
 from kernels.config import Experiment
 from kernels.contracts import MANIFEST_FILE, TEST_PRED_FILE, read_test_pred
-from kernels.metrics import bootstrap_auc_ci
+from kernels.metrics import AucInterval, bootstrap_auc_ci
+from kit.baseline import run_baseline
 from kit.cli import main as kit_main
 from kit.commands.run import run_experiment
 from kit.config import load_experiment
@@ -36,6 +39,7 @@ DEMO_ENSEMBLE = "demo"
 SIZE = 128
 TINY_SIZE = 64
 TINY_EPOCHS = 2
+TINY_FOLDS = 2
 SHARDS = 8
 TEST_FRACTION = "0.2"
 SEED = "42"
@@ -74,10 +78,17 @@ def demo_experiment(path: str, data: Path, tiny: bool) -> Experiment:
     if tiny:
         exp = dataclasses.replace(
             exp,
-            data=dataclasses.replace(exp.data, image_size=TINY_SIZE),
+            data=dataclasses.replace(exp.data, image_size=TINY_SIZE, folds=min(exp.data.folds, TINY_FOLDS)),
             train=dataclasses.replace(exp.train, epochs=TINY_EPOCHS),
         )
     return exp
+
+
+def baseline_like(data: Path, tiny: bool) -> Experiment:
+    """What the baseline copies: the demo experiments' folds, at the size the images are stored at (its
+    colour and texture statistics lose nothing to the models' smaller input)."""
+    exp = demo_experiment(DEMO_EXPERIMENTS[0], data, tiny)
+    return dataclasses.replace(exp, data=dataclasses.replace(exp.data, image_size=TINY_SIZE if tiny else SIZE))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
         data = prepare_data(args.data, args.root, args.tiny)
         if args.only_data:
             return 0
+        console.rule("baseline: colour/texture statistics + metadata -> logistic regression (the floor)")
+        baseline = run_baseline(baseline_like(data, args.tiny), str(data), args.root / "runs")
+        console.print(f"baseline: OOF AUC {json.loads((baseline / MANIFEST_FILE).read_text())['oof_auc']:.4f} -> {baseline}")
         runs: list[Path] = []
         for i, path in enumerate(DEMO_EXPERIMENTS, start=1):
             exp = demo_experiment(path, data, args.tiny)
@@ -107,17 +121,22 @@ def main(argv: list[str] | None = None) -> int:
     except KitError as exc:
         console.print(f"[red]error:[/] {exc}")
         return 2
-    summary(runs, out, data, time.monotonic() - start)
+    summary([baseline, *runs], out, data, time.monotonic() - start)
     return 0
 
 
-def held_out_auc(pred_csv: Path, data: Path) -> str:
+def held_out_interval(pred_csv: Path, data: Path) -> AucInterval:
     """AUC of test predictions against the dataset's hidden solution.csv, with a 95 % interval that
     resamples patients: the held-out figure no training or blending step has seen."""
     solution = pd.read_csv(data / "solution.csv").merge(pd.read_csv(data / "test.csv")[["image_name", "patient_id"]])
     pred = read_test_pred(pred_csv).rename(columns={"target": "pred"})
     joined = solution.merge(pred, on="image_name", validate="one_to_one")
-    ci = bootstrap_auc_ci(joined["target"], joined["pred"], groups=joined["patient_id"])
+    return bootstrap_auc_ci(joined["target"], joined["pred"], groups=joined["patient_id"])
+
+
+def held_out_auc(pred_csv: Path, data: Path) -> str:
+    """`held_out_interval` as text: AUC [low, high]."""
+    ci = held_out_interval(pred_csv, data)
     return f"{ci.auc:.4f} [{ci.low:.3f}, {ci.high:.3f}]"
 
 
@@ -128,12 +147,17 @@ def summary(runs: list[Path], out: Path, data: Path, seconds: float) -> None:
         table.add_column(col)
     for run in runs:
         manifest = json.loads((run / MANIFEST_FILE).read_text())
-        table.add_row(manifest["experiment"], f"{manifest['oof_auc']:.4f}",
-                      held_out_auc(run / TEST_PRED_FILE, data), str(run))
+        what = f"{manifest['experiment']} (the floor)" if manifest.get("role") == "baseline" else manifest["experiment"]
+        table.add_row(what, f"{manifest['oof_auc']:.4f}", held_out_auc(run / TEST_PRED_FILE, data), str(run))
     blend = json.loads((out / "blend.json").read_text())
     table.add_row(f"blend ({blend['method']})", f"{blend['oof_auc']:.4f}",
                   held_out_auc(out / "submission.csv", data), str(out / "submission.csv"))
     console.print(table)
+    base = [r for r in runs if json.loads((r / MANIFEST_FILE).read_text()).get("role") == "baseline"]
+    if base:
+        margin = (held_out_interval(out / "submission.csv", data).auc
+                  - held_out_interval(base[0] / TEST_PRED_FILE, data).auc)
+        console.print(f"blend minus baseline on the held-out split: {margin:+.4f} AUC")
     console.print(f"report: {out / 'report.md'} and {out / 'report.html'}")
     example = pd.read_csv(data / "test.csv")["image_name"].iloc[0]
     image = SAMPLE / "images" / f"{example}.jpg"

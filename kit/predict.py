@@ -44,6 +44,7 @@ from kernels.data import DATA_EVAL_SEED_STREAM, META_DIM, missing_metadata_vecto
 from kernels.models import build_model, load_model_weights, model_prediction
 from kernels.strategy import Hardware
 from kernels.train import tta_plan
+from kit.baseline import predict_probabilities
 from kit.blend.saved import BLEND_FILE, apply_saved, read_blend
 from kit.errors import KitError
 from kit.images import DEFAULT_FIT, ImageError, ImageFile, read_image
@@ -66,6 +67,7 @@ class Member:
     folder: Path
     exp: Experiment
     folds: tuple[int, ...]
+    baseline: Mapping[str, Any] | None = field(default=None, repr=False)  # a baseline run's model file
 
     def weights_path(self, fold: int) -> Path:
         return self.folder / WEIGHTS_PATTERN.format(fold=fold)
@@ -84,12 +86,17 @@ class Source:
 
 
 def member_from_run(info: RunInfo) -> Member:
-    """A run folder -> Member (config from its manifest; folds with a weights file)."""
+    """A run folder -> Member (config from its manifest; folds with a weights file, or the baseline's model)."""
+    from kit.baseline import is_baseline, read_model
+
     where = str(info.folder / MANIFEST_FILE)
     try:
         exp = from_dict(info.config, f"{where}: config")
     except ConfigError as exc:
         raise KitError(str(exc)) from None
+    if is_baseline(dict(info.manifest)):
+        model = read_model(info.folder)
+        return Member(info.run_id, info.folder, exp, tuple(int(f["fold"]) for f in model["folds"]), model)
     folds = tuple(int(f["fold"]) for f in info.manifest["folds"])
     present = tuple(k for k in folds if (info.folder / WEIGHTS_PATTERN.format(fold=k)).is_file())
     if not present:
@@ -105,7 +112,9 @@ def _finished_at(info: RunInfo) -> tuple[str, float]:
 
 def latest_run(runs_root: str | os.PathLike[str] = DEFAULT_ROOT) -> RunInfo:
     """The most recently finished complete run (run.json finished_at, then manifest time)."""
-    runs = list_runs(runs_root)
+    from kit.baseline import is_baseline
+
+    runs = [r for r in list_runs(runs_root) if not is_baseline(dict(r.manifest))]  # the baseline has no weights
     if not runs:
         raise KitError(f"{runs_root}: no complete runs to predict with (train one with `kit run` or pull one)")
     return max(runs, key=_finished_at)
@@ -265,6 +274,9 @@ def load_member_models(member: Member, progress: Progress | None = None) -> list
     """Every fold model of one run, built once and loaded with its weights."""
     tick = progress or (lambda what, n: None)
     models = []
+    if member.baseline is not None:  # a logistic regression per fold, applied with numpy: nothing to build
+        tick(f"{member.run_id}: baseline", len(member.folds))
+        return models
     for fold in member.folds:
         tick(f"{member.run_id}: loading fold {fold}", 0)
         models.append(load_fold_model(member, fold))
@@ -282,7 +294,7 @@ def predict_member(member: Member, files: Sequence[ImageFile], errors: dict[int,
     tick = progress or (lambda what, n: None)
     owned = models is None
     fold_models = load_member_models(member, progress) if models is None else list(models)
-    out = np.full((len(files), len(fold_models)), np.nan)
+    out = np.full((len(files), len(member.folds) if member.baseline is not None else len(fold_models)), np.nan)
     for chunk in _chunks(len(files), CHUNK_IMAGES):
         label = f"{member.run_id}: images {chunk.start + 1}-{chunk.stop} of {len(files)}"
         ok, prepared = [], []
@@ -296,6 +308,10 @@ def predict_member(member: Member, files: Sequence[ImageFile], errors: dict[int,
                 errors[i] = str(exc)
         tick(label, 0)
         if ok:
+            if member.baseline is not None:
+                out[ok, :] = predict_probabilities(np.stack(prepared), dict(member.baseline))
+                tick(label, len(chunk))
+                continue
             passes = tta_inputs(np.stack(prepared), exp)
             meta = metadata_inputs(len(ok), exp)
             for j, model in enumerate(fold_models):
@@ -390,3 +406,69 @@ def write_results_json(frame: pd.DataFrame, source: Source, path: str | os.PathL
     """The JSON document, atomically."""
     atomic_write_text(path, json.dumps(results_json(frame, source, fit), indent=2) + "\n")
 
+
+
+# ---------------------------------------------------------------- against the baseline
+
+
+@dataclass(frozen=True)
+class BaselineComparison:
+    """The source's OOF AUC against the baseline run's on the same images (DeLong test of the difference)."""
+
+    baseline: str  # the baseline's run id
+    n: int  # images both have OOF predictions for
+    source_auc: float
+    baseline_auc: float
+    p: float  # two-sided DeLong p-value of the difference
+
+    @property
+    def beats(self) -> bool:
+        """Higher than the baseline and separable from it (p < BASELINE_ALPHA)."""
+        return self.source_auc > self.baseline_auc and self.p < BASELINE_ALPHA
+
+    def sentence(self) -> str:
+        """One line for the user."""
+        figures = (f"OOF AUC {self.source_auc:.3f} vs the baseline's {self.baseline_auc:.3f} on the same {self.n} "
+                   f"images ({self.baseline}; DeLong p = {self.p:.2g})")
+        if self.source_auc <= self.baseline_auc:
+            return f"these models do not beat the baseline: {figures}"
+        if not self.beats:
+            return f"these models are not separable from the baseline: {figures}"
+        return f"these models beat the baseline: {figures}"
+
+
+BASELINE_ALPHA = 0.05
+
+
+def source_oof(source: Source) -> pd.DataFrame:
+    """image_name, target, pred: the source's out-of-fold predictions on the images every member has (an
+    ensemble's saved blend applied to its runs' OOF, ranked among themselves as at blend time)."""
+    from kernels.contracts import OOF_FILE, read_oof
+
+    frames = [read_oof(m.folder / OOF_FILE)[["image_name", "target", "pred"]] for m in source.members]
+    joined = frames[0].rename(columns={"pred": "pred_0"})
+    for j, frame in enumerate(frames[1:], start=1):
+        joined = joined.merge(frame[["image_name", "pred"]].rename(columns={"pred": f"pred_{j}"}), on="image_name")
+    matrix = joined[[f"pred_{j}" for j in range(len(frames))]].to_numpy(float)
+    pred = matrix[:, 0] if source.blend is None else apply_saved(source.blend, matrix, reference="within")
+    return pd.DataFrame({"image_name": joined["image_name"], "target": joined["target"], "pred": pred})
+
+
+def compare_with_baseline(source: Source, runs_root: str | os.PathLike[str] = DEFAULT_ROOT) -> BaselineComparison | None:
+    """The source against the latest baseline run under ``runs_root`` (`kit baseline`), or None when there is
+    none, or when they share no images with both classes."""
+    from kernels.contracts import OOF_FILE, read_oof
+    from kernels.metrics import delong_test
+    from kit.baseline import is_baseline
+
+    baselines = [r for r in list_runs(runs_root) if is_baseline(dict(r.manifest))]
+    if not baselines:
+        return None
+    base = baselines[-1]
+    ours = source_oof(source)
+    theirs = read_oof(base.folder / OOF_FILE)[["image_name", "pred"]].rename(columns={"pred": "base"})
+    both = ours.merge(theirs, on="image_name")
+    if both["target"].nunique() < 2:
+        return None
+    test = delong_test(both["target"], both["pred"], both["base"])
+    return BaselineComparison(base.run_id, len(both), test.auc1, test.auc2, test.p)

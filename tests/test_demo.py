@@ -24,7 +24,11 @@ def test_tiny_demo_runs_the_whole_loop(tmp_path: Path) -> None:
     data = tmp_path / "data" / "synth-64"
     sample = pd.read_csv(data / "sample_submission.csv")
     runs = sorted(tmp_path.glob("runs/*/v1"))
-    assert [r.parent.name for r in runs] == ["demo-mobilenet", "demo-scratch"]
+    assert [r.parent.name for r in runs] == ["baseline", "demo-mobilenet", "demo-scratch"]
+    baseline, runs = runs[0], runs[1:]
+    manifest = read_manifest(baseline / "manifest.json")
+    verify_files(baseline, manifest)
+    assert manifest["role"] == "baseline" and len(read_oof(baseline / "oof.csv")) == len(pd.read_csv(data / "train.csv"))
     for run in runs:
         manifest = read_manifest(run / "manifest.json")
         verify_files(run, manifest)  # sizes and sha256 as the kernel recorded them
@@ -38,8 +42,9 @@ def test_tiny_demo_runs_the_whole_loop(tmp_path: Path) -> None:
     sub = read_test_pred(out / "submission.csv", expected_names=sample["image_name"])
     assert list(sub.columns) == ["image_name", "target"]
     blend = json.loads((out / "blend.json").read_text())
-    assert 0.0 <= blend["oof_auc"] <= 1.0 and len(blend["runs"]) == 2
+    assert 0.0 <= blend["oof_auc"] <= 1.0 and len(blend["runs"]) == 3  # the two models and the baseline
     report = (out / "report.md").read_text()
     assert "## Leaderboard" in report and "OOF AUC" in report and "demo-scratch/v1" in report
     assert (out / "report.html").exists() and list(out.glob("*.png"))
     assert "demo results" in proc.stdout and "held-out AUC" in proc.stdout and "blend (rank_mean)" in proc.stdout
+    assert "baseline (the floor)" in proc.stdout and "blend minus baseline on the held-out split" in proc.stdout

@@ -416,3 +416,30 @@ def test_metadata_diagnosis_model_gets_missing_metadata_and_melanoma_column(tmp_
     again = predict([ImageFile(p) for p in paths], source, models=[models])["probability"].to_numpy()
     np.testing.assert_array_equal(first, again)  # augmented passes are seeded: same input, same answer
     assert np.abs(first - expected).max() > 0  # and they do change the images
+
+
+def test_predict_says_how_its_models_compare_with_the_baseline(tiny_run, tmp_path, capsys):
+    import shutil
+
+    from kernels.contracts import read_oof
+    from kernels.metrics import auc
+    from kit.predict import compare_with_baseline
+
+    runs = tmp_path / "runs"
+    shutil.copytree(tiny_run["run"], runs / EXPERIMENT / "v1")
+    assert main(["baseline", "--data", str(tiny_run["data"]), "--size", str(MODEL_SIZE), "--folds", "2",
+                 "--runs", str(runs)]) == 0
+    assert latest_run(runs).experiment == EXPERIMENT  # the newer baseline run has no weights to predict with
+    source = resolve_source(run=EXPERIMENT, runs_root=runs)
+    got = compare_with_baseline(source, runs)
+    ours, base = read_oof(runs / EXPERIMENT / "v1" / "oof.csv"), read_oof(runs / "baseline" / "v1" / "oof.csv")
+    both = ours.merge(base, on="image_name", suffixes=("", "_b"))
+    assert got is not None and got.baseline == "baseline/v1" and got.n == len(ours) == len(both)  # fold 1 only
+    assert got.source_auc == pytest.approx(auc(both["target"], both["pred"]))
+    assert got.baseline_auc == pytest.approx(auc(both["target"], both["pred_b"]))
+    capsys.readouterr()
+    image = sorted(tiny_run["images"].glob("*.jpg"))[0]
+    assert main(["predict", str(image), "--run", EXPERIMENT, "--runs", str(runs)]) == 0
+    printed = " ".join(capsys.readouterr().out.split())
+    verdict = "beat the baseline" if got.beats else "not separable" if got.source_auc > got.baseline_auc else "do not beat"
+    assert verdict in printed and f"{got.source_auc:.3f} vs the baseline's {got.baseline_auc:.3f}" in printed

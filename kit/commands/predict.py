@@ -43,7 +43,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from kit.console import console
     from kit.errors import KitError
     from kit.images import find_images
-    from kit.predict import predict, resolve_source, total_steps, write_results_csv, write_results_json
+    from kit.predict import (
+        compare_with_baseline,
+        predict,
+        resolve_source,
+        total_steps,
+        write_results_csv,
+        write_results_json,
+    )
 
     files, problems = find_images(args.images)
     for problem in problems:
@@ -76,6 +83,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
             table.add_row(shown, _fmt(row.probability), f"{_fmt(row.fold_min)}-{_fmt(row.fold_max)}",
                           _fmt(row.fold_std))
     console.print(table)
+    comparison = compare_with_baseline(source, args.runs)
+    if comparison is not None:
+        style = "green" if comparison.beats else "yellow"
+        console.print(f"[{style}]{'note' if not comparison.beats else 'baseline'}:[/] {comparison.sentence()}")
     failed = frame[frame["error"] != ""]
     for message in failed["error"]:
         print(f"error: {message}", file=sys.stderr)
