@@ -28,6 +28,7 @@ from kit.errors import KitError
 LOGIT_EPS = 1e-6  # probabilities are clipped to [eps, 1 - eps] before the logit
 NM_SIMPLEX_STEP = 1.0  # Nelder-Mead: first simplex moves each weight by this share of the mean
 IMPROVE_TOL = 1e-12  # an AUC change smaller than this is no improvement
+CHANCE_AUC = 0.5  # cv_weighted's floor when no baseline run is blended
 RANK_READBACK_TOL = 1e-6  # how close 2nX + 1 must be to an integer to be read back as a rank
 STACK_C_GRID = (0.01, 0.1, 1.0, 10.0, 100.0)  # inverse regularisation strengths tried by stacking
 LOGREG_MAX_ITER = 100  # Newton steps (it converges in about ten)
@@ -206,6 +207,21 @@ def fit_greedy(X: np.ndarray, y: np.ndarray, folds: np.ndarray, params: Mapping[
     return Weights(best_counts / best_counts.sum(), info={"picks": best_counts.tolist(), "auc_path": history})
 
 
+def fit_cv_weighted(X: np.ndarray, y: np.ndarray, folds: np.ndarray, params: Mapping[str, Any]) -> Weights:
+    """Weights proportional to each run's OOF AUC above a floor: the baseline run's AUC on the
+    same rows (column `params["baseline"]`), or chance (0.5) when there is none (-1). Runs at or
+    below the floor get weight 0 (the baseline itself among them); all at or below -> equal weights."""
+    m = X.shape[1]
+    aucs = np.nan_to_num(np.asarray(auc_split(X[y].T, X[~y].T), dtype=float), nan=CHANCE_AUC)
+    column = int(params["baseline"])
+    if column >= m:
+        raise KitError(f"cv_weighted: baseline column {column} but only {m} runs")
+    floor = float(aucs[column]) if column >= 0 else CHANCE_AUC
+    lift = np.clip(aucs - floor, 0.0, None)
+    w = lift / lift.sum() if lift.sum() > 0 else np.full(m, 1.0 / m)
+    return Weights(w, info={"floor": floor, "oof_auc": aucs.tolist()})
+
+
 def fit_hill_climb(X: np.ndarray, y: np.ndarray, folds: np.ndarray, params: Mapping[str, Any]) -> Weights:
     """Coordinate hill climbing on OOF AUC from equal weights.
 
@@ -296,12 +312,19 @@ METHODS: dict[str, BlendMethod] = {
     "hill_climb": BlendMethod(fit_hill_climb, "rank", "identity",
                               {"step": 0.1, "min_step": 0.005, "negative": False, "max_rounds": 500},
                               "hill climbing on rank weights"),
+    "cv_weighted": BlendMethod(fit_cv_weighted, "rank", "identity", {"baseline": -1},
+                               "ranks weighted by each run's OOF AUC above the baseline run's"),
     "stacking": BlendMethod(fit_stacking, "rank", "sigmoid", {"c_grid": list(STACK_C_GRID), "default_c": 1.0},
                             "logistic regression on ranks, C by fold-aware CV"),
 }
 
 
 # ---- fit / apply ---------------------------------------------------------------------------------
+
+
+def learns_from_labels(name: str) -> bool:
+    """Whether method `name` learns from the OOF labels (then only nested CV scores it honestly)."""
+    return METHODS[name].fit is not fit_equal
 
 
 def method_params(name: str, params: Mapping[str, Any] | None = None, where: str = "method") -> dict[str, Any]:
