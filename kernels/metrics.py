@@ -246,17 +246,17 @@ def _metrics_prepare(y: np.ndarray, s: np.ndarray, group_index: np.ndarray) -> _
     return _MetricsPrepared(group_index[order], starts, y[order].astype(float))
 
 
-def _metrics_block_aucs(prep: _MetricsPrepared, counts: np.ndarray) -> np.ndarray:
-    """Weighted AUC for each row of group counts (b, n_groups): a case weighs its group's count.
-    NaN where a class has no weight."""
-    ws = counts[:, prep.group_sorted].astype(float)
-    all_w = np.add.reduceat(ws, prep.starts, axis=1)
-    pos_w = np.add.reduceat(ws * prep.pos, prep.starts, axis=1)
+def _metrics_block_aucs(prep: _MetricsPrepared, counts_t: np.ndarray) -> np.ndarray:
+    """Weighted AUC for each column of group counts `counts_t` (n_groups, b): a case weighs its
+    group's count. NaN where a class has no weight. Cases run along axis 0 (contiguous sums)."""
+    ws = counts_t[prep.group_sorted]
+    all_w = np.add.reduceat(ws, prep.starts, axis=0)
+    pos_w = np.add.reduceat(ws * prep.pos[:, None], prep.starts, axis=0)
     neg_w = all_w - pos_w
-    total = pos_w.sum(axis=1) * neg_w.sum(axis=1)
-    below = np.cumsum(neg_w, axis=1) - 0.5 * neg_w
+    total = pos_w.sum(axis=0) * neg_w.sum(axis=0)
+    below = np.cumsum(neg_w, axis=0) - 0.5 * neg_w
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(total > 0, (pos_w * below).sum(axis=1) / np.where(total > 0, total, 1.0), np.nan)
+        return np.where(total > 0, (pos_w * below).sum(axis=0) / np.where(total > 0, total, 1.0), np.nan)
 
 
 def bootstrap_auc_matrix(
@@ -278,8 +278,9 @@ def bootstrap_auc_matrix(
     out = np.empty((n_boot, len(preps)), dtype=float)
     done = 0
     for counts in bootstrap_count_blocks(n_groups, n_boot, seed, max(BOOT_BLOCK_CELLS * n_groups // max(y.size, 1), 1)):
+        counts_t = np.ascontiguousarray(counts.T, dtype=float)
         for j, prep in enumerate(preps):
-            out[done:done + len(counts), j] = _metrics_block_aucs(prep, counts)
+            out[done:done + len(counts), j] = _metrics_block_aucs(prep, counts_t)
         done += len(counts)
     return out
 

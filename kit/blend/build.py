@@ -189,8 +189,8 @@ def baseline_column(runs: Sequence[Run]) -> int:
 
 def method_overrides(method: str, params: dict[str, Any] | None, baseline: int) -> dict[str, Any] | None:
     """The params a method is fitted with: cv_weighted learns its floor from the baseline run
-    among the inputs unless the recipe sets `baseline` itself."""
-    if method != "cv_weighted" or baseline < 0 or (params and "baseline" in params):
+    among the inputs unless the recipe sets a `baseline` column (>= 0) itself."""
+    if method != "cv_weighted" or baseline < 0 or int((params or {}).get("baseline", -1)) >= 0:
         return params
     return {**(params or {}), "baseline": baseline}
 
