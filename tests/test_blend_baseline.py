@@ -7,7 +7,6 @@ A baseline run is an ordinary run folder whose manifest says ``"role": "baseline
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
