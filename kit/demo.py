@@ -131,8 +131,8 @@ def summary(runs: list[Path], out: Path, data: Path, seconds: float) -> None:
         table.add_row(manifest["experiment"], f"{manifest['oof_auc']:.4f}",
                       held_out_auc(run / TEST_PRED_FILE, data), str(run))
     blend = json.loads((out / "blend.json").read_text())
-    kind = "nested CV" if blend.get("oof_auc_headline") == "nested_cv" else "learns nothing"
-    table.add_row(f"blend ({blend['method']}, {kind})", f"{blend['oof_auc']:.4f}",
+    kind = ", OOF by nested CV" if blend.get("oof_auc_headline") == "nested_cv" else ""  # learned weights
+    table.add_row(f"blend ({blend['method']}){kind}", f"{blend['oof_auc']:.4f}",
                   held_out_auc(out / "submission.csv", data), str(out / "submission.csv"))
     console.print(table)
     console.print(f"report: {out / 'report.md'} and {out / 'report.html'}")

@@ -94,6 +94,14 @@ def test_cv_weighted_weights_runs_by_their_lift_over_the_baseline(blended: dict)
     assert blend["oof_auc_headline"] == "nested_cv" and abs(sum(blend["weights"]) - 1) < 1e-12
 
 
+def test_blends_are_compared_with_the_best_run_and_the_baseline(blended: dict) -> None:
+    md = blended["md"]
+    assert "Against the best single run (strong/v1): +" in md
+    assert "Against the baseline (baseline/v1): +" in md and "(paired patient bootstrap, headline scores): better" in md
+    rank_mean = _row(md, "rank_mean")
+    assert rank_mean.count("p = ") == 1  # its own paired test against strong/v1
+
+
 def test_cv_weighted_without_a_baseline_uses_chance_and_refuses_a_bad_column() -> None:
     rng = np.random.default_rng(0)
     y = (rng.random(400) < 0.3).astype(int)
@@ -116,3 +124,17 @@ def test_subgroups_carry_intervals_and_the_plots_are_apart(blended: dict) -> Non
     assert "| stacking |" in md and "coef " in md  # stacking's weights are labelled coefficients
     html = (out / "report.html").read_text()
     assert "max-width:520px" not in html and "learning_curves.png" in html
+
+
+def test_spearman_matrix_is_scipys_for_two_and_more_runs() -> None:
+    import pandas as pd
+
+    from kit.blend.analysis import spearman
+
+    rng = np.random.default_rng(1)
+    P = rng.random((200, 3))
+    P[:, 1] = P[:, 0] ** 3 + 0.1 * rng.random(200)
+    for cols in (slice(0, 2), slice(0, 3)):
+        expected = pd.DataFrame(P[:, cols]).corr(method="spearman").to_numpy()
+        np.testing.assert_allclose(spearman(P[:, cols]), expected, atol=1e-12)
+    assert spearman(P[:, :1]).tolist() == [[1.0]]

@@ -37,14 +37,14 @@ from kernels.contracts import (
     validate_test_pred,
     write_csv,
 )
-from kernels.metrics import AucInterval, auc, bootstrap_auc_ci
+from kernels.metrics import AucInterval, auc, bootstrap_auc_ci, paired_bootstrap_test
 from kit.blend import analysis, plots
 from kit.blend.calibrate import CalibrationReport, apply_calibration, calibrate
 from kit.blend.inputs import SAMPLE_SUBMISSION, BlendInputs, align_runs, read_expected_test
 from kit.blend.methods import METHODS, apply_blend
 from kit.blend.nested import BlendScore, score_method
 from kit.blend.recipe import NO_CALIBRATION, Recipe
-from kit.blend.report import BlendSection, MethodRow, Report, print_console, to_html, to_markdown
+from kit.blend.report import BlendSection, MethodRow, Report, Versus, print_console, to_html, to_markdown
 from kit.blend.saved import BLEND_FILE, BLEND_SCHEMA, reference_quantiles
 from kit.errors import KitError
 from kit.runs import Run, load_run, select_runs
@@ -107,12 +107,34 @@ def resolve_dataset(override: str | None, recipe: Recipe, runs: Sequence[Run]) -
     return None
 
 
-def _method_row(score: BlendScore, chosen: bool, ci: AucInterval) -> MethodRow:
+def _method_row(score: BlendScore, chosen: bool, ci: AucInterval, inputs: BlendInputs, groups: np.ndarray | None,
+                n_boot: int, seed: int) -> MethodRow:
     nested = [v for v in score.nested_fold_auc.values() if not np.isnan(v)]
     spread = (min(nested), max(nested)) if nested else (float("nan"), float("nan"))
     return MethodRow(score.method, METHODS[score.method].summary, score.learned, ci, score.in_sample_auc,
                      score.nested_pooled_auc, score.in_sample_fold_mean, score.nested_auc, spread,
-                     score.fitted.weights, score.fitted.link == "sigmoid", chosen)
+                     score.fitted.weights, score.fitted.link == "sigmoid", chosen,
+                     versus_column(score, inputs, groups, best_model_column(inputs), n_boot, seed),
+                     versus_column(score, inputs, groups, baseline_column(inputs.runs), n_boot, seed))
+
+
+def best_model_column(inputs: BlendInputs) -> int:
+    """Index of the best single run by OOF AUC among the blended runs that are not the baseline."""
+    base = baseline_column(inputs.runs)
+    aucs = [auc(inputs.y, inputs.oof[:, j]) if j != base else -np.inf for j in range(inputs.oof.shape[1])]
+    return int(np.argmax(aucs)) if len(aucs) > (base >= 0) else -1
+
+
+def versus_column(score: BlendScore, inputs: BlendInputs, groups: np.ndarray | None, column: int,
+                  n_boot: int, seed: int) -> Versus | None:
+    """The blend's headline scores against run `column` on the same rows (paired patient bootstrap)."""
+    if column < 0:
+        return None
+    scores = score.headline_scores
+    ok = ~np.isnan(scores)
+    test = paired_bootstrap_test(inputs.y[ok], scores[ok], inputs.oof[ok, column],
+                                 None if groups is None else groups[ok], n_boot=n_boot, seed=seed)
+    return Versus(inputs.run_ids[column], test)
 
 
 def headline_ci(score: BlendScore, groups: np.ndarray | None, n_boot: int, seed: int) -> AucInterval:
@@ -324,7 +346,8 @@ def _blend_part(recipe: Recipe, inputs: BlendInputs, expected: list[str] | None,
     ok = ~np.isnan(chosen.headline_scores)
     subgroups, subgroup_source = _subgroups(inputs, chosen.headline_scores, ok, data, recipe.bootstrap, recipe.seed)
     section = BlendSection(recipe.name, chosen.method, inputs.run_ids,
-                           tuple(_method_row(s, i == 0, c) for i, (s, c) in enumerate(zip(scores, cis, strict=True))),
+                           tuple(_method_row(s, i == 0, c, inputs, groups, recipe.bootstrap, recipe.seed)
+                                 for i, (s, c) in enumerate(zip(scores, cis, strict=True))),
                            ci,
                            chosen.in_sample_fold_auc, chosen.nested_fold_auc, cal_report,
                            int(inputs.oof.shape[0]), int(inputs.test.shape[0]), groups is not None)

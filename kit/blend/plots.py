@@ -142,7 +142,7 @@ def plot_subgroups(path: str | os.PathLike[str], groups: Mapping[str, Sequence[S
         ax.axvline(0.5, color="grey", ls=":", lw=1)
         ax.set_xlim(0, 1)
         ax.set_title(f"AUC by {dim} (95 % patient-bootstrap interval)", fontsize="medium")
-    fig.subplots_adjust(right=0.75)
+    fig.subplots_adjust(right=0.75, hspace=0.5)
     _save(fig, path, tight=False)
 
 
@@ -203,7 +203,7 @@ def plot_learning_curves(path: str | os.PathLike[str], histories: Mapping[str, M
         ax_loss.set(title=f"{_short(run_id)}: loss", xlabel="epoch")
         ax_auc.set(title=f"{_short(run_id)}: AUC", xlabel="epoch")
         if folds:
-            ax_auc.legend(fontsize="x-small", title="solid: validation, dashed: train, *: kept", title_fontsize="x-small")
+            ax_auc.legend(fontsize="x-small", loc="best", title="solid: validation, dashed: train, *: kept", title_fontsize="x-small")
     _save(fig, path)
 
 

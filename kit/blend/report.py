@@ -17,13 +17,21 @@ from dataclasses import dataclass, field
 from rich.console import Console
 from rich.table import Table
 
-from kernels.metrics import AucInterval
-from kit.blend.analysis import Answer, RunRow, SubgroupRow, fmt_diff
+from kernels.metrics import AucInterval, PairedResult
+from kit.blend.analysis import ALPHA, Answer, RunRow, SubgroupRow, fmt_diff
 from kit.blend.calibrate import CalibrationReport
 
 NA = "—"
 MAX_WEIGHTS_SHOWN = 8  # more runs than this: the table lists the largest weights only
 TOP_WEIGHTS_SHOWN = 4
+
+
+@dataclass(frozen=True)
+class Versus:
+    """A blend's headline scores against one run on the same rows (paired patient bootstrap)."""
+
+    run_id: str
+    test: PairedResult
 
 
 @dataclass(frozen=True)
@@ -42,6 +50,8 @@ class MethodRow:
     weights: tuple[float, ...]
     coefficients: bool  # the weights are logistic-regression coefficients, not shares summing to 1
     chosen: bool
+    vs_best: Versus | None = None  # against the best single (non-baseline) run
+    vs_baseline: Versus | None = None  # against the baseline run
 
 
 @dataclass(frozen=True)
@@ -141,7 +151,7 @@ def _leaderboard(report: Report) -> Section:
         losers = [r.run_id for r in report.leaderboard if not r.is_baseline and r.beats_baseline is False]
         text.append(f"Floor: baseline {base.run_id} ({base.architecture}), OOF AUC {_f(base.auc)} {_ci(base.ci)}. "
                     "vs baseline: the run's AUC minus the baseline's on the same images, paired patient "
-                    "bootstrap; a run beats the baseline when Δ > 0 with p < 0.05. "
+                    f"bootstrap; a run beats the baseline when Δ > 0 with p < {ALPHA}. "
                     + (f"Flagged (do not beat the baseline): {', '.join(losers)}." if losers else
                        "Every compared run beats the baseline."))
     images = tuple((cap, report.plots[key]) for key, cap in (
@@ -196,11 +206,11 @@ def _blend(report: Report) -> list[Section]:
     b = report.blend
     if b is None:
         return []
-    header = ("method", "headline OOF AUC [95 %]", "headline is", "in-sample AUC", "fold mean: nested / in-sample",
-              "nested fold range", "optimism", "weights", "")
+    header = ("method", "headline OOF AUC [95 %]", "headline is", "vs best run: Δ [95 %], p", "in-sample AUC",
+              "fold mean: nested / in-sample", "nested fold range", "optimism", "weights", "")
     rows = tuple(
         (m.method, f"{_f(m.headline.auc)} {_ci(m.headline)}", "nested CV" if m.learned else "in-sample (learns nothing)",
-         _f(m.in_sample), f"{_f(m.nested)} / {_f(m.in_sample_fold_mean)}",
+         NA if m.vs_best is None else fmt_diff(m.vs_best.test), _f(m.in_sample), f"{_f(m.nested)} / {_f(m.in_sample_fold_mean)}",
          NA if math.isnan(m.nested_range[0]) else f"{m.nested_range[0]:.3f}–{m.nested_range[1]:.3f}",
          _signed(m.in_sample_fold_mean - m.nested),
          ("coef " if m.coefficients else "") + _weights_text(m.weights, b.run_ids),
@@ -217,8 +227,14 @@ def _blend(report: Report) -> list[Section]:
         head = (f"Blend **{b.name}** of {len(b.run_ids)} run(s) with **{b.method}** ({chosen.summary}): OOF AUC "
                 f"{_f(b.ci.auc)} {_ci(b.ci)} (the method learns nothing from the labels, so in-sample is honest; "
                 f"patient-bootstrap interval); fold mean {_f(chosen.in_sample_fold_mean)}.")
+    versus = []
+    for v, what in ((chosen.vs_best, "the best single run"), (chosen.vs_baseline, "the baseline")):
+        if v is not None:
+            verdict = ("better" if v.test.diff > 0 else "worse") if v.test.p < ALPHA else "not separable from it"
+            versus.append(f"Against {what} ({v.run_id}): {fmt_diff(v.test)} (paired patient bootstrap, "
+                          f"headline scores): {verdict}.")
     text = [
-        head + f" {b.n_oof} OOF images, {b.n_test} test images.",
+        head + f" {b.n_oof} OOF images, {b.n_test} test images." + (" " + " ".join(versus) if versus else ""),
         "Headline: for a method that learns from the OOF labels, the nested-CV AUC pooled over the OOF rows "
         "(each fold scored by weights learned on the other folds), as a run's OOF AUC pools its fold models; "
         "for a method that learns nothing, its in-sample AUC (the same figure). In-sample: weights learned and "
