@@ -91,3 +91,19 @@ def test_noise_blend_headlines_chance_in_blend_json_console_and_report(tmp_path:
     md = (ens / "n" / "report.md").read_text()
     assert f"OOF AUC {blend['oof_auc']:.3f} [{low:.3f}, {high:.3f}] by nested CV" in md
     assert "| greedy | " in md and "| nested CV |" in md and "in-sample (learns nothing)" in md
+
+
+def test_a_learned_blend_without_two_folds_has_no_headline_and_says_so(tmp_path: Path) -> None:
+    cohort = make_cohort(n=300, n_test=30, seed=5, folds=1)
+    runs = tmp_path / "runs"
+    for i in range(3):
+        oof, test = signal_preds(cohort, 1.0, seed=i)
+        make_run(runs, f"r{i}", cohort, oof, test)
+    ens = tmp_path / "ensembles"
+    ens.mkdir()
+    (ens / "g.toml").write_text('[runs]\nglobs = ["*"]\n[method]\nname = "greedy"\n[calibration]\nmethod = "none"\n'
+                                '[report]\nbootstrap = 200\n')
+    assert main(["blend", "g", "--ensembles", str(ens), "--runs", str(runs)]) == 0
+    blend = read_blend(ens / "g" / "blend.json")
+    assert np.isnan(blend["oof_auc"]) and blend["oof_auc_in_sample"] > 0.7  # never promoted to the headline
+    assert "no honest OOF AUC: nested CV needs two folds" in (ens / "g" / "report.md").read_text()

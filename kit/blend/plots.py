@@ -61,6 +61,8 @@ def plot_roc(path: str | os.PathLike[str], y: np.ndarray, curves: Mapping[str, t
     for label, (scores, value) in curves.items():
         s = np.asarray(scores, dtype=float)
         ok = ~np.isnan(s)
+        if np.unique(y[ok]).size < 2:  # no nested-CV scores (fewer than two folds): no curve
+            continue
         fpr, tpr, _ = roc_curve(y[ok], s[ok])
         bold = label == highlight
         ax.plot(fpr, tpr, lw=2.5 if bold else 1.2, color="black" if bold else None,
@@ -138,7 +140,7 @@ def plot_subgroups(path: str | os.PathLike[str], groups: Mapping[str, Sequence[S
             ax.text(1.01, i, f"{ci.auc:.3f}  n={n}, pos={npos}", va="center", fontsize="x-small",
                     transform=ax.get_yaxis_transform())
         ax.set_yticks(range(len(rows)), [r[0] for r in rows], fontsize="small")
-        ax.set_ylim(len(rows) - 0.5, -0.5)
+        ax.set_ylim(max(len(rows), 1) - 0.5, -0.5)
         ax.axvline(0.5, color="grey", ls=":", lw=1)
         ax.set_xlim(0, 1)
         ax.set_title(f"AUC by {dim} (95 % patient-bootstrap interval)", fontsize="medium")
@@ -173,10 +175,12 @@ def plot_histogram(path: str | os.PathLike[str], y: np.ndarray, scores: np.ndarr
     fig = Figure(figsize=WIDE)
     ax = fig.add_subplot()
     bins = np.linspace(float(s.min()), float(s.max()), HIST_BINS + 1) if s.size else HIST_BINS
-    ax.hist(s[~y], bins=bins, density=True, alpha=0.6, color="tab:blue", label=f"benign (n={int((~y).sum())})")
-    ax.hist(s[y], bins=bins, density=True, alpha=0.6, color="tab:red", label=f"malignant (n={int(y.sum())})")
+    for mask, color, name in ((~y, "tab:blue", "benign"), (y, "tab:red", "malignant")):
+        if mask.any():  # an empty class (no nested-CV scores) draws nothing
+            ax.hist(s[mask], bins=bins, density=True, alpha=0.6, color=color, label=f"{name} (n={int(mask.sum())})")
     ax.set(xlabel="blend score", ylabel="density (per class)", title=title)
-    ax.legend(fontsize="small")
+    if s.size:
+        ax.legend(fontsize="small")
     _save(fig, path)
 
 

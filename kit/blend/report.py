@@ -218,7 +218,12 @@ def _blend(report: Report) -> list[Section]:
         for m in b.rows
     )
     chosen = next(m for m in b.rows if m.chosen)
-    if chosen.learned:
+    if chosen.learned and math.isnan(b.ci.auc):
+        head = (f"Blend **{b.name}** of {len(b.run_ids)} run(s) with **{b.method}** ({chosen.summary}): no honest "
+                f"OOF AUC: nested CV needs two folds holding both classes, and the OOF has fewer. In-sample "
+                f"{_f(chosen.in_sample)} (weights learned and scored on the same rows) is optimistic; prefer a "
+                "method that learns nothing (rank_mean) here.")
+    elif chosen.learned:
         head = (f"Blend **{b.name}** of {len(b.run_ids)} run(s) with **{b.method}** ({chosen.summary}): OOF AUC "
                 f"{_f(b.ci.auc)} {_ci(b.ci)} by nested CV (weights learned on the other folds; patient-bootstrap "
                 f"interval); in-sample {_f(chosen.in_sample)} (weights learned and scored on the same rows, "
