@@ -69,9 +69,9 @@ def test_like_with_like_for_a_method_that_learns_nothing() -> None:
 
 def test_noise_blend_headlines_chance_in_blend_json_console_and_report(tmp_path: Path,
                                                                         capsys: pytest.CaptureFixture[str]) -> None:
-    cohort = make_cohort(n=3000, n_test=50, prevalence=0.02, folds=5, seed=3, images_per_patient=3)
+    cohort = make_cohort(n=2500, n_test=50, prevalence=0.02, folds=5, seed=3, images_per_patient=3)
     runs = tmp_path / "runs"
-    for i in range(N_RUNS // 2):
+    for i in range(N_RUNS // 3):
         oof, test = signal_preds(cohort, 0.0, seed=100 + i)
         make_run(runs, f"noise{i:02d}", cohort, oof, test)
     ens = tmp_path / "ensembles"

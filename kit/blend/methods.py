@@ -31,8 +31,9 @@ IMPROVE_TOL = 1e-12  # an AUC change smaller than this is no improvement
 CHANCE_AUC = 0.5  # cv_weighted's floor when no baseline run is blended
 RANK_READBACK_TOL = 1e-6  # how close 2nX + 1 must be to an integer to be read back as a rank
 STACK_C_GRID = (0.01, 0.1, 1.0, 10.0, 100.0)  # inverse regularisation strengths tried by stacking
-LOGREG_MAX_ITER = 10_000  # lbfgs iterations allowed (a few dozen are used)
-LOGREG_TOL = 1e-10  # lbfgs stopping tolerance
+LOGREG_SOLVER = "newton-cholesky"  # few features (runs), many rows: exact Newton steps, ~10x faster than lbfgs here
+LOGREG_MAX_ITER = 1_000  # Newton iterations allowed (about ten are used)
+LOGREG_TOL = 1e-8  # stopping tolerance
 
 
 @dataclass(frozen=True)
@@ -267,7 +268,7 @@ def logistic(C: float) -> Any:
     """scikit-learn's L2 logistic regression (unpenalised intercept) at inverse strength C."""
     from sklearn.linear_model import LogisticRegression
 
-    return LogisticRegression(C=C, tol=LOGREG_TOL, max_iter=LOGREG_MAX_ITER)
+    return LogisticRegression(C=C, tol=LOGREG_TOL, max_iter=LOGREG_MAX_ITER, solver=LOGREG_SOLVER)
 
 
 def fit_stacking(X: np.ndarray, y: np.ndarray, folds: np.ndarray, params: Mapping[str, Any]) -> Weights:
@@ -285,7 +286,8 @@ def fit_stacking(X: np.ndarray, y: np.ndarray, folds: np.ndarray, params: Mappin
         model = logistic(c).fit(X, y)
         return Weights(model.coef_[0], float(model.intercept_[0]), {"C": c, "cv_auc_by_C": {}})
     model = LogisticRegressionCV(Cs=grid, cv=PredefinedSplit(test_folds), scoring="roc_auc", l1_ratios=(0.0,),
-                                 tol=LOGREG_TOL, max_iter=LOGREG_MAX_ITER, use_legacy_attributes=False).fit(X, y)
+                                 tol=LOGREG_TOL, max_iter=LOGREG_MAX_ITER, solver=LOGREG_SOLVER,
+                                 use_legacy_attributes=False).fit(X, y)
     by_c = np.asarray(model.scores_).mean(axis=0).reshape(-1)
     return Weights(model.coef_[0], float(model.intercept_[0]),
                    {"C": float(model.C_), "cv_auc_by_C": {str(c): float(a) for c, a in zip(grid, by_c, strict=True)}})
