@@ -4,10 +4,14 @@ In:  binary labels and scores (array-likes of equal length); optionally group id
      folds, subgroups) and a second score vector for paired comparisons.
 Out:
 - `auc`: exact ROC AUC, rank based (Mann-Whitney U), ties counted as one half as scikit-learn
-  does; NaN when a class is absent or a score is NaN. `auc_split` scores many candidates at
+  does; NaN when a class is absent. Labels must be 0/1 (bool, int or float) and scores free of
+  NaN: anything else raises a one-line ValueError (no silent NaN, no NaN counted as positive). `auc_split` scores many candidates at
   once from positive/negative score rows; `auc_columns` every column of a matrix.
 - `bootstrap_auc_ci`: percentile bootstrap interval resampling *groups* (patients; images when
   no groups are given), so the images of one patient enter or leave a replicate together.
+- `bootstrap_auc_matrix` / `paired_bootstrap_test`: the same patient replicates for several
+  score vectors at once (vectorised), and the paired test of two AUCs built on it: the test to
+  use when a patient holds several images.
 - `delong_test`: DeLong et al. (1988) test for the difference of two correlated AUCs on the same
   cases (fast midrank algorithm of Sun & Xu, 2014); `delong_ci` the matching interval of one AUC.
 - `auc_by_group`: AUC per fold or per subgroup; `age_bands` turns ages into subgroup labels.
@@ -26,6 +30,7 @@ CI_LEVEL = 0.95
 Z_95 = 1.959963984540054  # two-sided 95 % normal quantile
 DEFAULT_N_BOOT = 2000
 DEFAULT_BOOT_SEED = 0
+BOOT_BLOCK_CELLS = 4_000_000  # replicate x case cells held at once by the vectorised bootstrap
 AGE_BAND_EDGES = (30, 45, 60, 75)  # bands: <30, 30-44, 45-59, 60-74, 75+
 AGE_BAND_LABELS = ("<30", "30-44", "45-59", "60-74", "75+")
 AGE_MISSING_LABEL = "missing"
@@ -78,16 +83,39 @@ def midranks(x: np.ndarray) -> np.ndarray:
     return ranks
 
 
+def _metrics_labels(y_true: ArrayLike, name: str) -> np.ndarray:
+    """Labels as booleans; anything but 0/1 (or True/False), NaN included, -> one-line ValueError."""
+    raw = np.asarray(y_true).ravel()
+    if raw.dtype == bool:
+        return raw
+    try:
+        values = raw.astype(float)
+    except (TypeError, ValueError):
+        values = None
+    if values is None or not np.isin(values, (0.0, 1.0)).all():
+        bad = raw[0] if values is None else raw[~np.isin(values, (0.0, 1.0))][0]
+        raise ValueError(f"{name}: labels must be 0 or 1, got {bad.item() if isinstance(bad, np.generic) else bad!r}")
+    return values == 1.0
+
+
+def _metrics_check_finite(s: np.ndarray, name: str) -> None:
+    if np.isnan(s).any():
+        raise ValueError(f"{name}: {int(np.isnan(s).sum())} NaN score(s) (at index {int(np.flatnonzero(np.isnan(s).ravel())[0])})")
+
+
 def _metrics_labels_scores(y_true: ArrayLike, y_score: ArrayLike, name: str) -> tuple[np.ndarray, np.ndarray]:
-    y = np.asarray(y_true).astype(bool).ravel()
+    """Checked 0/1 labels (bool) and NaN-free float scores of equal length."""
+    y = _metrics_labels(y_true, name)
     s = np.asarray(y_score, dtype=float).ravel()
     if y.size != s.size:
         raise ValueError(f"{name}: {y.size} labels but {s.size} scores")
+    _metrics_check_finite(s, name)
     return y, s
 
 
 def auc(y_true: ArrayLike, y_score: ArrayLike) -> float:
-    """Exact ROC AUC; NaN when only one class is present or a score is NaN.
+    """Exact ROC AUC; NaN when only one class is present. Labels other than 0/1 and NaN scores
+    raise a one-line ValueError.
 
     Sorts the larger class and locates each case of the smaller class in it by binary search
     (ties count one half): integer pair counts and one division, so it equals scikit-learn's
@@ -138,10 +166,11 @@ def auc_presorted(minority: np.ndarray, majority_sorted: np.ndarray, minority_po
 
 def auc_columns(y_true: ArrayLike, scores: ArrayLike) -> np.ndarray:
     """AUC of every column of `scores` (n, k) against the same labels (runs side by side)."""
-    y = np.asarray(y_true).astype(bool).ravel()
+    y = _metrics_labels(y_true, "auc_columns")
     s = np.asarray(scores, dtype=float)
     if s.ndim != 2 or s.shape[0] != y.size:
         raise ValueError(f"auc_columns: scores of shape {s.shape} for {y.size} labels")
+    _metrics_check_finite(s, "auc_columns")
     rows = np.ascontiguousarray(s.T)
     return np.asarray(auc_split(rows[:, y], rows[:, ~y]))
 
@@ -178,11 +207,82 @@ def _metrics_group_index(groups: ArrayLike | None, n: int) -> tuple[np.ndarray, 
 def bootstrap_counts(n_groups: int, n_boot: int, seed: int = DEFAULT_BOOT_SEED) -> Iterator[np.ndarray]:
     """Yield, per replicate, how many times each of `n_groups` groups is drawn (sum = n_groups).
 
-    Public so a test can rebuild the same replicates by explicit resampling.
+    The same replicates, in the same order, as `bootstrap_count_blocks` (public so a test can
+    rebuild them by explicit resampling).
+    """
+    for block in bootstrap_count_blocks(n_groups, n_boot, seed):
+        yield from block
+
+
+def bootstrap_count_blocks(n_groups: int, n_boot: int, seed: int = DEFAULT_BOOT_SEED,
+                           cells: int = BOOT_BLOCK_CELLS) -> Iterator[np.ndarray]:
+    """Yield (b, n_groups) blocks of replicate counts, `n_boot` rows in all, about `cells` per block.
+
+    Replicate r draws `n_groups` group indices uniformly with replacement from one random stream.
     """
     rng = np.random.default_rng(seed)
-    for _ in range(n_boot):
-        yield np.bincount(rng.integers(0, n_groups, size=n_groups), minlength=n_groups)
+    per_block = max(1, cells // max(n_groups, 1))
+    done = 0
+    while done < n_boot:
+        b = min(per_block, n_boot - done)
+        draws = rng.integers(0, n_groups, size=(b, n_groups)) + (np.arange(b) * n_groups)[:, None]
+        yield np.bincount(draws.ravel(), minlength=b * n_groups).reshape(b, n_groups)
+        done += b
+
+
+@dataclass(frozen=True)
+class _MetricsPrepared:
+    """One score vector made ready for weighted AUCs of many replicates at once."""
+
+    group_sorted: np.ndarray  # group index of each case, cases sorted by score
+    starts: np.ndarray  # first sorted position of each distinct score
+    pos: np.ndarray  # label of each sorted case (float 0/1)
+
+
+def _metrics_prepare(y: np.ndarray, s: np.ndarray, group_index: np.ndarray) -> _MetricsPrepared:
+    order = np.argsort(s, kind="stable")
+    sorted_s = s[order]
+    starts = np.r_[0, np.flatnonzero(np.diff(sorted_s)) + 1] if s.size else np.zeros(0, dtype=int)
+    return _MetricsPrepared(group_index[order], starts, y[order].astype(float))
+
+
+def _metrics_block_aucs(prep: _MetricsPrepared, counts_t: np.ndarray) -> np.ndarray:
+    """Weighted AUC for each column of group counts `counts_t` (n_groups, b): a case weighs its
+    group's count. NaN where a class has no weight. Cases run along axis 0 (contiguous sums)."""
+    ws = counts_t[prep.group_sorted]
+    all_w = np.add.reduceat(ws, prep.starts, axis=0)
+    pos_w = np.add.reduceat(ws * prep.pos[:, None], prep.starts, axis=0)
+    neg_w = all_w - pos_w
+    total = pos_w.sum(axis=0) * neg_w.sum(axis=0)
+    below = np.cumsum(neg_w, axis=0) - 0.5 * neg_w
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, (pos_w * below).sum(axis=0) / np.where(total > 0, total, 1.0), np.nan)
+
+
+def bootstrap_auc_matrix(
+    y_true: ArrayLike,
+    scores: ArrayLike,
+    groups: ArrayLike | None = None,
+    n_boot: int = DEFAULT_N_BOOT,
+    seed: int = DEFAULT_BOOT_SEED,
+) -> np.ndarray:
+    """AUCs (n_boot, k) of k score vectors (rows of `scores`, shape (k, n)) on the *same* replicates
+    (groups resampled with replacement, vectorised): the paired bootstrap. NaN where a class is absent."""
+    y = _metrics_labels(y_true, "bootstrap")
+    s = np.atleast_2d(np.asarray(scores, dtype=float))
+    if s.shape[1] != y.size:
+        raise ValueError(f"bootstrap: {y.size} labels but scores of length {s.shape[1]}")
+    _metrics_check_finite(s, "bootstrap")
+    group_index, n_groups = _metrics_group_index(groups, y.size)
+    preps = [_metrics_prepare(y, row, group_index) for row in s]
+    out = np.empty((n_boot, len(preps)), dtype=float)
+    done = 0
+    for counts in bootstrap_count_blocks(n_groups, n_boot, seed, max(BOOT_BLOCK_CELLS * n_groups // max(y.size, 1), 1)):
+        counts_t = np.ascontiguousarray(counts.T, dtype=float)
+        for j, prep in enumerate(preps):
+            out[done:done + len(counts), j] = _metrics_block_aucs(prep, counts_t)
+        done += len(counts)
+    return out
 
 
 def bootstrap_aucs(
@@ -193,14 +293,58 @@ def bootstrap_aucs(
     seed: int = DEFAULT_BOOT_SEED,
 ) -> np.ndarray:
     """AUC of each bootstrap replicate (groups resampled with replacement); NaN where a class is absent."""
-    y, s = _metrics_labels_scores(y_true, y_score, "bootstrap_aucs")
-    group_index, n_groups = _metrics_group_index(groups, y.size)
-    inv = np.unique(s, return_inverse=True)[1].ravel()
-    n_unique = int(inv.max()) + 1 if inv.size else 0
-    out = np.empty(n_boot, dtype=float)
-    for b, counts in enumerate(bootstrap_counts(n_groups, n_boot, seed)):
-        out[b] = _metrics_weighted_auc_prepared(y, inv, n_unique, counts[group_index].astype(float))
-    return out
+    return bootstrap_auc_matrix(y_true, np.ravel(np.asarray(y_score, dtype=float))[None, :], groups, n_boot, seed)[:, 0]
+
+
+@dataclass(frozen=True)
+class PairedResult:
+    """Paired patient-bootstrap comparison of two AUCs on the same cases: diff = auc1 - auc2,
+    its percentile interval [low, high], bootstrap standard error and two-sided p-value."""
+
+    auc1: float
+    auc2: float
+    diff: float
+    low: float
+    high: float
+    se: float
+    p: float
+    n_boot: int
+    n_groups: int
+
+
+def paired_bootstrap_test(
+    y_true: ArrayLike,
+    score1: ArrayLike,
+    score2: ArrayLike,
+    groups: ArrayLike | None = None,
+    n_boot: int = DEFAULT_N_BOOT,
+    level: float = CI_LEVEL,
+    seed: int = DEFAULT_BOOT_SEED,
+) -> PairedResult:
+    """Two-sided test of AUC(score1) = AUC(score2), resampling groups (patients) with both scores.
+
+    z = diff / sd(bootstrap diffs), p = P(|N(0, 1)| > |z|) (as pROC's bootstrap test); identical
+    scores give p = 1. Resampling patients keeps each patient's images (and their correlated
+    labels and errors) together, which an image-level test (DeLong) does not.
+    """
+    y = _metrics_labels(y_true, "paired_bootstrap_test")
+    s = np.vstack([np.ravel(np.asarray(score1, dtype=float)), np.ravel(np.asarray(score2, dtype=float))])
+    a1, a2 = auc(y, s[0]), auc(y, s[1])
+    n_groups = _metrics_group_index(groups, y.size)[1]
+    reps = bootstrap_auc_matrix(y, s, groups, n_boot, seed)
+    diffs = reps[:, 0] - reps[:, 1]
+    diffs = diffs[~np.isnan(diffs)]
+    diff = a1 - a2
+    if diffs.size < 2:
+        return PairedResult(a1, a2, diff, float("nan"), float("nan"), float("nan"), float("nan"), 0, n_groups)
+    tail = (1.0 - level) / 2.0
+    low, high = np.quantile(diffs, [tail, 1.0 - tail])
+    se = float(np.std(diffs, ddof=1))
+    if se == 0.0:
+        p = 1.0 if diff == 0.0 else 0.0
+    else:
+        p = math.erfc(abs(diff / se) / math.sqrt(2.0))
+    return PairedResult(a1, a2, diff, float(low), float(high), se, p, int(diffs.size), n_groups)
 
 
 def bootstrap_auc_ci(
@@ -232,10 +376,11 @@ def delong_components(y_true: ArrayLike, scores: ArrayLike) -> tuple[np.ndarray,
     Returns (aucs (k,), v_pos (k, m), v_neg (k, n_neg)): v_pos[i] is the share of negatives a
     positive outscores (ties 1/2), v_neg[j] the share of positives outscoring a negative.
     """
-    y = np.asarray(y_true).astype(bool).ravel()
+    y = _metrics_labels(y_true, "delong")
     s = np.atleast_2d(np.asarray(scores, dtype=float))
     if s.shape[1] != y.size:
         raise ValueError(f"delong: {y.size} labels but scores of length {s.shape[1]}")
+    _metrics_check_finite(s, "delong")
     m, n = int(y.sum()), int((~y).sum())
     if m == 0 or n == 0:
         raise ValueError("delong: needs both positive and negative cases")

@@ -150,7 +150,8 @@ def summary(runs: list[Path], out: Path, data: Path, seconds: float) -> None:
         what = f"{manifest['experiment']} (the floor)" if manifest.get("role") == "baseline" else manifest["experiment"]
         table.add_row(what, f"{manifest['oof_auc']:.4f}", held_out_auc(run / TEST_PRED_FILE, data), str(run))
     blend = json.loads((out / "blend.json").read_text())
-    table.add_row(f"blend ({blend['method']})", f"{blend['oof_auc']:.4f}",
+    kind = ", OOF by nested CV" if blend.get("oof_auc_headline") == "nested_cv" else ""  # learned weights
+    table.add_row(f"blend ({blend['method']}){kind}", f"{blend['oof_auc']:.4f}",
                   held_out_auc(out / "submission.csv", data), str(out / "submission.csv"))
     console.print(table)
     base = [r for r in runs if json.loads((r / MANIFEST_FILE).read_text()).get("role") == "baseline"]

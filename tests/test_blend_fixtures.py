@@ -96,9 +96,12 @@ def experiment_config(name: str, backbone: str = "efficientnet_b0", image_size: 
 def make_run(root: Path, experiment: str, cohort: Cohort, oof_pred: np.ndarray, test_pred: np.ndarray,
              version: int = 1, config: Mapping[str, Any] | None = None, with_meta: bool = True,
              oof_edit: Any = None, test_edit: Any = None, tta_gain: float | None = None,
-             epoch_time: float = 2.0) -> Path:
+             epoch_time: float = 2.0, manifest_extra: Mapping[str, Any] | None = None,
+             history: bool = False) -> Path:
     """Write ``root/<experiment>/v<version>/`` as a kernel + kit would; `oof_edit` / `test_edit`
-    (frame -> frame) corrupt the CSVs before the manifest records their checksums."""
+    (frame -> frame) corrupt the CSVs before the manifest records their checksums;
+    `manifest_extra` adds top-level manifest keys (``{"role": "baseline"}``); `history` writes a
+    history.json of 5 epochs per fold."""
     folder = root / experiment / f"v{version}"
     folder.mkdir(parents=True, exist_ok=True)
     oof = pd.DataFrame({"image_name": cohort.names, "target": cohort.y, "pred": oof_pred, "fold": cohort.folds})
@@ -134,11 +137,28 @@ def make_run(root: Path, experiment: str, cohort: Cohort, oof_pred: np.ndarray, 
         "oof_auc": 0.5,
         "timings": {"total_s": 10.0},
         "files": {name: file_digest(folder / name) for name in (OOF_FILE, TEST_PRED_FILE)},
+        **dict(manifest_extra or {}),
     }
     (folder / MANIFEST_FILE).write_text(json.dumps(manifest))
+    if history:
+        epochs = np.arange(1, 6)
+        folds_hist = [{"fold": int(k), "best_epoch": 4, "loss": (0.7 / epochs).tolist(),
+                       "val_loss": (0.6 / epochs + 0.02 * epochs).tolist(), "auc": (1 - 0.4 / epochs).tolist(),
+                       "val_auc": (0.8 - 0.2 / epochs - 0.01 * k).tolist()} for k in np.unique(cohort.folds)]
+        (folder / "history.json").write_text(json.dumps({"schema": "kit.history/1", "folds": folds_hist}))
     write_run_record(folder, experiment=experiment, version=version, source="local", kernel=None,
                      content_hash="0" * 64, finished_at="2026-01-01T00:00:00Z")
     return folder
+
+
+BASELINE_MANIFEST = {"role": "baseline", "baseline": {"model": "colour statistics + logistic regression"}}
+
+
+def make_baseline_run(root: Path, cohort: Cohort, strength: float, seed: int = 99) -> Path:
+    """A baseline run folder (manifest role = baseline), as `kit baseline` writes one."""
+    oof, test = signal_preds(cohort, strength, seed=seed)
+    cfg = experiment_config("baseline", "baseline-logreg")
+    return make_run(root, "baseline", cohort, oof, test, config=cfg, manifest_extra=BASELINE_MANIFEST)
 
 
 def make_sample_submission(folder: Path, cohort: Cohort) -> Path:

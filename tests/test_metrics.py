@@ -62,9 +62,28 @@ def test_auc_continuous_scores_and_orientation() -> None:
 def test_auc_undefined_cases() -> None:
     assert math.isnan(auc([1, 1, 1], [0.1, 0.2, 0.3]))
     assert math.isnan(auc([0, 0], [0.1, 0.2]))
-    assert math.isnan(auc([0, 1], [0.1, float("nan")]))
     with pytest.raises(ValueError, match="3 labels but 2 scores"):
         auc([0, 1, 1], [0.1, 0.2])
+
+
+@pytest.mark.parametrize("labels", [[-1, 1, 1], [1, 2, 2], ["no", "yes", "yes"], [0, 1, float("nan")], [0, 0.5, 1]])
+def test_labels_other_than_0_1_are_refused_with_one_line(labels: list) -> None:
+    for fn in (lambda y: auc(y, [0.1, 0.2, 0.3]), lambda y: delong_test(y, [0.1, 0.2, 0.3], [0.3, 0.2, 0.1]),
+               lambda y: bootstrap_auc_ci(y, [0.1, 0.2, 0.3], n_boot=5)):
+        with pytest.raises(ValueError, match=r"labels must be 0 or 1, got") as err:
+            fn(labels)
+        assert "\n" not in str(err.value)
+    assert auc([False, True, True], [0.1, 0.2, 0.3]) == auc([0.0, 1.0, 1.0], [0.1, 0.2, 0.3]) == 1.0
+
+
+def test_nan_scores_are_refused_not_ranked() -> None:
+    y = [0, 1, 0, 1]
+    for fn in (lambda s: auc(y, s), lambda s: delong_test(y, s, [0.1, 0.2, 0.3, 0.4]),
+               lambda s: bootstrap_auc_ci(y, s, n_boot=5)):
+        with pytest.raises(ValueError, match=r"1 NaN score\(s\) \(at index 3\)"):
+            fn([0.1, 0.9, 0.2, float("nan")])
+    with pytest.raises(ValueError, match=r"auc_columns: 2 NaN score\(s\)"):
+        auc_columns(y, np.c_[[0.1, 0.9, 0.2, float("nan")], [0.1, 0.9, 0.2, float("nan")]])
 
 
 def test_auc_split_rows_and_columns_match_sklearn() -> None:

@@ -2,17 +2,26 @@
 
 In:  loaded runs (`kit.runs.Run`), blended scores and metadata frames.
 Out: plain dataclasses that `kit.blend.report` renders and `kit.blend.plots` draws:
-- `RunRow` per run: backbone or from-scratch architecture, image size, epochs, OOF AUC with a
-  bootstrap interval (patients resampled when the OOF has patient_id), per-fold AUC, TTA gain
-  (manifest folds' auc - auc_no_tta), seconds per epoch.
-- `Answer` per research question (best pretrained backbone, best from-scratch architecture):
-  the ranking, the leader's margin, DeLong p-value and intervals, and a verdict in plain words,
-  including "too few runs" when there is nothing to compare.
-- subgroup AUCs (sex, age band, anatomical site) and the Spearman correlation of run predictions.
+- `RunRow` per run: role (model or baseline, manifest ``role``), backbone or from-scratch
+  architecture, whether it loaded pretrained weights, image size, epochs, OOF AUC with a bootstrap
+  interval (patients resampled when the OOF has patient_id), per-fold AUC, TTA gain (manifest
+  folds' auc - auc_no_tta), seconds per epoch, and its paired comparison with the baseline run.
+- `Answer` per research question (best backbone, best from-scratch architecture): the ranking,
+  the baseline and the leader's margin over it, the leader's margin over the runner-up with a
+  paired patient-bootstrap test (DeLong beside it only when every patient holds one image), and
+  a verdict in plain words, including "too few runs" when there is nothing to compare.
+- subgroup AUCs with patient-bootstrap intervals (sex, age band, anatomical site) and the
+  Spearman correlation of run predictions.
+
+Significance: a paired patient bootstrap (`kernels.metrics.paired_bootstrap_test`): both runs
+scored on the same resampled patients, so the correlation of their errors and the clustering of
+images within patients are both kept. An image-level DeLong test ignores the clustering and
+rejects true nulls far more often than its level when a patient holds several images.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,19 +37,24 @@ from kernels.metrics import (
     AGE_MISSING_LABEL,
     AucInterval,
     DelongResult,
+    PairedResult,
     age_bands,
     auc_by_group,
     bootstrap_auc_ci,
     delong_test,
+    paired_bootstrap_test,
 )
 from kernels.schema import SEXES, SITES
-from kit.blend.methods import rank01
 from kit.runs import Run
 
-ALPHA = 0.05  # significance level of the DeLong test
+ALPHA = 0.05  # significance level of the paired tests
 FAMILIES = ("backbone", "scratch")
+BASELINE_ROLE = "baseline"  # manifest "role" of the baseline run (absent: "model")
+MODEL_ROLE = "model"
+ROLE_KEY = "role"
+NO_WEIGHTS = "none"  # config model.weights of a run that loaded no pretrained weights
 QUESTIONS = {
-    "backbone": "Which pretrained backbone works best on this data?",
+    "backbone": "Which backbone works best on this data?",
     "scratch": "Which from-scratch architecture maximises AUC?",
 }
 SUBGROUPS = (  # (title, OOF/train.csv column)
@@ -69,6 +83,24 @@ class RunRow:
     sec_per_epoch: float | None
     kernel_auc: float | None  # the manifest's own oof_auc, for cross-checking
     patients: bool  # whether the interval resampled patients
+    role: str = MODEL_ROLE  # "model" | "baseline"
+    vs_baseline: PairedResult | None = None  # this run minus the baseline (paired patient bootstrap)
+
+    @property
+    def pretrained(self) -> bool:
+        """Whether the run loaded pretrained weights (a backbone with model.weights != "none")."""
+        return self.family == "backbone" and self.weights not in (NO_WEIGHTS, "?")
+
+    @property
+    def is_baseline(self) -> bool:
+        return self.role == BASELINE_ROLE
+
+    @property
+    def beats_baseline(self) -> bool | None:
+        """True when it beats the baseline (higher AUC, paired p < ALPHA); None without a comparison."""
+        if self.vs_baseline is None or math.isnan(self.vs_baseline.p):
+            return None
+        return self.vs_baseline.diff > 0 and self.vs_baseline.p < ALPHA
 
 
 @dataclass(frozen=True)
@@ -78,9 +110,11 @@ class Answer:
     family: str
     question: str
     ranking: tuple[RunRow, ...]  # best run of each architecture, best first
-    delong: DelongResult | None
+    delong: DelongResult | None  # second opinion, only when every patient holds one image
     verdict: str
     caveats: tuple[str, ...] = field(default_factory=tuple)
+    test: PairedResult | None = None  # leader minus runner-up, paired patient bootstrap
+    baseline: RunRow | None = None
 
 
 def config_value(mapping: Mapping[str, Any], *keys: str, default: Any = None) -> Any:
@@ -139,10 +173,23 @@ def patient_groups(oof: pd.DataFrame) -> np.ndarray | None:
     return oof["patient_id"].astype(str).to_numpy()
 
 
+def run_role(run: Run) -> str:
+    """The run's role: "baseline" when its manifest says so, else "model"."""
+    return str(run.info.manifest.get(ROLE_KEY, MODEL_ROLE))
+
+
 def run_row(run: Run, n_boot: int, seed: int = 0) -> RunRow:
     """The leaderboard line of one run, from its own OOF file and manifest."""
     cfg = run.info.config
     family, arch, weights = architecture(cfg)
+    role = run_role(run)
+    if role == BASELINE_ROLE:
+        family = BASELINE_ROLE
+        described = run.info.manifest.get(BASELINE_ROLE)
+        if isinstance(described, Mapping) and described.get("model"):
+            arch = f"baseline: {described['model']}"
+        else:
+            arch = f"baseline: {arch}"
     y = run.oof["target"].to_numpy(int)
     pred = run.oof["pred"].to_numpy(float)
     groups = patient_groups(run.oof)
@@ -164,6 +211,7 @@ def run_row(run: Run, n_boot: int, seed: int = 0) -> RunRow:
         sec_per_epoch=seconds_per_epoch(run.info.manifest),
         kernel_auc=float(kernel_auc) if isinstance(kernel_auc, (int, float)) else None,
         patients=groups is not None,
+        role=role,
     )
 
 
@@ -172,8 +220,22 @@ def leaderboard_order(row: RunRow) -> tuple[float, str]:
     return (-row.auc if not math.isnan(row.auc) else math.inf, row.run_id)
 
 
-def _paired(a: Run, b: Run) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """Labels and both runs' predictions on the same images, or None if their OOF images differ."""
+@dataclass(frozen=True)
+class Paired:
+    """Two runs' OOF predictions on the same images: labels, both predictions, patient ids (or None)."""
+
+    y: np.ndarray
+    a: np.ndarray
+    b: np.ndarray
+    groups: np.ndarray | None
+
+    @property
+    def one_image_per_patient(self) -> bool:
+        return self.groups is None or np.unique(self.groups).size == self.groups.size
+
+
+def paired(a: Run, b: Run) -> Paired | None:
+    """Labels, both runs' predictions (and patients) on the same images; None if their OOF images differ."""
     left = a.oof.set_index("image_name")
     right = b.oof.set_index("image_name")
     if len(left) != len(right) or not left.index.sort_values().equals(right.index.sort_values()):
@@ -181,7 +243,36 @@ def _paired(a: Run, b: Run) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     right = right.reindex(left.index)
     if not np.array_equal(left["target"].to_numpy(int), right["target"].to_numpy(int)):
         return None
-    return left["target"].to_numpy(int), left["pred"].to_numpy(float), right["pred"].to_numpy(float)
+    groups = patient_groups(left.reset_index())
+    return Paired(left["target"].to_numpy(int), left["pred"].to_numpy(float), right["pred"].to_numpy(float), groups)
+
+
+def compare(a: Run, b: Run, n_boot: int, seed: int = 0) -> PairedResult | None:
+    """AUC(a) - AUC(b) by a paired patient bootstrap; None when they cover different images."""
+    pair = paired(a, b)
+    if pair is None:
+        return None
+    return paired_bootstrap_test(pair.y, pair.a, pair.b, pair.groups, n_boot=n_boot, seed=seed)
+
+
+def with_baseline(rows: Sequence[RunRow], runs: Mapping[str, Run], n_boot: int, seed: int = 0) -> list[RunRow]:
+    """Rows with `vs_baseline` filled: each model run against the best baseline run (paired test)."""
+    baselines = sorted((r for r in rows if r.is_baseline), key=leaderboard_order)
+    if not baselines:
+        return list(rows)
+    base = baselines[0]
+    return [r if r.is_baseline else dataclasses.replace(
+        r, vs_baseline=compare(runs[r.run_id], runs[base.run_id], n_boot, seed)) for r in rows]
+
+
+def baseline_row(rows: Sequence[RunRow]) -> RunRow | None:
+    """The best baseline run, or None."""
+    return min((r for r in rows if r.is_baseline), key=leaderboard_order, default=None)
+
+
+def fmt_diff(test: PairedResult) -> str:
+    """"+0.012 [-0.004, +0.029], p = 0.14" (paired patient bootstrap)."""
+    return f"{test.diff:+.3f} [{test.low:+.3f}, {test.high:+.3f}], p = {test.p:.2g}"
 
 
 def _fmt_ci(row: RunRow) -> str:
@@ -199,42 +290,73 @@ def _confounders(a: Run, b: Run) -> list[str]:
     return notes
 
 
-def answer(family: str, rows: Sequence[RunRow], runs: Mapping[str, Run], alpha: float = ALPHA) -> Answer:
-    """Best architecture of `family` and whether its lead over the runner-up is significant."""
+def _noun(family: str, row: RunRow | None = None) -> str:
+    if family == "scratch":
+        return "from-scratch architecture"
+    if row is None:
+        return "backbone"
+    return "pretrained backbone" if row.pretrained else "backbone trained from random initialisation"
+
+
+def _baseline_text(lead: RunRow, base: RunRow | None) -> tuple[str, bool | None]:
+    if base is None:
+        return " No baseline run (manifest role = baseline) to measure against: run `kit baseline`.", None
+    if lead.vs_baseline is None:
+        return (f" Baseline {base.run_id} {_fmt_ci(base)} covers other images, so no paired comparison.", None)
+    beats = lead.beats_baseline
+    word = "beats it" if beats else "does NOT beat it"
+    return (f" Baseline ({base.architecture}, {base.run_id}): {_fmt_ci(base)}; the leader's margin over it "
+            f"{fmt_diff(lead.vs_baseline)} (paired patient bootstrap): the leader {word}.", beats)
+
+
+def answer(family: str, rows: Sequence[RunRow], runs: Mapping[str, Run], alpha: float = ALPHA,
+           n_boot: int = 1000, seed: int = 0) -> Answer:
+    """Best architecture of `family`, its margin over the baseline, and whether its lead over the
+    runner-up is separable (paired patient bootstrap; DeLong as a second opinion only when every
+    patient holds one image)."""
     question = QUESTIONS[family]
-    noun = "pretrained backbone" if family == "backbone" else "from-scratch architecture"
+    base = baseline_row(rows)
     best: dict[str, RunRow] = {}
-    for row in sorted((r for r in rows if r.family == family), key=leaderboard_order):
+    for row in sorted((r for r in rows if r.family == family and not r.is_baseline), key=leaderboard_order):
         best.setdefault(row.architecture, row)
     ranking = tuple(best.values())
     if not ranking:
-        return Answer(family, question, ranking, None, f"Too few runs to answer: no run uses a {noun} yet.")
+        return Answer(family, question, ranking, None,
+                      f"Too few runs to answer: no run uses a {_noun(family)} yet.", baseline=base)
     lead = ranking[0]
+    noun = _noun(family, lead)
+    base_text, _ = _baseline_text(lead, base)
     if len(ranking) == 1:
         return Answer(family, question, ranking, None,
-                      f"Too few runs to answer: only one {noun} ({lead.architecture}, OOF AUC {_fmt_ci(lead)}) "
-                      f"has a run; add a run with another one to compare.")
+                      f"Too few runs to answer: only one {_noun(family)} ({lead.architecture}, {noun}, OOF AUC "
+                      f"{_fmt_ci(lead)}) has a run; add a run with another one to compare." + base_text,
+                      baseline=base)
     second = ranking[1]
-    margin = lead.auc - second.auc
     caveats = _confounders(runs[lead.run_id], runs[second.run_id])
-    if lead.weights == "none" and family == "backbone":
-        caveats.append(f"{lead.architecture} was trained from random initialisation (weights = none)")
-    paired = _paired(runs[lead.run_id], runs[second.run_id])
-    head = (f"{lead.architecture} leads with OOF AUC {_fmt_ci(lead)} over {second.architecture} "
-            f"{_fmt_ci(second)}, a margin of {margin:.3f}.")
-    if paired is None:
+    if family == "backbone" and not lead.pretrained:
+        caveats.append(f"{lead.architecture} was trained from random initialisation (weights = none): "
+                       "this ranks architectures, not pretrained backbones")
+    head = (f"{lead.architecture} ({noun}) leads with OOF AUC {_fmt_ci(lead)} over {second.architecture} "
+            f"{_fmt_ci(second)}.")
+    pair = paired(runs[lead.run_id], runs[second.run_id])
+    if pair is None:
         return Answer(family, question, ranking, None,
-                      head + " Their OOF files cover different images, so no paired DeLong test is possible; "
-                      "judge by the intervals alone.", tuple(caveats))
-    test = delong_test(*paired)
+                      head + " Their OOF files cover different images, so no paired test is possible; "
+                      "judge by the intervals alone." + base_text, tuple(caveats), baseline=base)
+    test = paired_bootstrap_test(pair.y, pair.a, pair.b, pair.groups, n_boot=n_boot, seed=seed)
+    margin = f" Margin over the runner-up {fmt_diff(test)} (paired patient bootstrap)"
     if test.p < alpha:
-        verdict = head + f" DeLong p = {test.p:.3g} < {alpha}: the lead is significant."
+        verdict = head + margin + f": separable at {alpha}."
     else:
-        verdict = head + (f" DeLong p = {test.p:.3g} >= {alpha}: not significant; these runs cannot tell "
-                          f"the two apart yet.")
+        verdict = head + margin + ": NOT separable; these runs cannot tell the two apart yet."
+    delong = None
+    if pair.one_image_per_patient:
+        delong = delong_test(pair.y, pair.a, pair.b)
+        verdict += f" DeLong (second opinion; one image per patient): p = {delong.p:.2g}."
     if len(ranking) > 2:
-        caveats.append(f"{len(ranking)} {noun}s compared: the leader is picked after looking, so p is optimistic")
-    return Answer(family, question, ranking, test, verdict, tuple(caveats))
+        caveats.append(f"{len(ranking)} {_noun(family)}s compared: the leader is picked after looking, "
+                       "so p is optimistic")
+    return Answer(family, question, ranking, delong, verdict + base_text, tuple(caveats), test, base)
 
 
 def _decode(values: pd.Series, names: Sequence[str]) -> np.ndarray:
@@ -267,13 +389,23 @@ def subgroup_labels(meta: pd.DataFrame) -> dict[str, np.ndarray]:
 SUBGROUP_ORDER = {"sex": SEXES, "age band": (*AGE_BAND_LABELS, AGE_MISSING_LABEL), "anatomical site": SITES}
 
 
-def subgroup_aucs(y: np.ndarray, scores: np.ndarray,
-                  labels: Mapping[str, np.ndarray]) -> dict[str, list[tuple[str, int, int, float]]]:
-    """Per subgroup dimension: (label, n, positives, AUC) rows in the schema's category order."""
+SubgroupRow = tuple[str, int, int, AucInterval]  # label, images, positives, AUC with interval
+
+
+def subgroup_aucs(y: np.ndarray, scores: np.ndarray, labels: Mapping[str, np.ndarray],
+                  groups: np.ndarray | None = None, n_boot: int = 1000,
+                  seed: int = 0) -> dict[str, list[SubgroupRow]]:
+    """Per subgroup dimension: (label, n, positives, AUC with a patient-bootstrap interval) rows
+    in the schema's category order (patients resampled within the subgroup)."""
     out = {}
     for title, lab in labels.items():
         order = SUBGROUP_ORDER.get(title, ())
-        rows = [(str(k), g.n, g.n_pos, g.auc) for k, g in auc_by_group(y, scores, lab).items()]
+        keys = np.asarray(lab).astype(str)
+        rows = []
+        for k, g in auc_by_group(y, scores, keys).items():
+            mask = keys == k
+            ci = bootstrap_auc_ci(y[mask], scores[mask], None if groups is None else groups[mask], n_boot, seed=seed)
+            rows.append((str(k), g.n, g.n_pos, ci))
         out[title] = sorted(rows, key=lambda r: (order.index(r[0]) if r[0] in order else len(order), r[0]))
     return out
 
@@ -289,7 +421,10 @@ def metadata_from_dataset(dataset: str, names: Sequence[str]) -> pd.DataFrame | 
 
 
 def spearman(P: np.ndarray) -> np.ndarray:
-    """Spearman correlation matrix of the columns of P (Pearson of their ranks)."""
+    """Spearman correlation matrix of the columns of P (scipy.stats.spearmanr)."""
+    from scipy.stats import spearmanr
+
     if P.shape[1] == 1:
         return np.ones((1, 1))
-    return np.corrcoef(rank01(P), rowvar=False)
+    rho = spearmanr(P).statistic
+    return np.array([[1.0, rho], [rho, 1.0]]) if np.ndim(rho) == 0 else np.asarray(rho)

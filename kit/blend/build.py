@@ -28,6 +28,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from kernels.contracts import (
+    HISTORY_FILE,
     OOF_FILE,
     SUBMISSION_COLUMNS,
     TEST_PRED_FILE,
@@ -36,14 +37,14 @@ from kernels.contracts import (
     validate_test_pred,
     write_csv,
 )
-from kernels.metrics import AucInterval, auc, bootstrap_auc_ci
+from kernels.metrics import AucInterval, auc, bootstrap_auc_ci, paired_bootstrap_test
 from kit.blend import analysis, plots
 from kit.blend.calibrate import CalibrationReport, apply_calibration, calibrate
 from kit.blend.inputs import SAMPLE_SUBMISSION, BlendInputs, align_runs, read_expected_test
 from kit.blend.methods import METHODS, apply_blend
 from kit.blend.nested import BlendScore, score_method
 from kit.blend.recipe import NO_CALIBRATION, Recipe
-from kit.blend.report import BlendSection, MethodRow, Report, print_console, to_html, to_markdown
+from kit.blend.report import BlendSection, MethodRow, Report, Versus, print_console, to_html, to_markdown
 from kit.blend.saved import BLEND_FILE, BLEND_SCHEMA, reference_quantiles
 from kit.errors import KitError
 from kit.runs import Run, load_run, select_runs
@@ -56,9 +57,13 @@ PLOT_FILES = {
     "roc": "roc.png",
     "correlation": "correlation.png",
     "weights": "weights.png",
+    "coefficients": "coefficients.png",
+    "histogram": "histogram.png",
+    "learning": "learning_curves.png",
     "subgroups": "subgroups.png",
     "calibration": "calibration.png",
 }
+HEADLINE_KEYS = {True: "nested_cv", False: "in_sample"}  # blend.json oof_auc_headline, by "method learns"
 REPORT_FILES = (REPORT_MD, REPORT_HTML, *PLOT_FILES.values())
 
 
@@ -102,11 +107,41 @@ def resolve_dataset(override: str | None, recipe: Recipe, runs: Sequence[Run]) -
     return None
 
 
-def _method_row(score: BlendScore, chosen: bool) -> MethodRow:
+def _method_row(score: BlendScore, chosen: bool, ci: AucInterval, inputs: BlendInputs, groups: np.ndarray | None,
+                n_boot: int, seed: int) -> MethodRow:
     nested = [v for v in score.nested_fold_auc.values() if not np.isnan(v)]
     spread = (min(nested), max(nested)) if nested else (float("nan"), float("nan"))
-    return MethodRow(score.method, METHODS[score.method].summary, score.in_sample_auc, score.in_sample_fold_mean,
-                     score.nested_auc, spread, score.fitted.weights, chosen)
+    return MethodRow(score.method, METHODS[score.method].summary, score.learned, ci, score.in_sample_auc,
+                     score.nested_pooled_auc, score.in_sample_fold_mean, score.nested_auc, spread,
+                     score.fitted.weights, score.fitted.link == "sigmoid", chosen,
+                     versus_column(score, inputs, groups, best_model_column(inputs), n_boot, seed),
+                     versus_column(score, inputs, groups, baseline_column(inputs.runs), n_boot, seed))
+
+
+def best_model_column(inputs: BlendInputs) -> int:
+    """Index of the best single run by OOF AUC among the blended runs that are not the baseline."""
+    base = baseline_column(inputs.runs)
+    aucs = [auc(inputs.y, inputs.oof[:, j]) if j != base else -np.inf for j in range(inputs.oof.shape[1])]
+    return int(np.argmax(aucs)) if len(aucs) > (base >= 0) else -1
+
+
+def versus_column(score: BlendScore, inputs: BlendInputs, groups: np.ndarray | None, column: int,
+                  n_boot: int, seed: int) -> Versus | None:
+    """The blend's headline scores against run `column` on the same rows (paired patient bootstrap)."""
+    if column < 0:
+        return None
+    scores = score.headline_scores
+    ok = ~np.isnan(scores)
+    test = paired_bootstrap_test(inputs.y[ok], scores[ok], inputs.oof[ok, column],
+                                 None if groups is None else groups[ok], n_boot=n_boot, seed=seed)
+    return Versus(inputs.run_ids[column], test)
+
+
+def headline_ci(score: BlendScore, groups: np.ndarray | None, n_boot: int, seed: int) -> AucInterval:
+    """Patient-bootstrap interval of a method's headline AUC (rows without a nested score left out)."""
+    scores = score.headline_scores
+    ok = ~np.isnan(scores)
+    return bootstrap_auc_ci(score.y[ok], scores[ok], None if groups is None else groups[ok], n_boot, seed=seed)
 
 
 def _blend_json(recipe: Recipe, inputs: BlendInputs, score: BlendScore, ci: AucInterval,
@@ -137,13 +172,18 @@ def _blend_json(recipe: Recipe, inputs: BlendInputs, score: BlendScore, ci: AucI
         "bias": fitted.bias,
         "runs": runs,
         "calibration": calibration,
-        "oof_auc": score.in_sample_auc,
-        "oof_auc_nested": score.nested_auc,
+        "oof_auc": score.headline_auc,
+        "oof_auc_ci": [ci.low, ci.high],
+        "oof_auc_headline": HEADLINE_KEYS[score.learned],
+        "oof_auc_in_sample": score.in_sample_auc,
+        "oof_auc_nested": score.nested_pooled_auc,
         "scores": {
-            "oof_auc": score.in_sample_auc,
-            "oof_auc_fold_mean": score.in_sample_fold_mean,
-            "oof_auc_nested": score.nested_auc,
+            "oof_auc": score.headline_auc,
             "oof_auc_ci": [ci.low, ci.high],
+            "oof_auc_in_sample": score.in_sample_auc,
+            "oof_auc_nested": score.nested_pooled_auc,
+            "fold_mean_in_sample": score.in_sample_fold_mean,
+            "fold_mean_nested": score.nested_auc,
             "fold_auc": {str(k): v for k, v in score.in_sample_fold_auc.items()},
             "fold_auc_nested": {str(k): v for k, v in score.nested_fold_auc.items()},
             "brier": brier,
@@ -164,7 +204,21 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def _subgroups(inputs: BlendInputs, scores: np.ndarray, dataset: str | None) -> tuple[dict[str, Any], str]:
+def baseline_column(runs: Sequence[Run]) -> int:
+    """Index of the first run whose manifest has role "baseline" among the blended runs; -1 if none."""
+    return next((j for j, run in enumerate(runs) if analysis.run_role(run) == analysis.BASELINE_ROLE), -1)
+
+
+def method_overrides(method: str, params: dict[str, Any] | None, baseline: int) -> dict[str, Any] | None:
+    """The params a method is fitted with: cv_weighted learns its floor from the baseline run
+    among the inputs unless the recipe sets a `baseline` column (>= 0) itself."""
+    if method != "cv_weighted" or baseline < 0 or int((params or {}).get("baseline", -1)) >= 0:
+        return params
+    return {**(params or {}), "baseline": baseline}
+
+
+def _subgroups(inputs: BlendInputs, scores: np.ndarray, ok: np.ndarray, dataset: str | None,
+               n_boot: int, seed: int) -> tuple[dict[str, Any], str]:
     labels = analysis.subgroup_labels(inputs.meta)
     source = "OOF metadata columns"
     if not labels and dataset:
@@ -174,10 +228,29 @@ def _subgroups(inputs: BlendInputs, scores: np.ndarray, dataset: str | None) -> 
             source = f"metadata from {Path(dataset) / 'train.csv'}"
     if not labels:
         return {}, "the OOF files carry no sex/age/site columns and no dataset train.csv was found"
-    return analysis.subgroup_aucs(inputs.y, scores, labels), source
+    groups = analysis.patient_groups(inputs.meta)
+    return analysis.subgroup_aucs(inputs.y[ok], scores[ok], {k: v[ok] for k, v in labels.items()},
+                                  None if groups is None else groups[ok], n_boot, seed), source
 
 
-def _write_plots(out: Path, inputs: BlendInputs | None, rows: Sequence[analysis.RunRow],
+def read_histories(runs: Sequence[Run], order: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """history.json of each run that has one, in `order` (leaderboard order); unreadable ones skipped."""
+    by_id = {r.run_id: r for r in runs}
+    out: dict[str, dict[str, Any]] = {}
+    for run_id in order:
+        path = by_id[run_id].info.folder / HISTORY_FILE if run_id in by_id else None
+        if path is None or not path.is_file():
+            continue
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict) and isinstance(data.get("folds"), list):
+            out[run_id] = data
+    return out
+
+
+def _write_plots(out: Path, runs: Sequence[Run], inputs: BlendInputs | None, rows: Sequence[analysis.RunRow],
                  scores: Sequence[BlendScore], final_oof: np.ndarray | None, calibrated: bool,
                  subgroups: dict[str, Any], blend_ci: AucInterval | None) -> dict[str, str]:
     written: dict[str, str] = {}
@@ -188,18 +261,30 @@ def _write_plots(out: Path, inputs: BlendInputs | None, rows: Sequence[analysis.
 
     extra = None
     if scores and blend_ci is not None:
-        extra = {f"blend ({scores[0].method})": (blend_ci.auc, blend_ci.low, blend_ci.high)}
+        kind = "nested CV" if scores[0].learned else "learns nothing"
+        extra = {f"blend ({scores[0].method}, {kind})": (blend_ci.auc, blend_ci.low, blend_ci.high)}
     if rows:
         plots.plot_leaderboard(path("leaderboard"), rows, extra)
+    histories = read_histories(runs, [r.run_id for r in rows])
+    if histories:
+        plots.plot_learning_curves(path("learning"), histories)
     if inputs is None or not scores:
         return written
     chosen = scores[0]
     curves = {rid: (inputs.oof[:, j], auc(inputs.y, inputs.oof[:, j])) for j, rid in enumerate(inputs.run_ids)}
-    label = f"blend {chosen.method}"
-    curves[label] = (chosen.in_sample, chosen.in_sample_auc)
+    kind = "nested CV" if chosen.learned else "in-sample"
+    label = f"blend {chosen.method} ({kind})"
+    curves[label] = (chosen.headline_scores, chosen.headline_auc)
     plots.plot_roc(path("roc"), inputs.y, curves, highlight=label)
+    plots.plot_histogram(path("histogram"), inputs.y, chosen.headline_scores,
+                         f"Blend {chosen.method}: OOF scores by class ({kind})")
     plots.plot_correlation(path("correlation"), list(inputs.run_ids), analysis.spearman(inputs.oof))
-    plots.plot_weights(path("weights"), list(inputs.run_ids), {s.method: s.fitted.weights for s in scores})
+    shares = {s.method: s.fitted.weights for s in scores if s.fitted.link != "sigmoid"}
+    coefs = {s.method: s.fitted.weights for s in scores if s.fitted.link == "sigmoid"}
+    if shares:
+        plots.plot_weights(path("weights"), list(inputs.run_ids), shares)
+    if coefs:
+        plots.plot_coefficients(path("coefficients"), list(inputs.run_ids), coefs)
     plots.plot_subgroups(path("subgroups"), subgroups)
     cal_curves = {"blend (raw)": chosen.in_sample}
     if calibrated and final_oof is not None:
@@ -240,12 +325,15 @@ def _blend_part(recipe: Recipe, inputs: BlendInputs, expected: list[str] | None,
                 progress: Progress) -> BlendPart:
     """Fit the recipe's method (and the compared ones), calibrate, build and validate the submission."""
     methods = [recipe.method, *recipe.compare]
+    baseline = baseline_column(inputs.runs)
     scores = _each(progress, "fitting blends (in-sample + nested CV)", methods,
                    lambda m: score_method(m, inputs.oof, inputs.y, inputs.folds,
-                                          recipe.params if m == recipe.method else None))
+                                          method_overrides(m, recipe.params if m == recipe.method else None,
+                                                           baseline)))
     chosen = scores[0]
     groups = analysis.patient_groups(inputs.meta)
-    ci = bootstrap_auc_ci(inputs.y, chosen.in_sample, groups, recipe.bootstrap, seed=recipe.seed)
+    cis = [headline_ci(s, groups, recipe.bootstrap, recipe.seed) for s in scores]
+    ci = cis[0]
     test_scores = apply_blend(chosen.fitted, inputs.test)
     cal_json, cal_report, final_oof = None, None, chosen.in_sample
     if recipe.calibration != NO_CALIBRATION:
@@ -255,9 +343,12 @@ def _blend_part(recipe: Recipe, inputs: BlendInputs, expected: list[str] | None,
         final_oof = apply_calibration(cal, chosen.in_sample)
     submission = pd.DataFrame({SUBMISSION_COLUMNS[0]: inputs.test_names, SUBMISSION_COLUMNS[1]: test_scores})
     validate_test_pred(submission, f"{out / SUBMISSION_FILE}", expected)
-    subgroups, subgroup_source = _subgroups(inputs, chosen.in_sample, data)
+    ok = ~np.isnan(chosen.headline_scores)
+    subgroups, subgroup_source = _subgroups(inputs, chosen.headline_scores, ok, data, recipe.bootstrap, recipe.seed)
     section = BlendSection(recipe.name, chosen.method, inputs.run_ids,
-                           tuple(_method_row(s, i == 0) for i, s in enumerate(scores)), ci,
+                           tuple(_method_row(s, i == 0, c, inputs, groups, recipe.bootstrap, recipe.seed)
+                                 for i, (s, c) in enumerate(zip(scores, cis, strict=True))),
+                           ci,
                            chosen.in_sample_fold_auc, chosen.nested_fold_auc, cal_report,
                            int(inputs.oof.shape[0]), int(inputs.test.shape[0]), groups is not None)
     return BlendPart(tuple(scores), section, submission, _blend_json(recipe, inputs, chosen, ci, cal_json, cal_report),
@@ -300,7 +391,9 @@ def run_blend(
                             lambda r: analysis.run_row(r, recipe.bootstrap, recipe.seed)),
                       key=analysis.leaderboard_order)
         by_id = {r.run_id: r for r in runs}
-        answers = tuple(analysis.answer(f, rows, by_id) for f in analysis.FAMILIES)
+        rows = analysis.with_baseline(rows, by_id, recipe.bootstrap, recipe.seed)
+        answers = tuple(analysis.answer(f, rows, by_id, n_boot=recipe.bootstrap, seed=recipe.seed)
+                        for f in analysis.FAMILIES)
         part = _blend_part(recipe, inputs, expected, data, out, progress) if inputs is not None else None
         notes = list(inputs.notes) if inputs else [
             "The runs cover different images or targets, so they are not blended; leaderboard and answers only."]
@@ -318,7 +411,7 @@ def run_blend(
         tmp.mkdir()
         try:
             task = progress.add_task("plots and report", total=None)
-            plot_files = _write_plots(tmp, inputs, rows, part.scores if part else (),
+            plot_files = _write_plots(tmp, runs, inputs, rows, part.scores if part else (),
                                       part.final_oof if part else None, recipe.calibration != NO_CALIBRATION,
                                       part.subgroups if part else {}, part.ci if part else None)
             report = Report(

@@ -6,7 +6,8 @@ Out: a `Calibration` (plain parameters, JSON-ready, applied with numpy alone so 
      calibrated scores in-sample, and cross-fitted (each fold calibrated by a map fitted on the
      other folds: the honest figure).
 
-Platt: p = sigmoid(a * s + b), a logistic regression on the score (no regularisation to speak of).
+Platt: p = sigmoid(a * s + b), scikit-learn's logistic regression on the score (no
+regularisation to speak of). Brier scores by scikit-learn's brier_score_loss.
 Isotonic: a non-decreasing step map fitted by pool-adjacent-violators, stored as its thresholds
 and applied by linear interpolation, clipped at the ends (as scikit-learn's predict does).
 """
@@ -19,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from kit.blend.methods import fit_logistic, sigmoid
+from kit.blend.methods import logistic, sigmoid
 from kit.blend.nested import cross_fit
 from kit.errors import KitError
 
@@ -48,13 +49,6 @@ class CalibrationReport:
     brier_cross_fitted: float
 
 
-def brier(y: np.ndarray, p: np.ndarray) -> float:
-    """Mean squared error of probabilities against 0/1 labels."""
-    y = np.asarray(y, dtype=float)
-    p = np.asarray(p, dtype=float)
-    return float(np.mean((p - y) ** 2))
-
-
 def fit_calibration(method: str, scores: np.ndarray, y: np.ndarray) -> Calibration:
     """Fit `method` ("platt" | "isotonic") mapping scores to P(malignant)."""
     s = np.asarray(scores, dtype=float).ravel()
@@ -62,8 +56,8 @@ def fit_calibration(method: str, scores: np.ndarray, y: np.ndarray) -> Calibrati
     if np.unique(y).size < 2:
         raise KitError("calibration: the OOF labels hold one class only; nothing to calibrate against")
     if method == "platt":
-        w, b = fit_logistic(s[:, None], y, PLATT_C)
-        return Calibration("platt", {"a": float(w[0]), "b": b})
+        model = logistic(PLATT_C).fit(s[:, None], y)
+        return Calibration("platt", {"a": float(model.coef_[0, 0]), "b": float(model.intercept_[0])})
     if method == "isotonic":
         from sklearn.isotonic import IsotonicRegression
 
@@ -97,13 +91,16 @@ def calibrate(method: str, scores: np.ndarray, y: np.ndarray, folds: np.ndarray)
     The raw Brier score treats the scores as probabilities (clipped to [0, 1]); for rank blends
     it only shows how far ranks are from probabilities.
     """
+    from sklearn.metrics import brier_score_loss
+
     cal = fit_calibration(method, scores, y)
     crossed = cross_fitted(method, scores, y, folds)
     ok = ~np.isnan(crossed)
+    y = np.asarray(y, dtype=int)
     report = CalibrationReport(
         method,
-        brier(y, np.clip(scores, 0.0, 1.0)),
-        brier(y, apply_calibration(cal, scores)),
-        brier(np.asarray(y)[ok], crossed[ok]) if ok.any() else float("nan"),
+        float(brier_score_loss(y, np.clip(scores, 0.0, 1.0))),
+        float(brier_score_loss(y, apply_calibration(cal, scores))),
+        float(brier_score_loss(y[ok], crossed[ok])) if ok.any() else float("nan"),
     )
     return cal, report

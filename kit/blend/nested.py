@@ -2,14 +2,21 @@
 
 In:  a method name and params, the OOF matrix P (n x runs), labels y and fold ids.
 Out: a `BlendScore`: the in-sample blend (weights learned on all OOF rows, scored on the same
-     rows: the OOF AUC everyone quotes, and per fold) and the nested blend (for each fold k,
-     weights learned on the other folds and scored on fold k), per fold and as the mean over folds.
+     rows, pooled and per fold) and the nested blend (for each fold k, weights learned on the
+     other folds and scored on fold k), pooled over all OOF rows and per fold; and the headline.
+
+The headline of a method that learns from the OOF labels is its nested-CV AUC pooled over the
+OOF rows, like a run's OOF AUC (each fold scored by a model that never saw it, pooled); the
+in-sample figure is shown beside it, labelled as such. A method that learns nothing scores the
+same both ways, so its headline is the in-sample AUC. Comparisons are like with like: pooled
+with pooled (`in_sample_auc` vs `nested_pooled_auc`), fold mean with fold mean
+(`in_sample_fold_mean` vs `nested_auc`).
 
 The column transform (ranks, logits, ...) is label-free, so it is taken once over all OOF rows;
 only the learning is nested. Methods that learn nothing (mean, rank mean, ...) therefore score
 the same both ways, and the gap between the fold means (`optimism`) is exactly the optimism of
-the learning. Nested scores are compared per fold because each fold's blend comes from a
-different fit (a stacker's intercept moves between folds), so pooling them would mix scales.
+the learning. The pooled nested AUC mixes fits as a run's pooled OOF AUC mixes its fold
+models (a stacker's intercept moves between folds); the fold mean avoids that.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from kernels.metrics import auc, auc_by_group
-from kit.blend.methods import FittedBlend, combine, fit_transformed, method_params, transform
+from kit.blend.methods import FittedBlend, combine, fit_transformed, learns_from_labels, method_params, transform
 
 MIN_FOLDS_FOR_NESTED = 2
 
@@ -35,8 +42,31 @@ class BlendScore:
     in_sample_auc: float  # pooled over all OOF rows
     in_sample_fold_auc: Mapping[int, float]
     nested_fold_auc: Mapping[int, float]
+    y: np.ndarray = field(repr=False)
     in_sample: np.ndarray = field(repr=False)
     nested: np.ndarray = field(repr=False)
+    learned: bool = True  # whether the method learns from the OOF labels
+
+    @property
+    def nested_pooled_auc(self) -> float:
+        """AUC of the nested-CV scores pooled over the OOF rows that have one."""
+        ok = ~np.isnan(self.nested)
+        return auc(self.y[ok], self.nested[ok]) if ok.any() else float("nan")
+
+    @property
+    def headline_scores(self) -> np.ndarray:
+        """The OOF scores the headline is computed on: nested CV when the method learns, else in-sample."""
+        return self.nested if self.learned else self.in_sample
+
+    @property
+    def headline_auc(self) -> float:
+        """Pooled AUC of `headline_scores` (the figure reports quote)."""
+        return self.nested_pooled_auc if self.learned else self.in_sample_auc
+
+    @property
+    def headline_kind(self) -> str:
+        """How the headline was computed, in words for reports."""
+        return "nested CV" if self.learned else "in-sample (the method learns nothing)"
 
     @property
     def in_sample_fold_mean(self) -> float:
@@ -103,4 +133,4 @@ def score_method(
     in_sample = combine(fitted, X)
     nested = nested_scores(name, X, y, folds, merged)
     return BlendScore(name, fitted, auc(y, in_sample), fold_aucs(y, in_sample, folds),
-                      fold_aucs(y, nested, folds), in_sample, nested)
+                      fold_aucs(y, nested, folds), y, in_sample, nested, learns_from_labels(name))

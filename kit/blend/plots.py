@@ -2,8 +2,12 @@
 
 In:  plain arrays and the dataclasses of `kit.blend.analysis`; an output path per plot.
 Out: PNG files written atomically: ROC curves of runs and blend, Spearman correlation heatmap,
-     blend weights per method, AUC per subgroup, reliability (calibration) curve, and the
-     leaderboard as AUCs with their intervals.
+     blend weights per method (shares) and stacking coefficients (a plot of their own), AUC per
+     subgroup with intervals, reliability (calibration) curve, histograms of the blend's
+     predictions by class, learning curves per fold of each run (history.json), and the
+     leaderboard as AUCs with their intervals, the baseline as a floor line.
+
+Curves and bins come from scikit-learn (`roc_curve`, `calibration_curve`).
 """
 
 from __future__ import annotations
@@ -17,47 +21,49 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from kernels.contracts import atomic_write_bytes
-from kit.blend.analysis import RunRow
+from kit.blend.analysis import RunRow, SubgroupRow
 
 DPI = 110
 LABEL_MAX = 32  # characters of a run id shown on an axis
 RELIABILITY_BINS = 10
+HIST_BINS = 30
 WIDE = (7.5, 4.5)
-SQUARE = (5.5, 5.0)
+SQUARE = (6.0, 5.5)
+ROW_INCH = 0.38  # height per leaderboard / heatmap row
+CELL_INCH = 0.62  # width and height of a correlation cell
+MAX_CELL_TEXT = 16  # more runs than this: the heatmap's cells carry no numbers
+MAX_LEARNING_RUNS = 12  # learning curves of at most this many runs (best first)
+FAMILY_COLORS = {"backbone": "tab:blue", "scratch": "tab:orange", "baseline": "tab:red", "blend": "black"}
 
 
 def _short(label: str) -> str:
     return label if len(label) <= LABEL_MAX else "…" + label[-(LABEL_MAX - 1):]
 
 
-def _save(fig: Figure, path: str | os.PathLike[str]) -> None:
+def _save(fig: Figure, path: str | os.PathLike[str], tight: bool = True) -> None:
     FigureCanvasAgg(fig)
     buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png", dpi=DPI)
+    if tight:
+        fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight", pad_inches=0.15)
     atomic_write_bytes(path, buf.getvalue())
-
-
-def roc_points(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """False- and true-positive rates at every distinct threshold (ties move diagonally)."""
-    y = np.asarray(y, dtype=bool)
-    s = np.asarray(s, dtype=float)
-    order = np.argsort(-s, kind="stable")
-    ys, ss = y[order], s[order]
-    last = np.r_[np.flatnonzero(np.diff(ss)), ys.size - 1]
-    tp = np.cumsum(ys)[last]
-    fp = np.cumsum(~ys)[last]
-    n_pos, n_neg = max(int(y.sum()), 1), max(int((~y).sum()), 1)
-    return np.r_[0.0, fp / n_neg], np.r_[0.0, tp / n_pos]
 
 
 def plot_roc(path: str | os.PathLike[str], y: np.ndarray, curves: Mapping[str, tuple[np.ndarray, float]],
              highlight: str | None = None) -> None:
-    """ROC curve per run / blend; `curves` maps a label to (scores, AUC)."""
+    """ROC curve per run / blend (scikit-learn's roc_curve); `curves` maps a label to (scores,
+    AUC); rows with a NaN score (no nested-CV score) are left out of that curve."""
+    from sklearn.metrics import roc_curve
+
     fig = Figure(figsize=SQUARE)
     ax = fig.add_subplot()
+    y = np.asarray(y, dtype=int)
     for label, (scores, value) in curves.items():
-        fpr, tpr = roc_points(y, scores)
+        s = np.asarray(scores, dtype=float)
+        ok = ~np.isnan(s)
+        if np.unique(y[ok]).size < 2:  # no nested-CV scores (fewer than two folds): no curve
+            continue
+        fpr, tpr, _ = roc_curve(y[ok], s[ok])
         bold = label == highlight
         ax.plot(fpr, tpr, lw=2.5 if bold else 1.2, color="black" if bold else None,
                 label=f"{_short(label)} ({value:.3f})")
@@ -69,72 +75,89 @@ def plot_roc(path: str | os.PathLike[str], y: np.ndarray, curves: Mapping[str, t
 
 
 def plot_correlation(path: str | os.PathLike[str], labels: Sequence[str], matrix: np.ndarray) -> None:
-    """Heatmap of the Spearman correlation of run predictions (OOF)."""
+    """Heatmap of the Spearman correlation of run predictions (OOF); cell text white on dark cells."""
     n = len(labels)
-    fig = Figure(figsize=(max(4.0, 1.0 + 0.6 * n), max(3.5, 0.8 + 0.5 * n)))
+    side = max(4.5, 2.5 + CELL_INCH * n)
+    fig = Figure(figsize=(side + 1.2, side))
     ax = fig.add_subplot()
     im = ax.imshow(matrix, vmin=-1, vmax=1, cmap="RdBu_r")
     ax.set_xticks(range(n), [_short(x) for x in labels], rotation=45, ha="right", fontsize="small")
     ax.set_yticks(range(n), [_short(x) for x in labels], fontsize="small")
-    for i in range(n):
-        for j in range(n):
-            ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", fontsize="x-small")
-    ax.set_title("Spearman correlation of OOF predictions")
+    if n <= MAX_CELL_TEXT:
+        for i in range(n):
+            for j in range(n):
+                v = matrix[i, j]
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize="small",
+                        color="white" if abs(v) > 0.6 else "black")
+    ax.set_title("Spearman correlation\nof OOF predictions", fontsize="medium")
     fig.colorbar(im, ax=ax, shrink=0.8)
     _save(fig, path)
 
 
-def plot_weights(path: str | os.PathLike[str], labels: Sequence[str], weights: Mapping[str, Sequence[float]]) -> None:
-    """Grouped bars: each method's weight per run."""
-    n, k = len(labels), max(len(weights), 1)
-    fig = Figure(figsize=(max(5.0, 1.5 + 0.9 * n), 4.0))
-    ax = fig.add_subplot()
+def _bars(ax: object, labels: Sequence[str], values: Mapping[str, Sequence[float]]) -> None:
+    n, k = len(labels), max(len(values), 1)
     width = 0.8 / k
-    for i, (method, w) in enumerate(weights.items()):
-        ax.bar(np.arange(n) + (i - (k - 1) / 2) * width, w, width, label=method)
-    ax.axhline(0, color="black", lw=0.8)
-    ax.set_xticks(range(n), [_short(x) for x in labels], rotation=30, ha="right", fontsize="small")
-    ax.set(ylabel="weight", title="Blend weights per run")
-    ax.legend(fontsize="small")
+    for i, (method, w) in enumerate(values.items()):
+        ax.bar(np.arange(n) + (i - (k - 1) / 2) * width, w, width, label=method)  # type: ignore[attr-defined]
+    ax.axhline(0, color="black", lw=0.8)  # type: ignore[attr-defined]
+    ax.set_xticks(range(n), [_short(x) for x in labels], rotation=30, ha="right",  # type: ignore[attr-defined]
+                  fontsize="small")
+    ax.legend(fontsize="small")  # type: ignore[attr-defined]
+
+
+def plot_weights(path: str | os.PathLike[str], labels: Sequence[str], weights: Mapping[str, Sequence[float]]) -> None:
+    """Grouped bars: each method's weight per run (shares of the blend, summing to 1)."""
+    fig = Figure(figsize=(max(5.5, 1.5 + 0.9 * len(labels)), 4.5))
+    ax = fig.add_subplot()
+    _bars(ax, labels, weights)
+    ax.set(ylabel="weight (share of the blend)", title="Blend weights per run")
     _save(fig, path)
 
 
-def plot_subgroups(path: str | os.PathLike[str], groups: Mapping[str, Sequence[tuple[str, int, int, float]]]) -> None:
-    """Horizontal bars of AUC per subgroup, one panel per dimension (n and positives annotated)."""
+def plot_coefficients(path: str | os.PathLike[str], labels: Sequence[str], coefs: Mapping[str, Sequence[float]]) -> None:
+    """Stacking's logistic-regression coefficients per run (on rank features; not shares)."""
+    fig = Figure(figsize=(max(5.5, 1.5 + 0.9 * len(labels)), 4.5))
+    ax = fig.add_subplot()
+    _bars(ax, labels, coefs)
+    ax.set(ylabel="coefficient (logit per unit rank)", title="Stacking coefficients per run")
+    _save(fig, path)
+
+
+def plot_subgroups(path: str | os.PathLike[str], groups: Mapping[str, Sequence[SubgroupRow]]) -> None:
+    """AUC per subgroup with its 95 % interval, one panel per dimension (n and positives annotated)."""
     dims = list(groups) or ["(no metadata)"]
-    fig = Figure(figsize=(7.0, 1.2 + sum(0.35 * max(len(groups.get(d, [])), 1) + 0.6 for d in dims)))
+    fig = Figure(figsize=(7.5, 1.2 + sum(0.38 * max(len(groups.get(d, [])), 1) + 0.7 for d in dims)))
     heights = [max(len(groups.get(d, [])), 1) for d in dims]
     axes = fig.subplots(len(dims), 1, gridspec_kw={"height_ratios": heights}, squeeze=False)[:, 0]
     for ax, dim in zip(axes, dims, strict=True):
         rows = groups.get(dim, [])
-        labels = [r[0] for r in rows]
-        values = [0.0 if np.isnan(r[3]) else r[3] for r in rows]
-        ax.barh(range(len(rows)), values, color="tab:blue")
-        ax.set_yticks(range(len(rows)), labels, fontsize="small")
-        for i, (_, n, npos, value) in enumerate(rows):
-            text = "n/a (one class)" if np.isnan(value) else f"{value:.3f}"
-            ax.text(0.01, i, f"{text}  n={n}, pos={npos}", va="center", fontsize="x-small", color="white"
-                    if not np.isnan(value) and value > 0.3 else "black")
-        ax.invert_yaxis()
+        for i, (_, n, npos, ci) in enumerate(rows):
+            if np.isnan(ci.auc):
+                ax.text(0.02, i, f"n/a (one class)  n={n}, pos={npos}", va="center", fontsize="x-small")
+                continue
+            err = ([[ci.auc - ci.low], [ci.high - ci.auc]] if np.isfinite(ci.low) else None)
+            ax.errorbar([ci.auc], [i], xerr=err, fmt="o", color="tab:blue", capsize=3)
+            ax.text(1.01, i, f"{ci.auc:.3f}  n={n}, pos={npos}", va="center", fontsize="x-small",
+                    transform=ax.get_yaxis_transform())
+        ax.set_yticks(range(len(rows)), [r[0] for r in rows], fontsize="small")
+        ax.set_ylim(max(len(rows), 1) - 0.5, -0.5)
         ax.axvline(0.5, color="grey", ls=":", lw=1)
         ax.set_xlim(0, 1)
-        ax.set_title(f"AUC by {dim}", fontsize="medium")
-    _save(fig, path)
-
-
-def reliability(y: np.ndarray, p: np.ndarray, bins: int = RELIABILITY_BINS) -> tuple[np.ndarray, np.ndarray]:
-    """Mean predicted vs observed rate in equal-count bins of p (low prevalence needs them)."""
-    order = np.argsort(p, kind="stable")
-    chunks = [c for c in np.array_split(order, min(bins, max(len(p), 1))) if c.size]
-    return (np.array([p[c].mean() for c in chunks]), np.array([np.asarray(y, dtype=float)[c].mean() for c in chunks]))
+        ax.set_title(f"AUC by {dim} (95 % patient-bootstrap interval)", fontsize="medium")
+    fig.subplots_adjust(right=0.75, hspace=0.5)
+    _save(fig, path, tight=False)
 
 
 def plot_calibration(path: str | os.PathLike[str], y: np.ndarray, curves: Mapping[str, np.ndarray]) -> None:
-    """Reliability diagram of one or more probability vectors (OOF)."""
+    """Reliability diagram of one or more probability vectors (OOF; scikit-learn's calibration_curve
+    with equal-count bins, which low prevalence needs)."""
+    from sklearn.calibration import calibration_curve
+
     fig = Figure(figsize=SQUARE)
     ax = fig.add_subplot()
     for label, p in curves.items():
-        pred, obs = reliability(y, np.clip(np.asarray(p, dtype=float), 0, 1))
+        probs = np.clip(np.asarray(p, dtype=float), 0, 1)
+        obs, pred = calibration_curve(y, probs, n_bins=RELIABILITY_BINS, strategy="quantile")
         ax.plot(pred, obs, marker="o", label=label)
     ax.plot([0, 1], [0, 1], ls=":", color="grey", lw=1, label="perfect")
     ax.set(xlabel="mean predicted probability", ylabel="observed malignant rate",
@@ -143,19 +166,70 @@ def plot_calibration(path: str | os.PathLike[str], y: np.ndarray, curves: Mappin
     _save(fig, path)
 
 
+def plot_histogram(path: str | os.PathLike[str], y: np.ndarray, scores: np.ndarray, title: str) -> None:
+    """Histograms of the blend's OOF scores, benign and malignant apart (each normalised to its class)."""
+    y = np.asarray(y, dtype=bool)
+    s = np.asarray(scores, dtype=float)
+    ok = ~np.isnan(s)
+    y, s = y[ok], s[ok]
+    fig = Figure(figsize=WIDE)
+    ax = fig.add_subplot()
+    bins = np.linspace(float(s.min()), float(s.max()), HIST_BINS + 1) if s.size else HIST_BINS
+    for mask, color, name in ((~y, "tab:blue", "benign"), (y, "tab:red", "malignant")):
+        if mask.any():  # an empty class (no nested-CV scores) draws nothing
+            ax.hist(s[mask], bins=bins, density=True, alpha=0.6, color=color, label=f"{name} (n={int(mask.sum())})")
+    ax.set(xlabel="blend score", ylabel="density (per class)", title=title)
+    if s.size:
+        ax.legend(fontsize="small")
+    _save(fig, path)
+
+
+def plot_learning_curves(path: str | os.PathLike[str], histories: Mapping[str, Mapping[str, object]]) -> None:
+    """Per run (row): loss and AUC per epoch for each fold, train dashed and validation solid,
+    the checkpointed (best) epoch marked. `histories` maps a run id to its history.json dict."""
+    items = list(histories.items())[:MAX_LEARNING_RUNS]
+    fig = Figure(figsize=(10.0, 0.6 + 2.6 * max(len(items), 1)))
+    axes = fig.subplots(max(len(items), 1), 2, squeeze=False)
+    for (run_id, hist), (ax_loss, ax_auc) in zip(items, axes, strict=False):
+        folds = hist.get("folds", []) if isinstance(hist, Mapping) else []
+        for i, fold in enumerate(folds):  # type: ignore[union-attr]
+            color = f"C{i % 10}"
+            for ax, key in ((ax_loss, "loss"), (ax_auc, "auc")):
+                for prefix, style in (("", "--"), ("val_", "-")):
+                    values = fold.get(prefix + key) or []
+                    if values:
+                        ax.plot(range(1, len(values) + 1), values, ls=style, color=color, lw=1.2,
+                                label=f"fold {fold.get('fold', i)}" if prefix else None)
+                best = fold.get("best_epoch")
+                values = fold.get("val_" + key) or []
+                if isinstance(best, int) and 1 <= best <= len(values):
+                    ax.plot([best], [values[best - 1]], marker="*", ms=10, color=color)
+        ax_loss.set(title=f"{_short(run_id)}: loss", xlabel="epoch")
+        ax_auc.set(title=f"{_short(run_id)}: AUC", xlabel="epoch")
+        if folds:
+            ax_auc.legend(fontsize="x-small", loc="best", title="solid: validation, dashed: train, *: kept", title_fontsize="x-small")
+    _save(fig, path)
+
+
 def plot_leaderboard(path: str | os.PathLike[str], rows: Sequence[RunRow],
                      extra: Mapping[str, tuple[float, float, float]] | None = None) -> None:
-    """OOF AUC of each run (and blends in `extra`: label -> (auc, low, high)) with 95 % intervals."""
-    items = [(r.run_id, r.auc, r.ci.low, r.ci.high, r.family) for r in rows]
-    items += [(label, a, lo, hi, "blend") for label, (a, lo, hi) in (extra or {}).items()]
-    colors = {"backbone": "tab:blue", "scratch": "tab:orange", "blend": "black"}
-    fig = Figure(figsize=(7.0, 1.2 + 0.4 * max(len(items), 1)))
+    """OOF AUC of each run (and blends in `extra`: label -> (auc, low, high)) with 95 % intervals;
+    the baseline run as a red floor line; runs that do not beat it marked with a cross."""
+    items = [(r.run_id, r.auc, r.ci.low, r.ci.high, r.family, r.beats_baseline is False) for r in rows]
+    items += [(label, a, lo, hi, "blend", False) for label, (a, lo, hi) in (extra or {}).items()]
+    fig = Figure(figsize=(8.5, 1.6 + ROW_INCH * max(len(items), 1)))
     ax = fig.add_subplot()
-    for i, (_, a, lo, hi, fam) in enumerate(items):
+    for i, (_, a, lo, hi, fam, flagged) in enumerate(items):
         err = [[max(a - lo, 0.0)], [max(hi - a, 0.0)]] if np.isfinite(lo) and np.isfinite(hi) else None
-        ax.errorbar([a], [i], xerr=err, fmt="o", color=colors.get(fam, "grey"), capsize=3)
+        ax.errorbar([a], [i], xerr=err, fmt="x" if flagged else "o", ms=8 if flagged else 6,
+                    color=FAMILY_COLORS.get(fam, "grey"), capsize=3)
+    base = next((r for r in rows if r.is_baseline), None)
+    if base is not None and np.isfinite(base.auc):
+        ax.axvline(base.auc, color=FAMILY_COLORS["baseline"], ls="--", lw=1)
     ax.set_yticks(range(len(items)), [_short(it[0]) for it in items], fontsize="small")
-    ax.invert_yaxis()
+    ax.set_ylim(len(items) - 0.5, -0.5)
     ax.axvline(0.5, color="grey", ls=":", lw=1)
-    ax.set(xlabel="OOF AUC (95 % interval)", title="Runs (blue: backbone, orange: scratch) and blend")
+    ax.set_xlabel("OOF AUC (95 % patient-bootstrap interval)")
+    ax.set_title("Runs and blend: blue backbone, orange scratch, red baseline (dashed: its AUC, the floor),\n"
+                 "black blend; x = does not beat the baseline", fontsize="small")
     _save(fig, path)

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from rich.console import Console
 from rich.table import Table
 
-from kernels.metrics import AucInterval
-from kit.blend.analysis import Answer, RunRow
+from kernels.metrics import AucInterval, PairedResult
+from kit.blend.analysis import ALPHA, Answer, RunRow, SubgroupRow, fmt_diff
 from kit.blend.calibrate import CalibrationReport
 
 NA = "—"
@@ -27,17 +27,31 @@ TOP_WEIGHTS_SHOWN = 4
 
 
 @dataclass(frozen=True)
+class Versus:
+    """A blend's headline scores against one run on the same rows (paired patient bootstrap)."""
+
+    run_id: str
+    test: PairedResult
+
+
+@dataclass(frozen=True)
 class MethodRow:
     """One blend method scored both ways."""
 
     method: str
     summary: str
-    in_sample: float  # pooled OOF AUC
+    learned: bool  # learns from the OOF labels: the headline is then the nested-CV figure
+    headline: AucInterval  # pooled headline AUC (nested CV when learned) with its patient-bootstrap interval
+    in_sample: float  # pooled OOF AUC, weights learned on the same rows
+    nested_pooled: float  # pooled nested-CV AUC
     in_sample_fold_mean: float
     nested: float  # mean over folds of the nested-CV fold AUC
     nested_range: tuple[float, float]  # lowest and highest nested fold AUC
     weights: tuple[float, ...]
+    coefficients: bool  # the weights are logistic-regression coefficients, not shares summing to 1
     chosen: bool
+    vs_best: Versus | None = None  # against the best single (non-baseline) run
+    vs_baseline: Versus | None = None  # against the baseline run
 
 
 @dataclass(frozen=True)
@@ -66,7 +80,7 @@ class Report:
     leaderboard: tuple[RunRow, ...]
     answers: tuple[Answer, ...]
     blend: BlendSection | None
-    subgroups: Mapping[str, Sequence[tuple[str, int, int, float]]]
+    subgroups: Mapping[str, Sequence[SubgroupRow]]
     subgroup_source: str
     plots: Mapping[str, str]
     notes: tuple[str, ...] = ()
@@ -108,20 +122,41 @@ def _signed(value: float | None) -> str:
     return NA if value is None or math.isnan(value) else f"{value:+.3f}"
 
 
+def _versus_baseline(r: RunRow) -> str:
+    if r.is_baseline:
+        return "the floor"
+    if r.vs_baseline is None:
+        return NA
+    return fmt_diff(r.vs_baseline) + ("" if r.beats_baseline else "  ⚠ does not beat the baseline")
+
+
 def _leaderboard(report: Report) -> Section:
     header = ("#", "run", "backbone / architecture", "weights", "size", "epochs", "OOF AUC [95 % interval]",
-              "TTA gain", "s / epoch")
+              "vs baseline: Δ AUC [95 %], p", "TTA gain", "s / epoch")
     rows = tuple(
-        (str(i + 1), r.run_id, r.architecture, r.weights, str(r.image_size or NA), str(r.epochs or NA),
-         f"{_f(r.auc)} {_ci(r.ci)}", _signed(r.tta_gain), _f(r.sec_per_epoch, 1))
+        (str(i + 1), r.run_id + (" (baseline)" if r.is_baseline else ""), r.architecture,
+         r.weights + (" (pretrained)" if r.pretrained else ""), str(r.image_size or NA), str(r.epochs or NA),
+         f"{_f(r.auc)} {_ci(r.ci)}", _versus_baseline(r), _signed(r.tta_gain), _f(r.sec_per_epoch, 1))
         for i, r in enumerate(report.leaderboard)
     )
     patients = all(r.patients for r in report.leaderboard)
-    text = ("Intervals: percentile bootstrap, " + ("patients resampled." if patients else
+    text = ["Intervals: percentile bootstrap, " + ("patients resampled." if patients else
             "images resampled (some OOF files carry no patient_id, so images count as patients).")
-            + " TTA gain: mean over folds of AUC with minus without test-time augmentation.")
-    images = (("OOF AUC with 95 % intervals", report.plots["leaderboard"]),) if "leaderboard" in report.plots else ()
-    return Section("Leaderboard", (text,), (TableSpec("Runs", header, rows),), images)
+            + " TTA gain: mean over folds of AUC with minus without test-time augmentation."]
+    base = next((r for r in report.leaderboard if r.is_baseline), None)
+    if base is None:
+        text.append("No baseline run (a run whose manifest has role = baseline, written by `kit baseline`): "
+                    "nothing shows whether these models beat colour statistics.")
+    else:
+        losers = [r.run_id for r in report.leaderboard if not r.is_baseline and r.beats_baseline is False]
+        text.append(f"Floor: baseline {base.run_id} ({base.architecture}), OOF AUC {_f(base.auc)} {_ci(base.ci)}. "
+                    "vs baseline: the run's AUC minus the baseline's on the same images, paired patient "
+                    f"bootstrap; a run beats the baseline when Δ > 0 with p < {ALPHA}. "
+                    + (f"Flagged (do not beat the baseline): {', '.join(losers)}." if losers else
+                       "Every compared run beats the baseline."))
+    images = tuple((cap, report.plots[key]) for key, cap in (
+        ("leaderboard", "OOF AUC with 95 % intervals"), ("learning", "Learning curves per fold")) if key in report.plots)
+    return Section("Leaderboard", tuple(text), (TableSpec("Runs", header, rows),), images)
 
 
 def _answers(report: Report) -> Section:
@@ -131,10 +166,12 @@ def _answers(report: Report) -> Section:
         paragraphs.append(f"**{ans.question}** {ans.verdict}")
         paragraphs.extend(f"Caveat: {c}." for c in ans.caveats)
         if ans.ranking:
-            rows = tuple((str(i + 1), r.architecture, r.run_id, f"{_f(r.auc)} {_ci(r.ci)}")
+            rows = tuple((str(i + 1), r.architecture, "yes" if r.pretrained else "no", r.run_id,
+                          f"{_f(r.auc)} {_ci(r.ci)}", _versus_baseline(r))
                          for i, r in enumerate(ans.ranking))
             title = f"Ranking ({'backbones' if ans.family == 'backbone' else 'from-scratch architectures'}): best run each"
-            tables.append(TableSpec(title, ("#", "architecture", "best run", "OOF AUC [95 % interval]"), rows))
+            tables.append(TableSpec(title, ("#", "architecture", "pretrained", "best run", "OOF AUC [95 % interval]",
+                                            "vs baseline: Δ AUC [95 %], p"), rows))
     return Section("Answers", tuple(paragraphs), tuple(tables))
 
 
@@ -145,12 +182,13 @@ def _folds(report: Report) -> Section:
     rows = [(r.run_id, *(_f(r.fold_auc.get(k)) for k in folds), _f(r.auc)) for r in report.leaderboard]
     if report.blend:
         b = report.blend
-        rows.append((f"blend {b.name} ({b.method}, in-sample)", *(_f(b.fold_auc.get(k)) for k in folds), _f(b.ci.auc)))
-        nested = next((m for m in b.rows if m.chosen), None)
+        chosen = next(m for m in b.rows if m.chosen)
         rows.append((f"blend {b.name} ({b.method}, nested CV)", *(_f(b.fold_auc_nested.get(k)) for k in folds),
-                     f"{_f(nested.nested if nested else None)} (fold mean)"))
-    text = ("Overall: the AUC of all OOF rows pooled; for the nested-CV blend, the mean of its fold AUCs "
-            "(each fold is blended by a different fit).",) if report.blend else ()
+                     _f(chosen.nested_pooled)))
+        rows.append((f"blend {b.name} ({b.method}, in-sample)", *(_f(b.fold_auc.get(k)) for k in folds),
+                     _f(chosen.in_sample)))
+    text = ("Overall: the AUC of all OOF rows pooled, for runs and blends alike (a run's OOF pools its fold "
+            "models; the nested-CV blend pools its per-fold fits).",) if report.blend else ()
     return Section("OOF AUC per fold", text, (TableSpec("Per-fold AUC", header, tuple(rows)),))
 
 
@@ -168,27 +206,50 @@ def _blend(report: Report) -> list[Section]:
     b = report.blend
     if b is None:
         return []
-    header = ("method", "OOF AUC", "fold mean", "nested CV", "nested range", "optimism", "weights", "")
+    header = ("method", "headline OOF AUC [95 %]", "headline is", "vs best run: Δ [95 %], p", "in-sample AUC",
+              "fold mean: nested / in-sample", "nested fold range", "optimism", "weights", "")
     rows = tuple(
-        (m.method, _f(m.in_sample), _f(m.in_sample_fold_mean), _f(m.nested),
+        (m.method, f"{_f(m.headline.auc)} {_ci(m.headline)}", "nested CV" if m.learned else "in-sample (learns nothing)",
+         NA if m.vs_best is None else fmt_diff(m.vs_best.test), _f(m.in_sample), f"{_f(m.nested)} / {_f(m.in_sample_fold_mean)}",
          NA if math.isnan(m.nested_range[0]) else f"{m.nested_range[0]:.3f}–{m.nested_range[1]:.3f}",
-         _signed(m.in_sample_fold_mean - m.nested), _weights_text(m.weights, b.run_ids),
+         _signed(m.in_sample_fold_mean - m.nested),
+         ("coef " if m.coefficients else "") + _weights_text(m.weights, b.run_ids),
          "submitted" if m.chosen else "")
         for m in b.rows
     )
     chosen = next(m for m in b.rows if m.chosen)
+    if chosen.learned and math.isnan(b.ci.auc):
+        head = (f"Blend **{b.name}** of {len(b.run_ids)} run(s) with **{b.method}** ({chosen.summary}): no honest "
+                f"OOF AUC: nested CV needs two folds holding both classes, and the OOF has fewer. In-sample "
+                f"{_f(chosen.in_sample)} (weights learned and scored on the same rows) is optimistic; prefer a "
+                "method that learns nothing (rank_mean) here.")
+    elif chosen.learned:
+        head = (f"Blend **{b.name}** of {len(b.run_ids)} run(s) with **{b.method}** ({chosen.summary}): OOF AUC "
+                f"{_f(b.ci.auc)} {_ci(b.ci)} by nested CV (weights learned on the other folds; patient-bootstrap "
+                f"interval); in-sample {_f(chosen.in_sample)} (weights learned and scored on the same rows, "
+                f"optimistic). Fold means: nested {_f(chosen.nested)} vs in-sample {_f(chosen.in_sample_fold_mean)}.")
+    else:
+        head = (f"Blend **{b.name}** of {len(b.run_ids)} run(s) with **{b.method}** ({chosen.summary}): OOF AUC "
+                f"{_f(b.ci.auc)} {_ci(b.ci)} (the method learns nothing from the labels, so in-sample is honest; "
+                f"patient-bootstrap interval); fold mean {_f(chosen.in_sample_fold_mean)}.")
+    versus = []
+    for v, what in ((chosen.vs_best, "the best single run"), (chosen.vs_baseline, "the baseline")):
+        if v is not None:
+            verdict = ("better" if v.test.diff > 0 else "worse") if v.test.p < ALPHA else "not separable from it"
+            versus.append(f"Against {what} ({v.run_id}): {fmt_diff(v.test)} (paired patient bootstrap, "
+                          f"headline scores): {verdict}.")
     text = [
-        f"Blend **{b.name}** of {len(b.run_ids)} run(s) with **{b.method}** ({chosen.summary}): OOF AUC "
-        f"{_f(b.ci.auc)} {_ci(b.ci)} in-sample; mean fold AUC {_f(chosen.in_sample_fold_mean)} in-sample vs "
-        f"{_f(chosen.nested)} nested CV ({b.n_oof} OOF images, {b.n_test} test images).",
-        "OOF AUC and fold mean are in-sample: weights learned and scored on the same OOF rows (pooled, and the "
-        "mean of fold AUCs). Nested CV: for each fold, weights learned on the other folds and scored on that "
-        "fold (mean and range of fold AUCs). Optimism = fold mean - nested CV. Trust the nested column: a large "
-        "optimism means the method fitted noise and its in-sample AUC will not hold on test.",
+        head + f" {b.n_oof} OOF images, {b.n_test} test images." + (" " + " ".join(versus) if versus else ""),
+        "Headline: for a method that learns from the OOF labels, the nested-CV AUC pooled over the OOF rows "
+        "(each fold scored by weights learned on the other folds), as a run's OOF AUC pools its fold models; "
+        "for a method that learns nothing, its in-sample AUC (the same figure). In-sample: weights learned and "
+        "scored on the same rows. Optimism = in-sample fold mean - nested fold mean: how much of the in-sample "
+        "score is fitted noise. Stacking's weights are logistic-regression coefficients (coef), not shares.",
         "Runs (weight order): " + ", ".join(b.run_ids) + ".",
     ]
     images = tuple((cap, report.plots[key]) for key, cap in (
         ("roc", "ROC curves of runs and blend"), ("weights", "Blend weights"),
+        ("coefficients", "Stacking coefficients"), ("histogram", "Blend predictions by class"),
         ("correlation", "Correlation of run predictions")) if key in report.plots)
     sections = [Section("Blend", tuple(text), (TableSpec("Methods", header, rows),), images)]
     cal = b.calibration
@@ -205,12 +266,15 @@ def _subgroups(report: Report) -> Section:
     if not report.subgroups:
         return Section("Subgroups", (f"No subgroup metadata ({report.subgroup_source}).",))
     tables = tuple(
-        TableSpec(f"AUC by {dim}", (dim, "images", "malignant", "AUC"),
-                  tuple((label, str(n), str(p), _f(a)) for label, n, p, a in rows))
+        TableSpec(f"AUC by {dim}", (dim, "images", "malignant", "AUC [95 % interval]"),
+                  tuple((label, str(n), str(p), f"{_f(ci.auc)} {_ci(ci)}") for label, n, p, ci in rows))
         for dim, rows in report.subgroups.items()
     )
     images = (("AUC per subgroup", report.plots["subgroups"]),) if "subgroups" in report.plots else ()
-    return Section("Subgroups", (f"AUC of the submitted blend's OOF scores per subgroup ({report.subgroup_source}).",),
+    return Section("Subgroups", (f"AUC of the submitted blend's headline OOF scores per subgroup "
+                                 f"({report.subgroup_source}), with patient-bootstrap intervals: a subgroup with few "
+                                 "malignant cases has a wide interval, and a gap between subgroups is a finding "
+                                 "only where the intervals say so.",),
                    tables, images)
 
 
@@ -250,8 +314,8 @@ def to_markdown(report: Report) -> str:
 
 HTML_STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:.5em 0 1.5em}th,td{border:1px solid #ccc;padding:.25em .6em;text-align:left}
-th{background:#f2f2f2}td{font-variant-numeric:tabular-nums}figure{display:inline-block;margin:.5em}
-img{max-width:520px;border:1px solid #ddd}figcaption{font-size:.9em;color:#555}"""
+th{background:#f2f2f2}td{font-variant-numeric:tabular-nums}figure{display:inline-block;margin:.5em;max-width:100%}
+img{max-width:100%;height:auto;border:1px solid #ddd}figcaption{font-size:.9em;color:#555}"""
 
 
 def _html_text(text: str) -> str:

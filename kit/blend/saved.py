@@ -20,10 +20,13 @@ Fields (schema ``kit.blend/1``):
                      quantiles, so a rank transform can place new images without a test set
 - ``calibration``   null, {"method": "platt", "a", "b"} (p = sigmoid(a s + b)) or
                     {"method": "isotonic", "x": [...], "y": [...]} (linear interpolation, clipped)
-- ``oof_auc``       in-sample OOF AUC of the submitted blend (pooled); ``oof_auc_nested`` the mean
-                    over folds of its nested-CV fold AUC (weights learned on the other folds)
-- ``scores``        {"oof_auc", "oof_auc_fold_mean", "oof_auc_nested", "oof_auc_ci": [low, high],
-                     "fold_auc": {k: auc},
+- ``oof_auc``       the headline OOF AUC of the submitted blend, pooled over the OOF rows: by
+                    nested CV (weights learned on the other folds) when the method learns from the
+                    labels, else in-sample (the same figure); ``oof_auc_headline`` says which
+                    ("nested_cv" | "in_sample"); ``oof_auc_ci`` its patient-bootstrap interval
+                    [low, high]; ``oof_auc_in_sample`` and ``oof_auc_nested`` both pooled figures
+- ``scores``        {"oof_auc", "oof_auc_ci", "oof_auc_in_sample", "oof_auc_nested",
+                     "fold_mean_in_sample", "fold_mean_nested", "fold_auc": {k: auc},
                      "fold_auc_nested": {k: auc}, "brier": {"raw", "calibrated", "cross_fitted"} | null}
 - ``n_oof``, ``n_test``, ``info`` (what the method reports: picks, chosen C, ...)
 
