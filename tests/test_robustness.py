@@ -224,6 +224,8 @@ def test_damaged_manifest_refuses_the_blend_and_is_listed(two_runs: Path) -> Non
     assert [r["run_id"] for r in runs] == ["demo-a/v1"]
     report = kit("report", "--out", "rep", cwd=two_runs)
     assert report.returncode == 0 and "not in the report: runs/demo-b/v1: incomplete (manifest.json" in report.stdout
+    status = kit("status", "--offline", cwd=two_runs)  # no ledger yet: the incomplete folder is still named
+    assert status.returncode == 0 and "incomplete run: runs/demo-b/v1: incomplete (manifest.json" in status.stdout
 
 
 def test_demo_recipe_takes_only_demo_runs(two_runs: Path) -> None:

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from rich.markup import escape
 from rich.table import Table
 
 from kernels.config import COMPETITION
@@ -174,6 +175,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         rows = status_rows(_ledger(args).read(), names)
         console.print(status_table(rows))
         _print_failures(rows)
+        _print_incomplete(args.runs)
         return 0
 
     def body(client: Any, ledger: Ledger) -> int:
@@ -187,9 +189,19 @@ def cmd_status(args: argparse.Namespace) -> int:
             rows = status_rows(ledger.read(), names)
         console.print(status_table(rows))
         _print_failures(rows)
+        _print_incomplete(args.runs)
         return 1 if args.wait and any(r["status"] != "COMPLETE" for r in rows) else 0
 
     return _with_client(args, body)
+
+
+def _print_incomplete(root: str) -> None:
+    """Local run folders that are not complete (no kernel marker, broken manifest): one line each with why.
+    Blends and predict refuse them; `kit run EXP --resume` carries a local one on."""
+    from kit.runs import incomplete_runs
+
+    for _folder, why in incomplete_runs(root):
+        console.print(f"[yellow]incomplete run:[/] {escape(why)}")
 
 
 # -- pull ---------------------------------------------------------------------------------------
@@ -360,6 +372,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--wait", action="store_true", help="poll with back-off until every run has finished")
     p.add_argument("--timeout", type=float, default=None, help=WAIT_HELP)
     p.add_argument("--offline", action="store_true", help="show the ledger without asking Kaggle")
+    p.add_argument("--runs", default=DEFAULT_RUNS, help=f"runs root whose incomplete folders are listed (default {DEFAULT_RUNS})")
     _common(p)
     p.set_defaults(func=cmd_status)
 

@@ -138,8 +138,8 @@ def status_rows(data: Mapping[str, Any], names: Sequence[str] | None = None) -> 
 
 def status_table(rows: Sequence[Mapping[str, Any]]) -> Table:
     table = Table(title="Kaggle runs", show_lines=False)
-    for column in ("experiment", "kernel", "version", "accelerator", "status", "pushed (UTC)", "pulled into"):
-        table.add_column(column)
+    for column in ("experiment", "kernel", "version", "machine", "status", "pushed (UTC)", "pulled into"):
+        table.add_column(column, overflow="fold")  # cells and headers fold at 80 columns, never cut
     for row in rows:
         style = STATUS_STYLE.get(row["status"], "")
         table.add_row(
