@@ -24,10 +24,19 @@ DEMO_TIMEOUT_S = 3600
 DATA_FOLDER = "data/uda-128"
 
 
-def run() -> dict[str, float]:
+def figures(root: Path) -> dict[str, float]:
+    """The held-out figures of a finished demo under ``root`` (its dataset, baseline run and blend)."""
     from kernels.contracts import TEST_PRED_FILE
     from kit.demo import DEMO_ENSEMBLE, held_out_interval
 
+    data = root / DATA_FOLDER
+    blend = held_out_interval(root / "ensembles" / DEMO_ENSEMBLE / "submission.csv", data).auc
+    baseline = held_out_interval(sorted((root / "runs" / "baseline").glob("v*"))[-1] / TEST_PRED_FILE, data).auc
+    return {"demo_heldout_auc_minus_baseline": blend - baseline, "demo_heldout_auc": blend,
+            "demo_baseline_heldout_auc": baseline}
+
+
+def run() -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="bench-demo-") as tmp:
         root = Path(tmp)
         start = time.monotonic()
@@ -37,8 +46,4 @@ def run() -> dict[str, float]:
         minutes = (time.monotonic() - start) / 60
         if proc.returncode != 0:
             raise RuntimeError(f"kit.demo exited {proc.returncode}: {proc.stdout[-2000:]} {proc.stderr[-2000:]}")
-        data = root / DATA_FOLDER
-        blend = held_out_interval(root / "ensembles" / DEMO_ENSEMBLE / "submission.csv", data).auc
-        baseline = held_out_interval(sorted((root / "runs" / "baseline").glob("v*"))[-1] / TEST_PRED_FILE, data).auc
-    return {"demo_heldout_auc_minus_baseline": blend - baseline, "demo_heldout_auc": blend,
-            "demo_baseline_heldout_auc": baseline, "demo_minutes": minutes}
+        return {**figures(root), "demo_minutes": minutes}
