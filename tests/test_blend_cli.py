@@ -292,7 +292,7 @@ def test_recipe_hash_ignores_layout_but_not_settings(tmp_path: Path) -> None:
 
 def test_demo_recipe_is_valid() -> None:
     recipe = load_recipe("demo", Path(__file__).parents[1] / "ensembles")
-    assert recipe.method == "rank_mean" and recipe.tags == ("demo",) and recipe.calibration == "platt"
+    assert recipe.method == "rank_mean" and recipe.tags == ("demo", "baseline") and recipe.calibration == "platt"
     assert {"greedy", "stacking", "hill_climb"} <= set(recipe.compare)
 
 
