@@ -413,13 +413,14 @@ def write_results_json(frame: pd.DataFrame, source: Source, path: str | os.PathL
 
 @dataclass(frozen=True)
 class BaselineComparison:
-    """The source's OOF AUC against the baseline run's on the same images (DeLong test of the difference)."""
+    """The source's OOF AUC against the baseline run's on the same images (paired patient bootstrap of the
+    difference, as the blend reports compare runs)."""
 
     baseline: str  # the baseline's run id
     n: int  # images both have OOF predictions for
     source_auc: float
     baseline_auc: float
-    p: float  # two-sided DeLong p-value of the difference
+    p: float  # two-sided paired patient-bootstrap p-value of the difference
 
     @property
     def beats(self) -> bool:
@@ -429,7 +430,7 @@ class BaselineComparison:
     def sentence(self) -> str:
         """One line for the user."""
         figures = (f"OOF AUC {self.source_auc:.3f} vs the baseline's {self.baseline_auc:.3f} on the same {self.n} "
-                   f"images ({self.baseline}; DeLong p = {self.p:.2g})")
+                   f"images ({self.baseline}; paired patient bootstrap p = {self.p:.2g})")
         if self.source_auc <= self.baseline_auc:
             return f"these models do not beat the baseline: {figures}"
         if not self.beats:
@@ -445,20 +446,23 @@ def source_oof(source: Source) -> pd.DataFrame:
     ensemble's saved blend applied to its runs' OOF, ranked among themselves as at blend time)."""
     from kernels.contracts import OOF_FILE, read_oof
 
-    frames = [read_oof(m.folder / OOF_FILE)[["image_name", "target", "pred"]] for m in source.members]
+    frames = [read_oof(m.folder / OOF_FILE) for m in source.members]
+    patients = frames[0]["patient_id"] if "patient_id" in frames[0] else frames[0]["image_name"]  # else per image
+    frames[0] = frames[0].assign(patient_id=patients)[["image_name", "patient_id", "target", "pred"]]
     joined = frames[0].rename(columns={"pred": "pred_0"})
     for j, frame in enumerate(frames[1:], start=1):
         joined = joined.merge(frame[["image_name", "pred"]].rename(columns={"pred": f"pred_{j}"}), on="image_name")
     matrix = joined[[f"pred_{j}" for j in range(len(frames))]].to_numpy(float)
     pred = matrix[:, 0] if source.blend is None else apply_saved(source.blend, matrix, reference="within")
-    return pd.DataFrame({"image_name": joined["image_name"], "target": joined["target"], "pred": pred})
+    return pd.DataFrame({"image_name": joined["image_name"], "patient_id": joined["patient_id"],
+                         "target": joined["target"], "pred": pred})
 
 
 def compare_with_baseline(source: Source, runs_root: str | os.PathLike[str] = DEFAULT_ROOT) -> BaselineComparison | None:
     """The source against the latest baseline run under ``runs_root`` (`kit baseline`), or None when there is
     none, or when they share no images with both classes."""
     from kernels.contracts import OOF_FILE, read_oof
-    from kernels.metrics import delong_test
+    from kernels.metrics import paired_bootstrap_test
     from kit.baseline import is_baseline
 
     baselines = [r for r in list_runs(runs_root) if is_baseline(dict(r.manifest))]
@@ -470,5 +474,5 @@ def compare_with_baseline(source: Source, runs_root: str | os.PathLike[str] = DE
     both = ours.merge(theirs, on="image_name")
     if both["target"].nunique() < 2:
         return None
-    test = delong_test(both["target"], both["pred"], both["base"])
+    test = paired_bootstrap_test(both["target"], both["pred"], both["base"], groups=both["patient_id"].astype(str))
     return BaselineComparison(base.run_id, len(both), test.auc1, test.auc2, test.p)
