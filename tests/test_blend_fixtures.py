@@ -157,7 +157,7 @@ BASELINE_MANIFEST = {"role": "baseline", "baseline": {"model": "colour statistic
 def make_baseline_run(root: Path, cohort: Cohort, strength: float, seed: int = 99) -> Path:
     """A baseline run folder (manifest role = baseline), as `kit baseline` writes one."""
     oof, test = signal_preds(cohort, strength, seed=seed)
-    cfg = experiment_config("baseline", "baseline-logreg")
+    cfg = experiment_config("baseline", "baseline-logreg", tags=["baseline"])  # tagged as kit baseline tags it
     return make_run(root, "baseline", cohort, oof, test, config=cfg, manifest_extra=BASELINE_MANIFEST)
 
 

@@ -231,18 +231,21 @@ def test_damaged_manifest_refuses_the_blend_and_is_listed(two_runs: Path) -> Non
 def test_demo_recipe_takes_only_demo_runs(two_runs: Path) -> None:
     """Issue 14, case 5: after `make demo`, a pulled dry-run run does not join the demo blend, and a
     recipe can set runs aside by tag."""
+    from test_blend_fixtures import make_baseline_run, make_cohort
+
     from kit.blend.recipe import load_recipe
     from kit.runs import select_runs
 
+    make_baseline_run(two_runs / "runs", make_cohort(n=60, n_test=12), 0.5)  # `make demo` fits it first
     demo = load_recipe("demo", REPO / "ensembles")
     ids = [r.run_id for r in select_runs(two_runs / "runs", demo.names, demo.tags, demo.globs, demo.latest)]
-    assert ids == ["demo-a/v1", "demo-b/v1"]
+    assert sorted(ids) == ["baseline/v1", "demo-a/v1", "demo-b/v1"]  # the demo's own runs and its baseline
     dry = load_recipe("dryrun", REPO / "ensembles")
     assert [r.run_id for r in select_runs(two_runs / "runs", dry.names, dry.tags, dry.globs)] == ["dryrun-synth/v1"]
     (two_runs / "r.toml").write_text('[runs]\nglobs = ["*"]\nexclude_tags = ["dryrun"]\n')
     mixed = load_recipe(str(two_runs / "r.toml"))
     assert [r.run_id for r in select_runs(two_runs / "runs", mixed.names, mixed.tags, mixed.globs)] == [
-        "demo-a/v1", "demo-b/v1"]
+        "baseline/v1", "demo-a/v1", "demo-b/v1"]
 
 
 def test_make_clean_keeps_the_ledger_and_pulled_runs(tmp_path: Path) -> None:
