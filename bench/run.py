@@ -17,7 +17,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-BENCHES = ("bench.blend", "bench.pipeline", "bench.predict")
+BENCHES = ("bench.blend", "bench.pipeline", "bench.predict", "bench.accelerator_aug")
 RESULTS = Path(__file__).with_name("results.json")
 TARGETS = {
     "blend_greedy_100x33126_s": ("<=", 2.0),
@@ -26,6 +26,7 @@ TARGETS = {
     "pipeline_vs_reference_384": (">=", 1.5),
     "device_aug_vs_decode_256": (">=", 0.8),
     "device_aug_vs_decode_384": (">=", 0.8),
+    "accel_aug_allgather_mb_fused_384": ("<=", 0.0),
 }
 
 
