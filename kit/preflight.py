@@ -71,7 +71,7 @@ def preflight_overrides(exp: Experiment) -> dict[str, dict[str, object]]:
         "data": {"image_size": PREFLIGHT_IMAGE_SIZE, "shuffle_buffer": 16, "cache": False, "decode_ratio": 0},
         "model": {"weights": "none"},
         "train": {"epochs": 1, "batch_size": PREFLIGHT_BATCH, "save_weights": False, "verbose": 0,
-                  "steps_per_execution": 1},
+                  "steps_per_execution": 1, "max_steps_per_epoch": PREFLIGHT_STEPS},
         "kaggle": {"allow_cpu": True},
     }
 
