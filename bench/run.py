@@ -17,7 +17,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-BENCHES = ("bench.blend", "bench.pipeline", "bench.predict", "bench.startup", "bench.demo")
+BENCHES = ("bench.blend", "bench.pipeline", "bench.predict", "bench.accelerator_aug", "bench.startup", "bench.demo")
 RESULTS = Path(__file__).with_name("results.json")
 TARGETS = {
     "blend_greedy_100x33126_s": ("<=", 2.0),
@@ -28,6 +28,7 @@ TARGETS = {
     "device_aug_vs_decode_384": (">=", 0.8),
     "demo_heldout_auc_minus_baseline": (">=", 0.03),
     "demo_minutes": ("<=", 10.0),
+    "accel_aug_allgather_mb_fused_384": ("<=", 0.0),
 }
 
 

@@ -139,6 +139,7 @@ class TrainSection:
     mixed_precision: Literal["auto", "on", "off"] = "auto"  # auto: bf16 TPU, fp16 GPU, off CPU
     jit_compile: Literal["auto", "on", "off"] = "auto"  # auto: on for TPU/GPU, off on CPU
     steps_per_execution: int = 1  # steps per compiled call (raise on TPU)
+    max_steps_per_epoch: int = 0  # cap on training steps per epoch (0 = a full pass; kit preflight uses a few)
     verbose: int = 2  # keras fit verbosity (2 = one line per epoch)
     save_weights: bool = True  # write fold{k}.weights.h5
 

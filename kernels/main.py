@@ -108,6 +108,7 @@ def run_fold(
     train_files, val_files, external = fold_files(files, train_idx, val_idx)
     keras.utils.set_random_seed(exp.seed + fold)  # a fold's result does not depend on which folds ran before
     train_ds, steps = train_dataset(train_files, exp, hw, external=external)
+    steps = min(steps, exp.train.max_steps_per_epoch or steps)
     val_ds = with_known_batches(eval_dataset(val_files, exp, hw, labelled=True), count_examples(val_files),
                                 global_batch_size(exp, hw))
     peak_lr = scaled_lr(exp, hw)

@@ -38,6 +38,7 @@ PREFLIGHT_BATCH = 1  # images per device
 PREFLIGHT_STEPS = 4  # training steps per fold a train file gives (a diverging recipe shows within them)
 PREFLIGHT_REPLICAS = {"tpu": 8, "gpu": 2, "": 1}  # devices of each simulated topology
 PREFLIGHT_MIN_PER_FILE = 12  # images per synthetic file at least (whole patients go to one file)
+PREFLIGHT_EXTERNAL_PER_FILE = 12
 PREFLIGHT_TEST_IMAGES = 5  # odd on purpose: the last batch is padded across devices
 PREFLIGHT_TIMEOUT_S = 900.0
 PREFLIGHT_SEED = 11
@@ -70,7 +71,7 @@ def preflight_overrides(exp: Experiment) -> dict[str, dict[str, object]]:
         "data": {"image_size": PREFLIGHT_IMAGE_SIZE, "shuffle_buffer": 16, "cache": False, "decode_ratio": 0},
         "model": {"weights": "none"},
         "train": {"epochs": 1, "batch_size": PREFLIGHT_BATCH, "save_weights": False, "verbose": 0,
-                  "steps_per_execution": 1},
+                  "steps_per_execution": 1, "max_steps_per_epoch": PREFLIGHT_STEPS},
         "kaggle": {"allow_cpu": True},
     }
 
@@ -82,14 +83,16 @@ def preflight_data(exp: Experiment, root: Path, target: str) -> tuple[Path, Path
 
     folds = exp.data.folds
     main = root / "data"
-    per_file = max(PREFLIGHT_STEPS * PREFLIGHT_BATCH * PREFLIGHT_REPLICAS[target], PREFLIGHT_MIN_PER_FILE)
+    train_files = max(folds - 1, 1)  # a fold trains on every file but its own
+    per_file = max(-(-PREFLIGHT_STEPS * PREFLIGHT_BATCH * PREFLIGHT_REPLICAS[target] // train_files),
+                   PREFLIGHT_MIN_PER_FILE)
     write_synth(main, SynthSpec(n_train=folds * per_file, n_test=PREFLIGHT_TEST_IMAGES,
                                 size=PREFLIGHT_IMAGE_SIZE, shards=folds, test_shards=1, seed=PREFLIGHT_SEED,
                                 malignant_rate=PREFLIGHT_MALIGNANT_RATE))
     external = None
     if exp.data.external:
         external = root / "external"
-        write_synth(external, SynthSpec(n_train=folds * PREFLIGHT_MIN_PER_FILE, n_test=2, size=PREFLIGHT_IMAGE_SIZE, shards=folds,
+        write_synth(external, SynthSpec(n_train=folds * PREFLIGHT_EXTERNAL_PER_FILE, n_test=2, size=PREFLIGHT_IMAGE_SIZE, shards=folds,
                                         test_shards=1, seed=PREFLIGHT_SEED + 1,
                                         malignant_rate=PREFLIGHT_MALIGNANT_RATE))
     return main, external
@@ -133,7 +136,10 @@ def preflight(exp: Experiment, accelerator: str | None = None, fmt: str | None =
         kernel = render_experiment(exp, owner="preflight", out_root=root / "build", fmt=fmt, accelerator=acc)
         data, external = preflight_data(exp, root, target)
         env = {"KIT_REHEARSE": target, "KIT_CONFIG_OVERRIDES": json.dumps(preflight_overrides(exp)),
-               "KERAS_BACKEND": "", "XLA_FLAGS": ""}
+               "KERAS_BACKEND": "", "XLA_FLAGS": "",
+               # every fold rebuilds the same model: JAX reuses its compiled steps from this cache
+               "JAX_COMPILATION_CACHE_DIR": str(root / "jax-cache"),
+               "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
         if external is not None:
             env["KIT_EXTERNAL_DIR"] = str(external)
         result = run_kernel(kernel.code_file, root / "out", data_dir=str(data), extra_env=env, timeout_s=timeout_s)

@@ -49,7 +49,7 @@ def shrunk_recipe(**sections: dict[str, Any]) -> dict[str, Any]:
         "model": {"backbone": "scratch", "weights": "none", "head": "diagnosis", "dropout": 0.2,
                   "scratch": {"stages": 2, "width": 8}},
         "train": {"epochs": 2, "batch_size": 4, "lr": 1e-3, "reference_batch": 8, "warmup_epochs": 0.5,
-                  "verbose": 0, "tta": 0, "tta_dihedral": False, "save_weights": False},
+                  "verbose": 0, "tta": 0, "tta_dihedral": False, "save_weights": False, "max_steps_per_epoch": 4},
     }
     for key, value in sections.items():
         config[key] = {**config.get(key, {}), **value}
