@@ -22,7 +22,6 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 IMAGE_SIZE_MULTIPLE = 32
 MIN_FOLDS = 2
-MAX_LR = 10.0  # a learning rate above this diverges with every optimizer here
 MAX_IMAGE_SIZE = 1024  # the largest re-pack of the competition images
 COMPETITION = "siim-isic-melanoma-classification"
 
@@ -284,7 +283,6 @@ def _check_values(exp: Experiment, where: str, known: Known | None) -> None:
     _check(t.focal_gamma >= 0, where, "train.focal_gamma", t.focal_gamma, "a number >= 0")
     _check(0 <= t.focal_alpha <= 1, where, "train.focal_alpha", t.focal_alpha, "a number in [0, 1]")
     _check(t.verbose in (0, 1, 2), where, "train.verbose", t.verbose, "0, 1 or 2")
-    _check(t.lr <= MAX_LR, where, "train.lr", t.lr, f"a number in (0, {MAX_LR:g}]")
     _check(d.image_size <= MAX_IMAGE_SIZE, where, "data.image_size", d.image_size,
            f"a positive multiple of {IMAGE_SIZE_MULTIPLE} up to {MAX_IMAGE_SIZE}")
     _check(exp.kaggle.timeout_s >= 0, where, "kaggle.timeout_s", exp.kaggle.timeout_s, "seconds >= 0 (0 = Kaggle's default)")
