@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from test_kaggle_support import ctrl_c_works
 
 from kernels.contracts import COMPLETE_KEY, FOLDS_PLANNED_KEY, MANIFEST_FILE, OOF_FILE, read_manifest
 from kit.commands.run import resume_folder
@@ -83,7 +84,7 @@ def test_ctrl_c_after_fold_0_then_resume(tiny_exp: Path) -> None:
     work = tiny_exp
     proc = subprocess.Popen(
         [sys.executable, "-m", "kit.cli", "run", "tiny.toml", "-v"], cwd=work, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)},
+        stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, preexec_fn=ctrl_c_works,
     )
     assert proc.stdout is not None
     for line in proc.stdout:
