@@ -122,7 +122,7 @@ def run_fold(
     )
     trained = train_fold(model, exp, train_ds, steps, val_ds, label=f"fold {fold} ")
     print(f"[kit] fold {fold}: best epoch {trained.best_epoch} of {trained.epochs_run} "
-          f"({exp.train.monitor} {trained.best_value})", flush=True)
+          f"({exp.train.monitor} {'n/a' if trained.best_value is None else f'{trained.best_value:.4f}'})", flush=True)
     start = time.monotonic()
     oof = predict_tta(model, val_files, exp, hw, labelled=True)
     test_pred = predict_tta(model, files.test, exp, hw, labelled=False).tta if files.test else np.zeros(0)

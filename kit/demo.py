@@ -140,26 +140,40 @@ def held_out_auc(pred_csv: Path, data: Path) -> str:
     return f"{ci.auc:.4f} [{ci.low:.3f}, {ci.high:.3f}]"
 
 
+def _shown(path: Path) -> str:
+    """A path as the user types it: relative to the working folder when it lies inside it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
 def summary(runs: list[Path], out: Path, data: Path, seconds: float) -> None:
-    """Closing table: each run's and the blend's OOF AUC and held-out AUC, and where the outputs are."""
+    """Closing table: each run's and the blend's OOF AUC and held-out AUC; then where the outputs are, one path
+    a line (a path in a table cell would be cut at 80 columns)."""
     table = Table(title="demo results")
-    for col in ("what", "OOF AUC", "held-out AUC [95% CI]", "where"):
+    for col in ("what", "OOF AUC", "held-out AUC [95% CI]"):
         table.add_column(col)
+    where: list[tuple[str, Path]] = []
     for run in runs:
         manifest = json.loads((run / MANIFEST_FILE).read_text())
         what = f"{manifest['experiment']} (the floor)" if manifest.get("role") == "baseline" else manifest["experiment"]
-        table.add_row(what, f"{manifest['oof_auc']:.4f}", held_out_auc(run / TEST_PRED_FILE, data), str(run))
+        table.add_row(what, f"{manifest['oof_auc']:.4f}", held_out_auc(run / TEST_PRED_FILE, data))
+        where.append((manifest["experiment"], run))
     blend = json.loads((out / "blend.json").read_text())
     kind = ", OOF by nested CV" if blend.get("oof_auc_headline") == "nested_cv" else ""  # learned weights
     table.add_row(f"blend ({blend['method']}){kind}", f"{blend['oof_auc']:.4f}",
-                  held_out_auc(out / "submission.csv", data), str(out / "submission.csv"))
+                  held_out_auc(out / "submission.csv", data))
+    where.append(("submission", out / "submission.csv"))
     console.print(table)
+    for name, path in where:
+        console.print(f"  {name}: {_shown(path)}")
     base = [r for r in runs if json.loads((r / MANIFEST_FILE).read_text()).get("role") == "baseline"]
     if base:
         margin = (held_out_interval(out / "submission.csv", data).auc
                   - held_out_interval(base[0] / TEST_PRED_FILE, data).auc)
         console.print(f"blend minus baseline on the held-out split: {margin:+.4f} AUC")
-    console.print(f"report: {out / 'report.md'} and {out / 'report.html'}")
+    console.print(f"report: {_shown(out / 'report.md')} and {_shown(out / 'report.html')}")
     example = pd.read_csv(data / "test.csv")["image_name"].iloc[0]
     image = SAMPLE / "images" / f"{example}.jpg"
     if image.exists():  # a held-out image of the real sample
