@@ -126,8 +126,10 @@ def preflight(exp: Experiment, accelerator: str | None = None, fmt: str | None =
               workdir: Path | None = None, timeout_s: float = PREFLIGHT_TIMEOUT_S) -> PreflightResult:
     """Render, make data, run on the simulated target, check every output; never raises for a failed run."""
     from kit.localrun import run_kernel
+    from kit.quiet import quiet_tensorflow
     from kit.render import render_experiment
 
+    quiet_tensorflow()  # the synthetic data is written with TensorFlow in this process: no banner in the output
     acc, target = preflight_target(exp, accelerator)
     start = time.monotonic()
     owned = workdir is None
