@@ -57,12 +57,20 @@ def find_sample(explicit: str | None, root: Path = SAMPLE_SEARCH_ROOT) -> Path:
     return found[0]
 
 
+def _utf8_text(path: Path) -> str:
+    """The file's text; a file that is not UTF-8 is one KitError naming it (the CLI's message)."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise KitError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason}); save it as UTF-8") from None
+
+
 def validate_submission(csv_path: Path, sample_path: Path) -> pd.DataFrame:
     """The submission frame, checked against the sample (header, exact names, no dupes, finite targets)."""
     if not csv_path.is_file():
         raise KitError(f"{csv_path}: file not found")
-    sample_header = sample_path.read_text(encoding="utf-8").splitlines()[0].strip()
-    header = csv_path.read_text(encoding="utf-8").splitlines()[0].strip() if csv_path.stat().st_size else ""
+    sample_header = _utf8_text(sample_path).splitlines()[0].strip()
+    header = _utf8_text(csv_path).splitlines()[0].strip() if csv_path.stat().st_size else ""
     if header != sample_header:
         raise KitError(f"{csv_path}: header is {header!r}, expected {sample_header!r} (as in {sample_path})")
     if tuple(sample_header.split(",")) != SUBMISSION_COLUMNS:
