@@ -458,6 +458,11 @@ def data_pad(inputs: Any, label: Any, multiple: int, to_size: bool = False) -> t
 # ---------------------------------------------------------------------------------------------
 # Datasets
 # ---------------------------------------------------------------------------------------------
+def epoch_steps(files: Sequence[str], exp: Experiment, hw: Hardware) -> int:
+    """Steps of one training epoch over ``files``: their examples (by name) // the global batch, at least 1."""
+    return max(1, count_examples(files) // global_batch_size(exp, hw))
+
+
 def train_dataset(files: Sequence[str], exp: Experiment, hw: Hardware,
                   external: Sequence[str] = ()) -> tuple[tf.data.Dataset, int]:
     """Endless training batches of the global batch size, and the steps of one epoch (examples in
@@ -470,7 +475,7 @@ def train_dataset(files: Sequence[str], exp: Experiment, hw: Hardware,
     all_files = [*files, *external]
     groups = [0] * len(files) + [1] * len(external)
     batch = global_batch_size(exp, hw)
-    steps = max(1, count_examples(all_files) // batch)
+    steps = epoch_steps(all_files, exp, hw)
     decoder = data_decoder(all_files, exp)
     ds = data_examples(all_files, groups, exp, labelled=True, training=True)
     if exp.data.cache:
@@ -541,6 +546,14 @@ def eval_dataset(files: Sequence[str], exp: Experiment, hw: Hardware, labelled: 
 
     ds = ds.enumerate().map(finish, num_parallel_calls=data_batch_calls(exp), deterministic=True)
     return ds.prefetch(DATA_PREFETCH).with_options(data_options(deterministic=True))
+
+
+def eval_rows(n_examples: int, exp: Experiment, hw: Hardware) -> int:
+    """Rows one `eval_dataset` pass over ``n_examples`` records yields: full global batches, then the last
+    batch padded to a multiple of the replicas (no padding on one replica)."""
+    batch = global_batch_size(exp, hw)
+    rest = n_examples % batch
+    return n_examples - rest + (-(-rest // hw.replicas) * hw.replicas if hw.replicas > 1 else rest)
 
 
 def read_records_meta(files: Sequence[str], labelled: bool) -> pd.DataFrame:

@@ -5,8 +5,9 @@ In:  `CONFIG`, the experiment as a plain dict (the rendered kernel's JSON litera
 Out: the files of kernels/contracts.py in `paths.output_dir()`; returns the manifest dict.
 
 Steps: build the `Experiment`, seed everything, detect the hardware, find the TFRecords, split the
-train files into folds (whole files, so no patient crosses folds), then per fold: datasets ->
-model -> fit with checkpointing -> OOF and test predictions with TTA -> weights -> all outputs
+train files into folds (whole files, so no patient crosses folds), build and compile the model once
+(`kernels.foldstart`: every fold reuses its compiled steps), then per fold: reset the model to its start
+-> datasets -> fit with checkpointing -> OOF and test predictions with TTA -> weights -> all outputs
 (rewritten after every fold, so finished folds survive a session that dies later). The manifest's
 `complete` marker turns true in the last write only. With KIT_RESUME=1 in the environment, the folds
 an interrupted session of the same config left in the output folder are kept and only the rest train.
@@ -19,6 +20,7 @@ import json
 import os
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import keras
@@ -33,14 +35,17 @@ from kernels.data import (
     count_examples,
     data_stored_shapes,
     discover_files,
+    epoch_steps,
     eval_dataset,
     fold_splits,
     read_records_meta,
     train_dataset,
 )
+from kernels.foldstart import FoldStart, restore_start, snapshot_start
 from kernels.models import build_model, count_params
 from kernels.outputs import FoldOutput, finished_folds, oof_frame, save_weights, write_outputs
 from kernels.paths import output_dir
+from kernels.rehearsal import install_rehearsal_ops
 from kernels.strategy import (
     Hardware,
     HardwareMismatch,
@@ -100,24 +105,53 @@ def check_data(exp: Experiment, files: DataFiles) -> None:
     check_records([*files.train, *files.test, *files.external])
 
 
-def run_fold(
-    exp: Experiment, hw: Hardware, files: DataFiles, fold: int, train_idx: Sequence[int], val_idx: Sequence[int],
-    out_dir: str,
-) -> FoldOutput:
-    """Train one fold and predict its validation files and the test files."""
-    train_files, val_files, external = fold_files(files, train_idx, val_idx)
-    keras.utils.set_random_seed(exp.seed + fold)  # a fold's result does not depend on which folds ran before
-    train_ds, steps = train_dataset(train_files, exp, hw, external=external)
-    steps = min(steps, exp.train.max_steps_per_epoch or steps)
-    val_ds = with_known_batches(eval_dataset(val_files, exp, hw, labelled=True), count_examples(val_files),
-                                global_batch_size(exp, hw))
+def run_steps(exp: Experiment, hw: Hardware, files: DataFiles, splits: Sequence[tuple[Sequence[int], Sequence[int]]],
+              run: Sequence[int]) -> int:
+    """Training steps per epoch, one number for the whole run: the smallest fold's (their train files differ
+    by a batch or two; `train.max_steps_per_epoch` caps it). One number lets one compiled model (and its
+    learning-rate schedule) serve every fold (`kernels.foldstart`)."""
+    steps = min(epoch_steps([*train, *external], exp, hw)
+                for train, _, external in (fold_files(files, *splits[fold]) for fold in run))
+    return min(steps, exp.train.max_steps_per_epoch or steps)
+
+
+@dataclass(frozen=True)
+class RunModel:
+    """The run's one model, compiled once, and the state every fold starts from."""
+
+    model: keras.Model
+    start: FoldStart
+    steps: int  # training steps per epoch (`run_steps`)
+    peak_lr: float
+
+
+def build_run_model(exp: Experiment, hw: Hardware, steps: int) -> RunModel:
+    """Build and compile the model under the run's seed (not a fold's: every fold starts from these weights)."""
+    keras.utils.set_random_seed(exp.seed)
     peak_lr = scaled_lr(exp, hw)
     with strategy_scope(hw):
         model = build_model(exp, hw, META_DIM, total_steps=steps * exp.train.epochs)
         compile_model(model, exp, hw, peak_lr, steps)
+        start = snapshot_start(model)
+    return RunModel(model=model, start=start, steps=steps, peak_lr=peak_lr)
+
+
+def run_fold(
+    exp: Experiment, hw: Hardware, files: DataFiles, fold: int, train_idx: Sequence[int], val_idx: Sequence[int],
+    out_dir: str, run_model: RunModel,
+) -> FoldOutput:
+    """Train one fold (the run's model, reset to its start) and predict its validation files and the test files."""
+    train_files, val_files, external = fold_files(files, train_idx, val_idx)
+    keras.utils.set_random_seed(exp.seed + fold)  # a fold's result does not depend on which folds ran before
+    model, steps = run_model.model, run_model.steps
+    with strategy_scope(hw):
+        restore_start(model, run_model.start, fold)
+    train_ds, _ = train_dataset(train_files, exp, hw, external=external)
+    val_ds = with_known_batches(eval_dataset(val_files, exp, hw, labelled=True), count_examples(val_files),
+                                global_batch_size(exp, hw))
     print(
         f"[kit] fold {fold}: {len(train_files)} train files (+{len(external)} external), {len(val_files)} validation "
-        f"files; {steps} steps/epoch, peak lr {peak_lr:.2e}, {count_params(model):,} parameters",
+        f"files; {steps} steps/epoch, peak lr {run_model.peak_lr:.2e}, {count_params(model):,} parameters",
         flush=True,
     )
     trained = train_fold(model, exp, train_ds, steps, val_ds, label=f"fold {fold} ")
@@ -134,7 +168,7 @@ def run_fold(
         epochs_run=trained.epochs_run, train_s=trained.train_s, predict_s=predict_s, weights_file=weights,
         extra={"tta_views": oof.views},
     )
-    del model, trained
+    del trained
     gc.collect()
     return result
 
@@ -152,6 +186,9 @@ def kernel_main(config: dict[str, Any]) -> dict[str, Any]:
         hw = detect_hardware(exp)
     except HardwareMismatch as exc:  # on Kaggle without the asked-for accelerator: stop in the first minute
         raise SystemExit(str(exc)) from None
+    if install_rehearsal_ops(hw):
+        print("[kit] rehearsal: depthwise-convolution kernel gradients computed tap by tap (same values; XLA's CPU "
+              "form is 100x slower, see kernels/rehearsal.py)", flush=True)
     files = discover_files(exp)
     check_data(exp, files)
     out_dir = output_dir()
@@ -165,13 +202,16 @@ def kernel_main(config: dict[str, Any]) -> dict[str, Any]:
     if results:
         print(f"[kit] resuming: fold(s) {[r.fold for r in results]} already finished, kept", flush=True)
     manifest: dict[str, Any] = {}
+    run_model: RunModel | None = None
     for fold in run:
         if any(r.fold == fold for r in results):
             continue
         train_idx, val_idx = splits[fold]
         fold_start = time.monotonic()
+        if run_model is None:  # built once, when the first fold that trains needs it
+            run_model = build_run_model(exp, hw, run_steps(exp, hw, files, splits, run))
         try:
-            results.append(run_fold(exp, hw, files, fold, train_idx, val_idx, out_dir))
+            results.append(run_fold(exp, hw, files, fold, train_idx, val_idx, out_dir, run_model))
         except NonFiniteLoss as exc:  # one line, a non-zero exit; finished folds' outputs stay as written
             raise SystemExit(str(exc)) from None
         timings = {

@@ -24,7 +24,7 @@ import tensorflow as tf
 
 from kernels.augment import dihedral_view
 from kernels.config import Experiment
-from kernels.data import count_examples, eval_dataset
+from kernels.data import count_examples, eval_dataset, eval_rows
 from kernels.models import model_prediction
 from kernels.schema import MELANOMA_INDEX
 from kernels.strategy import global_batch_size
@@ -446,19 +446,40 @@ def predict_tta(
     model: keras.Model, files: Sequence[str], exp: Experiment, hw: Any, labelled: bool
 ) -> TTAPrediction:
     """Predict `files` in eval order: the plain pass, then the dihedral views and train.tta augmented passes
-    (each seeded by its pass number, so the same run gives the same TTA). Padding rows are dropped."""
+    (each seeded by its pass number, so the same run gives the same TTA). Passes whose batches look alike
+    (all dihedral views; the augmented passes) are chained into one dataset and predicted by one
+    ``model.predict`` call: every call pays a fixed cost (gathering the model state onto the devices, starting
+    the input pipeline) that on 8 devices outweighs a small pass. Padding rows are dropped."""
     n = count_examples(files)
-    preds = []
+    rows = eval_rows(n, exp, hw)
+    passes = []
     for view, tta_pass in tta_plan(exp):
         ds = eval_dataset(list(files), exp, hw, labelled=labelled, augment=tta_pass is not None, view=view,
                           tta_pass=tta_pass)
-        ds = with_known_batches(ds, n, global_batch_size(exp, hw))
-        pred = predict_pass(model, ds, exp)
-        if len(pred) < n:
-            raise ValueError(f"predict: {len(pred)} predictions for {n} records in {len(files)} file(s)")
-        preds.append(pred[:n])
+        passes.append(with_known_batches(ds, n, global_batch_size(exp, hw)))
+    preds: list[np.ndarray] = []
+    for group in chain_groups(passes):
+        chained = group[0]
+        for ds in group[1:]:
+            chained = chained.concatenate(ds)
+        pred = predict_pass(model, chained, exp)
+        if len(pred) != rows * len(group):
+            raise ValueError(f"predict: {len(pred)} predictions for {len(group)} pass(es) of {rows} rows "
+                             f"({n} records in {len(files)} file(s))")
+        preds += [pred[i * rows:i * rows + n] for i in range(len(group))]
     stacked = np.stack(preds)
     return TTAPrediction(plain=stacked[0], tta=stacked.mean(axis=0), views=len(preds))
+
+
+def chain_groups(passes: Sequence[Any]) -> list[list[Any]]:
+    """Consecutive datasets with the same element spec, grouped (only those can be concatenated)."""
+    groups: list[list[Any]] = []
+    for ds in passes:
+        if groups and groups[-1][0].element_spec == ds.element_spec:
+            groups[-1].append(ds)
+        else:
+            groups.append([ds])
+    return groups
 
 
 def dihedral_views(images: Any) -> list[Any]:

@@ -34,10 +34,12 @@ MODULE_ORDER = (
     "metrics",
     "paths",
     "strategy",
+    "rehearsal",
     "augment",
     "data",
     "models",
     "train",
+    "foldstart",
     "outputs",
     "main",
 )
@@ -45,11 +47,12 @@ MODULE_ORDER = (
 STAGES = (
     ("Setup", "Choose the Keras backend, then the config schema, file contracts, metrics and paths.",
      ("bootstrap", "config", "schema", "contracts", "metrics", "paths")),
-    ("Hardware", "Detect TPU / GPUs / CPU and pick the distribution strategy and precision.", ("strategy",)),
+    ("Hardware", "Detect TPU / GPUs / CPU and pick the distribution strategy and precision.", ("strategy", "rehearsal")),
     ("Augmentation", "The augmentation registry: host (tf.data) and on-device (Keras layer) forms.", ("augment",)),
     ("Data", "TFRecord discovery, patient-safe folds and the tf.data input pipeline.", ("data",)),
     ("Model", "Backbone registry, from-scratch CNN builder and heads.", ("models",)),
-    ("Training", "Losses, optimisers, LR schedule, checkpointing and TTA prediction.", ("train",)),
+    ("Training", "Losses, optimisers, LR schedule, checkpointing and TTA prediction; one compiled model for every fold.",
+     ("train", "foldstart")),
     ("Predictions and plots", "OOF / test predictions, manifest, history and plots.", ("outputs",)),
     ("Run", "Train every fold and write the outputs.", ("main",)),
 )

@@ -22,6 +22,7 @@ from kernels.data import (
     decode_image,
     discover_files,
     eval_dataset,
+    eval_rows,
     fold_splits,
     metadata_vector,
     missing_metadata_vector,
@@ -156,6 +157,16 @@ def test_padding_for_several_replicas_keeps_every_image_once(dataset: Path) -> N
     w = np.concatenate(weights)
     assert w.sum() == n and (w[:n] == 1).all() and (w[n:] == 0).all() and len(w) > n
     assert sizes[:-1] == [20] * (len(sizes) - 1)
+    assert eval_rows(n, exp, cpu(replicas=4)) == len(w)  # what predict_tta splits chained passes by
+
+
+@pytest.mark.parametrize("replicas", [1, 3])
+def test_eval_rows_counts_what_a_pass_yields(dataset: Path, replicas: int) -> None:
+    exp = experiment(dataset, batch=4)
+    for files in (discover_files(exp).test[:1], discover_files(exp).train[:3]):
+        n = sum(count_from_name(f) for f in files)
+        rows = sum(int(images_of(x).shape[0]) for x in eval_dataset(files, exp, cpu(replicas), labelled=False))
+        assert eval_rows(n, exp, cpu(replicas)) == rows
 
 
 # ------------------------------------------------------------------ training batches
@@ -313,3 +324,33 @@ def test_eval_batch_count_comes_from_file_names_and_a_lying_name_fails(dataset: 
     shutil.copy(files[0], liar)
     with pytest.raises(tf.errors.FailedPreconditionError, match="expected to contain"):
         list(eval_dataset([str(liar)], exp, cpu(), labelled=False))
+
+
+@pytest.mark.parametrize("on_device", [False, True])
+def test_chained_tta_passes_predict_like_one_call_per_pass(dataset: Path, on_device: bool) -> None:
+    """predict_tta chains passes with one element spec into one predict call; it must give exactly what one
+    call per pass gives (the same rows, in the same order, padding dropped), also with two spec groups
+    (device mode: uint8 views, float32 augmented passes)."""
+    import keras
+
+    from kernels.train import chain_groups, predict_pass, predict_tta, tta_plan, with_known_batches
+
+    exp = from_dict({"name": "t", "seed": 5, "data": {"dataset": str(dataset), "image_size": SIZE},
+                     "augment": {"ops": ["affine"]}, "train": {"batch_size": 4, "tta": 2, "tta_dihedral": True}})
+    hw = cpu(replicas=3, on_device=on_device)
+    files = discover_files(exp).test[:1]
+    n = sum(count_from_name(f) for f in files)
+    inputs = keras.Input((SIZE, SIZE, 3))
+    pooled = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(2, 3, strides=4)(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(pooled))
+    got = predict_tta(model, files, exp, hw, labelled=False)
+    want = []
+    for view, tta_pass in tta_plan(exp):
+        ds = eval_dataset(files, exp, hw, labelled=False, augment=tta_pass is not None, view=view, tta_pass=tta_pass)
+        want.append(predict_pass(model, with_known_batches(ds, n, 12), exp)[:n])
+    np.testing.assert_allclose(got.plain, want[0], rtol=1e-5)
+    np.testing.assert_allclose(got.tta, np.mean(want, axis=0), rtol=1e-5)
+    assert got.views == len(want) == 10 and len(got.plain) == n
+    groups = chain_groups([eval_dataset(files, exp, hw, labelled=False, augment=a, view=v, tta_pass=p)
+                           for v, p in tta_plan(exp) for a in [p is not None]])
+    assert [len(g) for g in groups] == ([8, 2] if on_device else [10])
