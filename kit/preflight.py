@@ -35,7 +35,7 @@ from kit.errors import KitError
 PREFLIGHT_TARGETS = {"TpuV5E8": "tpu", "NvidiaTeslaT4": "gpu", "NvidiaTeslaT4Highmem": "gpu", "none": ""}
 PREFLIGHT_IMAGE_SIZE = 32  # px: the smallest size every registered backbone accepts
 PREFLIGHT_BATCH = 1  # images per device
-PREFLIGHT_STEPS = 4  # training steps per fold a train file gives (a diverging recipe shows within them)
+PREFLIGHT_STEPS = 2  # training steps per fold (a diverging recipe shows within them: tests/test_preflight.py)
 PREFLIGHT_REPLICAS = {"tpu": 8, "gpu": 2, "": 1}  # devices of each simulated topology
 PREFLIGHT_MIN_PER_FILE = 12  # images per synthetic file at least (whole patients go to one file)
 PREFLIGHT_EXTERNAL_PER_FILE = 12
@@ -45,6 +45,8 @@ PREFLIGHT_SEED = 11
 PREFLIGHT_MALIGNANT_RATE = 0.34  # every validation file holds both classes (AUC defined)
 LOG_TAIL = 3
 PREFLIGHT_ENV = "KIT_PREFLIGHT"  # "0": `kit push` skips the rehearsal (the test suite sets it)
+PREFLIGHT_CACHE_ENV = "KIT_CACHE_DIR"  # where compiled JAX steps are kept between preflights
+PREFLIGHT_CACHE_DEFAULT = Path("~/.cache/kit")  # (XDG_CACHE_HOME/kit when that is set)
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,16 @@ def preflight_data(exp: Experiment, root: Path, target: str) -> tuple[Path, Path
     return main, external
 
 
+def preflight_cache_dir(environ: dict[str, str] | None = None) -> Path:
+    """The JAX compilation cache shared by every preflight of this user: the TPU rehearsal compiles the same
+    steps (same backbone, 32 px, 8 devices) each time, so a second preflight of a recipe skips its compiles.
+    ``KIT_CACHE_DIR``, else ``$XDG_CACHE_HOME/kit``, else ``~/.cache/kit``; then ``/jax``."""
+    env = os.environ if environ is None else environ
+    root = env.get(PREFLIGHT_CACHE_ENV) or (Path(env["XDG_CACHE_HOME"]) / "kit" if env.get("XDG_CACHE_HOME")
+                                             else PREFLIGHT_CACHE_DEFAULT)
+    return Path(root).expanduser() / "jax"
+
+
 def preflight_failure(log: str, returncode: int) -> str:
     """The one line that says why the kernel failed (its own stop line when it printed one)."""
     lines = [line.strip() for line in log.splitlines() if line.strip()]
@@ -139,8 +151,8 @@ def preflight(exp: Experiment, accelerator: str | None = None, fmt: str | None =
         data, external = preflight_data(exp, root, target)
         env = {"KIT_REHEARSE": target, "KIT_CONFIG_OVERRIDES": json.dumps(preflight_overrides(exp)),
                "KERAS_BACKEND": "", "XLA_FLAGS": "",
-               # every fold rebuilds the same model: JAX reuses its compiled steps from this cache
-               "JAX_COMPILATION_CACHE_DIR": str(root / "jax-cache"),
+               # compiled steps (and the weight initialisers' small programs) kept for the next preflight
+               "JAX_COMPILATION_CACHE_DIR": str(preflight_cache_dir()),
                "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
         if external is not None:
             env["KIT_EXTERNAL_DIR"] = str(external)
