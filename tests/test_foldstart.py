@@ -33,16 +33,16 @@ def test_restore_puts_back_weights_optimizer_and_moves_seeds_per_fold() -> None:
     y = (x[:, 0] > 0).astype("float32")
     model.fit(x, y, epochs=2, batch_size=16, verbose=0)
     assert int(model.optimizer.iterations) == 8
-    assert any(not np.array_equal(np.array(v), w) for v, w in zip(model.weights, start.weights))
+    assert any(not np.array_equal(np.array(v), w) for v, w in zip(model.weights, start.weights, strict=True))
     train_function = model.train_function
 
     restore_start(model, start, fold=2)
-    for variable, value in zip(model.weights, start.weights):
+    for variable, value in zip(model.weights, start.weights, strict=True):
         np.testing.assert_array_equal(np.array(variable), value)  # BatchNorm statistics too
     assert int(model.optimizer.iterations) == 0
-    for variable, value in zip(model.optimizer.variables, start.optimizer):  # moments back to their built zeros
+    for variable, value in zip(model.optimizer.variables, start.optimizer, strict=True):  # moments back to their built zeros
         np.testing.assert_array_equal(np.array(variable), value)
-    for state, saved in zip(_seed_states(model), start.seeds):
+    for state, saved in zip(_seed_states(model), start.seeds, strict=True):
         np.testing.assert_array_equal(state, fold_seed_state(saved, 2))
         assert int(state[0]) == (int(saved[0]) + 2 * FOLD_SEED_STRIDE) % 2**32
     model.fit(x, y, epochs=1, batch_size=16, verbose=0)
@@ -66,5 +66,5 @@ def test_fold_result_does_not_depend_on_folds_before() -> None:
     after_fold0 = train(kept, kept_start, 1)
     fresh = _model()
     alone = train(fresh, snapshot_start(fresh), 1)
-    for a, b in zip(after_fold0, alone):
+    for a, b in zip(after_fold0, alone, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
