@@ -132,6 +132,7 @@ class TrainSection:
     focal_gamma: float = 2.0  # focal loss focusing parameter
     focal_alpha: float = 0.25  # focal loss positive-class weight
     early_stopping: int = 0  # patience in epochs (0 = off)
+    ema: float = 0.0  # weight EMA momentum per step (0 = off); validation, checkpoint and predictions use the average
     monitor: Literal["val_auc", "val_loss"] = "val_auc"
     tta: int = 0  # augmented passes for OOF and test (0 = none)
     tta_dihedral: bool = True  # average the 8 flips/transposes
@@ -316,6 +317,7 @@ def _check_values(exp: Experiment, where: str, known: Known | None) -> None:
     _check(0 < t.exp_decay <= 1, where, "train.exp_decay", t.exp_decay, "a number in (0, 1]")
     _check(0 <= t.label_smoothing < 1, where, "train.label_smoothing", t.label_smoothing, "a number in [0, 1)")
     _check(t.early_stopping >= 0, where, "train.early_stopping", t.early_stopping, "an integer >= 0")
+    _check(0 <= t.ema < 1, where, "train.ema", t.ema, "a number in [0, 1) (0 = off)")
     _check(t.tta >= 0, where, "train.tta", t.tta, "an integer >= 0")
     _check(t.steps_per_execution >= 1, where, "train.steps_per_execution", t.steps_per_execution, ">= 1")
     _check(0 <= m.dropout < 1, where, "model.dropout", m.dropout, "a number in [0, 1)")

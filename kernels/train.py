@@ -177,10 +177,18 @@ def make_schedule(exp: Experiment, peak_lr: float, steps_per_epoch: int) -> Warm
 # ---------------------------------------------------------------- optimisers
 
 
+def ema_options(exp: Experiment) -> dict[str, Any]:
+    """Keras' own weight averaging (an EMA of the trainable weights kept by the optimiser, updated every
+    step) when train.ema > 0; `ema_callbacks` swaps the average in for validation, checkpoint and predictions."""
+    return {"use_ema": True, "ema_momentum": exp.train.ema} if exp.train.ema > 0 else {}
+
+
 OPTIMIZERS: dict[str, Callable[[Experiment, Any], keras.optimizers.Optimizer]] = {
-    "adam": lambda exp, lr: keras.optimizers.Adam(learning_rate=lr),
-    "adamw": lambda exp, lr: keras.optimizers.AdamW(learning_rate=lr, weight_decay=exp.train.weight_decay),
-    "sgd": lambda exp, lr: keras.optimizers.SGD(learning_rate=lr, momentum=exp.train.momentum, nesterov=True),
+    "adam": lambda exp, lr: keras.optimizers.Adam(learning_rate=lr, **ema_options(exp)),
+    "adamw": lambda exp, lr: keras.optimizers.AdamW(
+        learning_rate=lr, weight_decay=exp.train.weight_decay, **ema_options(exp)),
+    "sgd": lambda exp, lr: keras.optimizers.SGD(
+        learning_rate=lr, momentum=exp.train.momentum, nesterov=True, **ema_options(exp)),
 }
 
 
@@ -356,6 +364,14 @@ class BestCheckpoint(keras.callbacks.Callback):
             self.best_epoch = self.epochs_run
 
 
+def ema_callbacks(exp: Experiment) -> list[keras.callbacks.Callback]:
+    """With train.ema: Keras' SwapEMAWeights, swapping the averaged weights into the model for each
+    validation pass and at each epoch end (back to the raw weights at the next epoch's start). It must come
+    BEFORE `BestCheckpoint` in the callback list, so that the best epoch is judged on, and keeps, the average;
+    at the end of fit the model holds the average (Keras' finalize step), which the predictions use."""
+    return [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if exp.train.ema > 0 else []
+
+
 # ---------------------------------------------------------------- one fold
 
 
@@ -401,7 +417,8 @@ def train_fold(
     if exp.train.epochs > 0:
         model.fit(
             train_ds, epochs=exp.train.epochs, steps_per_epoch=steps_per_epoch, validation_data=val_ds,
-            callbacks=[guard, recorder, best], verbose=exp.train.verbose, shuffle=False,  # tf.data shuffles
+            callbacks=[guard, recorder, *ema_callbacks(exp), best], verbose=exp.train.verbose,
+            shuffle=False,  # tf.data shuffles
         )
     value = best.best if best.best_weights is not None else None
     return FoldTraining(

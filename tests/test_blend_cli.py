@@ -292,8 +292,8 @@ def test_recipe_hash_ignores_layout_but_not_settings(tmp_path: Path) -> None:
 
 def test_demo_recipe_is_valid() -> None:
     recipe = load_recipe("demo", Path(__file__).parents[1] / "ensembles")
-    assert recipe.method == "rank_mean" and recipe.tags == ("demo", "baseline") and recipe.calibration == "platt"
-    assert {"greedy", "stacking", "hill_climb"} <= set(recipe.compare)
+    assert recipe.method == "greedy" and recipe.tags == ("demo", "baseline") and recipe.calibration == "platt"
+    assert {"rank_mean", "stacking", "hill_climb"} <= set(recipe.compare)
 
 
 def test_metadata_and_dataset_come_from_the_runs_config_when_oof_lacks_them(tmp_path: Path) -> None:

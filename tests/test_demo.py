@@ -46,5 +46,5 @@ def test_tiny_demo_runs_the_whole_loop(tmp_path: Path) -> None:
     report = (out / "report.md").read_text()
     assert "## Leaderboard" in report and "OOF AUC" in report and "demo-scratch/v1" in report
     assert (out / "report.html").exists() and list(out.glob("*.png"))
-    assert "demo results" in proc.stdout and "held-out AUC" in proc.stdout and "blend (rank_mean)" in proc.stdout
+    assert "demo results" in proc.stdout and "held-out AUC" in proc.stdout and "blend (greedy)" in proc.stdout
     assert "baseline (the floor)" in proc.stdout and "blend minus baseline on the held-out split" in proc.stdout

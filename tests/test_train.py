@@ -4,6 +4,7 @@ melanoma AUC metric against the exact AUC, best-epoch checkpointing / early stop
 from __future__ import annotations
 
 import math
+import types
 import typing
 
 import keras
@@ -190,3 +191,101 @@ def test_tta_plan() -> None:
     assert plan[0] == (None, None)
     assert plan[1:DIHEDRAL_VIEWS] == [(k, None) for k in range(1, DIHEDRAL_VIEWS)]
     assert plan[DIHEDRAL_VIEWS:] == [(None, 1), (None, 2), (None, 3)]
+
+
+EMA_MOMENTUM = 0.8  # high enough to lag the raw weights visibly over a few steps
+LR = 0.2  # constant: the raw weights keep moving, so the average lags them clearly
+
+
+def _ema_problem() -> tuple[typing.Any, typing.Any, int, list[np.ndarray]]:
+    import tensorflow as tf
+
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(64, 4)).astype("float32")
+    y = (x[:, :1] + 0.5 * rng.normal(size=(64, 1)) > 0).astype("float32")
+    batch = 16
+    train = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch)
+    val = tf.data.Dataset.from_tensor_slices((x[:32], y[:32])).batch(batch)
+    keras.utils.set_random_seed(1)
+    init = [np.array(w) for w in tiny_model().get_weights()]
+    return train, val, len(x) // batch, init
+
+
+def tiny_model() -> keras.Model:
+    return keras.Sequential([keras.Input((4,)), keras.layers.Dense(1, activation="sigmoid")])
+
+
+def _raw_and_ema_per_epoch(train: typing.Any, steps: int, init: list[np.ndarray], epochs: int) -> tuple[list, list]:
+    """Replays training without EMA, recording the raw weights after every step, and computes Keras' EMA
+    formula by hand (the average starts at the first step's weights): per-epoch-end raw and averaged weights."""
+    from kernels.train import compile_model
+
+    exp = make_exp({"epochs": epochs, "lr": LR, "schedule": "constant", "warmup_epochs": 0.0, "ema": 0.0, "monitor": "val_loss"})
+    model = tiny_model()
+    model.set_weights(init)
+    compile_model(model, exp, types.SimpleNamespace(jit_compile=False, backend="tensorflow"), LR, steps)
+    steps_seen: list[list[np.ndarray]] = []
+    record = keras.callbacks.LambdaCallback(
+        on_train_batch_end=lambda b, logs: steps_seen.append([np.array(w) for w in model.get_weights()]))
+    model.fit(train, epochs=epochs, steps_per_epoch=steps, callbacks=[record], verbose=0, shuffle=False)
+    raw, ema, average = [], [], None
+    for i, w in enumerate(steps_seen):
+        average = w if average is None else [EMA_MOMENTUM * a + (1 - EMA_MOMENTUM) * v for a, v in zip(average, w, strict=True)]
+        if (i + 1) % steps == 0:
+            raw.append(w)
+            ema.append(average)
+    return raw, ema
+
+
+@pytest.mark.parametrize("policy", ["float32", "mixed_float16"])
+def test_ema_weights_are_validated_checkpointed_and_predicted(policy: str) -> None:
+    """train.ema: validation, the best-epoch checkpoint and the final model (hence predictions and saved
+    weights) use the optimiser's moving average, not the raw weights; also under the loss-scale wrapper."""
+    from kernels.train import ReplicaSafeLossScaleOptimizer, compile_model, train_fold
+
+    epochs = 3
+    train, val, steps, init = _ema_problem()
+    raw, ema = _raw_and_ema_per_epoch(train, steps, init, epochs)
+    exp = make_exp({"epochs": epochs, "lr": LR, "schedule": "constant", "warmup_epochs": 0.0, "ema": EMA_MOMENTUM,
+                    "monitor": "val_loss", "verbose": 0})
+    previous = keras.mixed_precision.global_policy().name
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        model = tiny_model()
+        model.set_weights(init)
+        compile_model(model, exp, types.SimpleNamespace(jit_compile=False, backend="tensorflow"), LR, steps)
+        if policy == "mixed_float16":
+            assert isinstance(model.optimizer, ReplicaSafeLossScaleOptimizer)
+            assert model.optimizer.inner_optimizer.use_ema
+        fold = train_fold(model, exp, train, steps, val)
+        tol = 1e-2 if policy == "mixed_float16" else 1e-5
+        best = fold.best_epoch - 1
+        for got, want in zip(model.get_weights(), ema[best], strict=True):
+            np.testing.assert_allclose(got, want, atol=tol)
+        lag = max(float(np.max(np.abs(a - r))) for a, r in zip(ema[best], raw[best], strict=True))
+        assert lag > 10 * tol  # the average really differs from the raw weights
+        x, y = next(iter(val.unbatch().batch(32)))
+        kernel, bias = ema[best]
+        want_pred = 1 / (1 + np.exp(-(np.asarray(x) @ kernel + bias)))
+        np.testing.assert_allclose(model.predict(x, verbose=0), want_pred, atol=tol)
+        for epoch in range(epochs):  # each epoch's validation loss is that of its averaged weights
+            probe = tiny_model()
+            probe.set_weights(ema[epoch])
+            probe.compile(loss=make_loss(exp))
+            assert fold.history["val_loss"][epoch] == pytest.approx(
+                float(probe.evaluate(val, verbose=0)), abs=10 * tol)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
+def test_ema_is_off_by_default_and_validated() -> None:
+    from kernels.config import ConfigError
+    from kernels.train import ema_callbacks
+
+    exp = make_exp()
+    assert exp.train.ema == 0.0 and not make_optimizer(exp, 0.01).use_ema and ema_callbacks(exp) == []
+    on = make_optimizer(make_exp({"ema": 0.99}), 0.01)
+    assert on.use_ema and on.ema_momentum == pytest.approx(0.99)
+    for bad in (1.0, -0.1):
+        with pytest.raises(ConfigError, match="train.ema"):
+            make_exp({"ema": bad})
