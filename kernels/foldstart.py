@@ -48,10 +48,16 @@ def snapshot_start(model: keras.Model) -> FoldStart:
     if not optimizer.built:
         optimizer.build(model.trainable_variables)
     return FoldStart(
-        weights=[np.array(v) for v in model.weights],
-        seeds=[np.array(v) for v in _seed_variables(model)],
-        optimizer=[np.array(v) for v in optimizer.variables],
+        weights=[_host(v) for v in model.weights],
+        seeds=[_host(v) for v in _seed_variables(model)],
+        optimizer=[_host(v) for v in optimizer.variables],
     )
+
+
+def _host(variable: Any) -> np.ndarray:
+    """A host copy of a variable's value (gathered from every device under a distribution)."""
+    value = variable.value
+    return np.array(value.numpy() if hasattr(value, "numpy") else value, copy=True)  # TF tensor | JAX array
 
 
 def fold_seed_state(state: np.ndarray, fold: int) -> np.ndarray:
