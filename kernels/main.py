@@ -188,7 +188,7 @@ def kernel_main(config: dict[str, Any]) -> dict[str, Any]:
         raise SystemExit(str(exc)) from None
     if install_rehearsal_ops(hw):
         print("[kit] rehearsal: depthwise-convolution kernel gradients computed tap by tap (same values; XLA's CPU "
-              "form is 100x slower, see kernels/rehearsal.py)", flush=True)
+              "form is a channels x channels convolution, see kernels/rehearsal.py)", flush=True)
     files = discover_files(exp)
     check_data(exp, files)
     out_dir = output_dir()

@@ -63,3 +63,12 @@ def test_push_refuses_a_diverging_recipe_before_sending(tmp_path: Path, monkeypa
     assert "preflight pf-tiny (NvidiaTeslaT4, 2-device MirroredStrategy)" in err[0] and "loss" in err[0]
     assert "fold 0, epoch 1, step" in err[0]
     assert not ledger.exists()  # nothing was sent, nothing recorded
+
+
+def test_preflight_cache_dir_order() -> None:
+    """KIT_CACHE_DIR, else $XDG_CACHE_HOME/kit, else ~/.cache/kit; the JAX cache is its jax/ folder."""
+    from kit.preflight import preflight_cache_dir
+
+    assert preflight_cache_dir({"KIT_CACHE_DIR": "/a", "XDG_CACHE_HOME": "/b"}) == Path("/a/jax")
+    assert preflight_cache_dir({"XDG_CACHE_HOME": "/b"}) == Path("/b/kit/jax")
+    assert preflight_cache_dir({}) == Path("~/.cache/kit/jax").expanduser()
