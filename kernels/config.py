@@ -118,6 +118,7 @@ class TrainSection:
 
     epochs: int = 12
     batch_size: int = 32  # per replica; global = batch_size x replicas
+    eval_batch_factor: int = 4  # validation and prediction batches are this many training batches (no gradients)
     lr: float = 3e-4  # learning rate at reference_batch; scaled linearly with global batch
     reference_batch: int = 32  # global batch at which lr applies as written
     min_lr: float = 1e-6  # floor of the decay
@@ -310,6 +311,7 @@ def _check_values(exp: Experiment, where: str, known: Known | None) -> None:
     _check(bool(d.dataset), where, "data.dataset", d.dataset, "a dataset slug, folder or gs:// URL")
     _check(t.epochs >= 1, where, "train.epochs", t.epochs, "an integer >= 1")
     _check(t.batch_size >= 1, where, "train.batch_size", t.batch_size, "an integer >= 1")
+    _check(t.eval_batch_factor >= 1, where, "train.eval_batch_factor", t.eval_batch_factor, "an integer >= 1")
     _check(t.reference_batch >= 1, where, "train.reference_batch", t.reference_batch, "an integer >= 1")
     _check(t.lr > 0, where, "train.lr", t.lr, "a number > 0")
     _check(0 <= t.min_lr <= t.lr, where, "train.min_lr", t.min_lr, "a number in [0, train.lr]")

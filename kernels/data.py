@@ -51,7 +51,7 @@ from kernels.schema import (
     external_code_map,
     feature_spec,
 )
-from kernels.strategy import Hardware, global_batch_size
+from kernels.strategy import Hardware, eval_batch_size, global_batch_size
 
 DATA_RATIOS = (1, 2, 4, 8)  # the DCT scales decode_jpeg supports
 DATA_PARSE_CHUNK = 64  # records parsed per vectorised parse_example call
@@ -509,7 +509,7 @@ DATA_TTA_PASSES = itertools.count(1)  # each augmented eval dataset draws a fres
 def eval_dataset(files: Sequence[str], exp: Experiment, hw: Hardware, labelled: bool, augment: bool = False,
                  view: int | None = None, tta_pass: int | None = None) -> tf.data.Dataset:
     """A finite pass over ``files`` in a fixed order (files as given, records in file order; the rows of
-    `read_records_meta`), in global-batch batches: (inputs, label) if ``labelled`` else inputs.
+    `read_records_meta`), in `eval_batch_size` batches: (inputs, label) if ``labelled`` else inputs.
 
     ``view`` (0..7) applies `kernels.augment.dihedral_view`; ``augment`` applies the host augmentation
     ops (no mixing) with draws seeded by ``tta_pass`` (None: the next pass number of this process).
@@ -517,7 +517,7 @@ def eval_dataset(files: Sequence[str], exp: Experiment, hw: Hardware, labelled: 
     With several replicas the last batch is zero-padded to a multiple of the replicas and labelled
     elements carry a third item, the sample weight (0 on padding): drop predictions past the count.
     """
-    batch = global_batch_size(exp, hw)
+    batch = eval_batch_size(exp, hw)
     ds = data_examples(list(files), [0] * len(files), exp, labelled=labelled, training=False)
     ds = data_decoded(ds, data_decoder(files, exp), exp, deterministic=True).batch(batch)
     # the batch count from the file names: Keras sizes its progress bar and does not warn at the end;
@@ -551,7 +551,7 @@ def eval_dataset(files: Sequence[str], exp: Experiment, hw: Hardware, labelled: 
 def eval_rows(n_examples: int, exp: Experiment, hw: Hardware) -> int:
     """Rows one `eval_dataset` pass over ``n_examples`` records yields: full global batches, then the last
     batch padded to a multiple of the replicas (no padding on one replica)."""
-    batch = global_batch_size(exp, hw)
+    batch = eval_batch_size(exp, hw)
     rest = n_examples % batch
     return n_examples - rest + (-(-rest // hw.replicas) * hw.replicas if hw.replicas > 1 else rest)
 

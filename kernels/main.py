@@ -41,15 +41,16 @@ from kernels.data import (
     read_records_meta,
     train_dataset,
 )
-from kernels.foldstart import FoldStart, restore_start, snapshot_start
+from kernels.foldstart import FoldStart, restore_start, seed_fold, snapshot_start
 from kernels.models import build_model, count_params
 from kernels.outputs import FoldOutput, finished_folds, oof_frame, save_weights, write_outputs
 from kernels.paths import output_dir
-from kernels.rehearsal import install_rehearsal_ops
+from kernels.rehearsal import install_rehearsal_ops, quicken_gpu_rehearsal
 from kernels.strategy import (
     Hardware,
     HardwareMismatch,
     detect_hardware,
+    eval_batch_size,
     global_batch_size,
     prepare_devices,
     scaled_lr,
@@ -142,13 +143,13 @@ def run_fold(
 ) -> FoldOutput:
     """Train one fold (the run's model, reset to its start) and predict its validation files and the test files."""
     train_files, val_files, external = fold_files(files, train_idx, val_idx)
-    keras.utils.set_random_seed(exp.seed + fold)  # a fold's result does not depend on which folds ran before
+    seed_fold(exp.seed + fold)  # a fold's result does not depend on which folds ran before
     model, steps = run_model.model, run_model.steps
     with strategy_scope(hw):
         restore_start(model, run_model.start, fold)
     train_ds, _ = train_dataset(train_files, exp, hw, external=external)
     val_ds = with_known_batches(eval_dataset(val_files, exp, hw, labelled=True), count_examples(val_files),
-                                global_batch_size(exp, hw))
+                                eval_batch_size(exp, hw))
     print(
         f"[kit] fold {fold}: {len(train_files)} train files (+{len(external)} external), {len(val_files)} validation "
         f"files; {steps} steps/epoch, peak lr {run_model.peak_lr:.2e}, {count_params(model):,} parameters",
@@ -189,6 +190,9 @@ def kernel_main(config: dict[str, Any]) -> dict[str, Any]:
     if install_rehearsal_ops(hw):
         print("[kit] rehearsal: depthwise-convolution kernel gradients computed tap by tap (same values; XLA's CPU "
               "form is a channels x channels convolution, see kernels/rehearsal.py)", flush=True)
+    if quicken_gpu_rehearsal(hw):
+        print("[kit] rehearsal: TensorFlow's graph optimiser (Grappler) off: the same ops, unfused; a real GPU keeps it "
+              "(see kernels/rehearsal.py)", flush=True)
     files = discover_files(exp)
     check_data(exp, files)
     out_dir = output_dir()

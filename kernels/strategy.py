@@ -257,6 +257,13 @@ def global_batch_size(exp: Experiment, hw: Hardware) -> int:
     return exp.train.batch_size * hw.replicas
 
 
+def eval_batch_size(exp: Experiment, hw: Hardware) -> int:
+    """The global batch of validation and prediction passes: ``train.eval_batch_factor`` training batches.
+    Without gradients and optimiser state a step holds far less memory, so fewer, larger steps (the public
+    TPU notebooks for this competition predict at 4x the training batch)."""
+    return global_batch_size(exp, hw) * exp.train.eval_batch_factor
+
+
 def scaled_lr(exp: Experiment, hw: Hardware) -> float:
     """The learning rate scaled linearly with the global batch (``train.lr`` is for ``reference_batch``)."""
     return exp.train.lr * global_batch_size(exp, hw) / exp.train.reference_batch

@@ -27,7 +27,7 @@ from kernels.config import Experiment
 from kernels.data import count_examples, eval_dataset, eval_rows
 from kernels.models import model_prediction
 from kernels.schema import MELANOMA_INDEX
-from kernels.strategy import global_batch_size
+from kernels.strategy import eval_batch_size
 
 DIHEDRAL_VIEWS = 8  # identity, flips, transposes: the symmetry group of the square
 HISTORY_KEYS = ("loss", "val_loss", "auc", "val_auc", "lr", "epoch_time_s")
@@ -473,7 +473,7 @@ def predict_tta(
     for view, tta_pass in tta_plan(exp):
         ds = eval_dataset(list(files), exp, hw, labelled=labelled, augment=tta_pass is not None, view=view,
                           tta_pass=tta_pass)
-        passes.append(with_known_batches(ds, n, global_batch_size(exp, hw)))
+        passes.append(with_known_batches(ds, n, eval_batch_size(exp, hw)))
     preds: list[np.ndarray] = []
     for group in chain_groups(passes):
         chained = group[0]

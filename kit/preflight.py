@@ -35,6 +35,7 @@ from kit.errors import KitError
 PREFLIGHT_TARGETS = {"TpuV5E8": "tpu", "NvidiaTeslaT4": "gpu", "NvidiaTeslaT4Highmem": "gpu", "none": ""}
 PREFLIGHT_IMAGE_SIZE = 32  # px: the smallest size every registered backbone accepts
 PREFLIGHT_BATCH = 1  # images per device
+PREFLIGHT_EVAL_BATCH = 16  # global images per validation/prediction step: a synthetic file's pass in one step
 PREFLIGHT_STEPS = 2  # training steps per fold (a diverging recipe shows within them: tests/test_preflight.py)
 PREFLIGHT_REPLICAS = {"tpu": 8, "gpu": 2, "": 1}  # devices of each simulated topology
 PREFLIGHT_MIN_PER_FILE = 12  # images per synthetic file at least (whole patients go to one file)
@@ -67,13 +68,17 @@ def preflight_target(exp: Experiment, accelerator: str | None) -> tuple[str, str
     return acc, PREFLIGHT_TARGETS[acc]
 
 
-def preflight_overrides(exp: Experiment) -> dict[str, dict[str, object]]:
-    """The settings shrunk for the rehearsal (sent to the kernel as KIT_CONFIG_OVERRIDES)."""
+def preflight_overrides(exp: Experiment, target: str = "") -> dict[str, dict[str, object]]:
+    """The settings shrunk for the rehearsal (sent to the kernel as KIT_CONFIG_OVERRIDES). Evaluation steps
+    take `PREFLIGHT_EVAL_BATCH` images on every target (each TTA view of a file is one step; the test file's
+    5 images still pad the last batch across devices)."""
+    global_batch = PREFLIGHT_BATCH * PREFLIGHT_REPLICAS[target]
     return {
         "data": {"image_size": PREFLIGHT_IMAGE_SIZE, "shuffle_buffer": 16, "cache": False, "decode_ratio": 0},
         "model": {"weights": "none"},
         "train": {"epochs": 1, "batch_size": PREFLIGHT_BATCH, "save_weights": False, "verbose": 0,
-                  "steps_per_execution": 1, "max_steps_per_epoch": PREFLIGHT_STEPS},
+                  "steps_per_execution": 1, "max_steps_per_epoch": PREFLIGHT_STEPS,
+                  "eval_batch_factor": max(1, PREFLIGHT_EVAL_BATCH // global_batch)},
         "kaggle": {"allow_cpu": True},
     }
 
@@ -149,7 +154,7 @@ def preflight(exp: Experiment, accelerator: str | None = None, fmt: str | None =
     try:
         kernel = render_experiment(exp, owner="preflight", out_root=root / "build", fmt=fmt, accelerator=acc)
         data, external = preflight_data(exp, root, target)
-        env = {"KIT_REHEARSE": target, "KIT_CONFIG_OVERRIDES": json.dumps(preflight_overrides(exp)),
+        env = {"KIT_REHEARSE": target, "KIT_CONFIG_OVERRIDES": json.dumps(preflight_overrides(exp, target)),
                "KERAS_BACKEND": "", "XLA_FLAGS": "",
                # compiled steps (and the weight initialisers' small programs) kept for the next preflight
                "JAX_COMPILATION_CACHE_DIR": str(preflight_cache_dir()),

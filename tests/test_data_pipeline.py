@@ -32,7 +32,7 @@ from kernels.data import (
 )
 from kernels.paths import DataLocationError
 from kernels.schema import DIAGNOSES, MELANOMA_INDEX, SEXES, SITES, count_from_name
-from kernels.strategy import Hardware
+from kernels.strategy import Hardware, eval_batch_size
 from kit.data.synth import SynthSpec, write_synth
 
 SIZE = 64
@@ -46,10 +46,10 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def experiment(folder: Path, batch: int = 8, **data: object):
+def experiment(folder: Path, batch: int = 8, eval_factor: int = 1, **data: object):
     sections = {k: data.pop(k) for k in ("augment", "model") if k in data}
     return from_dict({"name": "t", "seed": 5, "data": {"dataset": str(folder), "image_size": SIZE, **data},
-                      "train": {"batch_size": batch}, **sections})
+                      "train": {"batch_size": batch, "eval_batch_factor": eval_factor}, **sections})
 
 
 def cpu(replicas: int = 1, on_device: bool = False) -> Hardware:
@@ -316,10 +316,11 @@ def test_pipeline_fits_stored_images_to_the_model_size(dataset: Path, size: int)
 
 
 def test_eval_batch_count_comes_from_file_names_and_a_lying_name_fails(dataset: Path, tmp_path: Path) -> None:
-    exp = experiment(dataset, batch=16)
+    exp = experiment(dataset, batch=4, eval_factor=4)  # evaluation batches: 4 training batches (train.eval_batch_factor)
     files = discover_files(exp).test
     ds = eval_dataset(files, exp, cpu(), labelled=False)
     assert int(ds.cardinality()) == -(-N_TEST // 16)
+    assert [int(images_of(x).shape[0]) for x in ds][:-1] == [16] * (-(-N_TEST // 16) - 1)
     liar = tmp_path / "test00-99.tfrec"
     shutil.copy(files[0], liar)
     with pytest.raises(tf.errors.FailedPreconditionError, match="expected to contain"):
@@ -336,7 +337,7 @@ def test_chained_tta_passes_predict_like_one_call_per_pass(dataset: Path, on_dev
     from kernels.train import chain_groups, predict_pass, predict_tta, tta_plan, with_known_batches
 
     exp = from_dict({"name": "t", "seed": 5, "data": {"dataset": str(dataset), "image_size": SIZE},
-                     "augment": {"ops": ["affine"]}, "train": {"batch_size": 4, "tta": 2, "tta_dihedral": True}})
+                     "augment": {"ops": ["affine"]}, "train": {"batch_size": 4, "eval_batch_factor": 1, "tta": 2, "tta_dihedral": True}})
     hw = cpu(replicas=3, on_device=on_device)
     files = discover_files(exp).test[:1]
     n = sum(count_from_name(f) for f in files)
@@ -347,7 +348,7 @@ def test_chained_tta_passes_predict_like_one_call_per_pass(dataset: Path, on_dev
     want = []
     for view, tta_pass in tta_plan(exp):
         ds = eval_dataset(files, exp, hw, labelled=False, augment=tta_pass is not None, view=view, tta_pass=tta_pass)
-        want.append(predict_pass(model, with_known_batches(ds, n, 12), exp)[:n])
+        want.append(predict_pass(model, with_known_batches(ds, n, eval_batch_size(exp, hw)), exp)[:n])
     np.testing.assert_allclose(got.plain, want[0], rtol=1e-5)
     np.testing.assert_allclose(got.tta, np.mean(want, axis=0), rtol=1e-5)
     assert got.views == len(want) == 10 and len(got.plain) == n

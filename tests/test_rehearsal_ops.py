@@ -79,3 +79,20 @@ def test_not_installed_off_the_tpu_rehearsal() -> None:
                Hardware("tpu", "jax", 8, ("tpu:0",)),
                Hardware("cpu", "tensorflow", 1, ("cpu:0",))):
         assert not install_rehearsal_ops(hw)
+
+
+def test_gpu_rehearsal_switches_grappler_off_and_nothing_else_does() -> None:
+    """Only the GPU rehearsal (TensorFlow on logical CPU devices) turns TensorFlow's graph optimiser off."""
+    import tensorflow as tf
+
+    from kernels.rehearsal import quicken_gpu_rehearsal
+
+    for hw in (Hardware("gpu", "tensorflow", 2, ("gpu:0", "gpu:1")), Hardware("cpu", "tensorflow", 1, ("cpu:0",)),
+               Hardware("tpu", "jax", 8, ("cpu:0",), rehearsal="tpu")):
+        assert not quicken_gpu_rehearsal(hw)
+        assert not tf.config.optimizer.get_experimental_options().get("disable_meta_optimizer", False)
+    try:
+        assert quicken_gpu_rehearsal(Hardware("gpu", "tensorflow", 2, ("CPU:0", "CPU:1"), rehearsal="gpu"))
+        assert tf.config.optimizer.get_experimental_options()["disable_meta_optimizer"] is True
+    finally:
+        tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": False})
