@@ -514,8 +514,9 @@ def eval_dataset(files: Sequence[str], exp: Experiment, hw: Hardware, labelled: 
     ``view`` (0..7) applies `kernels.augment.dihedral_view`; ``augment`` applies the host augmentation
     ops (no mixing) with draws seeded by ``tta_pass`` (None: the next pass number of this process).
     Images are float32, or uint8 in device mode without ``augment`` (the model's Input casts them).
-    With several replicas the last batch is zero-padded to a multiple of the replicas and labelled
-    elements carry a third item, the sample weight (0 on padding): drop predictions past the count.
+    With several replicas the last batch is zero-padded to a multiple of the replicas (under JAX to the full
+    batch: `eval_full_batches`) and labelled elements carry a third item, the sample weight (0 on padding):
+    drop predictions past the count (`eval_rows`).
     """
     batch = eval_batch_size(exp, hw)
     ds = data_examples(list(files), [0] * len(files), exp, labelled=labelled, training=False)
@@ -539,6 +540,9 @@ def eval_dataset(files: Sequence[str], exp: Experiment, hw: Hardware, labelled: 
             inputs = data_map_image(inputs, lambda x: tf.cast(x, tf.float32))
         if view is not None:
             inputs = data_map_image(inputs, lambda x: dihedral_view(x, view))
+        if eval_full_batches(hw):  # one batch shape: one XLA compile of each step per run
+            inputs, label, weight = data_pad(inputs, label, batch, to_size=True)
+            return (inputs, label, weight) if labelled else inputs
         if hw.replicas > 1:
             inputs, label, weight = data_pad(inputs, label, hw.replicas)
             return (inputs, label, weight) if labelled else inputs
@@ -548,11 +552,21 @@ def eval_dataset(files: Sequence[str], exp: Experiment, hw: Hardware, labelled: 
     return ds.prefetch(DATA_PREFETCH).with_options(data_options(deterministic=True))
 
 
+def eval_full_batches(hw: Hardware) -> bool:
+    """Whether evaluation pads its last batch to the full batch: under JAX (TPU route and its rehearsal) every
+    new batch shape is a new XLA compile of the predict/test step (minutes for a large EfficientNet on a TPU),
+    so validation and test passes keep one shape. TensorFlow's steps take any batch size."""
+    return hw.backend == "jax"
+
+
 def eval_rows(n_examples: int, exp: Experiment, hw: Hardware) -> int:
-    """Rows one `eval_dataset` pass over ``n_examples`` records yields: full global batches, then the last
-    batch padded to a multiple of the replicas (no padding on one replica)."""
+    """Rows one `eval_dataset` pass over ``n_examples`` records yields: full batches, then the last batch
+    padded to the full batch under JAX (`eval_full_batches`), else to a multiple of the replicas (no padding
+    on one replica)."""
     batch = eval_batch_size(exp, hw)
     rest = n_examples % batch
+    if eval_full_batches(hw):
+        return n_examples + (batch - rest if rest else 0)
     return n_examples - rest + (-(-rest // hw.replicas) * hw.replicas if hw.replicas > 1 else rest)
 
 
