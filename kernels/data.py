@@ -440,13 +440,12 @@ def data_map_image(inputs: Any, fn: Any) -> Any:
     return fn(inputs)
 
 
-def data_pad(inputs: Any, label: Any, multiple: int, to_size: bool = False) -> tuple[Any, Any, Any]:
-    """Pad a batch with zero rows to a multiple of ``multiple`` (sharded devices need equal shares),
-    or to exactly ``multiple`` rows with ``to_size``; returns (inputs, label, weight) with weight 1
-    on real rows and 0 on padding."""
+def data_pad(inputs: Any, label: Any, size: int) -> tuple[Any, Any, Any]:
+    """Pad a batch with zero rows to exactly ``size`` rows; returns (inputs, label, weight) with weight 1 on
+    real rows and 0 on padding."""
     image = inputs["image"] if isinstance(inputs, dict) else inputs
     n = tf.shape(image)[0]
-    extra = multiple - n if to_size else (multiple - n % multiple) % multiple
+    extra = size - n
 
     def pad(value: Any) -> Any:
         return None if value is None else tf.pad(value, [[0, extra]] + [[0, 0]] * (len(value.shape) - 1))
@@ -514,9 +513,9 @@ def eval_dataset(files: Sequence[str], exp: Experiment, hw: Hardware, labelled: 
     ``view`` (0..7) applies `kernels.augment.dihedral_view`; ``augment`` applies the host augmentation
     ops (no mixing) with draws seeded by ``tta_pass`` (None: the next pass number of this process).
     Images are float32, or uint8 in device mode without ``augment`` (the model's Input casts them).
-    With several replicas the last batch is zero-padded to a multiple of the replicas (under JAX to the full
-    batch: `eval_full_batches`) and labelled elements carry a third item, the sample weight (0 on padding):
-    drop predictions past the count (`eval_rows`).
+    With several replicas or under JAX the last batch is zero-padded to the full batch (`eval_full_batches`)
+    and labelled elements carry a third item, the sample weight (0 on padding): drop predictions past the
+    count (`eval_rows`).
     """
     batch = eval_batch_size(exp, hw)
     ds = data_examples(list(files), [0] * len(files), exp, labelled=labelled, training=False)
@@ -533,18 +532,15 @@ def eval_dataset(files: Sequence[str], exp: Experiment, hw: Hardware, labelled: 
         if host is not None:  # the last, short batch is padded to full size: one XLA compile per size
             seed = tf.stack([tf.cast(exp.seed + DATA_EVAL_SEED_STREAM * stream, tf.int64), index])
             n = tf.shape(inputs["image"] if isinstance(inputs, dict) else inputs)[0]
-            full, _, _ = data_pad(inputs, None, batch, to_size=True)
+            full, _, _ = data_pad(inputs, None, batch)
             full, _ = host(full, tf.zeros([batch, 1]), seed=seed)
             inputs = tf.nest.map_structure(lambda v: v[:n], full)
         elif not as_uint8:
             inputs = data_map_image(inputs, lambda x: tf.cast(x, tf.float32))
         if view is not None:
             inputs = data_map_image(inputs, lambda x: dihedral_view(x, view))
-        if eval_full_batches(hw):  # one batch shape: one XLA compile of each step per run
-            inputs, label, weight = data_pad(inputs, label, batch, to_size=True)
-            return (inputs, label, weight) if labelled else inputs
-        if hw.replicas > 1:
-            inputs, label, weight = data_pad(inputs, label, hw.replicas)
+        if eval_full_batches(hw):  # one batch shape: one compiled/traced step per run
+            inputs, label, weight = data_pad(inputs, label, batch)
             return (inputs, label, weight) if labelled else inputs
         return (inputs, label) if labelled else inputs
 
@@ -553,21 +549,20 @@ def eval_dataset(files: Sequence[str], exp: Experiment, hw: Hardware, labelled: 
 
 
 def eval_full_batches(hw: Hardware) -> bool:
-    """Whether evaluation pads its last batch to the full batch: under JAX (TPU route and its rehearsal) every
-    new batch shape is a new XLA compile of the predict/test step (minutes for a large EfficientNet on a TPU),
-    so validation and test passes keep one shape. TensorFlow's steps take any batch size."""
-    return hw.backend == "jax"
+    """Whether evaluation pads its last batch to the full batch, so every validation and test pass of the run
+    has one batch shape: under JAX (the TPU route) each new shape is a new XLA compile of the predict/test step
+    (minutes for a large EfficientNet on a TPU), and under MirroredStrategy a new per-replica shape retraces
+    the step once per replica (about 45 s per replica for B6, before TensorFlow generalises the shape). One
+    device under TensorFlow (the CPU route) takes any batch size without padding."""
+    return hw.backend == "jax" or hw.replicas > 1
 
 
 def eval_rows(n_examples: int, exp: Experiment, hw: Hardware) -> int:
-    """Rows one `eval_dataset` pass over ``n_examples`` records yields: full batches, then the last batch
-    padded to the full batch under JAX (`eval_full_batches`), else to a multiple of the replicas (no padding
-    on one replica)."""
+    """Rows one `eval_dataset` pass over ``n_examples`` records yields: full batches, the last one padded to
+    the full batch with several replicas or under JAX (`eval_full_batches`), else not padded."""
     batch = eval_batch_size(exp, hw)
     rest = n_examples % batch
-    if eval_full_batches(hw):
-        return n_examples + (batch - rest if rest else 0)
-    return n_examples - rest + (-(-rest // hw.replicas) * hw.replicas if hw.replicas > 1 else rest)
+    return n_examples + (batch - rest if rest and eval_full_batches(hw) else 0)
 
 
 def read_records_meta(files: Sequence[str], labelled: bool) -> pd.DataFrame:

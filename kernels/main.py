@@ -15,7 +15,6 @@ an interrupted session of the same config left in the output folder are kept and
 
 from __future__ import annotations
 
-import gc
 import json
 import os
 import time
@@ -159,8 +158,8 @@ def run_fold(
     print(f"[kit] fold {fold}: best epoch {trained.best_epoch} of {trained.epochs_run} "
           f"({exp.train.monitor} {'n/a' if trained.best_value is None else f'{trained.best_value:.4f}'})", flush=True)
     start = time.monotonic()
-    oof = predict_tta(model, val_files, exp, hw, labelled=True)
-    test_pred = predict_tta(model, files.test, exp, hw, labelled=False).tta if files.test else np.zeros(0)
+    oof = predict_tta(model, val_files, exp, hw)  # unlabelled passes: validation and test share one traced step
+    test_pred = predict_tta(model, files.test, exp, hw).tta if files.test else np.zeros(0)
     predict_s = time.monotonic() - start
     weights = save_weights(model, out_dir, fold) if exp.train.save_weights else None
     result = FoldOutput(
@@ -169,8 +168,6 @@ def run_fold(
         epochs_run=trained.epochs_run, train_s=trained.train_s, predict_s=predict_s, weights_file=weights,
         extra={"tta_views": oof.views},
     )
-    del trained
-    gc.collect()
     return result
 
 

@@ -459,19 +459,18 @@ def predict_pass(model: keras.Model, ds: Any, exp: Experiment) -> np.ndarray:
     return model_prediction(model.predict(ds, verbose=0), exp)
 
 
-def predict_tta(
-    model: keras.Model, files: Sequence[str], exp: Experiment, hw: Any, labelled: bool
-) -> TTAPrediction:
+def predict_tta(model: keras.Model, files: Sequence[str], exp: Experiment, hw: Any) -> TTAPrediction:
     """Predict `files` in eval order: the plain pass, then the dihedral views and train.tta augmented passes
     (each seeded by its pass number, so the same run gives the same TTA). Passes whose batches look alike
     (all dihedral views; the augmented passes) are chained into one dataset and predicted by one
     ``model.predict`` call: every call pays a fixed cost (gathering the model state onto the devices, starting
-    the input pipeline) that on 8 devices outweighs a small pass. Padding rows are dropped."""
+    the input pipeline) that on 8 devices outweighs a small pass. Padding rows are dropped. The passes read no
+    labels, so validation and test files give batches of one spec: one traced/compiled predict step per run."""
     n = count_examples(files)
     rows = eval_rows(n, exp, hw)
     passes = []
     for view, tta_pass in tta_plan(exp):
-        ds = eval_dataset(list(files), exp, hw, labelled=labelled, augment=tta_pass is not None, view=view,
+        ds = eval_dataset(list(files), exp, hw, labelled=False, augment=tta_pass is not None, view=view,
                           tta_pass=tta_pass)
         passes.append(with_known_batches(ds, n, eval_batch_size(exp, hw)))
     preds: list[np.ndarray] = []
