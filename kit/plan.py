@@ -12,7 +12,8 @@ The cost model (every constant named below, each with where it comes from):
     training FLOPs            = TRAIN_FLOPS_PER_FORWARD x g x images per epoch x epochs         (per fold)
     prediction FLOPs          = g x (validation + test images) x TTA views                        (per fold)
     seconds                   = FLOPs / EFFECTIVE_TFLOPS[kind] + FOLD_OVERHEAD_S[kind] per fold
-                                + KERNEL_OVERHEAD_S[kind] per kernel
+                                + COMPILE_S[kind] + KERNEL_OVERHEAD_S[kind] per kernel
+                                (one compiled model serves every fold: kernels/foldstart.py)
     hours                     = seconds x calibration[kind] / 3600
 Images per epoch = the training folds' share of the train images plus of the external images; upsampled
 malignant copies do not lengthen an epoch (kernels.data.train_dataset). TTA views = 1 + 7 dihedral + train.tta.
@@ -66,7 +67,9 @@ DIHEDRAL_VIEWS = 8  # kernels.train: identity + 7 flips/transposes
 # gpu: 2 x T4 under MirroredStrategy in float16, assumed ~3 % of 2 x 65 TFLOP/s; calibrate likewise.
 EFFECTIVE_TFLOPS: dict[str, float] = {"cpu": 0.0145, "tpu": 20.0, "gpu": 4.0}
 KERNEL_OVERHEAD_S: dict[str, float] = {"cpu": 5.0, "tpu": 300.0, "gpu": 240.0}  # start, imports, weights, files
-FOLD_OVERHEAD_S: dict[str, float] = {"cpu": 21.0, "tpu": 120.0, "gpu": 60.0}  # graph tracing / XLA compile
+COMPILE_S: dict[str, float] = {"cpu": 21.0, "tpu": 120.0, "gpu": 60.0}  # graph tracing / XLA compile, once a run
+# per fold: resetting the model, starting its datasets, writing its outputs (no compile: the run's model is kept)
+FOLD_OVERHEAD_S: dict[str, float] = {"cpu": 3.0, "tpu": 20.0, "gpu": 10.0}
 ACCELERATOR_KIND = {"TpuV5E8": "tpu", "NvidiaTeslaT4": "gpu", "NvidiaTeslaT4Highmem": "gpu", "none": "cpu"}
 WEEKLY_QUOTA_H: dict[str, float] = {"tpu": 20.0, "gpu": 30.0}  # Kaggle's weekly accelerator quotas
 SESSION_LIMIT_H: dict[str, float] = {"tpu": 9.0, "gpu": 12.0, "cpu": 12.0}  # Kaggle's longest session
@@ -187,7 +190,7 @@ def estimate_seconds(exp: Experiment, counts: ImageCounts, kind: str | None = No
     speed = EFFECTIVE_TFLOPS[kind] * 1e12
     train = folds_run * TRAIN_FLOPS_PER_FORWARD * g * per_epoch * t.epochs / speed
     predict = folds_run * g * (counts.train / d.folds + counts.test) * tta_views(exp) / speed
-    overhead = KERNEL_OVERHEAD_S[kind] + folds_run * FOLD_OVERHEAD_S[kind]
+    overhead = KERNEL_OVERHEAD_S[kind] + COMPILE_S[kind] + folds_run * FOLD_OVERHEAD_S[kind]
     return train, predict, overhead, per_epoch
 
 
