@@ -1,16 +1,16 @@
 """`make bench` part: `kit predict` throughput on the CPU (images/s), at the demo experiments' image size.
 
 In:  nothing; the two demo experiments (experiments/demo-mobilenet.toml: MobileNetV3-Small, and
-     experiments/demo-scratch.toml: the from-scratch residual SE CNN; both 128 px, 2 folds, 8-view dihedral
-     TTA) get run folders in a temp dir with randomly initialised fold weights (speed does not depend on
+     experiments/demo-scratch.toml: the from-scratch residual SE CNN; each at its own image size and fold count,
+     64 px and 4 folds as shipped, 8-view dihedral TTA) get run folders in a temp dir with randomly initialised fold weights (speed does not depend on
      the values), and `N_IMAGES` dermoscopy-like JPEGs from `kit.data.synth` are written at `IMAGE_PX` px,
-     the size of the vendored real sample (decoded at DCT ratio 4, then resized to 128 by the kernel's code).
+     the size of the vendored real sample (decoded at a DCT ratio, then resized to the model size by the kernel's code).
 Out: ``run() -> dict``:
-     predict_img_s            the demo ensemble (both runs, 2 x 2 fold models x 8 TTA views, rank-mean
+     predict_img_s            the demo ensemble (both runs, every fold model x 8 TTA views, rank-mean
                               blend): images/s from file to probability, models already loaded
-     predict_img_s_mobilenet  demo-mobilenet alone (2 folds x 8 views)
-     predict_img_s_scratch    demo-scratch alone (2 folds x 8 views)
-     predict_load_s           building and loading the ensemble's 4 fold models
+     predict_img_s_mobilenet  demo-mobilenet alone (its folds x 8 views)
+     predict_img_s_scratch    demo-scratch alone (its folds x 8 views)
+     predict_load_s           building and loading the ensemble's fold models
 Each rate is the best of `ROUNDS` timed passes after one warm-up pass (traces the predict functions).
 """
 
