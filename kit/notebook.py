@@ -1,9 +1,9 @@
 """Render an experiment as a Jupyter notebook (nbformat 4.5) built from the same kernel modules.
 
 In:  an `Experiment`.
-Out: the notebook's JSON text: a title cell, then for every stage in `kit.render.STAGES` a markdown
+Out: the notebook's JSON text: a title cell, then for every stage in `kit.kernel_source.STAGES` a markdown
      cell (what the stage does, the experiment's settings that matter to it, the modules it holds)
-     followed by one code cell per module (`kit.render.load_modules()`: the very code the script
+     followed by one code cell per module (`kit.kernel_source.load_modules()`: the very code the script
      form inlines), the config cell first, then `kernel_main(CONFIG)` and a cell that shows the
      history plot the run wrote.
 
@@ -24,7 +24,7 @@ from typing import Any
 
 from kernels.config import Experiment, to_dict
 from kit.errors import KitError
-from kit.render import BACKEND_CALL, MAIN_CALL, STAGES, ModuleSource, config_literal, load_modules, slugify
+from kit.kernel_source import BACKEND_CALL, MAIN_CALL, STAGES, ModuleSource, config_literal, load_modules, slugify
 
 NBFORMAT = 4
 NBFORMAT_MINOR = 5  # cells carry ids
@@ -203,7 +203,7 @@ def build_notebook(exp: Experiment, sources: list[ModuleSource]) -> dict[str, An
     staged = [name for _, _, modules in STAGES for name in modules]
     if sorted(staged) != sorted(by_name):
         missing = sorted(set(by_name) - set(staged)) or sorted(set(staged) - set(by_name))
-        raise KitError(f"kit/render.py: STAGES and MODULE_ORDER disagree on {', '.join(missing)}")
+        raise KitError(f"kit/kernel_source.py: STAGES and MODULE_ORDER disagree on {', '.join(missing)}")
     cells = [markdown_cell("title", title_markdown(exp))]
     for index, (title, description, modules) in enumerate(STAGES, start=1):
         slug = slugify(title)

@@ -25,9 +25,10 @@ from kernels.contracts import OOF_FILE, TEST_PRED_FILE, read_manifest
 from kit.cli import main as kit_main
 from kit.data.synth import SynthSpec, write_synth
 from kit.kaggle.emulator import Emulator, EmulatorSettings, Realism
+from kit.kernel_source import MODULE_ORDER, STAGES, load_modules
 from kit.localrun import run_kernel
 from kit.notebook import STAGE_SETTINGS, render_notebook
-from kit.render import MODULE_ORDER, STAGES, load_modules, render_experiment
+from kit.render import render_experiment
 
 OWNER = "kit-user"
 DATASET = "melanoma-32x32"

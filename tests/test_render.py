@@ -15,8 +15,9 @@ import pytest
 from kernels.config import from_dict, to_dict
 from kit.config import load_experiment
 from kit.errors import KitError
+from kit.kernel_source import MODULE_ORDER, load_modules
 from kit.localrun import run_kernel
-from kit.render import MODULE_ORDER, load_modules, render_experiment
+from kit.render import render_experiment
 
 REPO = Path(__file__).resolve().parents[1]
 
