@@ -13,7 +13,6 @@ import re
 import signal
 import subprocess
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -23,9 +22,6 @@ from sklearn.metrics import roc_auc_score
 from test_kaggle_support import (
     COMPETITION,
     FAKE_KEY,
-    QUICK_REALISM,
-    apply_env,
-    client_env,
     ctrl_c_works,
     env_without_kaggle,
     quick_kernel_dir,
@@ -51,23 +47,6 @@ from kit.kaggle.submit import refresh_submissions, send, wait_for_score
 
 FAST_POLL = PollPolicy(first_s=0.1, max_s=0.3)
 SHAPE = "TpuV5E8"
-
-
-@pytest.fixture()
-def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """(make_emulator, ledger): call make_emulator(faults=..., **settings) once per test."""
-    creds = write_credentials(tmp_path / "creds")
-    made = []
-
-    def make(faults: FaultConfig | None = None, **settings: object):
-        emulator = start_emulator(tmp_path, faults, **settings)  # type: ignore[arg-type]
-        made.append(emulator)
-        apply_env(monkeypatch, client_env(emulator, creds))
-        return emulator
-
-    yield make, Ledger(tmp_path / ".kit" / "ledger.json")
-    for emulator in made:
-        emulator.stop()
 
 
 def _client(attempts: int = 8):
@@ -383,7 +362,7 @@ def test_status_rows_from_ledger_without_kaggle(tmp_path: Path) -> None:
 
 def test_not_found_right_after_push_counts_as_queued(world, tmp_path: Path) -> None:
     make, ledger = world
-    emulator = make(FaultConfig(rate_not_found=1.0, max_streak=2), realism=replace(QUICK_REALISM, lag_s=0.0))
+    emulator = make(FaultConfig(rate_not_found=1.0, max_streak=2), lag_s=0.0)
     client = _client()
     push_one(client, ledger, quick_rendered(tmp_path / "build", "quick-young"), SHAPE)
     refresh(client, ledger)

@@ -8,18 +8,12 @@ second, `QUICK_REALISM`) and turns up the behaviour it is about; kit talks to it
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from test_kaggle_support import (
     COMPETITION,
-    QUICK_REALISM,
-    apply_env,
-    client_env,
     quick_rendered,
-    start_emulator,
-    write_credentials,
 )
 
 from kernels.config import from_dict
@@ -28,7 +22,6 @@ from kit.kaggle.client import KernelNotVisible, connect
 from kit.kaggle.emulator import ApiError
 from kit.kaggle.emulator.realism import kaggle_notebook
 from kit.kaggle.faults import FaultConfig
-from kit.kaggle.ledger import Ledger
 from kit.kaggle.pull import pull_all
 from kit.kaggle.push import push_one, push_queue
 from kit.kaggle.reconcile import PollPolicy, push_body, source_fingerprint
@@ -39,23 +32,6 @@ from kit.render import RenderedKernel, kernel_metadata
 
 FAST_POLL = PollPolicy(first_s=0.1, max_s=0.3)
 SHAPE = "TpuV5E8"
-
-
-@pytest.fixture()
-def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """(make, ledger): make(realism changes..., faults=..., **settings) starts one emulator per test."""
-    creds = write_credentials(tmp_path / "creds")
-    made = []
-
-    def make(faults: FaultConfig | None = None, settings: dict | None = None, **realism: object):
-        emulator = start_emulator(tmp_path, faults, replace(QUICK_REALISM, **realism), **(settings or {}))
-        made.append(emulator)
-        apply_env(monkeypatch, client_env(emulator, creds))
-        return emulator
-
-    yield make, Ledger(tmp_path / ".kit" / "ledger.json")
-    for emulator in made:
-        emulator.stop()
 
 
 def _client(attempts: int = 8):
@@ -189,7 +165,7 @@ def test_sweep_at_the_session_cap_waits_for_a_slot_and_rides_out_rate_limits(wor
     """One of two sessions is held by a session kit did not start; Kaggle rate-limits in spells with
     Retry-After 0. The sweep waits for a free slot instead of stopping; every run completes."""
     make, ledger = world
-    emulator = make(settings={"max_sessions": 1}, external_sessions=1, external_session_s=1.5,
+    emulator = make(max_sessions=1, external_sessions=1, external_session_s=1.5,
                     throttle_rate=0.1, throttle_s=0.4, seed=3)
     client = _client()
     kernels = [quick_rendered(tmp_path / "build", f"quick-cap-{i}", seed=i) for i in range(3)]
