@@ -513,7 +513,7 @@ def eval_dataset(files: Sequence[str], exp: Experiment, hw: Hardware, labelled: 
     ``view`` (0..7) applies `kernels.augment.dihedral_view`; ``augment`` applies the host augmentation
     ops (no mixing) with draws seeded by ``tta_pass`` (None: the next pass number of this process).
     Images are float32, or uint8 in device mode without ``augment`` (the model's Input casts them).
-    With several replicas or under JAX the last batch is zero-padded to the full batch (`eval_full_batches`)
+    On several replicas, under JAX or with XLA the last batch is zero-padded to the full batch (`eval_full_batches`)
     and labelled elements carry a third item, the sample weight (0 on padding): drop predictions past the
     count (`eval_rows`).
     """
@@ -552,14 +552,15 @@ def eval_full_batches(hw: Hardware) -> bool:
     """Whether evaluation pads its last batch to the full batch, so every validation and test pass of the run
     has one batch shape: under JAX (the TPU route) each new shape is a new XLA compile of the predict/test step
     (minutes for a large EfficientNet on a TPU), and under MirroredStrategy a new per-replica shape retraces
-    the step once per replica (about 45 s per replica for B6, before TensorFlow generalises the shape). One
-    device under TensorFlow (the CPU route) takes any batch size without padding."""
-    return hw.backend == "jax" or hw.replicas > 1
+    the step once per replica (about 45 s per replica for B6, before TensorFlow generalises the shape), and
+    with XLA on one GPU (``jit_compile``) each shape is a compile too. One device under TensorFlow without XLA
+    (the CPU route) takes any batch size without padding."""
+    return hw.backend == "jax" or hw.replicas > 1 or hw.jit_compile
 
 
 def eval_rows(n_examples: int, exp: Experiment, hw: Hardware) -> int:
     """Rows one `eval_dataset` pass over ``n_examples`` records yields: full batches, the last one padded to
-    the full batch with several replicas or under JAX (`eval_full_batches`), else not padded."""
+    the full batch on several replicas, under JAX or with XLA (`eval_full_batches`), else not padded."""
     batch = eval_batch_size(exp, hw)
     rest = n_examples % batch
     return n_examples + (batch - rest if rest and eval_full_batches(hw) else 0)

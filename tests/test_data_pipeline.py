@@ -160,18 +160,20 @@ def test_padding_for_several_replicas_keeps_every_image_once(dataset: Path) -> N
     assert eval_rows(n, exp, cpu(replicas=4)) == len(w)  # what predict_tta splits chained passes by
 
 
-def test_jax_evaluation_keeps_one_batch_shape(dataset: Path) -> None:
-    """Under JAX every evaluation batch has the full size (one XLA compile per step), padding weighted 0."""
-    exp = experiment(dataset, batch=3, eval_factor=2)
-    hw = Hardware(kind="tpu", backend="jax", replicas=2, devices=("cpu:0", "cpu:1"))
+@pytest.mark.parametrize("hw", [Hardware(kind="tpu", backend="jax", replicas=2, devices=("cpu:0", "cpu:1")),
+                                Hardware(kind="gpu", backend="tensorflow", replicas=1, devices=("gpu:0",),
+                                         jit_compile=True)], ids=["jax", "xla-one-gpu"])
+def test_compiled_evaluation_keeps_one_batch_shape(dataset: Path, hw: Hardware) -> None:
+    """Under JAX or XLA every evaluation batch has the full size (one compile per step), padding weighted 0."""
+    exp = experiment(dataset, batch=4, eval_factor=2)
     for files in (discover_files(exp).train[:1], discover_files(exp).train[1:3]):
         n = sum(count_from_name(f) for f in files)
-        assert n % 12  # a short last batch to pad
+        assert n % eval_batch_size(exp, hw)  # a short last batch to pad
         batches = list(eval_dataset(files, exp, hw, labelled=True))
-        assert {int(x.shape[0]) for x, _, _ in batches} == {12}
+        assert {int(x.shape[0]) for x, _, _ in batches} == {eval_batch_size(exp, hw)} == {8 * hw.replicas}
         weights = np.concatenate([w.numpy() for _, _, w in batches])
         assert weights.sum() == n and (weights[:n] == 1).all()
-        assert eval_rows(n, exp, hw) == len(weights) == 12 * len(batches)
+        assert eval_rows(n, exp, hw) == len(weights) == eval_batch_size(exp, hw) * len(batches)
 
 
 @pytest.mark.parametrize("replicas", [1, 3])
