@@ -71,7 +71,7 @@ def preflight_target(exp: Experiment, accelerator: str | None) -> tuple[str, str
 def preflight_overrides(exp: Experiment, target: str = "") -> dict[str, dict[str, object]]:
     """The settings shrunk for the rehearsal (sent to the kernel as KIT_CONFIG_OVERRIDES). Evaluation steps
     take `PREFLIGHT_EVAL_BATCH` images on every target (each TTA view of a file is one step; the test file's
-    5 images still pad the last batch across devices)."""
+    5 images are padded to that full batch, as every last evaluation batch on the accelerator routes is)."""
     global_batch = PREFLIGHT_BATCH * PREFLIGHT_REPLICAS[target]
     return {
         "data": {"image_size": PREFLIGHT_IMAGE_SIZE, "shuffle_buffer": 16, "cache": False, "decode_ratio": 0},

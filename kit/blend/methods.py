@@ -182,49 +182,35 @@ def fit_greedy(X: np.ndarray, y: np.ndarray, folds: np.ndarray, params: Mapping[
     Rmin = np.ascontiguousarray(R[:, y] if minority_positive else R[:, ~y])
     Rmaj = np.ascontiguousarray(R[:, ~y] if minority_positive else R[:, y])
 
-    workers = (os.cpu_count() or 1) if Rmaj.size >= GREEDY_PARALLEL_MIN_CELLS else 1
-    chunks = np.array_split(np.arange(m), min(workers, m))
-
-    def sort_rows(majority: np.ndarray, rows: np.ndarray) -> None:
-        majority[rows[0]:rows[-1] + 1].sort(axis=1)  # NumPy's sort releases the GIL: chunks sort side by side
+    parts = min((os.cpu_count() or 1) if Rmaj.size >= GREEDY_PARALLEL_MIN_CELLS else 1, m)
 
     def scores_of(s_min: np.ndarray, s_maj: np.ndarray) -> np.ndarray:
-        majority = Rmaj + s_maj
-        if len(chunks) > 1:
-            list(pool.map(lambda rows: sort_rows(majority, rows), chunks))
-        else:
-            majority.sort(axis=1)
+        majority = Rmaj + s_maj  # NumPy's sort releases the GIL: row blocks (views) sort side by side
+        list(pool.map(lambda block: block.sort(axis=1), np.array_split(majority, parts)))
         return auc_presorted(Rmin + s_min, majority, minority_positive)
 
-    with ThreadPoolExecutor(max_workers=len(chunks)) as pool:
-        return _greedy_steps(scores_of, Rmin, Rmaj, m, max_steps, patience, init, minority_positive, R.dtype)
-
-
-def _greedy_steps(scores_of: Callable[[np.ndarray, np.ndarray], np.ndarray], Rmin: np.ndarray, Rmaj: np.ndarray,
-                  m: int, max_steps: int, patience: int, init: int, minority_positive: bool, dtype: Any) -> Weights:
-    """The forward selection itself (`fit_greedy`): ``scores_of(s_min, s_maj)`` gives every candidate's AUC
-    when added to the current blend's integer rank sums (of ``dtype``)."""
-    singles = scores_of(np.zeros(Rmin.shape[1], dtype), np.zeros(Rmaj.shape[1], dtype))
-    counts = np.zeros(m, dtype=int)
-    for j in np.argsort(-singles, kind="stable")[: max(1, min(init, m))]:
-        counts[j] += 1
-    s_min, s_maj = (counts @ Rmin).astype(dtype), (counts @ Rmaj).astype(dtype)
-    best_auc = float(auc_presorted(s_min[None], np.sort(s_maj)[None], minority_positive)[0])
-    best_counts, since_best = counts.copy(), 0
-    history = [best_auc]
-    for _ in range(max_steps):
-        scores = scores_of(s_min, s_maj)
-        j = int(np.nanargmax(scores))
-        counts[j] += 1
-        s_min, s_maj = s_min + Rmin[j], s_maj + Rmaj[j]
-        history.append(float(scores[j]))
-        if scores[j] > best_auc + IMPROVE_TOL:
-            best_auc, best_counts, since_best = float(scores[j]), counts.copy(), 0
-        else:
-            since_best += 1
-            if since_best >= patience:
-                break
-    return Weights(best_counts / best_counts.sum(), info={"picks": best_counts.tolist(), "auc_path": history})
+    with ThreadPoolExecutor(max_workers=parts) as pool:
+        singles = scores_of(np.zeros(Rmin.shape[1], R.dtype), np.zeros(Rmaj.shape[1], R.dtype))
+        counts = np.zeros(m, dtype=int)
+        for j in np.argsort(-singles, kind="stable")[: max(1, min(init, m))]:
+            counts[j] += 1
+        s_min, s_maj = (counts @ Rmin).astype(R.dtype), (counts @ Rmaj).astype(R.dtype)
+        best_auc = float(auc_presorted(s_min[None], np.sort(s_maj)[None], minority_positive)[0])
+        best_counts, since_best = counts.copy(), 0
+        history = [best_auc]
+        for _ in range(max_steps):
+            scores = scores_of(s_min, s_maj)
+            j = int(np.nanargmax(scores))
+            counts[j] += 1
+            s_min, s_maj = s_min + Rmin[j], s_maj + Rmaj[j]
+            history.append(float(scores[j]))
+            if scores[j] > best_auc + IMPROVE_TOL:
+                best_auc, best_counts, since_best = float(scores[j]), counts.copy(), 0
+            else:
+                since_best += 1
+                if since_best >= patience:
+                    break
+        return Weights(best_counts / best_counts.sum(), info={"picks": best_counts.tolist(), "auc_path": history})
 
 
 def fit_cv_weighted(X: np.ndarray, y: np.ndarray, folds: np.ndarray, params: Mapping[str, Any]) -> Weights:
