@@ -55,6 +55,7 @@ def test_defaults_and_frozen(tmp_path: Path) -> None:
         ('name = "x"\n[augment]\nops = ["dihedral", "sparkles"]\n', "augment.ops[1]: got 'sparkles', expected one of"),
         ('name = "x"\n[model]\nhead = "softmax"\n', "model.head: got 'softmax', expected 'sigmoid' | 'diagnosis'"),
         ('name = "x"\n[train]\nlr = 0\n', "train.lr: got 0.0, expected a number > 0"),
+        ('name = "x"\n[train]\neval_batch_factor = 0\n', "train.eval_batch_factor: got 0, expected an integer >= 1"),
         ('[train]\nepochs = 1\n', "name: missing"),
         ('name = "x"\n[data]\nrun_folds = [0, 7]\n', "data.run_folds[1]: got 7, expected a fold index in 0..4"),
         ('name = "x"\n[augment]\nops = ["affine"]\n[augment.params.affine]\nspin = 1.0\n', "augment.params.affine.spin"),
