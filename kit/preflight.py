@@ -10,8 +10,9 @@ data in the experiment's schema (same features: external data when the experimen
 head; one train file per fold), and runs the kernel through the local backend on the simulated topology of
 the target (``KIT_REHEARSE``: 8-device JAX DataParallel for TpuV5E8, 2-device TensorFlow MirroredStrategy
 for the T4 machines, the CPU for "none"). The kernel's text is not changed: a few settings are shrunk through
-``KIT_CONFIG_OVERRIDES`` (`PREFLIGHT_OVERRIDES`: small images, one epoch of a few steps per fold, one image
-per device, no weights file written) and ``model.weights`` becomes "none", because the rehearsal cannot
+``KIT_CONFIG_OVERRIDES`` (`preflight_overrides`: small images, one epoch of a few steps per fold, one image
+per device, no weights file written, the first `PREFLIGHT_FOLDS` of the run's folds unless ``all_folds``)
+and ``model.weights`` becomes "none", because the rehearsal cannot
 download ImageNet weights here (the architecture, head, precision, TTA passes and outputs are the real
 ones). Every output is then checked against the file contracts (`kernels.contracts`); a NaN/exploding
 loss stops the kernel through its non-finite guard and fails the preflight with that line.
@@ -42,6 +43,10 @@ PREFLIGHT_MIN_PER_FILE = 12  # images per synthetic file at least (whole patient
 PREFLIGHT_EXTERNAL_PER_FILE = 12
 PREFLIGHT_TEST_IMAGES = 5  # odd on purpose: the last batch is padded across devices
 PREFLIGHT_TIMEOUT_S = 900.0
+# Folds rehearsed by default: fold 0 traces and compiles every step; fold 1 is the first restart (start weights
+# put back, datasets rebuilt, compiled steps reused). On the synthetic data every later fold runs fold 1's code
+# again (on the TPU rehearsal 25 s each for B6), so they are rehearsed only with `all_folds` (--all-folds).
+PREFLIGHT_FOLDS = 2
 PREFLIGHT_SEED = 11
 PREFLIGHT_MALIGNANT_RATE = 0.34  # every validation file holds both classes (AUC defined)
 LOG_TAIL = 3
@@ -68,13 +73,22 @@ def preflight_target(exp: Experiment, accelerator: str | None) -> tuple[str, str
     return acc, PREFLIGHT_TARGETS[acc]
 
 
-def preflight_overrides(exp: Experiment, target: str = "") -> dict[str, dict[str, object]]:
+def preflight_folds(exp: Experiment, all_folds: bool = False) -> list[int]:
+    """The folds rehearsed: the run's folds (``data.run_folds``, else all), the first `PREFLIGHT_FOLDS` of
+    them unless ``all_folds``."""
+    folds = list(exp.data.run_folds) or list(range(exp.data.folds))
+    return folds if all_folds else folds[:PREFLIGHT_FOLDS]
+
+
+def preflight_overrides(exp: Experiment, target: str = "", all_folds: bool = False) -> dict[str, dict[str, object]]:
     """The settings shrunk for the rehearsal (sent to the kernel as KIT_CONFIG_OVERRIDES). Evaluation steps
     take `PREFLIGHT_EVAL_BATCH` images on every target (each TTA view of a file is one step; the test file's
-    5 images are padded to that full batch, as every last evaluation batch on the accelerator routes is)."""
+    5 images are padded to that full batch, as every last evaluation batch on the accelerator routes is).
+    The data keeps the experiment's fold count; `preflight_folds` of them are trained."""
     global_batch = PREFLIGHT_BATCH * PREFLIGHT_REPLICAS[target]
     return {
-        "data": {"image_size": PREFLIGHT_IMAGE_SIZE, "shuffle_buffer": 16, "cache": False, "decode_ratio": 0},
+        "data": {"image_size": PREFLIGHT_IMAGE_SIZE, "shuffle_buffer": 16, "cache": False, "decode_ratio": 0,
+                 "run_folds": preflight_folds(exp, all_folds)},
         "model": {"weights": "none"},
         "train": {"epochs": 1, "batch_size": PREFLIGHT_BATCH, "save_weights": False, "verbose": 0,
                   "steps_per_execution": 1, "max_steps_per_epoch": PREFLIGHT_STEPS,
@@ -125,13 +139,13 @@ def preflight_failure(log: str, returncode: int) -> str:
     return f"kernel exited with code {returncode}: {tail[-1] if tail else '(no output)'}"
 
 
-def check_outputs(out: Path, exp: Experiment) -> dict:
-    """Every output against the contracts; OOF predictions finite, one manifest fold per run fold."""
+def check_outputs(out: Path, folds: Sequence[int]) -> dict:
+    """Every output against the contracts; OOF predictions finite, one manifest fold per rehearsed fold."""
     import numpy as np
 
     manifest = read_manifest(out / MANIFEST_FILE)
     verify_files(out, manifest)
-    folds = list(exp.data.run_folds) or list(range(exp.data.folds))
+    folds = list(folds)
     if [f["fold"] for f in manifest["folds"]] != folds:
         raise ContractError(f"{out / MANIFEST_FILE}: folds {[f['fold'] for f in manifest['folds']]}, expected {folds}")
     if not np.isfinite(read_oof(out / "oof.csv")["pred"].to_numpy()).all():
@@ -140,7 +154,8 @@ def check_outputs(out: Path, exp: Experiment) -> dict:
 
 
 def preflight(exp: Experiment, accelerator: str | None = None, fmt: str | None = None,
-              workdir: Path | None = None, timeout_s: float = PREFLIGHT_TIMEOUT_S) -> PreflightResult:
+              workdir: Path | None = None, timeout_s: float = PREFLIGHT_TIMEOUT_S,
+              all_folds: bool = False) -> PreflightResult:
     """Render, make data, run on the simulated target, check every output; never raises for a failed run."""
     from kit.localrun import run_kernel
     from kit.quiet import quiet_tensorflow
@@ -148,13 +163,14 @@ def preflight(exp: Experiment, accelerator: str | None = None, fmt: str | None =
 
     quiet_tensorflow()  # the synthetic data is written with TensorFlow in this process: no banner in the output
     acc, target = preflight_target(exp, accelerator)
+    folds = preflight_folds(exp, all_folds)
     start = time.monotonic()
     owned = workdir is None
     root = Path(tempfile.mkdtemp(prefix="kit-preflight-")) if workdir is None else Path(workdir)
     try:
         kernel = render_experiment(exp, owner="preflight", out_root=root / "build", fmt=fmt, accelerator=acc)
         data, external = preflight_data(exp, root, target)
-        env = {"KIT_REHEARSE": target, "KIT_CONFIG_OVERRIDES": json.dumps(preflight_overrides(exp, target)),
+        env = {"KIT_REHEARSE": target, "KIT_CONFIG_OVERRIDES": json.dumps(preflight_overrides(exp, target, all_folds)),
                "KERAS_BACKEND": "", "XLA_FLAGS": "",
                # compiled steps (and the weight initialisers' small programs) kept for the next preflight
                "JAX_COMPILATION_CACHE_DIR": str(preflight_cache_dir()),
@@ -169,12 +185,15 @@ def preflight(exp: Experiment, accelerator: str | None = None, fmt: str | None =
             return PreflightResult(False, f"preflight {exp.name} ({acc}, {where}): {preflight_failure(log, result.returncode)}",
                                    seconds, log)
         try:
-            manifest = check_outputs(root / "out", exp)
+            manifest = check_outputs(root / "out", folds)
         except (ContractError, OSError, ValueError) as exc:
             return PreflightResult(False, f"preflight {exp.name} ({acc}): outputs: {exc}", seconds, log)
         hw = manifest["hardware"]
+        total = len(exp.data.run_folds) or exp.data.folds
+        folds_done = (f"{len(folds)} folds" if len(folds) == total
+                      else f"folds {', '.join(map(str, folds))} of {total} (--all-folds for every fold)")
         line = (f"preflight {exp.name} passed: {kernel.code_file.name} on {where} ({hw['kind']} x{hw['replicas']}, "
-                f"{hw['mixed_precision'] or 'float32'}), {len(manifest['folds'])} folds, every output valid, "
+                f"{hw['mixed_precision'] or 'float32'}), {folds_done}, every output valid, "
                 f"{seconds:.0f} s (tiny data, {PREFLIGHT_IMAGE_SIZE} px, weights none)")
         return PreflightResult(True, line, seconds, log)
     finally:
@@ -183,11 +202,11 @@ def preflight(exp: Experiment, accelerator: str | None = None, fmt: str | None =
 
 
 def run_preflight(experiments: Sequence[Experiment], accelerator: str | None = None,
-                  fmt: str | None = None) -> list[PreflightResult]:
+                  fmt: str | None = None, all_folds: bool = False) -> list[PreflightResult]:
     """Preflight each experiment; raise `KitError` (one line) at the first that fails."""
     results = []
     for exp in experiments:
-        result = preflight(exp, accelerator, fmt)
+        result = preflight(exp, accelerator, fmt, all_folds=all_folds)
         if not result.passed:
             raise KitError(result.line)
         results.append(result)

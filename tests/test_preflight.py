@@ -18,7 +18,7 @@ format = "{fmt}"
 dataset = "someone/melanoma-32"
 external = "someone/external-32"
 image_size = 64
-folds = 2
+folds = 3
 metadata = true
 [augment]
 ops = ["dihedral", "affine", "color"]
@@ -49,7 +49,20 @@ def test_preflight_passes_on_the_gpu_rehearsal(tmp_path: Path, capsys: pytest.Ca
     assert main(["preflight", str(experiment(tmp_path))]) == 0
     out = capsys.readouterr().out.strip().splitlines()
     assert len(out) == 1 and "preflight pf-tiny passed" in out[0]
-    assert "2-device MirroredStrategy (gpu x2, mixed_float16), 2 folds, every output valid" in out[0]
+    assert ("2-device MirroredStrategy (gpu x2, mixed_float16), folds 0, 1 of 3 (--all-folds for every fold), "
+            "every output valid") in out[0]
+
+
+def test_preflight_folds_are_the_first_two_of_the_run() -> None:
+    """Fold 0 compiles, fold 1 restarts; the rest repeat fold 1's code, so only --all-folds runs them."""
+    from kernels.config import from_dict
+    from kit.preflight import preflight_folds, preflight_overrides
+
+    five = from_dict({"name": "five", "data": {"folds": 5}})
+    assert preflight_folds(five) == [0, 1] and preflight_folds(five, all_folds=True) == [0, 1, 2, 3, 4]
+    chosen = from_dict({"name": "chosen", "data": {"folds": 5, "run_folds": [3, 4, 1]}})
+    assert preflight_folds(chosen) == [3, 4] and preflight_folds(chosen, all_folds=True) == [3, 4, 1]
+    assert preflight_overrides(chosen, "tpu")["data"]["run_folds"] == [3, 4]
 
 
 def test_push_refuses_a_diverging_recipe_before_sending(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

@@ -1,4 +1,4 @@
-"""`kit preflight EXP... [--accelerator ACC] [--format F]`: rehearse the exact kernel on this CPU first.
+"""`kit preflight EXP... [--accelerator ACC] [--format F] [--all-folds]`: rehearse the exact kernel on this CPU first.
 
 In:  experiment TOMLs (a sweep expands), the target accelerator (default: the config's).
 Out: one line per experiment: passed (exit 0), or the reason it failed (one line, exit 2). See kit.preflight.
@@ -14,7 +14,7 @@ def cmd_preflight(args: argparse.Namespace) -> int:
     from kit.preflight import run_preflight
 
     experiments = [exp for path in args.experiments for exp in load_experiments(path)]
-    for result in run_preflight(experiments, args.accelerator, args.format):
+    for result in run_preflight(experiments, args.accelerator, args.format, args.all_folds):
         print(result.line, flush=True)
     return 0
 
@@ -25,4 +25,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--accelerator", default=None,
                    help="TpuV5E8 (8-device JAX), NvidiaTeslaT4 (2-device Mirrored) or none; default: the config's")
     p.add_argument("--format", choices=("script", "notebook"), default=None, help="kernel form (default: config's)")
+    p.add_argument("--all-folds", action="store_true",
+                   help="rehearse every fold (default: the first two, which run every code path of the rest)")
     p.set_defaults(func=cmd_preflight)
