@@ -183,11 +183,17 @@ def fit_greedy(X: np.ndarray, y: np.ndarray, folds: np.ndarray, params: Mapping[
     Rmaj = np.ascontiguousarray(R[:, ~y] if minority_positive else R[:, y])
 
     parts = min((os.cpu_count() or 1) if Rmaj.size >= GREEDY_PARALLEL_MIN_CELLS else 1, m)
+    blocks = np.array_split(np.arange(m), parts)
+    majority = np.empty_like(Rmaj)  # every candidate's blended majority scores, sorted in place each step
 
     def scores_of(s_min: np.ndarray, s_maj: np.ndarray) -> np.ndarray:
-        majority = Rmaj + s_maj  # NumPy's sort releases the GIL: row blocks (views) sort side by side
-        list(pool.map(lambda block: block.sort(axis=1), np.array_split(majority, parts)))
-        return auc_presorted(Rmin + s_min, majority, minority_positive)
+        def block_scores(rows: np.ndarray) -> np.ndarray:  # NumPy's sort and search release the GIL
+            view = majority[rows[0]:rows[-1] + 1]
+            np.add(Rmaj[rows[0]:rows[-1] + 1], s_maj, out=view)
+            view.sort(axis=1)
+            return auc_presorted(Rmin[rows[0]:rows[-1] + 1] + s_min, view, minority_positive)
+
+        return np.concatenate(list(pool.map(block_scores, blocks)))
 
     with ThreadPoolExecutor(max_workers=parts) as pool:
         singles = scores_of(np.zeros(Rmin.shape[1], R.dtype), np.zeros(Rmaj.shape[1], R.dtype))
