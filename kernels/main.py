@@ -36,6 +36,7 @@ from kernels.data import (
     discover_files,
     epoch_steps,
     eval_dataset,
+    eval_rows,
     fold_splits,
     read_records_meta,
     train_dataset,
@@ -147,14 +148,15 @@ def run_fold(
     with strategy_scope(hw):
         restore_start(model, run_model.start, fold)
     train_ds, _ = train_dataset(train_files, exp, hw, external=external)
-    val_ds = with_known_batches(eval_dataset(val_files, exp, hw, labelled=True), count_examples(val_files),
-                                eval_batch_size(exp, hw))
+    n_val = count_examples(val_files)
+    val_ds = with_known_batches(eval_dataset(val_files, exp, hw, labelled=True), n_val, eval_batch_size(exp, hw))
     print(
         f"[kit] fold {fold}: {len(train_files)} train files (+{len(external)} external), {len(val_files)} validation "
         f"files; {steps} steps/epoch, peak lr {run_model.peak_lr:.2e}, {count_params(model):,} parameters",
         flush=True,
     )
-    trained = train_fold(model, exp, train_ds, steps, val_ds, label=f"fold {fold} ")
+    trained = train_fold(model, exp, train_ds, steps, val_ds, label=f"fold {fold} ",
+                         val_rows=(n_val, eval_rows(n_val, exp, hw)))
     print(f"[kit] fold {fold}: best epoch {trained.best_epoch} of {trained.epochs_run} "
           f"({exp.train.monitor} {'n/a' if trained.best_value is None else f'{trained.best_value:.4f}'})", flush=True)
     start = time.monotonic()

@@ -284,6 +284,22 @@ class EpochRecorder(keras.callbacks.Callback):
         )
 
 
+class UnpaddedValLoss(keras.callbacks.Callback):
+    """Puts the epoch's ``val_loss`` back on the real validation rows. Where evaluation pads its last batch
+    (`kernels.data.eval_full_batches`), the padding rows weigh 0 but Keras divides each batch's weighted loss
+    sum by the full batch size, so its ``val_loss`` is the true mean x examples / rows; multiplied by
+    ``rows / examples`` it is the mean over the real images. First in the callback list, so the printed line,
+    the history and a ``val_loss`` checkpoint all see the true mean (the AUC metric already skips padding)."""
+
+    def __init__(self, examples: int, rows: int) -> None:
+        super().__init__()
+        self.scale = rows / examples if examples else 1.0
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        if logs is not None and "val_loss" in logs and self.scale != 1.0:
+            logs["val_loss"] = float(logs["val_loss"]) * self.scale
+
+
 class NonFiniteLoss(RuntimeError):
     """Training produced a NaN/inf (or exploded) loss; the message is the one line to show (fold, epoch, step,
     lr, advice)."""
@@ -406,10 +422,13 @@ def compile_model(model: keras.Model, exp: Experiment, hw: Any, peak_lr: float, 
 
 
 def train_fold(
-    model: keras.Model, exp: Experiment, train_ds: Any, steps_per_epoch: int, val_ds: Any, label: str = ""
+    model: keras.Model, exp: Experiment, train_ds: Any, steps_per_epoch: int, val_ds: Any, label: str = "",
+    val_rows: tuple[int, int] | None = None,
 ) -> FoldTraining:
     """Fit a compiled model; reload the best epoch's weights (by train.monitor) before returning.
-    Raises `NonFiniteLoss` at the first NaN/inf training loss."""
+    ``val_rows``: (validation examples, rows the padded pass yields), to report the true ``val_loss``
+    (`UnpaddedValLoss`). Raises `NonFiniteLoss` at the first NaN/inf training loss."""
+    unpad = [UnpaddedValLoss(*val_rows)] if val_rows else []
     recorder = EpochRecorder(label)
     best = BestCheckpoint(exp.train.monitor, exp.train.early_stopping)
     guard = NonFiniteGuard(label)
@@ -417,7 +436,7 @@ def train_fold(
     if exp.train.epochs > 0:
         model.fit(
             train_ds, epochs=exp.train.epochs, steps_per_epoch=steps_per_epoch, validation_data=val_ds,
-            callbacks=[guard, recorder, *ema_callbacks(exp), best], verbose=exp.train.verbose,
+            callbacks=[*unpad, guard, recorder, *ema_callbacks(exp), best], verbose=exp.train.verbose,
             shuffle=False,  # tf.data shuffles
         )
     value = best.best if best.best_weights is not None else None

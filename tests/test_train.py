@@ -289,3 +289,35 @@ def test_ema_is_off_by_default_and_validated() -> None:
     for bad in (1.0, -0.1):
         with pytest.raises(ConfigError, match="train.ema"):
             make_exp({"ema": bad})
+
+
+def test_val_loss_is_the_mean_over_the_real_rows_when_evaluation_pads() -> None:
+    """The accelerator routes pad the last validation batch with weight-0 rows (`kernels.data.data_pad`);
+    Keras still divides by the full batch, so without `UnpaddedValLoss` the printed and recorded val_loss
+    is low by the padding's share. With it, val_loss is the loss over the real rows."""
+    import tensorflow as tf
+
+    from kernels.data import data_pad
+    from kernels.train import train_fold
+
+    x, y = tiny_problem(3)
+    n, batch = 10, 8  # 10 real rows in two batches of 8: the second holds 2 real and 6 padding rows
+    val = tf.data.Dataset.from_tensor_slices((x[:n], y[:n])).batch(batch).map(
+        lambda images, labels: data_pad(images, labels, batch))
+    rows = 2 * batch
+    train = tf.data.Dataset.from_tensor_slices((x, y)).batch(32)
+    exp = make_exp({"epochs": 1, "loss": "bce", "label_smoothing": 0.0, "monitor": "val_loss"})
+
+    def recorded(val_rows: tuple[int, int] | None) -> tuple[float, float]:
+        keras.utils.set_random_seed(4)
+        model = tiny_model()
+        model.compile(optimizer=keras.optimizers.SGD(0.1), loss=make_loss(exp))
+        trained = train_fold(model, exp, train, len(x) // 32, val, val_rows=val_rows)
+        real = float(numpy_value(make_loss(exp)(y[:n], model.predict(x[:n], verbose=0))))
+        return trained.history["val_loss"][0], real
+
+    unpadded, real = recorded((n, rows))
+    assert unpadded == pytest.approx(real, rel=1e-4)
+    keras_alone, real_again = recorded(None)
+    assert real_again == pytest.approx(real, rel=1e-5)
+    assert keras_alone == pytest.approx(real * n / rows, rel=1e-4)  # what it printed before
