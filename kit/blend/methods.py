@@ -183,15 +183,14 @@ def fit_greedy(X: np.ndarray, y: np.ndarray, folds: np.ndarray, params: Mapping[
     Rmaj = np.ascontiguousarray(R[:, ~y] if minority_positive else R[:, y])
 
     parts = min((os.cpu_count() or 1) if Rmaj.size >= GREEDY_PARALLEL_MIN_CELLS else 1, m)
-    blocks = np.array_split(np.arange(m), parts)
+    blocks = [slice(rows[0], rows[-1] + 1) for rows in np.array_split(np.arange(m), parts)]
     majority = np.empty_like(Rmaj)  # every candidate's blended majority scores, sorted in place each step
 
     def scores_of(s_min: np.ndarray, s_maj: np.ndarray) -> np.ndarray:
-        def block_scores(rows: np.ndarray) -> np.ndarray:  # NumPy's sort and search release the GIL
-            view = majority[rows[0]:rows[-1] + 1]
-            np.add(Rmaj[rows[0]:rows[-1] + 1], s_maj, out=view)
-            view.sort(axis=1)
-            return auc_presorted(Rmin[rows[0]:rows[-1] + 1] + s_min, view, minority_positive)
+        def block_scores(rows: slice) -> np.ndarray:  # NumPy's sort and search release the GIL
+            np.add(Rmaj[rows], s_maj, out=majority[rows])
+            majority[rows].sort(axis=1)
+            return auc_presorted(Rmin[rows] + s_min, majority[rows], minority_positive)
 
         return np.concatenate(list(pool.map(block_scores, blocks)))
 
