@@ -145,8 +145,7 @@ def check_outputs(out: Path, folds: Sequence[int]) -> dict:
 
     manifest = read_manifest(out / MANIFEST_FILE)
     verify_files(out, manifest)
-    folds = list(folds)
-    if [f["fold"] for f in manifest["folds"]] != folds:
+    if [f["fold"] for f in manifest["folds"]] != list(folds):
         raise ContractError(f"{out / MANIFEST_FILE}: folds {[f['fold'] for f in manifest['folds']]}, expected {folds}")
     if not np.isfinite(read_oof(out / "oof.csv")["pred"].to_numpy()).all():
         raise ContractError(f"{out / 'oof.csv'}: non-finite predictions")
@@ -189,9 +188,9 @@ def preflight(exp: Experiment, accelerator: str | None = None, fmt: str | None =
         except (ContractError, OSError, ValueError) as exc:
             return PreflightResult(False, f"preflight {exp.name} ({acc}): outputs: {exc}", seconds, log)
         hw = manifest["hardware"]
-        total = len(exp.data.run_folds) or exp.data.folds
-        folds_done = (f"{len(folds)} folds" if len(folds) == total
-                      else f"folds {', '.join(map(str, folds))} of {total} (--all-folds for every fold)")
+        every = preflight_folds(exp, all_folds=True)
+        folds_done = (f"{len(folds)} folds" if folds == every
+                      else f"folds {', '.join(map(str, folds))} of {len(every)} (--all-folds for every fold)")
         line = (f"preflight {exp.name} passed: {kernel.code_file.name} on {where} ({hw['kind']} x{hw['replicas']}, "
                 f"{hw['mixed_precision'] or 'float32'}), {folds_done}, every output valid, "
                 f"{seconds:.0f} s (tiny data, {PREFLIGHT_IMAGE_SIZE} px, weights none)")
