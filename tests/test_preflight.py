@@ -53,6 +53,12 @@ def test_preflight_passes_on_the_gpu_rehearsal(tmp_path: Path, capsys: pytest.Ca
             "every output valid") in out[0]
 
 
+def test_all_folds_rehearses_every_fold(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["preflight", str(experiment(tmp_path)), "--all-folds"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1 and "(gpu x2, mixed_float16), 3 folds, every output valid" in out[0]
+
+
 def test_preflight_folds_are_the_first_two_of_the_run() -> None:
     """Fold 0 compiles, fold 1 restarts; the rest repeat fold 1's code, so only --all-folds runs them."""
     from kernels.config import from_dict
