@@ -5,6 +5,8 @@ In:  nothing; ``python -m kit.demo --data uda`` runs in a subprocess with a fres
 Out: ``run() -> dict``:
      demo_heldout_auc_minus_baseline  held-out AUC of the demo blend's submission minus the baseline run's
                                       (the split no training or blending step saw; target >= 0.03)
+     demo_heldout_margin_low/_high    its paired patient-bootstrap 95 % interval (the sampling noise of
+                                      110 held-out images)
      demo_heldout_auc                 the blend's held-out AUC
      demo_baseline_heldout_auc        the baseline's held-out AUC
      demo_minutes                     wall time of the whole demo (target <= 10 on an idle 2-core CPU)
@@ -27,13 +29,14 @@ DATA_FOLDER = "data/uda-128"
 def figures(root: Path) -> dict[str, float]:
     """The held-out figures of a finished demo under ``root`` (its dataset, baseline run and blend)."""
     from kernels.contracts import TEST_PRED_FILE
-    from kit.demo import DEMO_ENSEMBLE, held_out_interval
+    from kit.demo import DEMO_ENSEMBLE, held_out_margin
 
     data = root / DATA_FOLDER
-    blend = held_out_interval(root / "ensembles" / DEMO_ENSEMBLE / "submission.csv", data).auc
-    baseline = held_out_interval(sorted((root / "runs" / "baseline").glob("v*"))[-1] / TEST_PRED_FILE, data).auc
-    return {"demo_heldout_auc_minus_baseline": blend - baseline, "demo_heldout_auc": blend,
-            "demo_baseline_heldout_auc": baseline}
+    baseline_csv = sorted((root / "runs" / "baseline").glob("v*"))[-1] / TEST_PRED_FILE
+    margin = held_out_margin(root / "ensembles" / DEMO_ENSEMBLE / "submission.csv", baseline_csv, data)
+    return {"demo_heldout_auc_minus_baseline": margin.diff, "demo_heldout_margin_low": margin.low,
+            "demo_heldout_margin_high": margin.high, "demo_heldout_auc": margin.auc1,
+            "demo_baseline_heldout_auc": margin.auc2}
 
 
 def run() -> dict[str, float]:

@@ -24,7 +24,7 @@ from rich.table import Table
 
 from kernels.config import Experiment
 from kernels.contracts import MANIFEST_FILE, TEST_PRED_FILE, read_test_pred
-from kernels.metrics import AucInterval, bootstrap_auc_ci
+from kernels.metrics import AucInterval, PairedResult, bootstrap_auc_ci, paired_bootstrap_test
 from kit.baseline import run_baseline
 from kit.cli import main as kit_main
 from kit.commands.run import run_experiment
@@ -125,13 +125,33 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _held_out_joined(pred_csv: Path, data: Path) -> pd.DataFrame:
+    """The dataset's hidden solution.csv (image_name, target, patient_id) joined one-to-one with a
+    test-prediction CSV's column as ``pred``."""
+    solution = pd.read_csv(data / "solution.csv").merge(pd.read_csv(data / "test.csv")[["image_name", "patient_id"]])
+    pred = read_test_pred(pred_csv).rename(columns={"target": "pred"})
+    return solution.merge(pred, on="image_name", validate="one_to_one")
+
+
 def held_out_interval(pred_csv: Path, data: Path) -> AucInterval:
     """AUC of test predictions against the dataset's hidden solution.csv, with a 95 % interval that
     resamples patients: the held-out figure no training or blending step has seen."""
-    solution = pd.read_csv(data / "solution.csv").merge(pd.read_csv(data / "test.csv")[["image_name", "patient_id"]])
-    pred = read_test_pred(pred_csv).rename(columns={"target": "pred"})
-    joined = solution.merge(pred, on="image_name", validate="one_to_one")
+    joined = _held_out_joined(pred_csv, data)
     return bootstrap_auc_ci(joined["target"], joined["pred"], groups=joined["patient_id"])
+
+
+def held_out_margin(pred_csv: Path, baseline_csv: Path, data: Path) -> PairedResult:
+    """Held-out AUC of ``pred_csv`` minus the baseline's on the same images, with a paired
+    patient-bootstrap 95 % interval and p-value: how far sampling noise alone moves the margin."""
+    joined = _held_out_joined(pred_csv, data).merge(
+        read_test_pred(baseline_csv).rename(columns={"target": "base"}), on="image_name", validate="one_to_one")
+    return paired_bootstrap_test(joined["target"], joined["pred"], joined["base"], groups=joined["patient_id"])
+
+
+def margin_text(margin: PairedResult) -> str:
+    """`held_out_margin` as one line: the difference, its interval, the p-value and the patients it rests on."""
+    return (f"{margin.diff:+.4f} AUC [{margin.low:+.3f}, {margin.high:+.3f}] (paired patient bootstrap over "
+            f"{margin.n_groups} patients, p = {margin.p:.2f})")
 
 
 def held_out_auc(pred_csv: Path, data: Path) -> str:
@@ -170,9 +190,8 @@ def summary(runs: list[Path], out: Path, data: Path, seconds: float) -> None:
         console.print(f"  {name}: {_shown(path)}")
     base = [r for r in runs if json.loads((r / MANIFEST_FILE).read_text()).get("role") == "baseline"]
     if base:
-        margin = (held_out_interval(out / "submission.csv", data).auc
-                  - held_out_interval(base[0] / TEST_PRED_FILE, data).auc)
-        console.print(f"blend minus baseline on the held-out split: {margin:+.4f} AUC")
+        margin = held_out_margin(out / "submission.csv", base[0] / TEST_PRED_FILE, data)
+        console.print(f"blend minus baseline on the held-out split: {margin_text(margin)}")
     console.print(f"report: {_shown(out / 'report.md')} and {_shown(out / 'report.html')}")
     example = pd.read_csv(data / "test.csv")["image_name"].iloc[0]
     image = SAMPLE / "images" / f"{example}.jpg"

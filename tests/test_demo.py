@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+import pytest
 
 from kernels.contracts import read_manifest, read_oof, read_test_pred, verify_files
+from kit.demo import held_out_interval, held_out_margin, margin_text
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -47,4 +51,33 @@ def test_tiny_demo_runs_the_whole_loop(tmp_path: Path) -> None:
     assert "## Leaderboard" in report and "OOF AUC" in report and "demo-scratch/v1" in report
     assert (out / "report.html").exists() and list(out.glob("*.png"))
     assert "demo results" in proc.stdout and "held-out AUC" in proc.stdout and "blend (greedy)" in proc.stdout
-    assert "baseline (the floor)" in proc.stdout and "blend minus baseline on the held-out split" in proc.stdout
+    assert "baseline (the floor)" in proc.stdout
+    assert re.search(r"blend minus baseline on the held-out split: [+-]\d\.\d{4} AUC \[[+-]\d\.\d{3}, [+-]\d\.\d{3}\] "
+                     r"\(paired patient bootstrap over \d+ patients, p = \d\.\d\d\)", proc.stdout), proc.stdout[-2000:]
+
+
+def _held_out_files(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """A dataset folder's test.csv + solution.csv (40 images of 20 patients) and two prediction CSVs:
+    one informative, one noise."""
+    rng = np.random.default_rng(0)
+    names = [f"ISIC_{i:07d}" for i in range(40)]
+    target = np.tile([0, 0, 0, 1], 10)
+    data = tmp_path / "data"
+    data.mkdir()
+    pd.DataFrame({"image_name": names, "patient_id": [f"IP_{i // 2}" for i in range(40)]}).to_csv(data / "test.csv", index=False)
+    pd.DataFrame({"image_name": names, "target": target}).to_csv(data / "solution.csv", index=False)
+    good, noise = tmp_path / "good.csv", tmp_path / "noise.csv"
+    pd.DataFrame({"image_name": names, "target": target + rng.normal(0, 0.6, 40)}).to_csv(good, index=False)
+    pd.DataFrame({"image_name": names, "target": rng.random(40)}).to_csv(noise, index=False)
+    return data, good, noise
+
+
+def test_held_out_margin_is_the_difference_of_the_two_held_out_aucs_with_a_paired_interval(tmp_path: Path) -> None:
+    data, good, noise = _held_out_files(tmp_path)
+    margin = held_out_margin(good, noise, data)
+    assert margin.diff == pytest.approx(held_out_interval(good, data).auc - held_out_interval(noise, data).auc)
+    assert margin.low < margin.diff < margin.high and margin.n_groups == 20
+    assert margin.diff > 0.2 and margin.p < 0.05  # an informative score against noise
+    same = held_out_margin(good, good, data)
+    assert (same.diff, same.low, same.high, same.p) == (0.0, 0.0, 0.0, 1.0)
+    assert margin_text(same) == "+0.0000 AUC [+0.000, +0.000] (paired patient bootstrap over 20 patients, p = 1.00)"
