@@ -36,6 +36,10 @@ from kit.errors import KitError
 PREFLIGHT_TARGETS = {"TpuV5E8": "tpu", "NvidiaTeslaT4": "gpu", "NvidiaTeslaT4Highmem": "gpu", "none": ""}
 PREFLIGHT_IMAGE_SIZE = 32  # px: the smallest size every registered backbone accepts
 PREFLIGHT_BATCH = 1  # images per device
+# Global images per training step at least: a global batch of 1 (the 1-device CPU target at 1 per device) is
+# a case no real run has, and TensorFlow's oneDNN CPU kernels crash on it (the backward pass of a strided 1x1
+# conv, the scratch CNN's shortcut, at batch 1: a segfault; batch 2 trains).
+PREFLIGHT_MIN_GLOBAL_BATCH = 2
 PREFLIGHT_EVAL_BATCH = 16  # global images per validation/prediction step: a synthetic file's pass in one step
 PREFLIGHT_STEPS = 2  # training steps per fold (a diverging recipe shows within them: tests/test_preflight.py)
 PREFLIGHT_REPLICAS = {"tpu": 8, "gpu": 2, "": 1}  # devices of each simulated topology
@@ -80,17 +84,25 @@ def preflight_folds(exp: Experiment, all_folds: bool = False) -> list[int]:
     return folds if all_folds else folds[:PREFLIGHT_FOLDS]
 
 
+def preflight_batch(target: str) -> int:
+    """Training images per device in the rehearsal: `PREFLIGHT_BATCH`, raised so that the global batch is at
+    least `PREFLIGHT_MIN_GLOBAL_BATCH` (only the 1-device target is raised)."""
+    replicas = PREFLIGHT_REPLICAS[target]
+    return max(PREFLIGHT_BATCH, -(-PREFLIGHT_MIN_GLOBAL_BATCH // replicas))
+
+
 def preflight_overrides(exp: Experiment, target: str = "", all_folds: bool = False) -> dict[str, dict[str, object]]:
     """The settings shrunk for the rehearsal (sent to the kernel as KIT_CONFIG_OVERRIDES). Evaluation steps
     take `PREFLIGHT_EVAL_BATCH` images on every target (each TTA view of a file is one step; the test file's
     5 images are padded to that full batch, as every last evaluation batch on the accelerator routes is).
     The data keeps the experiment's fold count; `preflight_folds` of them are trained."""
-    global_batch = PREFLIGHT_BATCH * PREFLIGHT_REPLICAS[target]
+    per_device = preflight_batch(target)
+    global_batch = per_device * PREFLIGHT_REPLICAS[target]
     return {
         "data": {"image_size": PREFLIGHT_IMAGE_SIZE, "shuffle_buffer": 16, "cache": False, "decode_ratio": 0,
                  "run_folds": preflight_folds(exp, all_folds)},
         "model": {"weights": "none"},
-        "train": {"epochs": 1, "batch_size": PREFLIGHT_BATCH, "save_weights": False, "verbose": 0,
+        "train": {"epochs": 1, "batch_size": per_device, "save_weights": False, "verbose": 0,
                   "steps_per_execution": 1, "max_steps_per_epoch": PREFLIGHT_STEPS,
                   "eval_batch_factor": max(1, PREFLIGHT_EVAL_BATCH // global_batch)},
         "kaggle": {"allow_cpu": True},
@@ -105,7 +117,7 @@ def preflight_data(exp: Experiment, root: Path, target: str) -> tuple[Path, Path
     folds = exp.data.folds
     main = root / "data"
     train_files = max(folds - 1, 1)  # a fold trains on every file but its own
-    per_file = max(-(-PREFLIGHT_STEPS * PREFLIGHT_BATCH * PREFLIGHT_REPLICAS[target] // train_files),
+    per_file = max(-(-PREFLIGHT_STEPS * preflight_batch(target) * PREFLIGHT_REPLICAS[target] // train_files),
                    PREFLIGHT_MIN_PER_FILE)
     write_synth(main, SynthSpec(n_train=folds * per_file, n_test=PREFLIGHT_TEST_IMAGES,
                                 size=PREFLIGHT_IMAGE_SIZE, shards=folds, test_shards=1, seed=PREFLIGHT_SEED,

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from kit.cli import main
+from kit.preflight import preflight_batch
 
 TINY_TOML = """
 name = "pf-tiny"
@@ -57,6 +58,15 @@ def test_all_folds_rehearses_every_fold(tmp_path: Path, capsys: pytest.CaptureFi
     assert main(["preflight", str(experiment(tmp_path)), "--all-folds"]) == 0
     out = capsys.readouterr().out.strip().splitlines()
     assert len(out) == 1 and "(gpu x2, mixed_float16), 3 folds, every output valid" in out[0]
+
+
+def test_preflight_passes_on_the_cpu_route(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """One device: the rehearsal trains 2 images a step (at 1, TensorFlow's oneDNN backward of the scratch CNN's
+    strided 1x1 shortcut conv crashes the kernel with a segfault)."""
+    assert preflight_batch("") == 2 and preflight_batch("gpu") == preflight_batch("tpu") == 1
+    assert main(["preflight", str(experiment(tmp_path)), "--accelerator", "none"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1 and "preflight pf-tiny passed" in out[0] and "every output valid" in out[0], out
 
 
 def test_preflight_folds_are_the_first_two_of_the_run() -> None:
