@@ -11,10 +11,10 @@ head; one train file per fold), and runs the kernel through the local backend on
 the target (``KIT_REHEARSE``: 8-device JAX DataParallel for TpuV5E8, 2-device TensorFlow MirroredStrategy
 for the T4 machines, the CPU for "none"). The kernel's text is not changed: a few settings are shrunk through
 ``KIT_CONFIG_OVERRIDES`` (`preflight_overrides`: small images, one epoch of a few steps per fold, one image
-per device, no weights file written, the first `PREFLIGHT_FOLDS` of the run's folds unless ``all_folds``)
-and ``model.weights`` becomes "none", because the rehearsal cannot
-download ImageNet weights here (the architecture, head, precision, TTA passes and outputs are the real
-ones). Every output is then checked against the file contracts (`kernels.contracts`); a NaN/exploding
+per device (`preflight_batch`: two on the one-device CPU target), no weights file written, the first
+`PREFLIGHT_FOLDS` of the run's folds unless ``all_folds``) and ``model.weights`` becomes "none", because the
+rehearsal cannot download ImageNet weights here (the architecture, head, precision, TTA passes and outputs
+are the real ones). Every output is then checked against the file contracts (`kernels.contracts`); a NaN/exploding
 loss stops the kernel through its non-finite guard and fails the preflight with that line.
 """
 
@@ -91,20 +91,23 @@ def preflight_batch(target: str) -> int:
     return max(PREFLIGHT_BATCH, -(-PREFLIGHT_MIN_GLOBAL_BATCH // replicas))
 
 
+def preflight_global_batch(target: str) -> int:
+    """Training images per step across the target's devices."""
+    return preflight_batch(target) * PREFLIGHT_REPLICAS[target]
+
+
 def preflight_overrides(exp: Experiment, target: str = "", all_folds: bool = False) -> dict[str, dict[str, object]]:
     """The settings shrunk for the rehearsal (sent to the kernel as KIT_CONFIG_OVERRIDES). Evaluation steps
     take `PREFLIGHT_EVAL_BATCH` images on every target (each TTA view of a file is one step; the test file's
     5 images are padded to that full batch, as every last evaluation batch on the accelerator routes is).
     The data keeps the experiment's fold count; `preflight_folds` of them are trained."""
-    per_device = preflight_batch(target)
-    global_batch = per_device * PREFLIGHT_REPLICAS[target]
     return {
         "data": {"image_size": PREFLIGHT_IMAGE_SIZE, "shuffle_buffer": 16, "cache": False, "decode_ratio": 0,
                  "run_folds": preflight_folds(exp, all_folds)},
         "model": {"weights": "none"},
-        "train": {"epochs": 1, "batch_size": per_device, "save_weights": False, "verbose": 0,
+        "train": {"epochs": 1, "batch_size": preflight_batch(target), "save_weights": False, "verbose": 0,
                   "steps_per_execution": 1, "max_steps_per_epoch": PREFLIGHT_STEPS,
-                  "eval_batch_factor": max(1, PREFLIGHT_EVAL_BATCH // global_batch)},
+                  "eval_batch_factor": max(1, PREFLIGHT_EVAL_BATCH // preflight_global_batch(target))},
         "kaggle": {"allow_cpu": True},
     }
 
@@ -117,7 +120,7 @@ def preflight_data(exp: Experiment, root: Path, target: str) -> tuple[Path, Path
     folds = exp.data.folds
     main = root / "data"
     train_files = max(folds - 1, 1)  # a fold trains on every file but its own
-    per_file = max(-(-PREFLIGHT_STEPS * preflight_batch(target) * PREFLIGHT_REPLICAS[target] // train_files),
+    per_file = max(-(-PREFLIGHT_STEPS * preflight_global_batch(target) // train_files),
                    PREFLIGHT_MIN_PER_FILE)
     write_synth(main, SynthSpec(n_train=folds * per_file, n_test=PREFLIGHT_TEST_IMAGES,
                                 size=PREFLIGHT_IMAGE_SIZE, shards=folds, test_shards=1, seed=PREFLIGHT_SEED,
