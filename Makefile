@@ -13,7 +13,7 @@ PORT    ?= 8765
 COMP    ?=
 SAMPLE  ?=
 
-.PHONY: help install demo test lint bench data render run push-kernel status wait pull blend report submit \
+.PHONY: help install demo test test-deep lint bench data render run push-kernel status wait pull blend report submit \
         submissions predict emulator clean clean-runs clean-all device-check preflight
 
 help:  ## list the targets
@@ -32,6 +32,9 @@ demo: $(STAMP)  ## the whole loop offline: import sample, render+run 2 experimen
 
 test: $(STAMP)  ## run the test suite (real TensorFlow, real kaggle client against the emulator)
 	$(PY) -m pytest tests
+
+test-deep: $(STAMP)  ## the deeper profiles only (tests marked deep: larger property budgets, full sizes)
+	$(PY) -m pytest tests -m deep
 
 lint: $(STAMP)  ## ruff over all code
 	.venv/bin/ruff check kit kernels tests bench
