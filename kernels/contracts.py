@@ -29,6 +29,7 @@ atomic writes) does not pay for them.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -279,14 +280,20 @@ def verify_files(folder: str | os.PathLike[str], manifest: Mapping[str, Any]) ->
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write to a temporary file beside `path`, then rename: never a half-written file."""
+    """Write to a temporary file beside `path`, then rename: never a half-written file. A write that
+    fails (disk full, file-size limit) removes its temporary file and re-raises; `path` is untouched."""
     path = os.fspath(path)
     tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:

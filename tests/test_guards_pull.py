@@ -1,0 +1,60 @@
+"""Guards on pulling: every file kept from a Kaggle run matches the manifest's sha256, not only its size
+(the real `kaggle` client against the emulator, a quick kernel)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from test_kaggle_support import quick_rendered
+
+from kernels.contracts import read_manifest, verify_files
+from kit.errors import KitError
+from kit.kaggle.client import connect
+from kit.kaggle.pull import pull_all, pull_version
+from kit.kaggle.push import push_one
+from kit.kaggle.retry import RetryPolicy
+from kit.kaggle.status import PollPolicy, wait_until_done
+
+SHAPE = "TpuV5E8"
+KERNEL = "kit-user/guard-corrupt"
+
+
+def _same_size_corruption(data: bytes) -> bytes:
+    """The same bytes with one flipped in the middle: the size a size-only check would accept."""
+    middle = len(data) // 2
+    return data[:middle] + bytes([data[middle] ^ 0xFF]) + data[middle + 1:]
+
+
+def test_same_size_corruption_is_never_kept(world, tmp_path: Path) -> None:
+    make, ledger = world
+    emulator = make()
+    client = connect(policy=RetryPolicy(attempts=4, base_s=0.01, cap_s=0.05, rate_base_s=0.05, rate_cap_s=0.3,
+                                        rate_max_s=30))
+    push_one(client, ledger, quick_rendered(tmp_path / "build", "guard-corrupt"), SHAPE)
+    wait_until_done(client, ledger, None, poll=PollPolicy(first_s=0.1, max_s=0.3), timeout_s=60)
+    runs = tmp_path / "runs"
+    source = emulator.version_dir(KERNEL, 1) / "output"
+    oof = source / "oof.csv"
+    good = oof.read_bytes()
+
+    # A same-size corrupt copy left in the staging folder (a bad disk, an earlier broken download) is
+    # fetched afresh, not kept because its size is right.
+    staging = runs / "guard-corrupt" / ".v1.partial"
+    staging.mkdir(parents=True)
+    (staging / "oof.csv").write_bytes(_same_size_corruption(good))
+    # Kaggle serves a same-size corrupt file: every download is refused and nothing lands in v1.
+    oof.write_bytes(_same_size_corruption(good))
+    with pytest.raises(KitError, match=r"guard-corrupt/1/oof\.csv: size or sha256 differs from the manifest"):
+        pull_version(client, KERNEL, 1, "guard-corrupt", "h", runs)
+    assert not (runs / "guard-corrupt" / "v1").exists()
+    (outcome,) = pull_all(client, ledger, None, runs)
+    assert outcome.action == "failed" and "sha256 differs" in outcome.note
+
+    oof.write_bytes(good)  # Kaggle serves the right bytes again: the pull completes, every file verified
+    (staging / "oof.csv").write_bytes(_same_size_corruption(good))  # and the staged corrupt copy is replaced
+    outcome = pull_version(client, KERNEL, 1, "guard-corrupt", "h", runs)
+    assert outcome.action == "pulled"
+    final = runs / "guard-corrupt" / "v1"
+    assert (final / "oof.csv").read_bytes() == good
+    verify_files(final, read_manifest(final / "manifest.json"))
