@@ -12,9 +12,10 @@ MSG     ?=
 PORT    ?= 8765
 COMP    ?=
 SAMPLE  ?=
+SCOPE   ?=
 
 .PHONY: help install demo test test-deep lint bench data render run push-kernel status wait pull blend report submit \
-        submissions predict emulator clean clean-runs clean-all device-check preflight
+        submissions predict emulator clean clean-runs clean-all device-check preflight mutation
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/' | expand -t 16
@@ -35,6 +36,9 @@ test: $(STAMP)  ## run the test suite (real TensorFlow, real kaggle client again
 
 test-deep: $(STAMP)  ## the deeper profiles only (tests marked deep: larger property budgets, full sizes)
 	$(PY) -m pytest tests -m deep
+
+mutation: $(STAMP)  ## mutation testing of the guarding modules (mutmut, slow) -> build/mutation/report.md (SCOPE=kaggle ...)
+	$(PY) -m bench.mutation $(SCOPE)
 
 lint: $(STAMP)  ## ruff over all code
 	.venv/bin/ruff check kit kernels tests bench

@@ -26,6 +26,7 @@ TEST_REQUIRES = [
     "ruff==0.17.6",
     "jax==0.10.2",  # the kernel is tested under the JAX backend too (Kaggle's TPU route)
     "jaxlib==0.10.2",
+    "mutmut==3.8.1",  # `make mutation` (bench/mutation.py); never part of `make test`
 ]
 
 setup(
