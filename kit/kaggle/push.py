@@ -50,7 +50,7 @@ from kit.kaggle.reconcile import (
 )
 from kit.kaggle.retry import KaggleCallError, classify, describe
 from kit.kaggle.status import refresh
-from kit.render import RenderedKernel
+from kit.render.kernel import RenderedKernel
 
 __all__ = ["PushOutcome", "SessionCapReached", "busy_sessions", "check_sources", "push_body", "push_one",
            "push_queue", "reconcile_pending", "sha256_text", "unchanged"]
