@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from kernels.accelerators import ACCELERATORS, accelerator_problem
+from kernels.accelerators import ACCELERATORS, NO_ACCELERATOR, accelerator_problem
 from kernels.config import Experiment
 from kernels.contracts import atomic_write_text
 from kit.errors import KitError
@@ -117,7 +117,7 @@ def kernel_metadata(exp: Experiment, owner: str, fmt: str, accelerator: str | No
         "model_sources": list(exp.kaggle.model_sources),
         "keywords": [],
     }
-    if acc != "none":
+    if acc != NO_ACCELERATOR:
         meta["machine_shape"] = acc
     return meta
 
