@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from test_kaggle_support import quick_rendered
+from helpers.kaggle_support import quick_rendered
 
 from kernels.contracts import read_manifest, verify_files
 from kit.errors import KitError

@@ -9,7 +9,7 @@ import json
 import shutil
 from pathlib import Path
 
-from test_kaggle_support import quick_rendered
+from helpers.kaggle_support import quick_rendered
 
 from kit.kaggle.client import connect
 from kit.kaggle.push import push_one

@@ -8,11 +8,11 @@ import json
 from pathlib import Path
 
 import pytest
-from test_blend_fixtures import experiment_config, make_cohort, make_run, signal_preds
+from helpers.blend_fixtures import experiment_config, make_cohort, make_run, signal_preds
 
 from kernels.contracts import COMPLETE_KEY, FOLDS_PLANNED_KEY, MANIFEST_FILE, incomplete_reason
 from kit.errors import KitError
-from kit.runs import incomplete_runs, latest_runs, list_runs, select_runs
+from kit.run.folders import incomplete_runs, latest_runs, list_runs, select_runs
 
 
 def _runs(tmp_path: Path, marker: object) -> Path:
