@@ -82,6 +82,11 @@ def _contracts_fail(where: str, problem: str) -> ContractError:
     return ContractError(f"{where}: {problem}")
 
 
+def _contracts_shown(value: Any) -> str:
+    """A cell's value as a message shows it: repr of the plain Python value (2, 0.5, 'x'), not np.int64(2)."""
+    return repr(value.item() if hasattr(value, "item") else value)
+
+
 def _contracts_read_csv(path: str | os.PathLike[str]) -> pd.DataFrame:
     import pandas as pd
 
@@ -137,12 +142,12 @@ def validate_oof(df: pd.DataFrame, where: str = OOF_FILE) -> pd.DataFrame:
     bad = ~targets.isin([0, 1])
     if bad.any():
         row = int(np.flatnonzero(bad.to_numpy())[0])
-        raise _contracts_fail(where, f"row {row + 2}: target is {df['target'].iloc[row]!r}, expected 0 or 1")
+        raise _contracts_fail(where, f"row {row + 2}: target is {_contracts_shown(df['target'].iloc[row])}, expected 0 or 1")
     folds = pd.to_numeric(df["fold"], errors="coerce")
     bad = folds.isna() | (folds < 0) | (folds != folds.round())
     if bad.any():
         row = int(np.flatnonzero(bad.to_numpy())[0])
-        raise _contracts_fail(where, f"row {row + 2}: fold is {df['fold'].iloc[row]!r}, expected an integer >= 0")
+        raise _contracts_fail(where, f"row {row + 2}: fold is {_contracts_shown(df['fold'].iloc[row])}, expected an integer >= 0")
     return df
 
 
