@@ -62,8 +62,9 @@ SCOPES: dict[str, Scope] = {
     "kaggle": Scope(
         modules=("kit/kaggle/push.py", "kit/kaggle/reconcile.py", "kit/kaggle/pull.py", "kit/kaggle/submit.py",
                  "kit/kaggle/status.py"),
-        tests=("tests/test_kaggle_units.py", "tests/test_kaggle_emulator.py", "tests/test_guards_push.py",
-               "tests/test_guards_pull.py"),
+        tests=("tests/test_kaggle_units.py", "tests/test_kaggle_emulator.py", "tests/test_kaggle_realism.py",
+               "tests/test_guards_push.py", "tests/test_guards_pull.py", "tests/test_guards_submit.py",
+               "tests/test_guards_status.py"),
     ),
     "kernels": Scope(
         modules=("kernels/contracts.py", "kernels/metrics.py", "kernels/main.py"),

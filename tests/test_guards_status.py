@@ -1,0 +1,124 @@
+"""Guards on what `kit status` shows and how often it asks: the table holds every run's own kernel,
+version, machine, coloured status, push time and folder, whole at 80 columns; a failed run's log tail is
+Kaggle's text; the poll schedule comes from the environment; a notebook is recognised by its cells
+whatever Kaggle does to its layout (so a lost push reply is matched to the right version)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from rich.console import Console
+
+from kit.errors import KitError
+from kit.kaggle.ledger import empty_ledger
+from kit.kaggle.reconcile import DEFAULT_POLL_MAX_S, DEFAULT_POLL_S, PollPolicy, source_fingerprint
+from kit.kaggle.status import LOG_TAIL_LINES, STATUS_STYLE, log_tail, log_text, status_rows, status_table
+
+WIDTH = 80
+ANSI = {"green": "\x1b[32m", "red": "\x1b[31m", "yellow": "\x1b[33m", "cyan": "\x1b[36m"}
+
+
+def _render(table, color: bool = False, width: int = WIDTH) -> str:
+    console = Console(width=width, record=True, force_terminal=color, color_system="standard" if color else None)
+    console.print(table)
+    return console.export_text(styles=color)
+
+
+def _ledger() -> dict:
+    data = empty_ledger()
+    data["experiments"] = {
+        "effnet-b0": {"kernel": "kit-user/effnet-b0", "pending": None, "versions": [
+            {"version": 1, "status": "ERROR", "pushed_at": "2024-03-01T10:00:00Z", "accelerator": "NvidiaTeslaT4"},
+            {"version": 2, "status": "COMPLETE", "pushed_at": "2024-03-02T11:22:33Z", "accelerator": "TpuV5E8",
+             "run_dir": "runs/effnet-b0/v2"}]},
+        "pushing": {"kernel": "kit-user/pushing", "versions": [], "pending": {"content_hash": "x"}},
+        "never": {"kernel": None, "versions": [], "pending": None},
+    }
+    return data
+
+
+def test_the_table_shows_each_runs_own_facts() -> None:
+    rows = status_rows(_ledger())
+    assert [r["experiment"] for r in rows] == ["effnet-b0", "never", "pushing"]
+    assert rows[0] == {"experiment": "effnet-b0", "kernel": "kit-user/effnet-b0", "version": 2, "status": "COMPLETE",
+                       "pushed_at": "2024-03-02T11:22:33Z", "pulled": "runs/effnet-b0/v2", "failure": "",
+                       "log_tail": [], "accelerator": "TpuV5E8"}
+    assert (rows[1]["kernel"], rows[1]["version"], rows[1]["status"]) == ("", None, "-")
+    assert rows[2]["status"] == "PUSHING"
+    text = _render(status_table(rows), width=2 * WIDTH)
+    lines = text.splitlines()
+    assert lines[0].strip() == "Kaggle runs"
+    header = [cell.strip() for cell in lines[2].split("┃")[1:-1]]
+    assert header == ["experiment", "kernel", "version", "machine", "status", "pushed (UTC)", "pulled into"]
+    body = "\n".join(lines[4:])
+    for cell in ("effnet-b0", "kit-user/effnet-b0", "v2", "TpuV5E8", "COMPLETE", "2024-03-02 11:22:33", "PUSHING"):
+        assert cell in body, cell
+    assert "2024-03-02T" not in body and "11:22:33Z" not in body
+    never = next(line for line in lines if line.lstrip("│ ").startswith("never"))
+    assert " - " in never  # no version yet: a dash, not 'vNone'
+    assert all(len(line) <= WIDTH for line in _render(status_table(rows)).splitlines())
+
+
+def test_long_cells_fold_instead_of_being_cut() -> None:
+    row = {"experiment": "x" * 30, "kernel": "kit-user/" + "k" * 40, "version": 12, "status": "RUNNING",
+           "pushed_at": "2024-03-02T11:22:33Z", "pulled": "runs/" + "p" * 40, "accelerator": "TpuV5E8"}
+    text = _render(status_table([row]))
+    assert "…" not in text
+    body = [line.split("│")[1:-1] for line in text.splitlines() if line.startswith("│")]
+    column = ["".join(cells[i].strip() for cells in body) for i in range(7)]
+    assert column[0] == row["experiment"] and column[1] == row["kernel"] and column[6] == row["pulled"]
+
+
+def test_statuses_are_coloured() -> None:
+    for status, style in STATUS_STYLE.items():
+        row = {"experiment": "e", "kernel": "u/e", "version": 1, "status": status, "pushed_at": "", "pulled": "",
+               "accelerator": ""}
+        assert f"{ANSI[style]}{status}" in _render(status_table([row]), color=True, width=2 * WIDTH), status
+    plain = {"experiment": "e", "kernel": "u/e", "version": 1, "status": "PUSHING", "pushed_at": "", "pulled": "",
+             "accelerator": ""}
+    assert "PUSHING" in _render(status_table([plain]), color=True)
+
+
+def test_log_text_and_tail() -> None:
+    kaggle_log = json.dumps([{"stream_name": "stdout", "time": 1.0, "data": "epoch 1\n"},
+                             {"stream_name": "stderr", "time": 2.0, "data": "Traceback\nValueError: bad\n"},
+                             {"stream_name": "stdout", "time": 3.0}])
+    assert log_text(kaggle_log) == "epoch 1\nTraceback\nValueError: bad\n"
+    assert log_text("plain text\n") == "plain text\n" and log_text("") == "" and log_text(None) == ""  # type: ignore[arg-type]
+    assert log_text('{"a": 1}') == '{"a": 1}' and log_text("[1, 2]") == "[1, 2]"
+    assert log_tail(kaggle_log) == ["epoch 1", "Traceback", "ValueError: bad"]
+    many = "\n".join(f"line {i}" for i in range(50)) + "\n\n"
+    assert log_tail(many) == [f"line {i}" for i in range(50 - LOG_TAIL_LINES, 50)]
+    assert log_tail(many, lines=2) == ["line 48", "line 49"]
+
+
+def test_poll_schedule_from_the_environment() -> None:
+    assert PollPolicy.from_env({}) == PollPolicy(first_s=DEFAULT_POLL_S, max_s=DEFAULT_POLL_MAX_S)
+    assert PollPolicy.from_env({"KIT_POLL_S": "2", "KIT_POLL_MAX_S": "5"}) == PollPolicy(first_s=2.0, max_s=5.0)
+    assert PollPolicy.from_env({"KIT_POLL_S": "500"}) == PollPolicy(first_s=500.0, max_s=500.0)  # max >= first
+    assert PollPolicy.from_env({"KIT_POLL_MAX_S": "30"}).max_s == 30.0
+    delays = PollPolicy(first_s=1.0, max_s=3.0, factor=1.5).delays()
+    assert [next(delays) for _ in range(5)] == [1.0, 1.5, 2.25, 3.0, 3.0]
+    with pytest.raises(KitError, match=r"^KIT_POLL_S / KIT_POLL_MAX_S: expected numbers \(.*'often'"):
+        PollPolicy.from_env({"KIT_POLL_S": "often"})
+
+
+def test_a_notebook_is_recognised_by_its_cells_not_its_layout() -> None:
+    sent = {"cells": [{"cell_type": "markdown", "source": ["# Title\n", "text"]},
+                      {"cell_type": "code", "source": "x = 1\r\nprint(x)\n\n", "outputs": []}],
+            "metadata": {"kernelspec": {"name": "python3"}}, "nbformat": 4}
+    back = {"nbformat": 4, "metadata": {"kaggle": {"accelerator": "tpu"}},  # Kaggle's own metadata and layout
+            "cells": [{"cell_type": "markdown", "source": "# Title\ntext", "metadata": {}},
+                      {"cell_type": "code", "source": ["x = 1\n", "print(x)"], "outputs": [{"text": "1"}]}]}
+    assert source_fingerprint(json.dumps(sent)) == source_fingerprint(json.dumps(back, indent=2))
+    edited = json.loads(json.dumps(back))
+    edited["cells"][1]["source"] = ["x = 2\n", "print(x)"]
+    assert source_fingerprint(json.dumps(edited)) != source_fingerprint(json.dumps(sent))
+    retyped = json.loads(json.dumps(back))
+    retyped["cells"][0]["cell_type"] = "raw"
+    assert source_fingerprint(json.dumps(retyped)) != source_fingerprint(json.dumps(sent))
+    empty = {"cells": [{"cell_type": "code", "source": None}]}
+    assert source_fingerprint(json.dumps(empty)) == source_fingerprint(json.dumps({"cells": [{"cell_type": "code"}]}))
+    assert source_fingerprint("x = 1\r\nprint(x)   \n\n") == source_fingerprint("x = 1\nprint(x)")  # scripts too
+    assert source_fingerprint("x = 1\n") != source_fingerprint("x = 2\n")
