@@ -140,11 +140,12 @@ def prepare(name: str, scope: Scope, fresh: bool) -> Path:
     return work
 
 
-def run_scope(name: str, scope: Scope, max_children: int, fresh: bool) -> int:
+def run_scope(name: str, scope: Scope, max_children: int, fresh: bool, only: tuple[str, ...] = ()) -> int:
+    """Run mutmut on one scope (`only`: mutant-name globs that narrow this run, e.g. one module first)."""
     work = prepare(name, scope, fresh)
     env = {**os.environ, "PYTHONPATH": str(work), "PYTHONDONTWRITEBYTECODE": "1"}
     cmd = ["nice", "-n", str(NICE), sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children),
-           *scope.only]
+           *(only or scope.only)]
     print(f"mutation: {name}: {', '.join(scope.modules)} against {len(scope.tests)} test file(s) "
           f"(log: {work / 'run.log'})", flush=True)
     with open(work / "run.log", "w", encoding="utf-8") as log:
@@ -239,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", action="store_true",
                         help="keep earlier results of mutants whose module did not change (default: start afresh)")
     parser.add_argument("--report-only", action="store_true", help="only write the report from earlier runs")
+    parser.add_argument("--only", action="append", default=[], metavar="GLOB",
+                        help="only mutants whose name matches (mutmut's names, e.g. 'kernels.contracts.*'); repeatable")
     args = parser.parse_args(argv)
     unknown = [n for n in args.scopes if n not in SCOPES]
     if unknown:
@@ -246,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     names = args.scopes or list(SCOPES)
     for name in names:
         if not args.report_only:
-            code = run_scope(name, SCOPES[name], args.max_children, fresh=not args.resume)
+            code = run_scope(name, SCOPES[name], args.max_children, fresh=not args.resume, only=tuple(args.only))
             if code != 0:
                 print(f"mutation: {name}: mutmut exited with {code}; see {OUT / name / 'run.log'}", file=sys.stderr)
     text, figures, ok = report(list(SCOPES), equivalent_mutants())

@@ -70,6 +70,7 @@ def test_good_files_pass_and_keep_their_values(tmp_path: Path) -> None:
     (OOF_HEADER + "ISIC_1,0,0.1,0\nISIC_2,1,0.5,-1\n", "row 3: fold is -1, expected an integer >= 0"),
     (OOF_HEADER + "ISIC_1,0,0.1,0\nISIC_2,1,0.5,1.5\n", "row 3: fold is 1.5, expected an integer >= 0"),
     (OOF_HEADER + "ISIC_1,0,0.1,0\nISIC_2,1,0.5,\n", "row 3: fold is nan, expected an integer >= 0"),
+    (OOF_HEADER + "ISIC_1,0,0.1,0\nISIC_2,1,0.5,two\n", "row 3: fold is 'two', expected an integer >= 0"),
 ])
 def test_a_broken_oof_file_is_one_line_naming_file_row_and_expectation(tmp_path: Path, text: str,
                                                                         problem: str) -> None:
