@@ -14,8 +14,9 @@ results of mutants whose function did not change. Tests that start a `kit` subpr
 unmutated code there (the copy's root is on PYTHONPATH, the mutants only in-process), so a function
 reached only from a subprocess counts as "no tests" and lowers the score: it is never counted killed.
 
-Score = killed / (mutants checked - equivalent); a timeout counts as not killed (see TIMEOUT_MULTIPLIER). Equivalent mutants (no behaviour can tell
-them apart) are listed with their reason in docs/testing.md's table, which this script reads.
+Score = killed / (mutants checked - equivalent); a timeout counts as not killed (see TIMEOUT_MULTIPLIER).
+Equivalent mutants (no behaviour can tell them apart) are listed with their reason in docs/testing.md's
+table, which this script reads.
 """
 
 from __future__ import annotations
