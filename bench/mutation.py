@@ -180,12 +180,31 @@ def collect(name: str, scope: Scope) -> dict[str, str]:
     return statuses
 
 
-def show(name: str, mutant: str) -> str:
-    """mutmut's diff of one mutant."""
+DIFF_SCRIPT = """
+import json, sys
+from pathlib import Path
+from mutmut.mutation.diff_apply import get_diff_for_mutant
+out = {}
+for mutant, module in json.load(sys.stdin).items():
+    try:
+        out[mutant] = get_diff_for_mutant(mutant, path=Path(module))
+    except Exception as exc:  # a diff that cannot be read is named, not fatal
+        out[mutant] = f"(no diff: {type(exc).__name__}: {exc})"
+print(json.dumps(out))
+"""
+
+
+def diffs(name: str, mutants: dict[str, str]) -> dict[str, str]:
+    """mutmut's diff of each mutant ({mutant: module path}), read in one process in the scope's folder."""
+    if not mutants:
+        return {}
     work = OUT / name
-    result = subprocess.run([sys.executable, "-m", "mutmut", "show", mutant], cwd=work, capture_output=True, text=True,
-                            env={**os.environ, "PYTHONPATH": str(work)})
-    return result.stdout.strip() or result.stderr.strip()
+    result = subprocess.run([sys.executable, "-c", DIFF_SCRIPT], cwd=work, input=json.dumps(mutants),
+                            capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(work)})
+    try:
+        return json.loads(result.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        return {m: f"(no diff: {result.stderr.strip()[-300:]})" for m in mutants}
 
 
 def report(names: list[str], equivalent: dict[str, str]) -> tuple[str, dict, bool]:
@@ -215,12 +234,15 @@ def report(names: list[str], equivalent: dict[str, str]) -> tuple[str, dict, boo
         figures["scopes"][name] = {"modules": {m: dict(c) for m, c in per_module.items()}, "score": score,
                                    "unchecked": total["not checked"]}
         ok = ok and score is not None and score >= TARGET_SCORE and not total["not checked"]
-        open_ = sorted(m for m, s in statuses.items() if s not in KILLED and m not in equivalent)
+        open_ = sorted(m for m, s in statuses.items() if s not in KILLED | {"not checked"} and m not in equivalent)
         stale = sorted(m for m, s in statuses.items() if s in KILLED and m in equivalent)
         if open_:
+            modules = {_module_of(m): path for path in SCOPES[name].modules
+                       for m in [path[:-3].replace("/", ".") + ".x"]}
+            shown = diffs(name, {m: modules.get(_module_of(m), "") for m in open_})
             details += ["", f"## {name}: not killed ({len(open_)})", ""]
             for mutant in open_:
-                details += [f"### `{mutant}` ({statuses[mutant]})", "", "```diff", show(name, mutant), "```", ""]
+                details += [f"### `{mutant}` ({statuses[mutant]})", "", "```diff", shown.get(mutant, ""), "```", ""]
         if stale:
             details += ["", f"## {name}: listed as equivalent but killed (remove from docs/testing.md)", ""]
             details += [f"- `{m}`" for m in stale]

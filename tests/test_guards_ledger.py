@@ -123,9 +123,15 @@ def test_entries_versions_and_activity() -> None:
     assert is_active(None) is False and is_active({}) is False
 
 
-def test_times_are_utc_iso_seconds() -> None:
-    before = time.time()
-    stamp = now_iso()
-    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", stamp)
-    parsed = calendar.timegm(time.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ"))
-    assert int(before) - 1 <= parsed <= time.time() + 1
+def test_times_are_utc_iso_seconds(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TZ", "KIT-05:30")  # a machine whose local time is not UTC (POSIX form: 5:30 ahead)
+    time.tzset()
+    try:
+        before = time.time()
+        stamp = now_iso()
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", stamp)
+        parsed = calendar.timegm(time.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ"))
+        assert int(before) - 1 <= parsed <= time.time() + 1
+    finally:
+        monkeypatch.undo()
+        time.tzset()
