@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -32,7 +33,7 @@ def test_same_size_corruption_is_never_kept(world, tmp_path: Path) -> None:
     client = connect(policy=RetryPolicy(attempts=4, base_s=0.01, cap_s=0.05, rate_base_s=0.05, rate_cap_s=0.3,
                                         rate_max_s=30))
     push_one(client, ledger, quick_rendered(tmp_path / "build", "guard-corrupt"), SHAPE)
-    wait_until_done(client, ledger, None, poll=PollPolicy(first_s=0.1, max_s=0.3), timeout_s=60)
+    wait_until_done(client, ledger, None, poll=PollPolicy(first_s=0.1, max_s=0.3), timeout_s=300)  # generous: a loaded machine starts kernels slowly
     runs = tmp_path / "runs"
     source = emulator.version_dir(KERNEL, 1) / "output"
     oof = source / "oof.csv"
@@ -58,3 +59,31 @@ def test_same_size_corruption_is_never_kept(world, tmp_path: Path) -> None:
     final = runs / "guard-corrupt" / "v1"
     assert (final / "oof.csv").read_bytes() == good
     verify_files(final, read_manifest(final / "manifest.json"))
+
+
+def test_a_run_folder_holding_something_else_is_never_overwritten(world, tmp_path: Path) -> None:
+    make, ledger = world
+    make()
+    client = connect(policy=RetryPolicy(attempts=4, base_s=0.01, cap_s=0.05, rate_base_s=0.05, rate_cap_s=0.3,
+                                        rate_max_s=30))
+    push_one(client, ledger, quick_rendered(tmp_path / "build", "guard-held"), SHAPE)
+    wait_until_done(client, ledger, None, poll=PollPolicy(first_s=0.1, max_s=0.3), timeout_s=300)  # generous: a loaded machine starts kernels slowly
+    runs = tmp_path / "runs"
+    assert pull_version(client, "kit-user/guard-held", 1, "guard-held", "h", runs).action == "pulled"
+    again = pull_version(client, "kit-user/guard-held", 1, "guard-held", "h", runs)
+    assert (again.action, again.folder) == ("already", runs / "guard-held" / "v1")  # verified, not fetched again
+    record_path = runs / "guard-held" / "v1" / "run.json"
+    record = json.loads(record_path.read_text())
+    for change in ({"source": "local"}, {"kernel": "kit-user/other"}, {"version": 2}):
+        record_path.write_text(json.dumps({**record, **change}))
+        with pytest.raises(KitError) as info:
+            pull_version(client, "kit-user/guard-held", 1, "guard-held", "h", runs)
+        source = change.get("source", "kaggle")
+        assert str(info.value) == (f"{runs / 'guard-held' / 'v1'}: already holds another run ({source}); "
+                                   "move it away to pull kit-user/guard-held/1")
+    record_path.unlink()
+    with pytest.raises(KitError, match=r"already holds another run \(no run\.json\)"):
+        pull_version(client, "kit-user/guard-held", 1, "guard-held", "h", runs)
+    record_path.write_text("{broken")
+    with pytest.raises(KitError, match=r"already holds another run \(no run\.json\)"):
+        pull_version(client, "kit-user/guard-held", 1, "guard-held", "h", runs)

@@ -75,3 +75,28 @@ def test_lost_reply_never_adopts_a_newer_version_holding_other_source(world, tmp
     assert source_fingerprint((emulator.version_dir(ours.kernel_id, 2) / "source.py").read_text()) == ours_fp
     assert emulator.stats()["versions"] == 2
     assert ledger.read()["counters"].get("reconciled_pushes", 0) == 0
+
+
+def test_a_refused_push_says_why_and_what_to_do(tmp_path: Path) -> None:
+    """Kaggle's `{"error": ...}` reply becomes one line naming the kernel, with the way out for the refusals a
+    new user meets (the competition's rules page of this kernel's competition); a full session cap is its own
+    error, so a queue waits for a free slot instead of stopping."""
+    from helpers.kaggle_support import COMPETITION
+
+    from kit.errors import KitError
+    from kit.kaggle.push import SessionCapReached, _refused
+
+    kernel = quick_rendered(tmp_path / "build", "guard-refused")
+    rules = _refused(kernel, "You must accept this competition's rules before you'll be able to push")
+    assert type(rules) is KitError
+    assert str(rules) == ("push kit-user/guard-refused: Kaggle refused it: You must accept this competition's rules "
+                          "before you'll be able to push (join the competition first: open "
+                          f"https://www.kaggle.com/competitions/{COMPETITION}/rules and accept them)")
+    bare = dataclasses.replace(kernel, metadata={**kernel.metadata, "competition_sources": []})
+    assert "competitions/COMPETITION/rules" in str(_refused(bare, "accept the rules first"))
+    cap = _refused(kernel, "Maximum batch accelerator session count of 2 reached")
+    assert isinstance(cap, SessionCapReached)
+    assert str(cap) == ("push kit-user/guard-refused: Kaggle refused it: "
+                        "Maximum batch accelerator session count of 2 reached")
+    other = _refused(kernel, "Invalid machine shape 'X'")
+    assert type(other) is KitError and str(other) == "push kit-user/guard-refused: Kaggle refused it: Invalid machine shape 'X'"
