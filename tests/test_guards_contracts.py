@@ -83,6 +83,7 @@ def test_a_broken_oof_file_is_one_line_naming_file_row_and_expectation(tmp_path:
 @pytest.mark.parametrize(("text", "expected", "problem"), [
     ("image_name\nISIC_7\n", None, "missing column(s) target; expected image_name, target"),
     ("image_name,target,fold\nISIC_7,0.5,0\n", None, "unexpected column(s) fold; expected image_name,target"),
+    ("image_name,target,fold,x\nISIC_7,0.5,0,1\n", None, "unexpected column(s) fold, x; expected image_name,target"),
     ("image_name,target\nISIC_7,0.5\nISIC_7,0.6\n", None, "row 3: duplicate image_name 'ISIC_7'"),
     ("image_name,target\nISIC_7,0.5\nISIC_8,\n", None, "row 3: target is nan, expected a finite number"),
     (GOOD_TEST, ["ISIC_7", "ISIC_8", "ISIC_9", "ISIC_10"], "2 image name(s) missing, e.g. 'ISIC_10'"),
@@ -107,6 +108,11 @@ def test_unreadable_files_are_one_line(tmp_path: Path) -> None:
         read_test_pred(binary)
     message = str(info.value)
     assert message.startswith(f"{binary}: not a readable CSV (ParserError: ") and "\n" not in message
+    ragged = _csv(tmp_path, "image_name,target\nISIC_7,0.5\nISIC_8,0.5,extra\n", "ragged.csv")
+    with pytest.raises(ContractError) as info:
+        read_test_pred(ragged)  # pandas' message ends in a newline: the line stays one line
+    assert str(info.value) == (f"{ragged}: not a readable CSV (ParserError: Error tokenizing data. C error: "
+                               "Expected 2 fields in line 3, saw 3 )")
     with pytest.raises(ContractError) as info:
         read_json(tmp_path / "none.json")
     assert str(info.value) == f"{tmp_path / 'none.json'}: file not found"
@@ -152,6 +158,7 @@ def test_planned_folds_and_what_an_unfinished_run_says() -> None:
     assert planned_folds(_manifest(config={"data": {"folds": 3, "run_folds": [1, 2]}})) == [1, 2]
     assert planned_folds(_manifest(config={"data": {"folds": 3}})) == [0, 1, 2]
     assert planned_folds(_manifest(config={"data": {}})) == [] == planned_folds(_manifest(config="?"))
+    assert planned_folds(_manifest(config={})) == []  # a config without a data section
     assert incomplete_reason(_manifest()) is None  # an older kernel's manifest: written once, at the end
     assert incomplete_reason(_manifest(complete=True, folds_planned=[0, 1])) is None
     assert incomplete_reason(_manifest(complete=False, folds_planned=[0, 1, 2, 3])) == (
