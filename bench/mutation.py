@@ -58,6 +58,7 @@ class Scope:
     modules: tuple[str, ...]
     tests: tuple[str, ...]
     only: tuple[str, ...] = ()  # mutant-name globs, e.g. "kernels.main.x_fold_files__mutmut_*"
+    deselect: tuple[str, ...] = ()  # tests that reach the modules only through a subprocess (cannot kill a mutant)
 
 
 SCOPES: dict[str, Scope] = {
@@ -71,6 +72,7 @@ SCOPES: dict[str, Scope] = {
         tests=("tests/test_kaggle_units.py", "tests/test_kaggle_emulator.py", "tests/test_kaggle_realism.py",
                "tests/test_guards_push.py", "tests/test_guards_pull.py", "tests/test_guards_submit.py",
                "tests/test_guards_status.py"),
+        deselect=("tests/test_kaggle_emulator.py::test_kit_emulator_command_serves_the_kaggle_cli_and_keeps_state",),
     ),
     "kernels": Scope(
         modules=("kernels/contracts.py", "kernels/metrics.py", "kernels/main.py"),
@@ -117,6 +119,7 @@ def _setup_cfg(scope: Scope) -> str:
 
     return ("[mutmut]\n" + block("source_paths", ("kit", "kernels")) + block("only_mutate", scope.modules)
             + block("also_copy", ALSO_COPY) + block("pytest_add_cli_args_test_selection", scope.tests)
+            + (block("pytest_add_cli_args", tuple(f"--deselect={t}" for t in scope.deselect)) if scope.deselect else "")
             + f"timeout_multiplier = {TIMEOUT_MULTIPLIER}\ntimeout_constant = {TIMEOUT_CONSTANT_S}\n")
 
 
