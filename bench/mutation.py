@@ -22,6 +22,7 @@ table, which this script reads.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import re
@@ -141,11 +142,15 @@ def prepare(name: str, scope: Scope, fresh: bool) -> Path:
         target = mutants / name_
         source = REPO / name_
         meta = target.with_name(target.name + ".meta")
-        if target.exists() and meta.exists() and target.stat().st_mtime >= source.stat().st_mtime:
+        stamp = target.with_name(target.name + ".source-sha256")  # which source the mutants were made from
+        digest = hashlib.sha256(source.read_bytes()).hexdigest()
+        if target.exists() and meta.exists() and stamp.exists() and stamp.read_text() == digest:
             continue  # mutmut's mutated copy of an unchanged file: keep it and its results
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(source, target)
         meta.unlink(missing_ok=True)
+        if name_ in scope.modules:
+            stamp.write_text(digest)
     (work / "setup.cfg").write_text(_setup_cfg(scope), encoding="utf-8")
     return work
 
