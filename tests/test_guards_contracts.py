@@ -116,6 +116,9 @@ def test_unreadable_files_are_one_line(tmp_path: Path) -> None:
     with pytest.raises(ContractError) as info:
         read_json(tmp_path / "none.json")
     assert str(info.value) == f"{tmp_path / 'none.json'}: file not found"
+    partial = _csv(tmp_path, json.dumps({"schema": MANIFEST_SCHEMA}), "partial.json")
+    with pytest.raises(ContractError, match=rf"^{partial}: missing key\(s\) experiment, config"):
+        read_manifest(partial)  # a manifest read from disk is named by its path
     bad = _csv(tmp_path, "{not json", "manifest.json")
     with pytest.raises(ContractError, match=rf"^{bad}: not valid JSON \(Expecting property name"):
         read_manifest(bad)
@@ -135,6 +138,7 @@ def test_unreadable_files_are_one_line(tmp_path: Path) -> None:
     ({"files": []}, "files: expected an object {name: {size, sha256}}"),
     ({"files": {"oof.csv": {"size": 3}}}, "files['oof.csv']: expected {size, sha256}"),
     ({"files": {"oof.csv": "abc"}}, "files['oof.csv']: expected {size, sha256}"),
+    ({"files": {"oof.csv": ["size", "sha256"]}}, "files['oof.csv']: expected {size, sha256}"),
 ])
 def test_a_broken_manifest_is_one_line(changes: dict, problem: str) -> None:
     with pytest.raises(ContractError) as info:
@@ -167,6 +171,8 @@ def test_planned_folds_and_what_an_unfinished_run_says() -> None:
         "incomplete: fold(s) 0, 1 of 3 finished, 2 never ran")  # marked complete yet a fold is missing
     assert incomplete_reason(_manifest(complete=False, folds_planned=[0, 1])) == (
         "incomplete: the kernel did not mark it complete (fold(s) 0, 1 finished)")
+    assert incomplete_reason(_manifest(complete=False, folds=[], folds_planned=[0, 1])) == (
+        "incomplete: fold(s) none of 2 finished, 0, 1 never ran")
 
 
 def test_files_are_verified_by_size_and_sha256(tmp_path: Path) -> None:
