@@ -87,3 +87,39 @@ def test_a_run_folder_holding_something_else_is_never_overwritten(world, tmp_pat
     record_path.write_text("{broken")
     with pytest.raises(KitError, match=r"already holds another run \(no run\.json\)"):
         pull_version(client, "kit-user/guard-held", 1, "guard-held", "h", runs)
+
+
+def test_pull_all_reports_each_runs_own_outcome(world, tmp_path: Path) -> None:
+    """One outcome per selected experiment, each with its own name and version: pulled (files announced one
+    by one, the folder recorded in the ledger), still running, or never pushed; unselected ones untouched."""
+    make, ledger = world
+    make()
+    client = connect(policy=RetryPolicy(attempts=4, base_s=0.01, cap_s=0.05, rate_base_s=0.05, rate_cap_s=0.3,
+                                        rate_max_s=30))
+    push_one(client, ledger, quick_rendered(tmp_path / "build", "guard-done"), SHAPE)
+    wait_until_done(client, ledger, None, poll=PollPolicy(first_s=0.1, max_s=0.3), timeout_s=300)
+    push_one(client, ledger, quick_rendered(tmp_path / "build", "guard-slow", sleep_s=120.0), SHAPE)
+    push_one(client, ledger, quick_rendered(tmp_path / "build", "guard-other", sleep_s=120.0), SHAPE)
+    with ledger.transaction() as data:
+        data["experiments"]["guard-ghost"] = {"kernel": "kit-user/guard-ghost", "versions": [], "pending": None}
+    runs = tmp_path / "runs"
+    seen: list = []
+    files: list[str] = []
+    outcomes = pull_all(client, ledger, ["guard-done", "guard-slow", "guard-ghost"], runs, on_outcome=seen.append,
+                        on_file=files.append)
+    assert seen == outcomes
+    by_name = {o.experiment: o for o in outcomes}
+    assert sorted(by_name) == ["guard-done", "guard-ghost", "guard-slow"]  # guard-other was not selected
+    done = by_name["guard-done"]
+    assert (done.action, done.version, done.folder) == ("pulled", 1, runs / "guard-done" / "v1")
+    folder = runs / "guard-done" / "v1"
+    assert sorted(files) == sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")
+                                   if p.is_file() and p.name not in ("manifest.json", "run.json", "kernel.log"))
+    slow = by_name["guard-slow"]
+    assert (slow.action, slow.version) == ("not-ready", 1) and slow.note in ("QUEUED", "RUNNING", "NEW_SCRIPT")
+    assert (by_name["guard-ghost"].action, by_name["guard-ghost"].version, by_name["guard-ghost"].note) == (
+        "not-ready", None, "not pushed")
+    recorded = ledger.read()["experiments"]
+    assert recorded["guard-done"]["versions"][0]["run_dir"] == str(runs / "guard-done" / "v1")
+    assert recorded["guard-slow"]["versions"][0].get("run_dir") is None
+    assert not (runs / "guard-other").exists()
