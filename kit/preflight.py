@@ -227,11 +227,9 @@ def run_preflight(experiments: Sequence[Experiment], accelerator: str | None = N
     return results
 
 
-def preflight_before_push(paths: Sequence[str], accelerator: str | None) -> None:
-    """`kit push`'s gate: preflight every experiment of ``paths`` unless ``KIT_PREFLIGHT=0``."""
+def preflight_before_push(experiments: Sequence[Experiment], accelerator: str | None) -> None:
+    """`kit push`'s gate, after its cheap checks: preflight each experiment unless ``KIT_PREFLIGHT=0``."""
     if os.environ.get(PREFLIGHT_ENV, "1") == "0":
         return
-    from kit.config import load_experiments
-
-    for result in run_preflight([exp for path in paths for exp in load_experiments(path)], accelerator):
+    for result in run_preflight(experiments, accelerator):
         print(f"[kit] {result.line}", flush=True)

@@ -37,6 +37,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     quiet_tensorflow()  # TensorFlow's start-up chatter and retracing warnings are not for users
     from rich import box
+    from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
@@ -45,6 +46,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from kit.images import find_images
     from kit.predict import (
         compare_with_baseline,
+        describe_source,
         predict,
         resolve_source,
         total_steps,
@@ -52,12 +54,20 @@ def cmd_predict(args: argparse.Namespace) -> int:
         write_results_json,
     )
 
-    files, problems = find_images(args.images)
+    skipped: list = []
+    files, problems = find_images(args.images, skipped)
     for problem in problems:
         print(f"error: {problem}", file=sys.stderr)
+    for path in skipped:  # every file a folder held that is not predicted is named
+        console.print(f"[yellow]skipped[/] {escape(_short_path(str(path)))}: not a JPEG or PNG file", highlight=False)
     if not files:
         raise KitError("no images to predict (give JPEG/PNG files or folders holding them)")
     source = resolve_source(args.ensemble, args.run, runs_root=args.runs, ensembles_root=args.ensembles)
+    lines, warnings = describe_source(source)
+    for line in lines:
+        console.print(escape(line), highlight=False)
+    for warning in warnings:
+        console.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False)
     console.print(f"predicting {len(files)} image(s) with {source.label}")
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         console=console, transient=True)

@@ -26,8 +26,8 @@ from kit.kaggle.client import KaggleClient, KernelNotVisible
 from kit.kaggle.ledger import TERMINAL_STATUSES, Ledger, latest_version, now_iso
 from kit.kaggle.reconcile import PollPolicy, env_seconds, reconcile_pending
 
-__all__ = ["PollPolicy", "is_done", "log_tail", "log_text", "refresh", "selected", "status_rows", "status_table",
-           "wait_timeout_s", "wait_until_done"]
+__all__ = ["PollPolicy", "is_done", "log_tail", "log_text", "next_steps", "refresh", "selected", "status_rows",
+           "status_table", "wait_timeout_s", "wait_until_done"]
 
 NOT_FOUND_GRACE_S = 600.0
 DEFAULT_WAIT_TIMEOUT_S = 13 * 3600.0
@@ -148,6 +148,33 @@ def status_table(rows: Sequence[Mapping[str, Any]]) -> Table:
             row["pushed_at"].replace("T", " ").rstrip("Z"), row["pulled"],
         )
     return table
+
+
+FAILED_STATUSES = frozenset({"ERROR", "NOT_FOUND", "CANCEL_ACKNOWLEDGED"})
+
+
+def next_steps(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """What to run next, one line per kind of run in the table (going, finished, pulled, failed)."""
+    def named(keep: Callable[[Mapping[str, Any]], bool]) -> str:
+        return ", ".join(r["experiment"] for r in rows if keep(r))
+
+    lines = []
+    going = named(lambda r: not is_done(r))
+    finished = named(lambda r: r["status"] == "COMPLETE" and not r["pulled"])
+    pulled = named(lambda r: r["status"] == "COMPLETE" and bool(r["pulled"]))
+    failed = named(lambda r: r["status"] in FAILED_STATUSES)
+    if going:
+        lines.append(f"still going on Kaggle ({going}): `kit status --wait` follows them; Ctrl-C there stops "
+                     "only the waiting, never the kernels")
+    if finished:
+        lines.append(f"finished ({finished}): `kit pull` downloads and verifies their outputs into runs/")
+    if pulled:
+        lines.append(f"pulled ({pulled}): `kit blend NAME` blends them by ensembles/NAME.toml; `kit report` "
+                     "ranks every run")
+    if failed:
+        lines.append(f"failed ({failed}): the log tail is above; `kit preflight EXP` reproduces most failures "
+                     "locally in seconds; after the fix `kit push EXP` (--force re-pushes it unchanged)")
+    return lines
 
 
 def is_done(row: Mapping[str, Any]) -> bool:
