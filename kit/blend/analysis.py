@@ -201,8 +201,8 @@ def run_row(run: Run, n_boot: int, seed: int = 0) -> RunRow:
         family=family,
         architecture=arch,
         weights=weights,
-        image_size=config_value(cfg, "data", "image_size"),
-        epochs=config_value(cfg, "train", "epochs"),
+        image_size=config_value(cfg, "data", "image_size"),  # the baseline decodes at it too
+        epochs=None if role == BASELINE_ROLE else config_value(cfg, "train", "epochs"),  # it trains no epochs
         folds=int(np.unique(folds).size),
         auc=ci.auc,
         ci=ci,
@@ -374,15 +374,18 @@ def _decode(values: pd.Series, names: Sequence[str]) -> np.ndarray:
 
 
 def subgroup_labels(meta: pd.DataFrame) -> dict[str, np.ndarray]:
-    """Subgroup label arrays (sex, age band, site) for the metadata columns present."""
+    """Subgroup label arrays (sex, age band, site) for the metadata columns present that vary: a column
+    with one value only (every site "missing") has no subgroups to compare and is left out."""
     out: dict[str, np.ndarray] = {}
     for title, col in SUBGROUPS:
         if col not in meta.columns or meta[col].isna().all():
             continue
         if col == "age_approx":
-            out[title] = age_bands(pd.to_numeric(meta[col], errors="coerce").to_numpy(float))
+            labels = age_bands(pd.to_numeric(meta[col], errors="coerce").to_numpy(float))
         else:
-            out[title] = _decode(meta[col], SEXES if col == "sex" else SITES)
+            labels = _decode(meta[col], SEXES if col == "sex" else SITES)
+        if np.unique(np.asarray(labels).astype(str)).size > 1:
+            out[title] = labels
     return out
 
 

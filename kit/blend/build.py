@@ -250,6 +250,25 @@ def read_histories(runs: Sequence[Run], order: Sequence[str]) -> dict[str, dict[
     return out
 
 
+PROBABILITY_TRANSFORMS = frozenset({"prob", "power", "logit"})  # methods whose inputs are probabilities
+PROBABILITY_LINKS = frozenset({"sigmoid"})  # links whose output is a probability (a logistic model)
+
+
+def calibration_curves(chosen: BlendScore, run_ids: Sequence[str], oof: np.ndarray,
+                       final_oof: np.ndarray | None) -> dict[str, np.ndarray]:
+    """The OOF scores that are probabilities, for the reliability plot: the calibrated blend, the raw blend
+    when its method gives probabilities (a mean of probabilities, a sigmoid link), a single run's own
+    sigmoid. A rank blend's raw scores are ranks and never appear; no entry at all means no plot."""
+    curves: dict[str, np.ndarray] = {}
+    if chosen.fitted.transform in PROBABILITY_TRANSFORMS or chosen.fitted.link in PROBABILITY_LINKS:
+        curves[f"blend {chosen.method} (raw)"] = chosen.in_sample
+    elif len(run_ids) == 1:
+        curves[f"{run_ids[0]} (the model's sigmoid)"] = oof[:, 0]
+    if final_oof is not None:
+        curves[f"blend {chosen.method} (calibrated)"] = final_oof
+    return curves
+
+
 def _write_plots(out: Path, runs: Sequence[Run], inputs: BlendInputs | None, rows: Sequence[analysis.RunRow],
                  scores: Sequence[BlendScore], final_oof: np.ndarray | None, calibrated: bool,
                  subgroups: dict[str, Any], blend_ci: AucInterval | None) -> dict[str, str]:
@@ -263,11 +282,12 @@ def _write_plots(out: Path, runs: Sequence[Run], inputs: BlendInputs | None, row
     if scores and blend_ci is not None:
         kind = "nested CV" if scores[0].learned else "learns nothing"
         extra = {f"blend ({scores[0].method}, {kind})": (blend_ci.auc, blend_ci.low, blend_ci.high)}
+    colors = plots.run_colors([(r.run_id, r.role) for r in sorted(rows, key=lambda r: r.run_id)])
     if rows:
-        plots.plot_leaderboard(path("leaderboard"), rows, extra)
+        plots.plot_leaderboard(path("leaderboard"), rows, extra, colors)
     histories = read_histories(runs, [r.run_id for r in rows])
     if histories:
-        plots.plot_learning_curves(path("learning"), histories)
+        plots.plot_learning_curves(path("learning"), histories, colors)
     if inputs is None or not scores:
         return written
     chosen = scores[0]
@@ -275,7 +295,7 @@ def _write_plots(out: Path, runs: Sequence[Run], inputs: BlendInputs | None, row
     kind = "nested CV" if chosen.learned else "in-sample"
     label = f"blend {chosen.method} ({kind})"
     curves[label] = (chosen.headline_scores, chosen.headline_auc)
-    plots.plot_roc(path("roc"), inputs.y, curves, highlight=label)
+    plots.plot_roc(path("roc"), inputs.y, curves, highlight=label, colors=colors)
     plots.plot_histogram(path("histogram"), inputs.y, chosen.headline_scores,
                          f"Blend {chosen.method}: OOF scores by class ({kind})")
     plots.plot_correlation(path("correlation"), list(inputs.run_ids), analysis.spearman(inputs.oof))
@@ -286,10 +306,9 @@ def _write_plots(out: Path, runs: Sequence[Run], inputs: BlendInputs | None, row
     if coefs:
         plots.plot_coefficients(path("coefficients"), list(inputs.run_ids), coefs)
     plots.plot_subgroups(path("subgroups"), subgroups)
-    cal_curves = {"blend (raw)": chosen.in_sample}
-    if calibrated and final_oof is not None:
-        cal_curves["blend (calibrated)"] = final_oof
-    plots.plot_calibration(path("calibration"), inputs.y, cal_curves)
+    cal_curves = calibration_curves(chosen, inputs.run_ids, inputs.oof, final_oof if calibrated else None)
+    if cal_curves:
+        plots.plot_calibration(path("calibration"), inputs.y, cal_curves)
     return written
 
 

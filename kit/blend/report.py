@@ -135,7 +135,8 @@ def _leaderboard(report: Report) -> Section:
               "vs baseline: Δ AUC [95 %], p", "TTA gain", "s / epoch")
     rows = tuple(
         (str(i + 1), r.run_id + (" (baseline)" if r.is_baseline else ""), r.architecture,
-         r.weights + (" (pretrained)" if r.pretrained else ""), str(r.image_size or NA), str(r.epochs or NA),
+         NA if r.is_baseline else r.weights + (" (pretrained)" if r.pretrained else ""),  # it loads no weights
+         str(r.image_size or NA), str(r.epochs or NA),
          f"{_f(r.auc)} {_ci(r.ci)}", _versus_baseline(r), _signed(r.tta_gain), _f(r.sec_per_epoch, 1))
         for i, r in enumerate(report.leaderboard)
     )
@@ -258,7 +259,11 @@ def _blend(report: Report) -> list[Section]:
                 f"{cal.method} calibration fitted on OOF. Brier score (lower is better): raw {_f(cal.brier_raw, 4)}, "
                 f"calibrated in-sample {_f(cal.brier_in_sample, 4)}, cross-fitted {_f(cal.brier_cross_fitted, 4)}.")
     cal_images = (("Reliability curve", report.plots["calibration"]),) if "calibration" in report.plots else ()
-    sections.append(Section("Calibration", (cal_text,), (), cal_images))
+    cal_lines = (cal_text,) if cal_images else (
+        cal_text, f"No reliability curve: {b.method}'s scores are not probabilities (ranks, or a blend of them), "
+                  "so a curve of them would mislead; a calibrated blend (calibration.method = platt or isotonic) "
+                  "gets one.")
+    sections.append(Section("Calibration", cal_lines, (), cal_images))
     return sections
 
 
