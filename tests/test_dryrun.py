@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_kaggle_support import FAST_ENV, env_without_kaggle
+from helpers.kaggle_support import FAST_ENV, env_without_kaggle
 
 from kit.errors import KitError
 from kit.kaggle.dryrun import OWNER_MARK, DryRun, prepare_home, shown

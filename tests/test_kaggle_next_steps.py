@@ -18,14 +18,14 @@ import time
 from pathlib import Path
 
 import pytest
-from test_kaggle_support import ctrl_c_works, env_without_kaggle, quick_rendered
+from helpers.kaggle_support import ctrl_c_works, env_without_kaggle, quick_rendered
 
 from kernels.config import from_dict
 from kit.cli import main as kit_main
 from kit.kaggle.ledger import Ledger
 from kit.kaggle.push import push_one
 from kit.kaggle.status import next_steps, wait_until_done
-from kit.render import render_experiment
+from kit.render.kernel import render_experiment
 
 REPO = Path(__file__).resolve().parents[1]
 SHAPE = "TpuV5E8"
