@@ -155,7 +155,8 @@ def cmd_push(args: argparse.Namespace) -> int:
         if not args.no_preflight:  # rehearse what will be sent (KIT_PREFLIGHT=0 skips it too)
             from kit.run.preflight import preflight_before_push
 
-            preflight_before_push([k.experiment for k, skip in zip(kernels, skips) if skip is None], args.accelerator)
+            fresh = [k.experiment for k, skip in zip(kernels, skips, strict=True) if skip is None]
+            preflight_before_push(fresh, args.accelerator)
         with ledger.transaction() as data:
             for path, exps in loaded:
                 if len(exps) > 1:

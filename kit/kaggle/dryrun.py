@@ -117,10 +117,10 @@ def ensure_data(plan: DryRun) -> None:
     if plan.data != DEFAULT_DATA:
         raise KitError(f"--data {plan.data}: no solution.csv and sample_submission.csv there "
                        "(make one with `kit data synth FOLDER`)")
-    from kit.demo import prepare_data
-
+    command = [sys.executable, "-m", "kit.demo", "--data", "synth", "--only-data"]  # = make data DATA=synth
     say(f"$ make data DATA=synth   # {DEFAULT_DATA} is missing: building it once")
-    prepare_data("synth", Path("."), tiny=False)
+    if subprocess.call(command):
+        raise KitError(f"building {DEFAULT_DATA} failed (`make data DATA=synth` says why)")
 
 
 def say(text: str) -> None:
