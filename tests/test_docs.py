@@ -25,3 +25,18 @@ def test_every_config_key_and_target_is_documented() -> None:
     assert {"demo", "test", "push-kernel", "status", "pull", "blend", "submit", "predict", "bench"} <= set(targets)
     for target in targets:
         assert f"`make {target}`" in text
+
+
+def test_blend_recipe_reference_is_current_and_complete() -> None:
+    from kit.blend.methods import METHODS
+    from kit.blend.recipe import SCHEMA
+    from kit.docs import BLEND_RECIPES, blend_recipe_reference, recipe_keys
+
+    text = blend_recipe_reference()
+    assert BLEND_RECIPES.read_text() == text, "docs/blend-recipes.md is stale: run `.venv/bin/python -m kit.docs`"
+    sections, _ = recipe_keys()  # raises when the docstring and SCHEMA disagree
+    for section, keys in SCHEMA.items():
+        for key in keys:
+            assert f"| `{key}` |" in text and key in {k for k, _, _ in sections[section]}
+    for name in METHODS:
+        assert f"| `{name}` |" in text
