@@ -18,36 +18,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers.kaggle_support import FAST_ENV, env_without_kaggle
+from helpers.kaggle_support import FAST_ENV, TINY_EXPERIMENT, env_without_kaggle
 
 from kit.errors import KitError
 from kit.kaggle.dryrun import OWNER_MARK, DryRun, prepare_home, shown
 
 REPO = Path(__file__).resolve().parents[1]
-TINY_EXPERIMENT = """\
-name = "dryrun-tiny"
-tags = ["dryrun"]
-seed = 1
-[data]
-dataset = "kit-user/synth-tiny"
-image_size = 32
-folds = 2
-shuffle_buffer = 64
-[augment]
-ops = ["dihedral"]
-[model]
-backbone = "scratch"
-weights = "none"
-dropout = 0.0
-[model.scratch]
-stages = 1
-width = 8
-[train]
-epochs = 1
-batch_size = 16
-verbose = 0
-tta_dihedral = false
-"""
 QUICK_EMULATOR = ("--lag-s=0.4", "--submission-lag-s=0.4", "--new-script-s=0.2", "--external-session-s=1",
                   "--score-delay=0.2")
 SYNTH = ["--train", "48", "--test", "16", "--size", "32", "--shards", "4", "--seed", "3"]
@@ -75,7 +51,8 @@ def test_make_dryrun_runs_end_to_end_from_a_fresh_clone(tmp_path: Path) -> None:
     python = str(REPO / ".venv" / "bin" / "python")
     subprocess.run([python, "-m", "kit.cli", "data", "synth", "data/synth-tiny", *SYNTH], cwd=clone, env=env,
                    check=True, capture_output=True)
-    (clone / "experiments" / "dryrun-tiny.toml").write_text(TINY_EXPERIMENT)
+    (clone / "experiments" / "dryrun-tiny.toml").write_text(TINY_EXPERIMENT.format(
+        name="dryrun-tiny", tag="dryrun", dataset="kit-user/synth-tiny", data_extra="", train_extra="", extra=""))
     args = " ".join(["--experiment experiments/dryrun-tiny.toml --data data/synth-tiny",
                      *(f"--emulator-arg={a}" for a in QUICK_EMULATOR)])
     # -o: the shared .venv is installed already; a copied setup.py is newer than its stamp
