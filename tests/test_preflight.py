@@ -81,17 +81,23 @@ def test_preflight_folds_are_the_first_two_of_the_run() -> None:
     assert preflight_overrides(chosen, "tpu")["data"]["run_folds"] == [3, 4]
 
 
-def test_push_refuses_a_diverging_recipe_before_sending(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+def test_push_refuses_a_diverging_recipe_before_sending(world, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """The gate runs after push's cheap checks (credentials, sources, ledger) pass, so this push has an emulator
+    with the experiment's datasets to talk to; the preflight still stops it before anything is sent."""
+    make, ledger = world
+    emulator = make()
+    for name in ("melanoma-32", "external-32"):  # someone/<name> resolves to <datasets root>/<name>
+        (tmp_path / "datasets" / name).mkdir(parents=True, exist_ok=True)
     monkeypatch.setenv("KIT_PREFLIGHT", "1")  # the suite turns the gate off; this test is about the gate
-    ledger = tmp_path / "ledger.json"
     code = main(["push", str(experiment(tmp_path, lr=1000.0)), "--accelerator", "NvidiaTeslaT4",
-                 "--ledger", str(ledger), "--build", str(tmp_path / "build")])
+                 "--ledger", str(ledger.path), "--build", str(tmp_path / "build")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code != 0 and len(err) == 1
     assert "preflight pf-tiny (NvidiaTeslaT4, 2-device MirroredStrategy)" in err[0] and "loss" in err[0]
     assert "fold 0, epoch 1, step" in err[0]
-    assert not ledger.exists()  # nothing was sent, nothing recorded
+    assert emulator.stats()["versions"] == 0  # nothing was sent
+    assert not ledger.read()["experiments"]  # nothing recorded
 
 
 def test_preflight_cache_dir_order() -> None:

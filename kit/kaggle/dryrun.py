@@ -9,7 +9,8 @@ Out: everything under one folder the dry run owns (default .kit/dryrun/, emptied
      ensembles/ is touched, so a synthetic model never reaches `kit predict` or a real push.
 
 Steps, each printed as the command a user would paste (docs/dryrun.md holds the same block): start
-the emulator on a free port (its PID recorded), push, status --wait, pull, blend, submit, submissions;
+the emulator on a free port (its PID recorded), push (without the preflight: it rehearses the TPU route,
+which the emulator, running kernels on this CPU, does not take), status --wait, pull, blend, submit, submissions;
 the emulator is stopped by its PID in every case (also on an error or Ctrl-C). At the end it prints
 the figures obtained and why the synthetic score is what it is, and how to go to the real Kaggle.
 Exit 0 when every step passed, else the failing step's exit code after one `error:` line.
@@ -18,6 +19,7 @@ Exit 0 when every step passed, else the failing step's exit code after one `erro
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import os
@@ -144,6 +146,16 @@ def start_emulator(plan: DryRun, log: Path) -> subprocess.Popen:
         proc = subprocess.Popen(_kit_argv(plan.emulator_command()), stdout=sink, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
     (log.parent / "emulator.pid").write_text(f"{proc.pid}\n")
+    try:
+        _wait_listening(plan, proc, log)
+    except BaseException:  # an error or Ctrl-C while it starts: never leave it running
+        stop_emulator(proc)
+        raise
+    say(f"  emulator PID {proc.pid} on {plan.url} (PID in {log.parent / 'emulator.pid'})")
+    return proc
+
+
+def _wait_listening(plan: DryRun, proc: subprocess.Popen, log: Path) -> None:
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -151,25 +163,25 @@ def start_emulator(plan: DryRun, log: Path) -> subprocess.Popen:
             raise KitError(f"the emulator exited at start (code {proc.returncode}): {tail[0]} (log: {log})")
         try:
             with socket.create_connection(("127.0.0.1", plan.port), timeout=POLL_S):
-                say(f"  emulator PID {proc.pid} on {plan.url} (PID in {log.parent / 'emulator.pid'})")
-                return proc
+                return
         except OSError:
             time.sleep(POLL_S)
-    stop_emulator(proc)
     raise KitError(f"the emulator did not listen on {plan.url} within {START_TIMEOUT_S:.0f} s (log: {log})")
 
 
 def stop_emulator(proc: subprocess.Popen) -> None:
-    """SIGTERM to the emulator's PID (it stops as on Ctrl-C), SIGKILL if it has not gone in time."""
-    if proc.poll() is not None:
-        return
-    say(f"$ kill {proc.pid}   # the emulator")
-    os.kill(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=STOP_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
+    """SIGTERM to the emulator's PID (it stops as on Ctrl-C), SIGKILL if it has not gone in time; then
+    SIGTERM to its process group (the session it was started in), so no kernel it ran outlives it."""
+    if proc.poll() is None:
+        say(f"$ kill {proc.pid}   # the emulator")
+        os.kill(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGTERM)
 
 
 def client_env(plan: DryRun) -> dict[str, str]:
