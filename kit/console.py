@@ -185,7 +185,8 @@ def _render_columns(grid: Grid, shown: Sequence[int], widths: Sequence[int], out
                   title=None, header_style="bold", collapse_padding=False)
     for i, w in zip(shown, widths, strict=True):
         col = grid.cols[i]
-        table.add_column(col.header, width=w, no_wrap=not col.wrap, overflow="fold" if col.wrap else "ellipsis",
+        header = Text(col.header, no_wrap=False, overflow="ellipsis")  # wraps at its spaces even over fixed cells
+        table.add_column(header, width=w, no_wrap=not col.wrap, overflow="ellipsis",
                          justify="right" if col.right else "left")
     for r, row in enumerate(grid.rows):
         style = grid.styles[r] if r < len(grid.styles) else ""

@@ -232,6 +232,7 @@ def preflight_before_push(paths: Sequence[str], accelerator: str | None) -> None
     if os.environ.get(PREFLIGHT_ENV, "1") == "0":
         return
     from kit.config import load_experiments
+    from kit.console import console
 
     for result in run_preflight([exp for path in paths for exp in load_experiments(path)], accelerator):
-        print(f"[kit] {result.line}", flush=True)
+        console.print(f"[kit] {result.line}", markup=False)

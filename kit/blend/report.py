@@ -128,8 +128,8 @@ def _auc_ci(auc: float | None, ci: AucInterval | None) -> str:
 
 
 def _diff_lines(test: PairedResult) -> str:
-    """A paired difference as "+0.012, p 0.14" over its "[-0.004, +0.029]" interval."""
-    return f"{test.diff:+.3f}, p {test.p:.2g}\n[{test.low:+.3f}, {test.high:+.3f}]"
+    """A paired difference as "+0.012, p = 0.14" over its "[-0.004, +0.029]" interval."""
+    return f"{test.diff:+.3f}, p = {test.p:.2g}\n[{test.low:+.3f}, {test.high:+.3f}]"
 
 
 def _signed(value: float | None) -> str:
@@ -141,7 +141,7 @@ def _versus_baseline(r: RunRow) -> str:
         return "the floor"
     if r.vs_baseline is None:
         return NA
-    return _diff_lines(r.vs_baseline) + ("" if r.beats_baseline else "\n⚠ not above it")
+    return _diff_lines(r.vs_baseline) + ("" if r.beats_baseline else "\n⚠ does not beat\nthe baseline")
 
 
 RUN_COLS = (Col("#", keep=MUST, right=True), Col("run", keep=MUST, wrap=True))

@@ -11,11 +11,12 @@ import argparse
 
 def cmd_preflight(args: argparse.Namespace) -> int:
     from kit.config import load_experiments
+    from kit.console import console
     from kit.preflight import run_preflight
 
     experiments = [exp for path in args.experiments for exp in load_experiments(path)]
     for result in run_preflight(experiments, args.accelerator, args.format, args.all_folds):
-        print(result.line, flush=True)
+        console.print(result.line, markup=False)  # wrapped at spaces to the width, nothing cut
     return 0
 
 
