@@ -443,3 +443,30 @@ def test_predict_says_how_its_models_compare_with_the_baseline(tiny_run, tmp_pat
     printed = " ".join(capsys.readouterr().out.split())
     verdict = "beat the baseline" if got.beats else "not separable" if got.source_auc > got.baseline_auc else "do not beat"
     assert verdict in printed and f"{got.source_auc:.3f} vs the baseline's {got.baseline_auc:.3f}" in printed
+
+
+def test_predict_table_fits_every_width(tiny_run, tmp_path, monkeypatch, capsys):
+    """The console table of good and failed images, laid out at every width of tests/test_widths.py: nothing
+    cut, no line wider than the width; the paths are whole."""
+    from test_widths import WIDTHS, problems
+
+    from kit.commands.predict import predict_grid
+    from kit.console import console, print_grid
+    from kit.predict import predict
+
+    folder = tmp_path / "a-folder-with-a-rather-long-name-for-the-images-of-one-patient"
+    folder.mkdir()
+    for image in sorted(tiny_run["images"].glob("*.jpg"))[:2]:
+        (folder / image.name).write_bytes(image.read_bytes())
+    (folder / "broken.jpg").write_bytes(b"not a jpeg")
+    files, _ = find_images([str(folder)])
+    frame = predict(files, resolve_source(run=str(tiny_run["run"])))
+    grid = predict_grid(frame, "run predict-tiny/v1")
+    headers = {w for col in grid.cols for w in col.header.split()}
+    for width in WIDTHS:
+        monkeypatch.setattr(console, "width", width)
+        capsys.readouterr()
+        print_grid(grid)
+        out = capsys.readouterr().out
+        assert not problems(out, width, headers), (width, problems(out, width, headers), out)
+        assert out.count(folder.name) == 3 and "error" in out  # each path whole, the broken image marked

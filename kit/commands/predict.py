@@ -17,6 +17,7 @@ import argparse
 import math
 import os
 import sys
+from typing import Any
 
 PROBABILITY_DIGITS = 4
 EXIT_SOME_FAILED = 1
@@ -32,13 +33,28 @@ def _short_path(path: str) -> str:
     return path if relative.startswith("..") else relative
 
 
+def predict_grid(frame: Any, label: str) -> Any:
+    """The console table of `kit.predict.predict`'s frame: each image's probability, the fold models' range
+    and spread (a `kit.console.Grid`; failed images in red)."""
+    from kit.console import MUST, Col, Grid
+
+    cols = (Col("image", keep=MUST, wrap=True), Col("P", "P(malignant)", keep=MUST, right=True),
+            Col("fold range", "lowest-highest fold model output", keep=2, right=True),
+            Col("fold sd", "standard deviation of the fold models' outputs", keep=1, right=True))
+    rows = tuple((_short_path(row.image), "error", "-", "-") if row.error else
+                 (_short_path(row.image), _fmt(row.probability), f"{_fmt(row.fold_min)}-{_fmt(row.fold_max)}",
+                  _fmt(row.fold_std)) for row in frame.itertuples(index=False))
+    return Grid(f"P(malignant) - {label}", cols, rows,
+                styles=tuple("red" if row.error else "" for row in frame.itertuples(index=False)))
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from kit.quiet import quiet_tensorflow
 
     quiet_tensorflow()  # TensorFlow's start-up chatter and retracing warnings are not for users
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from kit.console import MUST, Col, Grid, console, print_grid
+    from kit.console import console, print_grid
     from kit.errors import KitError
     from kit.images import find_images
     from kit.predict import (
@@ -67,14 +83,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
         frame = predict(files, source, tick, fit=args.fit)
 
-    cols = (Col("image", keep=MUST, wrap=True), Col("P", "P(malignant)", keep=MUST, right=True),
-            Col("fold range", "lowest-highest fold model output", keep=2, right=True),
-            Col("fold sd", "standard deviation of the fold models' outputs", keep=1, right=True))
-    rows = tuple((_short_path(row.image), "error", "-", "-") if row.error else
-                 (_short_path(row.image), _fmt(row.probability), f"{_fmt(row.fold_min)}-{_fmt(row.fold_max)}",
-                  _fmt(row.fold_std)) for row in frame.itertuples(index=False))
-    print_grid(Grid(f"P(malignant) - {source.label}", cols, rows,
-                    styles=tuple("red" if row.error else "" for row in frame.itertuples(index=False))))
+    print_grid(predict_grid(frame, source.label))
     comparison = compare_with_baseline(source, args.runs)
     if comparison is not None:
         style = "green" if comparison.beats else "yellow"
