@@ -208,6 +208,8 @@ def summary(runs: list[Path], out: Path, data: Path, seconds: float) -> dict:
     console.print(f"demo finished in {seconds / 60:.1f} min")
     figures["held_out_images"] = int(len(pd.read_csv(data / "solution.csv")))
     figures["cpus"] = os.cpu_count()
+    figures["load_1min"] = round(os.getloadavg()[0], 1)  # a shared machine makes the minutes longer: said with them
+    figures["date"] = time.strftime("%Y-%m-%d", time.gmtime())
     (out / FIGURES_FILE).write_text(json.dumps(figures, indent=1) + "\n", encoding="utf-8")
     return figures
 

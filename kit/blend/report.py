@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import html
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -353,10 +354,21 @@ def to_markdown(report: Report) -> str:
     return "\n".join(lines)
 
 
+# A phone's width: the page never scrolls sideways; a wide table scrolls inside its own box, long words
+# (paths) break, images shrink to the column.
 HTML_STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
-table{border-collapse:collapse;margin:.5em 0 1.5em}th,td{border:1px solid #ccc;padding:.25em .6em;text-align:left}
-th{background:#f2f2f2}td{font-variant-numeric:tabular-nums}figure{display:inline-block;margin:.5em;max-width:100%}
-img{max-width:100%;height:auto;border:1px solid #ddd}figcaption{font-size:.9em;color:#555}"""
+p{overflow-wrap:anywhere}.table{overflow-x:auto;margin:.5em 0 1.5em}
+table{border-collapse:collapse}caption{text-align:left;padding:.25em 0}
+th,td{border:1px solid #ccc;padding:.25em .6em;text-align:left;vertical-align:top}
+th{background:#f2f2f2}td{font-variant-numeric:tabular-nums}
+figure{display:inline-block;margin:.5em;max-width:100%}img{max-width:100%;height:auto;border:1px solid #ddd}
+figcaption{font-size:.9em;color:#555}.id{white-space:nowrap}
+@media (max-width:600px){body{margin:1em auto;padding:0 .5em}figure{margin:.5em 0}td{white-space:nowrap}}"""
+_HTML_WHOLE = re.compile(r"(\S*[-/]\S*)")  # run ids, names like d1-1-1-1, signed numbers: never broken in a cell
+
+
+def _html_cell(text: str) -> str:
+    return _HTML_WHOLE.sub(r"<span class='id'>\1</span>", html.escape(text.replace("\n", " ")))
 
 
 def _html_text(text: str) -> str:
@@ -367,18 +379,19 @@ def _html_text(text: str) -> str:
 
 def to_html(report: Report) -> str:
     """The report as one HTML page with the PNGs beside the numbers."""
-    out = ["<!doctype html><html><head><meta charset='utf-8'>", f"<title>{html.escape(report.title)}</title>",
+    out = ["<!doctype html><html><head><meta charset='utf-8'>",
+           "<meta name='viewport' content='width=device-width, initial-scale=1'>",
+           f"<title>{html.escape(report.title)}</title>",
            f"<style>{HTML_STYLE}</style></head><body>", f"<h1>{html.escape(report.title)}</h1>",
            f"<p><i>Generated {html.escape(report.created_at)}.</i></p>"]
     for sec in sections(report):
         out.append(f"<h2>{html.escape(sec.title)}</h2>")
         out.extend(f"<p>{_html_text(p)}</p>" for p in sec.paragraphs)
         for t in sec.tables:
-            out.append(f"<table><caption><b>{html.escape(t.title)}</b></caption><tr>"
+            out.append(f"<div class='table'><table><caption><b>{html.escape(t.title)}</b></caption><tr>"
                        + "".join(f"<th>{html.escape(h)}</th>" for h in t.header) + "</tr>")
-            out.extend("<tr>" + "".join(f"<td>{html.escape(c.replace(chr(10), ' '))}</td>" for c in row) + "</tr>"
-                       for row in t.rows)
-            out.append("</table>")
+            out.extend("<tr>" + "".join(f"<td>{_html_cell(c)}</td>" for c in row) + "</tr>" for row in t.rows)
+            out.append("</table></div>")
         for caption, name in sec.images:
             out.append(f"<figure><img src='{html.escape(name)}' alt='{html.escape(caption)}'>"
                        f"<figcaption>{html.escape(caption)}</figcaption></figure>")
