@@ -4,9 +4,10 @@ In:  kernels/config.py (the dataclasses and the comment at the end of each field
      (the `## description` after each target), the `kit` parser (each command's help) and
      docs/figures/demo.json (the figures `make demo` wrote beside its report, adopted with
      ``--demo-figures``).
-Out: docs/config.md (every config key), docs/make-targets.md (every Make target), and in README.md the
-     blocks between ``<!-- NAME -->`` and ``<!-- /NAME -->``: COMMANDS (what each `kit` command does) and
-     DEMO-FIGURES (the demo's own figures). ``python -m kit.docs`` rewrites what is stale (a branch that
+Out: docs/config.md (every config key), docs/make-targets.md (every Make target), and the blocks between
+     ``<!-- NAME -->`` and ``<!-- /NAME -->`` of hand-written pages (`BLOCKS`): in README.md COMMANDS (what
+     each `kit` command does) and DEMO-FIGURES (the demo's own figures), in docs/kernels.md KERNEL-MODULES
+     (the kernel's inline order, `kit.render.source.MODULE_ORDER`). ``python -m kit.docs`` rewrites what is stale (a branch that
      adds a config key or a target runs it and commits the result); ``python -m kit.docs
      --demo-figures ensembles/demo/demo-figures.json`` first adopts a new demo's figures. `stale()` names
      what is out of date (tests/test_docs.py fails on it).
@@ -117,10 +118,12 @@ def demo_figures(path: Path = DEMO_FIGURES) -> str:
     blend = fig["blend"]
     rows.append(f"| blend ({blend['method']}{', OOF by nested CV' if blend['nested_cv'] else ''}) | "
                 f"{blend['oof_auc']:.3f} | {held(blend['held_out'])} |")
-    out = [f"The last demo adopted here (`docs/figures/demo.json`, written by `make demo` on {fig['date']}): "
-           f"**{fig['minutes']:.1f} min** on {fig['cpus']} CPU cores with a load average of {fig['load_1min']:.1f} "
-           f"at the end (the machine was {'shared' if fig['load_1min'] > fig['cpus'] else 'not busy'}); "
-           f"{fig['held_out_images']} held-out images.", "",
+    when = f" on {fig['date']}" if "date" in fig else ""
+    load = (f" with a load average of {fig['load_1min']:.1f} at the end (the machine was "
+            f"{'shared' if fig['load_1min'] > fig['cpus'] else 'not busy'})" if "load_1min" in fig else "")
+    out = [f"The last demo adopted here (`docs/figures/demo.json`, written by `make demo`{when}): "
+           f"**{fig['minutes']:.1f} min** on {fig['cpus']} CPU cores{load}; {fig['held_out_images']} held-out "
+           "images." + (f" Note: {fig['note']}." if fig.get("note") else ""), "",
            "| what | OOF AUC | held-out AUC [95 % interval] |", "|---|---|---|", *rows]
     if "margin" in fig:
         m = fig["margin"]
@@ -129,28 +132,44 @@ def demo_figures(path: Path = DEMO_FIGURES) -> str:
     return "\n".join(out)
 
 
-README_BLOCKS = {"COMMANDS": commands_table, "DEMO-FIGURES": demo_figures}
+def kernel_modules() -> str:
+    """The inlined kernel modules in their order (`kit.render.source.MODULE_ORDER`), as one line of text."""
+    from kit.render.source import MODULE_ORDER
+
+    return f"{len(MODULE_ORDER)} modules, inlined in this order: {', '.join(MODULE_ORDER)}"
 
 
-def _replace_block(text: str, name: str, block: str) -> str:
+# The generated blocks of hand-written pages: (page, marker name) -> (maker, inline: inside a sentence).
+BLOCKS = {("README.md", "COMMANDS"): (commands_table, False), ("README.md", "DEMO-FIGURES"): (demo_figures, False),
+          ("docs/kernels.md", "KERNEL-MODULES"): (kernel_modules, True)}
+
+
+def _replace_block(text: str, name: str, block: str, inline: bool = False, where: str = "README.md") -> str:
     begin, end = f"<!-- {name} -->", f"<!-- /{name} -->"
     if begin not in text or end not in text:
-        raise ValueError(f"README.md: the markers {begin} ... {end} are missing")
+        raise ValueError(f"{where}: the markers {begin} ... {end} are missing")
     head, rest = text.split(begin, 1)
-    return head + begin + "\n" + block + "\n" + end + rest.split(end, 1)[1]
+    sep = "" if inline else "\n"
+    return head + begin + sep + block + sep + end + rest.split(end, 1)[1]
+
+
+def updated_page(page: str, text: str) -> str:
+    """A hand-written page's text (README.md, docs/kernels.md) with its generated blocks replaced."""
+    for (where, name), (make, inline) in BLOCKS.items():
+        if where == page:
+            text = _replace_block(text, name, make(), inline, where)
+    return text
 
 
 def updated_readme(text: str) -> str:
     """README text with every generated block replaced."""
-    for name, make in README_BLOCKS.items():
-        text = _replace_block(text, name, make())
-    return text
+    return updated_page("README.md", text)
 
 
 def generated() -> dict[Path, str]:
     """Every generated file and its current text."""
-    return {CONFIG_DOC: config_reference(), TARGETS_DOC: make_targets(),
-            README: updated_readme(README.read_text(encoding="utf-8"))}
+    pages = {ROOT / page: updated_page(page, (ROOT / page).read_text(encoding="utf-8")) for page, _ in BLOCKS}
+    return {CONFIG_DOC: config_reference(), TARGETS_DOC: make_targets(), **pages}
 
 
 def stale() -> list[Path]:

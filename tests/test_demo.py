@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from test_widths import PIPE_WIDTH, problems
+from helpers.widths import PIPE_WIDTH, problems
 
 from kernels.contracts import read_manifest, read_oof, read_test_pred, verify_files
 from kit.demo import held_out_interval, held_out_margin, margin_text

@@ -1,7 +1,7 @@
 """report.html as a user sees it: opened in a real headless browser (Debian's Chromium) at a desktop's 1280 px
 and a phone's 390 px, the page body never scrolls sideways and every image loads.
 
-The report is one `kit blend` makes from synthetic run folders (`test_blend_fixtures`). The page is opened
+The report is one `kit blend` makes from synthetic run folders (`helpers.blend_fixtures`). The page is opened
 from a copy of the report folder with a probe script appended that writes, once the page has loaded, the
 body's scroll width and each image's loaded state into the DOM; `chromium --dump-dom` prints that DOM.
 Screenshots go beside it (`KIT_SCREENSHOTS=folder` keeps them). Skipped, with how to get the browser, where
@@ -18,8 +18,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from helpers.blend_fixtures import make_baseline_run, make_cohort
 from test_blend_cli import SPECS, _workspace
-from test_blend_fixtures import make_baseline_run, make_cohort
 
 from kit.cli import main as kit_main
 

@@ -1,9 +1,9 @@
 """Every command's console output is legible at any width: rendered at COLUMNS 60, 80, 100, 120 and 200 and
 in a pipe, no table cell is cut ("…"), no line is wider than the width, no header is split inside a word.
 
-The outputs come from the fixtures other tests build: synthetic run folders (`test_blend_fixtures`) for
+The outputs come from the fixtures other tests build: synthetic run folders (`helpers.blend_fixtures`) for
 `kit blend` / `kit report`, the repository's experiments for `kit plan`, the Kaggle emulator with quick
-kernels (`test_kaggle_support`) for `kit status` / `pull` / `submit` / `submissions`, tiny synthetic data for
+kernels (`helpers.kaggle_support`) for `kit status` / `pull` / `submit` / `submissions`, tiny synthetic data for
 `kit data`. (`kit predict`, `kit preflight` and the demo summary are checked where their fixtures are built:
 tests/test_predict.py, tests/test_preflight.py, tests/test_demo.py.) A word longer than the whole width (a
 long path alone on its line) is the one line allowed to be wider: cutting it would make it useless.
@@ -18,50 +18,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from rich.cells import cell_len
+from helpers.blend_fixtures import make_baseline_run, make_cohort
+from helpers.widths import PIPE_WIDTH, RULE, WIDTHS, problems
 from test_blend_cli import SPECS, _workspace
-from test_blend_fixtures import make_baseline_run, make_cohort
 
 from kit import console as console_module
 from kit.cli import main as kit_main
 from kit.console import MUST, Col, Grid, console, print_grid
 
 REPO = Path(__file__).resolve().parents[1]
-WIDTHS = (60, 80, 100, 120, 200)
-PIPE_WIDTH = 80  # rich's width in a pipe when COLUMNS is unset
-RULE = "─"
-HEADER_LINES_MAX = 4
-
-
-def problems(text: str, width: int, headers: set[str]) -> list[str]:
-    """What makes `text` illegible at `width`: a cut cell, a line wider than the width (unless it is one word
-    longer than the width), a table header split inside a word (a piece of a header word, above a rule)."""
-    found = []
-    lines = text.splitlines()
-    for i, line in enumerate(lines):
-        if "…" in line:
-            found.append(f"line {i + 1} has a cut cell: {line!r}")
-        if cell_len(line) > width and len(line.split()) > 1:
-            found.append(f"line {i + 1} is {cell_len(line)} columns wide at {width}: {line!r}")
-        if line.strip() and set(line.strip()) == {RULE} and i > 0:
-            for above in _header_block(lines[:i], headers):
-                found += [f"header piece {t!r} above line {i + 1}: {above!r}" for t in above.split() if t not in headers]
-    return found
-
-
-def _is_piece(token: str, headers: set[str]) -> bool:
-    return any(h != token and (h.startswith(token) or h.endswith(token)) for h in headers if len(h) > 1)
-
-
-def _header_block(above: list[str], headers: set[str]) -> list[str]:
-    """The lines right above a table's rule made only of header words and pieces of them: its header."""
-    block = []
-    for line in reversed(above[-HEADER_LINES_MAX:]):
-        tokens = line.split()
-        if not tokens or not all(t in headers or _is_piece(t, headers) for t in tokens):
-            break
-        block.append(line)
-    return block
 
 
 @pytest.fixture()
@@ -209,7 +174,7 @@ def test_data_summary_fits_every_width(at_width, tmp_path: Path) -> None:
 
 # -- kit status / pull / submit / submissions, against the emulator --------------------------------------
 def test_kaggle_commands_fit_every_width(world, tmp_path: Path, at_width, monkeypatch) -> None:
-    from test_kaggle_support import COMPETITION, quick_rendered
+    from helpers.kaggle_support import COMPETITION, quick_rendered
 
     from kit.kaggle.client import connect
     from kit.kaggle.push import push_queue

@@ -55,8 +55,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from kit.console import console, print_grid
+    from kit.data.images import find_images
     from kit.errors import KitError
-    from kit.images import find_images
     from kit.predict import (
         compare_with_baseline,
         predict,
