@@ -193,6 +193,8 @@ def test_kaggle_commands_fit_every_width(world, tmp_path: Path, at_width, monkey
     shown = dict(at_width(lambda: kit_main(["status"])))
     for out in shown.values():
         assert "a-much-longer-experiment-name-for-the-table" in out and "COMPLETE" in out and "ERROR" in out
+    pulled = dict(at_width(lambda: kit_main(["pull"])))
+    assert "pulled" in pulled[60] and "already pulled" in pulled[200]  # pulled at the first width, then kept
     at_width_status_offline = dict(at_width(lambda: kit_main(["status", "--offline"])))
     assert all("quick-fails" in out for out in at_width_status_offline.values())
     comp = tmp_path / "competition"
