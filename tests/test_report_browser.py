@@ -27,7 +27,7 @@ BROWSERS = ("chromium", "chromium-browser", "google-chrome")
 BROWSER = next((path for name in BROWSERS if (path := shutil.which(name))), None)
 WIDTHS = {"desktop": 1280, "phone": 390}
 PAGE_HEIGHT = 2400
-BROWSER_TIMEOUT_S = 120
+BROWSER_TIMEOUT_S = 300  # seconds on a loaded machine; a few when idle
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # Appended to a copy of report.html: once loaded, the page's widths and each image's state go to the frame
 # holding it (postMessage works between file:// pages).

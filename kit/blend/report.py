@@ -129,8 +129,8 @@ def _auc_ci(auc: float | None, ci: AucInterval | None) -> str:
 
 
 def _diff_lines(test: PairedResult) -> str:
-    """A paired difference as "+0.012, p = 0.14" over its "[-0.004, +0.029]" interval."""
-    return f"{test.diff:+.3f}, p = {test.p:.2g}\n[{test.low:+.3f}, {test.high:+.3f}]"
+    """A paired difference over its interval over its p-value: "+0.012", "[-0.004, +0.029]", "p = 0.14"."""
+    return f"{test.diff:+.3f}\n[{test.low:+.3f}, {test.high:+.3f}]\np = {test.p:.2g}"
 
 
 def _signed(value: float | None) -> str:
@@ -147,12 +147,12 @@ def _versus_baseline(r: RunRow) -> str:
 
 RUN_COLS = (Col("#", keep=MUST, right=True), Col("run", keep=MUST, wrap=True))
 AUC_COL = Col("AUC", "OOF AUC over its 95 % interval", keep=MUST)
-VS_BASE_COL = Col("vs base", "AUC minus the baseline's, p, 95 % interval (paired bootstrap)", keep=8)
+VS_BASE_COL = Col("vs base", "AUC minus the baseline's over its 95 % interval and p (paired bootstrap)", keep=8)
 
 
 def _leaderboard(report: Report) -> Section:
     header = ("#", "run", "backbone / architecture", "weights", "size", "epochs", "OOF AUC [95 % interval]",
-              "vs baseline: Δ AUC, p [95 %]", "TTA gain", "s / epoch")
+              "vs baseline: Δ AUC [95 %] p", "TTA gain", "s / epoch")
     cols = (*RUN_COLS, Col("model", "backbone or architecture", keep=6, wrap=True),
             Col("weights", keep=1, wrap=True), Col("px", "image size", keep=3, right=True),
             Col("ep", "epochs", keep=2, right=True), AUC_COL, VS_BASE_COL,
@@ -199,7 +199,7 @@ def _answers(report: Report) -> Section:
             cols = (Col("#", keep=MUST, right=True), Col("model", "architecture", keep=MUST, wrap=True),
                     Col("pre", "pretrained", keep=3), Col("best run", keep=6, wrap=True), AUC_COL, VS_BASE_COL)
             tables.append(TableSpec(title, ("#", "architecture", "pretrained", "best run", "OOF AUC [95 % interval]",
-                                            "vs baseline: Δ AUC, p [95 %]"), rows, cols, heading=2))
+                                            "vs baseline: Δ AUC [95 %] p"), rows, cols, heading=2))
     return Section("Answers", tuple(paragraphs), tuple(tables))
 
 
@@ -236,11 +236,11 @@ def _blend(report: Report) -> list[Section]:
     b = report.blend
     if b is None:
         return []
-    header = ("method", "headline OOF AUC [95 %]", "headline is", "vs best run: Δ, p [95 %]", "in-sample AUC",
+    header = ("method", "headline OOF AUC [95 %]", "headline is", "vs best run: Δ [95 %] p", "in-sample AUC",
               "fold mean: nested / in-sample", "nested fold range", "optimism", "weights", "")
     cols = (Col("method", keep=MUST, wrap=True), Col("AUC", "headline OOF AUC over its 95 % interval", keep=MUST),
             Col("scored", "how the headline is scored", keep=5, wrap=True),
-            Col("vs best", "AUC minus the best run's, p, 95 % interval", keep=8),
+            Col("vs best", "AUC minus the best run's over its 95 % interval and p", keep=8),
             Col("in-sample", "in-sample AUC", keep=2, right=True),
             Col("folds", "fold mean, nested / in-sample", keep=1),
             Col("range", "nested fold range", keep=0),
@@ -358,7 +358,7 @@ def to_markdown(report: Report) -> str:
 # (paths) break, images shrink to the column.
 HTML_STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 p{overflow-wrap:anywhere}.table{overflow-x:auto;margin:.5em 0 1.5em}
-table{border-collapse:collapse}caption{text-align:left;padding:.25em 0}
+table{border-collapse:collapse}.caption{margin:1em 0 .25em}
 th,td{border:1px solid #ccc;padding:.25em .6em;text-align:left;vertical-align:top}
 th{background:#f2f2f2}td{font-variant-numeric:tabular-nums}
 figure{display:inline-block;margin:.5em;max-width:100%}img{max-width:100%;height:auto;border:1px solid #ddd}
@@ -388,7 +388,7 @@ def to_html(report: Report) -> str:
         out.append(f"<h2>{html.escape(sec.title)}</h2>")
         out.extend(f"<p>{_html_text(p)}</p>" for p in sec.paragraphs)
         for t in sec.tables:
-            out.append(f"<div class='table'><table><caption><b>{html.escape(t.title)}</b></caption><tr>"
+            out.append(f"<p class='caption'><b>{html.escape(t.title)}</b></p><div class='table'><table><tr>"
                        + "".join(f"<th>{html.escape(h)}</th>" for h in t.header) + "</tr>")
             out.extend("<tr>" + "".join(f"<td>{_html_cell(c)}</td>" for c in row) + "</tr>" for row in t.rows)
             out.append("</table></div>")
