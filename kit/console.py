@@ -23,12 +23,9 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from rich import box
 from rich.console import Console
-from rich.table import Table
 from rich.text import Text
 
-PIPE_WIDTH = 80  # rich's width when stdout is not a terminal and COLUMNS is unset
 CELL_PAD = 1  # spaces either side of a cell (none at the table's outer edges)
 RECORD_INDENT = 2  # record layout: the fields' indent under the row's first value
 LEGEND_SEP = "; "
@@ -181,6 +178,9 @@ def _legend(cols: Sequence[Col]) -> str:
 
 
 def _render_columns(grid: Grid, shown: Sequence[int], widths: Sequence[int], out: Console) -> None:
+    from rich import box
+    from rich.table import Table
+
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, CELL_PAD),
                   title=None, header_style="bold", collapse_padding=False)
     for i, w in zip(shown, widths, strict=True):
