@@ -17,7 +17,7 @@ DRYRUN_ARGS ?=
 # A target that needs a variable says which, with an example, instead of a bare argparse line.
 need = @test -n "$($(1))" || { echo "error: make $@ needs $(1)=..., e.g. make $@ $(1)=$(2)" >&2; exit 2; }
 
-.PHONY: help install demo test test-deep lint bench data render run push-kernel status wait pull blend report submit \
+.PHONY: help install demo test test-deep docs lint bench data render run push-kernel status wait pull blend report submit \
         submissions predict emulator dryrun clean clean-runs clean-all device-check preflight
 
 help:  ## list the targets
@@ -39,6 +39,9 @@ test: $(STAMP)  ## run the test suite (real TensorFlow, real kaggle client again
 
 test-deep: $(STAMP)  ## the deeper profiles only (tests marked deep: larger property budgets, full sizes)
 	$(PY) -m pytest tests -m deep
+
+docs: $(STAMP)  ## regenerate docs/config.md, docs/make-targets.md and the generated blocks of README.md and docs/
+	$(PY) -m kit.docs
 
 lint: $(STAMP)  ## ruff over all code
 	.venv/bin/ruff check kit kernels tests bench

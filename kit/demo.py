@@ -15,19 +15,19 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
 import pandas as pd
-from rich.table import Table
 
 from kernels.config import Experiment
 from kernels.contracts import MANIFEST_FILE, TEST_PRED_FILE, read_test_pred
 from kernels.metrics import AucInterval, PairedResult, bootstrap_auc_ci, paired_bootstrap_test
 from kit.cli import main as kit_main
 from kit.config import load_experiment
-from kit.console import console
+from kit.console import MUST, Col, Grid, console, print_grid
 from kit.errors import KitError
 from kit.run.baseline import run_baseline
 from kit.run.experiment import run_experiment
@@ -154,12 +154,6 @@ def margin_text(margin: PairedResult) -> str:
             f"{margin.n_groups} patients, p = {margin.p:.2f})")
 
 
-def held_out_auc(pred_csv: Path, data: Path) -> str:
-    """`held_out_interval` as text: AUC [low, high]."""
-    ci = held_out_interval(pred_csv, data)
-    return f"{ci.auc:.4f} [{ci.low:.3f}, {ci.high:.3f}]"
-
-
 def _shown(path: Path) -> str:
     """A path as the user types it: relative to the working folder when it lies inside it."""
     try:
@@ -168,36 +162,60 @@ def _shown(path: Path) -> str:
         return str(path)
 
 
-def summary(runs: list[Path], out: Path, data: Path, seconds: float) -> None:
-    """Closing table: each run's and the blend's OOF AUC and held-out AUC; then where the outputs are, one path
-    a line (a path in a table cell would be cut at 80 columns)."""
-    table = Table(title="demo results")
-    for col in ("what", "OOF AUC", "held-out AUC [95% CI]"):
-        table.add_column(col)
+FIGURES_FILE = "demo-figures.json"  # beside the demo's report; `python -m kit.docs --demo-figures` adopts it
+
+
+def summary(runs: list[Path], out: Path, data: Path, seconds: float) -> dict:
+    """Closing table: each run's and the blend's OOF AUC and held-out AUC (its interval under it); then where
+    the outputs are, one path a line. The same figures go to ``<out>/demo-figures.json`` (returned too): the
+    README's demo figures are generated from that file (kit.docs), so they are the demo's own."""
+    rows: list[tuple[str, str, str]] = []
+    figures: dict = {"minutes": round(seconds / 60, 1), "data": data.name, "runs": []}
     where: list[tuple[str, Path]] = []
     for run in runs:
         manifest = json.loads((run / MANIFEST_FILE).read_text())
-        what = f"{manifest['experiment']} (the floor)" if manifest.get("role") == "baseline" else manifest["experiment"]
-        table.add_row(what, f"{manifest['oof_auc']:.4f}", held_out_auc(run / TEST_PRED_FILE, data))
+        floor = manifest.get("role") == "baseline"
+        ci = held_out_interval(run / TEST_PRED_FILE, data)
+        rows.append((f"{manifest['experiment']} (the floor)" if floor else manifest["experiment"],
+                     f"{manifest['oof_auc']:.4f}", _interval_cell(ci)))
+        figures["runs"].append({"name": manifest["experiment"], "baseline": floor, "oof_auc": manifest["oof_auc"],
+                                "held_out": [ci.auc, ci.low, ci.high]})
         where.append((manifest["experiment"], run))
     blend = json.loads((out / "blend.json").read_text())
-    kind = ", OOF by nested CV" if blend.get("oof_auc_headline") == "nested_cv" else ""  # learned weights
-    table.add_row(f"blend ({blend['method']}){kind}", f"{blend['oof_auc']:.4f}",
-                  held_out_auc(out / "submission.csv", data))
+    nested = blend.get("oof_auc_headline") == "nested_cv"  # learned weights: the OOF figure is nested CV
+    ci = held_out_interval(out / "submission.csv", data)
+    rows.append((f"blend ({blend['method']}){', OOF by nested CV' if nested else ''}", f"{blend['oof_auc']:.4f}",
+                 _interval_cell(ci)))
+    figures["blend"] = {"method": blend["method"], "nested_cv": nested, "oof_auc": blend["oof_auc"],
+                        "held_out": [ci.auc, ci.low, ci.high]}
     where.append(("submission", out / "submission.csv"))
-    console.print(table)
+    cols = (Col("what", keep=MUST, wrap=True), Col("OOF AUC", keep=MUST, right=True),
+            Col("held-out AUC", "AUC on the held-out split over its 95 % interval (patient bootstrap)", keep=MUST))
+    print_grid(Grid("demo results", cols, tuple(rows)))
     for name, path in where:
         console.print(f"  {name}: {_shown(path)}")
     base = [r for r in runs if json.loads((r / MANIFEST_FILE).read_text()).get("role") == "baseline"]
     if base:
         margin = held_out_margin(out / "submission.csv", base[0] / TEST_PRED_FILE, data)
         console.print(f"blend minus baseline on the held-out split: {margin_text(margin)}")
+        figures["margin"] = {"diff": margin.diff, "low": margin.low, "high": margin.high, "p": margin.p,
+                             "patients": margin.n_groups}
     console.print(f"report: {_shown(out / 'report.md')} and {_shown(out / 'report.html')}")
     example = pd.read_csv(data / "test.csv")["image_name"].iloc[0]
     image = SAMPLE / "images" / f"{example}.jpg"
     if image.exists():  # a held-out image of the real sample
         console.print(f"predict a held-out lesion: .venv/bin/kit predict {image.relative_to(REPO)} --ensemble {DEMO_ENSEMBLE}")
     console.print(f"demo finished in {seconds / 60:.1f} min")
+    figures["held_out_images"] = int(len(pd.read_csv(data / "solution.csv")))
+    figures["cpus"] = os.cpu_count()
+    figures["load_1min"] = round(os.getloadavg()[0], 1)  # a shared machine makes the minutes longer: said with them
+    figures["date"] = time.strftime("%Y-%m-%d", time.gmtime())
+    (out / FIGURES_FILE).write_text(json.dumps(figures, indent=1) + "\n", encoding="utf-8")
+    return figures
+
+
+def _interval_cell(ci: AucInterval) -> str:
+    return f"{ci.auc:.4f}\n[{ci.low:.3f}, {ci.high:.3f}]"
 
 
 if __name__ == "__main__":

@@ -483,3 +483,30 @@ def test_predict_quotes_an_ensembles_headline_auc_as_the_report_does(tiny_run, t
     assert len(warnings) == 1  # one dataset, named once for both members
     sentence = BaselineComparison("baseline/v1", 40, 0.805, 0.7, 0.01, "in-sample ").sentence()
     assert "in-sample OOF AUC 0.805 vs the baseline's 0.700" in sentence
+
+
+def test_predict_table_fits_every_width(tiny_run, tmp_path, monkeypatch, capsys):
+    """The console table of good and failed images, laid out at every width of tests/test_widths.py: nothing
+    cut, no line wider than the width; the paths are whole."""
+    from helpers.widths import WIDTHS, problems
+
+    from kit.commands.predict import predict_grid
+    from kit.console import console, print_grid
+    from kit.predict import predict
+
+    folder = tmp_path / "a-folder-with-a-rather-long-name-for-the-images-of-one-patient"
+    folder.mkdir()
+    for image in sorted(tiny_run["images"].glob("*.jpg"))[:2]:
+        (folder / image.name).write_bytes(image.read_bytes())
+    (folder / "broken.jpg").write_bytes(b"not a jpeg")
+    files, _ = find_images([str(folder)])
+    frame = predict(files, resolve_source(run=str(tiny_run["run"])))
+    grid = predict_grid(frame, "run predict-tiny/v1")
+    headers = {w for col in grid.cols for w in col.header.split()}
+    for width in WIDTHS:
+        monkeypatch.setattr(console, "width", width)
+        capsys.readouterr()
+        print_grid(grid)
+        out = capsys.readouterr().out
+        assert not problems(out, width, headers), (width, problems(out, width, headers), out)
+        assert out.count(folder.name) == 3 and "error" in out  # each path whole, the broken image marked

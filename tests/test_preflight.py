@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from kit.cli import main
+from kit.console import console
 from kit.run.preflight import preflight_batch
 
 TINY_TOML = """
@@ -46,18 +47,25 @@ def experiment(tmp_path: Path, lr: float = 1e-3, fmt: str = "script") -> Path:
     return path
 
 
+def _one_result(capsys: pytest.CaptureFixture[str]) -> str:
+    """The one result printed, its wrapped lines joined; it is wrapped at spaces within the console's width."""
+    out = capsys.readouterr().out
+    assert all(len(line) <= console.width for line in out.splitlines()), out
+    text = " ".join(out.split())
+    assert text.count("preflight ") == 1 and text.startswith("preflight pf-tiny passed"), text
+    return text
+
+
 def test_preflight_passes_on_the_gpu_rehearsal(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["preflight", str(experiment(tmp_path))]) == 0
-    out = capsys.readouterr().out.strip().splitlines()
-    assert len(out) == 1 and "preflight pf-tiny passed" in out[0]
+    out = _one_result(capsys)
     assert ("2-device MirroredStrategy (gpu x2, mixed_float16), folds 0, 1 of 3 (--all-folds for every fold), "
-            "every output valid") in out[0]
+            "every output valid") in out
 
 
 def test_all_folds_rehearses_every_fold(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["preflight", str(experiment(tmp_path)), "--all-folds"]) == 0
-    out = capsys.readouterr().out.strip().splitlines()
-    assert len(out) == 1 and "(gpu x2, mixed_float16), 3 folds, every output valid" in out[0]
+    assert "(gpu x2, mixed_float16), 3 folds, every output valid" in _one_result(capsys)
 
 
 def test_preflight_passes_on_the_cpu_route(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -65,8 +73,7 @@ def test_preflight_passes_on_the_cpu_route(tmp_path: Path, capsys: pytest.Captur
     strided 1x1 shortcut conv crashes the kernel with a segfault)."""
     assert preflight_batch("") == 2 and preflight_batch("gpu") == preflight_batch("tpu") == 1
     assert main(["preflight", str(experiment(tmp_path)), "--accelerator", "none"]) == 0
-    out = capsys.readouterr().out.strip().splitlines()
-    assert len(out) == 1 and "preflight pf-tiny passed" in out[0] and "every output valid" in out[0], out
+    assert "every output valid" in _one_result(capsys)
 
 
 def test_preflight_folds_are_the_first_two_of_the_run() -> None:

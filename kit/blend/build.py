@@ -444,5 +444,5 @@ def run_blend(
             progress.remove_task(task)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-    print_console(report, console)
+    print_console(report, console, str(out / REPORT_MD))
     return BlendOutcome(out, report, part.blend_json if part and write_blend else None)

@@ -16,11 +16,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rich.markup import escape
-from rich.table import Table
 
 from kernels.accelerators import ACCELERATOR_HELP
 from kernels.config import COMPETITION
-from kit.console import console
+from kit.console import MUST, Col, Grid, console, print_grid
 from kit.errors import KitError
 from kit.kaggle.ledger import Ledger, now_iso
 
@@ -204,7 +203,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     names = args.experiments or None
     if args.offline:
         rows = status_rows(_ledger(args).read(), names)
-        console.print(status_table(rows))
+        print_grid(status_table(rows))
         _print_failures(rows)
         _print_next(rows)
         _print_incomplete(args.runs)
@@ -219,7 +218,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         else:
             refresh(client, ledger, names, on_note=_say_note)
             rows = status_rows(ledger.read(), names)
-        console.print(status_table(rows))
+        print_grid(status_table(rows))
         _print_failures(rows)
         _print_next(rows)
         _print_incomplete(args.runs)
@@ -313,14 +312,14 @@ def cmd_submissions(args: argparse.Namespace) -> int:
     def body(client: Any, ledger: Ledger) -> int:
         server = refresh_submissions(client, ledger, args.competition)
         known = {r["ref"]: r for r in ledger.read()["submissions"] if r["ref"]}
-        table = Table(title=f"Submissions to {args.competition}")
-        for column in ("ref", "date (UTC)", "file", "status", "public", "private", "description"):
-            table.add_column(column)
-        for s in server:
-            record = known.get(s.ref)
-            table.add_row(str(s.ref), s.date.replace("T", " "), record["file"] if record else s.file_name,
-                          s.status, s.public_score or "-", s.private_score or "-", s.description)
-        console.print(table)
+        cols = (Col("ref", keep=MUST, right=True), Col("date", "date (UTC)", keep=4), Col("file", keep=3, wrap=True),
+                Col("status", keep=MUST), Col("public", "public score", keep=MUST, right=True),
+                Col("private", "private score", keep=MUST - 1, right=True),
+                Col("description", keep=1, wrap=True))
+        rows = tuple((str(s.ref), s.date.replace("T", "\n").rstrip("Z"),
+                      known[s.ref]["file"] if s.ref in known else s.file_name, s.status, s.public_score or "-",
+                      s.private_score or "-", s.description) for s in server)
+        print_grid(Grid(f"Submissions to {args.competition}", cols, rows, heading=1))
         return 0
 
     return _with_client(args, body)

@@ -17,6 +17,7 @@ import argparse
 import math
 import os
 import sys
+from typing import Any
 
 PROBABILITY_DIGITS = 4
 EXIT_SOME_FAILED = 1
@@ -32,16 +33,29 @@ def _short_path(path: str) -> str:
     return path if relative.startswith("..") else relative
 
 
+def predict_grid(frame: Any, label: str) -> Any:
+    """The console table of `kit.predict.predict`'s frame: each image's probability, the fold models' range
+    and spread (a `kit.console.Grid`; failed images in red)."""
+    from kit.console import MUST, Col, Grid
+
+    cols = (Col("image", keep=MUST, wrap=True), Col("P", "P(malignant)", keep=MUST, right=True),
+            Col("fold range", "lowest-highest fold model output", keep=2, right=True),
+            Col("fold sd", "standard deviation of the fold models' outputs", keep=1, right=True))
+    rows = tuple((_short_path(row.image), "error", "-", "-") if row.error else
+                 (_short_path(row.image), _fmt(row.probability), f"{_fmt(row.fold_min)}-{_fmt(row.fold_max)}",
+                  _fmt(row.fold_std)) for row in frame.itertuples(index=False))
+    return Grid(f"P(malignant) - {label}", cols, rows,
+                styles=tuple("red" if row.error else "" for row in frame.itertuples(index=False)))
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from kit.quiet import quiet_tensorflow
 
     quiet_tensorflow()  # TensorFlow's start-up chatter and retracing warnings are not for users
-    from rich import box
     from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-    from rich.table import Table
 
-    from kit.console import console
+    from kit.console import console, print_grid
     from kit.data.images import find_images
     from kit.errors import KitError
     from kit.predict import (
@@ -79,20 +93,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
         frame = predict(files, source, tick, fit=args.fit)
 
-    table = Table(title=f"P(malignant) - {source.label}", caption="folds: the fold models' raw outputs",
-                  box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)  # no side borders: a repository-relative path fits in 80 columns
-    table.add_column("image", overflow="fold")  # folds only when a path is wider than the terminal allows
-    table.add_column("probability", justify="right", no_wrap=True)
-    table.add_column("folds min-max", justify="right", no_wrap=True)
-    table.add_column("folds sd", justify="right", no_wrap=True)
-    for row in frame.itertuples(index=False):
-        shown = _short_path(row.image)
-        if row.error:
-            table.add_row(shown, "[red]error[/]", "-", "-")
-        else:
-            table.add_row(shown, _fmt(row.probability), f"{_fmt(row.fold_min)}-{_fmt(row.fold_max)}",
-                          _fmt(row.fold_std))
-    console.print(table)
+    print_grid(predict_grid(frame, source.label))
     comparison = compare_with_baseline(source, args.runs)
     if comparison is not None:
         style = "green" if comparison.beats else "yellow"

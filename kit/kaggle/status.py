@@ -19,8 +19,6 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from rich.table import Table
-
 from kit.errors import KitError
 from kit.kaggle.client import KaggleClient, KernelNotVisible
 from kit.kaggle.ledger import TERMINAL_STATUSES, Ledger, latest_version, now_iso
@@ -136,18 +134,18 @@ def status_rows(data: Mapping[str, Any], names: Sequence[str] | None = None) -> 
     return rows
 
 
-def status_table(rows: Sequence[Mapping[str, Any]]) -> Table:
-    table = Table(title="Kaggle runs", show_lines=False)
-    for column in ("experiment", "kernel", "version", "machine", "status", "pushed (UTC)", "pulled into"):
-        table.add_column(column, overflow="fold")  # cells and headers fold at 80 columns, never cut
-    for row in rows:
-        style = STATUS_STYLE.get(row["status"], "")
-        table.add_row(
-            row["experiment"], row["kernel"], f"v{row['version']}" if row["version"] else "-",
-            row["accelerator"], f"[{style}]{row['status']}[/]" if style else row["status"],
-            row["pushed_at"].replace("T", " ").rstrip("Z"), row["pulled"],
-        )
-    return table
+def status_table(rows: Sequence[Mapping[str, Any]]) -> Any:
+    """A `kit.console.Grid` of the runs: experiment, version and status always; the kernel, machine,
+    push time and pulled folder as the width allows (rows coloured by status in a terminal)."""
+    from kit.console import MUST, Col, Grid
+
+    cols = (Col("experiment", keep=MUST, wrap=True), Col("kernel", "Kaggle kernel", keep=3, wrap=True),
+            Col("v", "version", keep=MUST, right=True), Col("machine", keep=4), Col("status", keep=MUST),
+            Col("pushed", "pushed (UTC)", keep=5), Col("pulled into", keep=2, wrap=True))
+    cells = tuple((row["experiment"], row["kernel"], str(row["version"]) if row["version"] else "-",
+                   row["accelerator"], row["status"], row["pushed_at"].replace("T", "\n").rstrip("Z") or "-",
+                   row["pulled"] or "-") for row in rows)
+    return Grid("Kaggle runs", cols, cells, styles=tuple(STATUS_STYLE.get(row["status"], "") for row in rows))
 
 
 FAILED_STATUSES = frozenset({"ERROR", "NOT_FOUND", "CANCEL_ACKNOWLEDGED"})

@@ -232,5 +232,7 @@ def preflight_before_push(experiments: Sequence[Experiment], accelerator: str | 
     """`kit push`'s gate, after its cheap checks: preflight each experiment unless ``KIT_PREFLIGHT=0``."""
     if os.environ.get(PREFLIGHT_ENV, "1") == "0":
         return
+    from kit.console import console
+
     for result in run_preflight(experiments, accelerator):
-        print(f"[kit] {result.line}", flush=True)
+        console.print(f"[kit] {result.line}", markup=False)
