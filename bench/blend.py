@@ -1,7 +1,10 @@
-"""Blend figures for `make bench`: greedy selection at competition size, the AUC engine vs scikit-learn.
+"""Blend figures for `make bench`: greedy selection at competition size, the AUC engine vs scikit-learn,
+and the whole `kit blend` command over real run folders.
 
 In:  nothing (synthetic predictions: 100 candidate runs x 33,126 OOF rows, 584 malignant, the
      competition's train size and prevalence; runs of varied strength, scale and tie density).
+     `write_competition_runs` writes 50 such runs (about 16 images per patient, 10,982 test rows,
+     one baseline) as real run folders for the end-to-end figures.
 Out: {"blend_greedy_100x33126_s": wall seconds of one greedy fit (default params, ranks included; best of 3),
       "blend_greedy_100x33126_cpu_s": the same in process CPU seconds (robust to other load on the machine),
       "auc_max_abs_diff_vs_sklearn": largest |auc - roc_auc_score| over the 100 runs and their blend,
@@ -11,7 +14,9 @@ Out: {"blend_greedy_100x33126_s": wall seconds of one greedy fit (default params
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -20,6 +25,12 @@ N_POS = 584
 N_RUNS = 100
 SEED = 2020
 REPEATS = 3  # best of, for the timings
+E2E_RUNS = 50  # runs blended by the end-to-end figures
+N_TEST = 10_982  # the competition's test images
+IMAGES_PER_PATIENT = 16  # 33,126 images of 2,056 patients in the competition's train set
+N_FOLDS = 5
+PATIENT_SD = 0.7  # spread of the patient effect shared by a patient's images (clustered errors)
+BACKBONES = ("efficientnet_b0", "efficientnet_b3", "resnet50", "densenet121", "mobilenet_v2")
 
 
 def _candidates(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -32,6 +43,72 @@ def _candidates(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         p = 1 / (1 + np.exp(-(z - 4) * rng.uniform(0.5, 2)))
         P[:, j] = np.round(p, int(rng.integers(2, 7)))  # some runs write few decimals: ties
     return P, y
+
+
+def _competition_runs(rng: np.random.Generator, n_runs: int) -> dict[str, np.ndarray]:
+    """Labels, patients, folds, metadata and `n_runs` OOF/test prediction columns with patient-level signal."""
+    n_pat = N_ROWS // IMAGES_PER_PATIENT
+    patients = np.sort(rng.integers(0, n_pat, N_ROWS))
+    y = np.zeros(N_ROWS, dtype=int)
+    y[rng.choice(N_ROWS, N_POS, replace=False)] = 1
+    latent = rng.normal(size=N_ROWS) + PATIENT_SD * rng.normal(size=n_pat)[patients] + 1.8 * y
+    t_latent = rng.normal(size=N_TEST) + 1.8 * (rng.random(N_TEST) < N_POS / N_ROWS)
+    oof, test = np.empty((N_ROWS, n_runs)), np.empty((N_TEST, n_runs))
+    for j in range(n_runs):
+        w, noise, slope = rng.uniform(0.2, 1.0), rng.uniform(0.6, 2.0), rng.uniform(0.5, 2)
+        decimals = int(rng.integers(2, 7))  # some runs write few decimals: ties
+        for out, lat in ((oof, latent), (test, t_latent)):
+            z = w * lat + noise * rng.normal(size=lat.size)
+            out[:, j] = np.round(1 / (1 + np.exp(-(z - 4) * slope)), decimals)
+    return {"y": y, "patients": patients, "folds": rng.integers(0, N_FOLDS, n_pat)[patients],
+            "sex": rng.integers(0, 3, N_ROWS), "age": rng.integers(2, 18, N_ROWS) * 5.0,
+            "site": rng.integers(0, 7, N_ROWS), "oof": oof, "test": test}
+
+
+def write_run_folder(root: Path, experiment: str, data: dict[str, np.ndarray], column: int,
+                     backbone: str, role: str = "model") -> Path:
+    """``root/<experiment>/v1/`` as a kernel and `kit pull` leave it (oof.csv, test_pred.csv,
+    manifest.json with real checksums, run.json): the files `kit blend` reads."""
+    import pandas as pd
+
+    from kernels.config import DataSection, Experiment, ModelSection, TrainSection, to_dict
+    from kernels.contracts import MANIFEST_FILE, MANIFEST_SCHEMA, OOF_FILE, TEST_PRED_FILE, file_digest, write_csv
+    from kit.runs import write_run_record
+
+    folder = root / experiment / "v1"
+    folder.mkdir(parents=True)
+    names = np.array([f"ISIC_{i:07d}" for i in range(N_ROWS)])
+    write_csv(pd.DataFrame({"image_name": names, "target": data["y"], "pred": data["oof"][:, column],
+                            "fold": data["folds"], "patient_id": [f"IP_{p:07d}" for p in data["patients"]],
+                            "sex": data["sex"], "age_approx": data["age"],
+                            "anatom_site_general_challenge": data["site"]}), folder / OOF_FILE)
+    write_csv(pd.DataFrame({"image_name": [f"ISIC_{9_000_000 + i:07d}" for i in range(N_TEST)],
+                            "target": data["test"][:, column]}), folder / TEST_PRED_FILE)
+    config = to_dict(Experiment(name=experiment, data=DataSection(dataset="", image_size=256, folds=N_FOLDS),
+                                model=ModelSection(backbone=backbone, weights="imagenet"), train=TrainSection()))
+    manifest = {
+        "schema": MANIFEST_SCHEMA, "experiment": experiment, "config": config, "seed": column, "role": role,
+        "versions": {"python": "3.11", "tensorflow": "2.21.0", "keras": "3.15.1", "numpy": "2", "backend": "tensorflow"},
+        "hardware": {"kind": "tpu", "replicas": 8, "backend": "jax"},
+        "folds": [{"fold": k, "auc": 0.5, "best_epoch": 1, "epochs_run": 1, "epoch_times_s": [60.0], "n_val": 1}
+                  for k in range(N_FOLDS)],
+        "oof_auc": 0.5, "timings": {"total_s": 1.0},
+        "files": {name: file_digest(folder / name) for name in (OOF_FILE, TEST_PRED_FILE)},
+    }
+    (folder / MANIFEST_FILE).write_text(json.dumps(manifest))
+    write_run_record(folder, experiment=experiment, version=1, source="kaggle", kernel=None,
+                     content_hash="0" * 64, finished_at="2026-01-01T00:00:00Z")
+    return folder
+
+
+def write_competition_runs(root: Path, n_runs: int = E2E_RUNS, seed: int = SEED) -> dict[str, np.ndarray]:
+    """`n_runs` run folders at the competition's size under `root` (run 0 is a baseline), and
+    an extra prediction column (index `n_runs`) for a run added later; returns the data."""
+    data = _competition_runs(np.random.default_rng(seed), n_runs + 1)
+    for j in range(n_runs):
+        write_run_folder(root, f"run-{j:02d}", data, j, BACKBONES[j % len(BACKBONES)],
+                         "baseline" if j == 0 else "model")
+    return data
 
 
 def _best_of(fn, repeats: int = REPEATS, clock=time.perf_counter) -> tuple[float, object]:  # noqa: ANN001
