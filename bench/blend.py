@@ -9,12 +9,24 @@ Out: {"blend_greedy_100x33126_s": wall seconds of one greedy fit (default params
       "blend_greedy_100x33126_cpu_s": the same in process CPU seconds (robust to other load on the machine),
       "auc_max_abs_diff_vs_sklearn": largest |auc - roc_auc_score| over the 100 runs and their blend,
       "auc_speedup_vs_sklearn": sklearn time / engine time for those 101 AUCs,
-      "blend_greedy_steps": additions the greedy fit made}
+      "blend_greedy_steps": additions the greedy fit made,
+      "blend_end_to_end_50x33126_s": wall seconds of `kit blend` (greedy, defaults) over 50 run
+          folders in a fresh process, no run statistics cached yet (cold),
+      "blend_end_to_end_50x33126_warm_s": the same command again (each run's statistics cached),
+      "blend_end_to_end_50x33126_warm_plus1_s": again after adding a 51st run,
+      "..._cpu_s" of each: the process's user + system CPU seconds (robust to other load),
+      "blend_end_to_end_50x33126_peak_mb": the largest peak RSS of the three processes,
+      "blend_bootstrap_group_vs_row_speedup": one run's 1,000 patient replicates, the row engine's
+          time / the group engine's (same replicates; measured side by side here)}
 """
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -111,6 +123,65 @@ def write_competition_runs(root: Path, n_runs: int = E2E_RUNS, seed: int = SEED)
     return data
 
 
+RECIPE = """[runs]
+root = "{root}"
+[method]
+name = "greedy"
+"""
+
+
+def _timed_command(argv: list[str]) -> tuple[float, float, float]:
+    """(wall s, user + system CPU s, peak RSS MB) of one process running `argv` to completion."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    err = proc.stderr.read().decode() if proc.stderr else ""
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} failed ({proc.returncode}): {err[-500:]}")
+    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024.0
+
+
+def end_to_end(tmp: Path) -> dict[str, float]:
+    """`kit blend` of 50 runs at the competition's size: cold, warm, and warm after adding a run."""
+    runs = tmp / "runs"
+    data = write_competition_runs(runs)
+    recipe = tmp / "e2e.toml"
+    recipe.write_text(RECIPE.format(root=runs))
+    argv = [sys.executable, "-c", "import sys; from kit.cli import main; sys.exit(main(sys.argv[1:]))",
+            "blend", str(recipe), "--out", str(tmp / "out")]
+    cold = _timed_command(argv)
+    warm = _timed_command(argv)
+    write_run_folder(runs, f"run-{E2E_RUNS:02d}", data, E2E_RUNS, BACKBONES[0])
+    plus1 = _timed_command(argv)
+    key = f"blend_end_to_end_{E2E_RUNS}x{N_ROWS}"
+    out = {}
+    for suffix, (wall, cpu, _) in (("", cold), ("_warm", warm), ("_warm_plus1", plus1)):
+        out[f"{key}{suffix}_s"] = round(wall, 2)
+        out[f"{key}{suffix}_cpu_s"] = round(cpu, 2)
+    out[f"{key}_peak_mb"] = round(max(cold[2], warm[2], plus1[2]), 1)
+    return out
+
+
+def engine_speedup() -> float:
+    """Row engine time / group engine time for one run's patient bootstrap at the competition's size."""
+    import kernels.metrics as metrics
+
+    data = _competition_runs(np.random.default_rng(SEED), 1)
+    args = (data["y"], data["oof"][:, 0], data["patients"], metrics.DEFAULT_N_BOOT // 2)
+    group_s, grouped = _best_of(lambda: metrics.bootstrap_aucs(*args), clock=time.process_time)
+    saved = metrics.GROUP_ENGINE_MAX_RATIO
+    metrics.GROUP_ENGINE_MAX_RATIO = 0  # the row engine, as before
+    try:
+        row_s, rows = _best_of(lambda: metrics.bootstrap_aucs(*args), repeats=1, clock=time.process_time)
+    finally:
+        metrics.GROUP_ENGINE_MAX_RATIO = saved
+    if not np.allclose(grouped, rows, rtol=0, atol=1e-12, equal_nan=True):
+        raise RuntimeError("the two bootstrap engines disagree")
+    return round(row_s / group_s, 1)
+
+
 def _best_of(fn, repeats: int = REPEATS, clock=time.perf_counter) -> tuple[float, object]:  # noqa: ANN001
     best, out = float("inf"), None
     for _ in range(repeats):
@@ -135,7 +206,11 @@ def run() -> dict[str, float]:
     engine_s, ours = _best_of(lambda: [auc(y, c) for c in columns])
     sklearn_s, theirs = _best_of(lambda: [roc_auc_score(y, c) for c in columns])
     diff = max(abs(a - b) for a, b in zip(ours, theirs, strict=True))
+    with tempfile.TemporaryDirectory() as tmp:
+        e2e = end_to_end(Path(tmp))
     return {
+        **e2e,
+        "blend_bootstrap_group_vs_row_speedup": engine_speedup(),
         "blend_greedy_100x33126_s": round(greedy_s, 3),
         "blend_greedy_100x33126_cpu_s": round(greedy_cpu_s, 3),
         "blend_greedy_steps": float(sum(fitted.info["picks"])),

@@ -74,6 +74,7 @@ PLOT_FILES = {
     "subgroups": "subgroups.png",
     "calibration": "calibration.png",
 }
+MAX_ROC_RUNS = 10  # the ROC plot draws the best runs (and the baseline) beside the blend, not all fifty
 HEADLINE_KEYS = {True: "nested_cv", False: "in_sample"}  # blend.json oof_auc_headline, by "method learns"
 REPORT_FILES = (REPORT_MD, REPORT_HTML, *PLOT_FILES.values())
 
@@ -297,7 +298,11 @@ def _write_plots(out: Path, runs: Sequence[Run], inputs: BlendInputs | None, row
     if inputs is None or not scores:
         return written
     chosen = scores[0]
-    curves = {rid: (inputs.oof[:, j], auc(inputs.y, inputs.oof[:, j])) for j, rid in enumerate(inputs.run_ids)}
+    aucs = auc_columns(inputs.y, inputs.oof)
+    shown = sorted(range(len(aucs)), key=lambda j: -np.nan_to_num(aucs[j], nan=-1.0))[:MAX_ROC_RUNS]
+    base = baseline_column(inputs.runs)
+    shown = sorted(set(shown) | ({base} if base >= 0 else set()))
+    curves = {inputs.run_ids[j]: (inputs.oof[:, j], float(aucs[j])) for j in shown}
     kind = "nested CV" if chosen.learned else "in-sample"
     label = f"blend {chosen.method} ({kind})"
     curves[label] = (chosen.headline_scores, chosen.headline_auc)
