@@ -126,6 +126,15 @@ def _from_json(data: Mapping[str, Any], oof_sha256: str, n_boot: int, seed: int)
     return RunStats(oof_sha256, int(n_boot), int(seed), ci, fold_auc, digest, patients, reps, cached=True)
 
 
+def oof_digest(run: Run) -> str:
+    """sha256 of the run's oof.csv: the manifest's, which `kit.runs.load_run` checked against the
+    file when it loaded the run; hashed here only when the manifest lists none."""
+    listed = (run.info.manifest.get("files") or {}).get(OOF_FILE)
+    if isinstance(listed, Mapping) and isinstance(listed.get("sha256"), str):
+        return listed["sha256"]
+    return file_digest(Path(run.info.folder) / OOF_FILE)["sha256"]
+
+
 def stats_path(run: Run) -> Path:
     return Path(run.info.folder) / STATS_FILE
 
@@ -133,7 +142,7 @@ def stats_path(run: Run) -> Path:
 def run_stats(run: Run, n_boot: int, seed: int = 0) -> RunStats:
     """The run's figures: from ``kit-stats.json`` when its key matches (OOF sha256, replicates,
     seed, engine), else computed and written there for next time."""
-    oof_sha256 = file_digest(Path(run.info.folder) / OOF_FILE)["sha256"]
+    oof_sha256 = oof_digest(run)
     path = stats_path(run)
     try:
         cached = _from_json(json.loads(path.read_text()), oof_sha256, n_boot, seed)
