@@ -85,7 +85,7 @@ def write_run_folder(root: Path, experiment: str, data: dict[str, np.ndarray], c
 
     from kernels.config import DataSection, Experiment, ModelSection, TrainSection, to_dict
     from kernels.contracts import MANIFEST_FILE, MANIFEST_SCHEMA, OOF_FILE, TEST_PRED_FILE, file_digest, write_csv
-    from kit.runs import write_run_record
+    from kit.run.folders import write_run_record
 
     folder = root / experiment / "v1"
     folder.mkdir(parents=True)

@@ -30,8 +30,8 @@ from kernels.metrics import (
 )
 from kit.blend import analysis
 from kit.blend.run_stats import STATS_FILE, compare_stats, run_stats
-from kit.runs import load_run
-from tests.test_blend_fixtures import make_cohort, make_run, signal_preds
+from kit.run.folders import load_run
+from tests.helpers.blend_fixtures import make_cohort, make_run, signal_preds
 
 LEVEL = 0.95
 N_SIM = 400

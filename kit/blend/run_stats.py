@@ -1,6 +1,6 @@
 """A run's own statistics, computed once and cached beside the run (``<run>/kit-stats.json``).
 
-In:  a loaded `kit.runs.Run` and the bootstrap settings (replicates, seed).
+In:  a loaded `kit.run.folders.Run` and the bootstrap settings (replicates, seed).
 Out: `RunStats`: OOF AUC, its patient-bootstrap interval, per-fold AUCs and the bootstrap replicate
      AUCs themselves (a paired test between two runs is then the difference of their replicates,
      `kernels.metrics.paired_from_replicates`, with no new resampling), plus a digest of what
@@ -38,7 +38,7 @@ from kernels.metrics import (
     interval_from_replicates,
     paired_from_replicates,
 )
-from kit.runs import Run
+from kit.run.folders import Run
 
 STATS_FILE = "kit-stats.json"
 STATS_SCHEMA = "kit.run-stats/1"
@@ -127,7 +127,7 @@ def _from_json(data: Mapping[str, Any], oof_sha256: str, n_boot: int, seed: int)
 
 
 def oof_digest(run: Run) -> str:
-    """sha256 of the run's oof.csv: the manifest's, which `kit.runs.load_run` checked against the
+    """sha256 of the run's oof.csv: the manifest's, which `kit.run.folders.load_run` checked against the
     file when it loaded the run; hashed here only when the manifest lists none."""
     listed = (run.info.manifest.get("files") or {}).get(OOF_FILE)
     if isinstance(listed, Mapping) and isinstance(listed.get("sha256"), str):
