@@ -167,3 +167,15 @@ def test_shuffled_rows_pair_but_other_patients_do_not(tmp_path: Path) -> None:
     same = compare_stats(a, shuffled)
     assert same is not None and same.diff == 0 and same.p == 1.0
     assert compare_stats(a, other) is None
+
+
+def test_correlation_heatmap_of_fifty_runs_stays_a_readable_size(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from kit.blend.plots import DPI, MAX_HEATMAP_INCH, plot_correlation
+
+    n = 50
+    rho = np.corrcoef(np.random.default_rng(0).normal(size=(n, 200)))
+    plot_correlation(tmp_path / "c.png", [f"experiment-{j:02d}/v1" for j in range(n)], rho)
+    width, height = Image.open(tmp_path / "c.png").size
+    assert max(width, height) <= (MAX_HEATMAP_INCH + 3) * DPI  # 50 cells of 0.62 in would be 33 in a side
