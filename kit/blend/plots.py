@@ -33,7 +33,8 @@ ROW_INCH = 0.38  # height per leaderboard / heatmap row
 CELL_INCH = 0.62  # width and height of a correlation cell
 MAX_CELL_TEXT = 16  # more runs than this: the heatmap's cells carry no numbers
 MAX_HEATMAP_INCH = 12.0  # the correlation heatmap's side at most: cells shrink past ~15 runs
-LABEL_POINTS = 8.0  # tick-label size while cells are full size; smaller cells scale it down
+LABEL_POINTS = 8.0  # tick-label size at most; smaller cells take labels of half their height
+POINTS_PER_INCH = 72
 MAX_LEARNING_RUNS = 12  # learning curves of at most this many runs (best first)
 FAMILY_COLORS = {"backbone": "tab:blue", "scratch": "tab:orange", "baseline": "tab:red", "blend": "black"}
 
@@ -80,7 +81,7 @@ def plot_correlation(path: str | os.PathLike[str], labels: Sequence[str], matrix
     """Heatmap of the Spearman correlation of run predictions (OOF); cell text white on dark cells."""
     n = len(labels)
     side = min(max(4.5, 2.5 + CELL_INCH * n), MAX_HEATMAP_INCH)
-    points = LABEL_POINTS * min(1.0, (side - 2.5) / (CELL_INCH * max(n, 1)))  # labels as tall as their cells
+    points = min(LABEL_POINTS, 0.5 * POINTS_PER_INCH * (side - 2.5) / max(n, 1))  # half a cell tall at most
     fig = Figure(figsize=(side + 1.2, side))
     ax = fig.add_subplot()
     im = ax.imshow(matrix, vmin=-1, vmax=1, cmap="RdBu_r")
