@@ -45,6 +45,7 @@ from kernels.metrics import (
     paired_bootstrap_test,
 )
 from kernels.schema import SEXES, SITES
+from kit.blend.run_stats import RunStats, compare_stats, run_stats
 from kit.run.folders import Run
 
 ALPHA = 0.05  # significance level of the paired tests
@@ -85,6 +86,7 @@ class RunRow:
     patients: bool  # whether the interval resampled patients
     role: str = MODEL_ROLE  # "model" | "baseline"
     vs_baseline: PairedResult | None = None  # this run minus the baseline (paired patient bootstrap)
+    stats: RunStats | None = field(default=None, repr=False, compare=False)  # its cached figures and replicates
 
     @property
     def pretrained(self) -> bool:
@@ -179,7 +181,8 @@ def run_role(run: Run) -> str:
 
 
 def run_row(run: Run, n_boot: int, seed: int = 0) -> RunRow:
-    """The leaderboard line of one run, from its own OOF file and manifest."""
+    """The leaderboard line of one run, from its own OOF file and manifest; the OOF figures come
+    from the run's statistics cache (`kit.blend.run_stats`), computed there on first use."""
     cfg = run.info.config
     family, arch, weights = architecture(cfg)
     role = run_role(run)
@@ -190,11 +193,8 @@ def run_row(run: Run, n_boot: int, seed: int = 0) -> RunRow:
             arch = f"baseline: {described['model']}"
         else:
             arch = f"baseline: {arch}"
-    y = run.oof["target"].to_numpy(int)
-    pred = run.oof["pred"].to_numpy(float)
-    groups = patient_groups(run.oof)
-    ci = bootstrap_auc_ci(y, pred, groups, n_boot=n_boot, seed=seed)
-    folds = run.oof["fold"].to_numpy(int)
+    stats = run_stats(run, n_boot, seed)
+    ci = stats.ci
     kernel_auc = run.info.manifest.get("oof_auc")
     return RunRow(
         run_id=run.run_id,
@@ -203,15 +203,16 @@ def run_row(run: Run, n_boot: int, seed: int = 0) -> RunRow:
         weights=weights,
         image_size=config_value(cfg, "data", "image_size"),  # the baseline decodes at it too
         epochs=None if role == BASELINE_ROLE else config_value(cfg, "train", "epochs"),  # it trains no epochs
-        folds=int(np.unique(folds).size),
+        folds=len(stats.fold_auc),
         auc=ci.auc,
         ci=ci,
-        fold_auc={int(k): g.auc for k, g in auc_by_group(y, pred, folds).items()},
+        fold_auc=dict(stats.fold_auc),
         tta_gain=tta_gain(run.info.manifest),
         sec_per_epoch=seconds_per_epoch(run.info.manifest),
         kernel_auc=float(kernel_auc) if isinstance(kernel_auc, (int, float)) else None,
-        patients=groups is not None,
+        patients=stats.patients,
         role=role,
+        stats=stats,
     )
 
 
@@ -247,8 +248,20 @@ def paired(a: Run, b: Run) -> Paired | None:
     return Paired(left["target"].to_numpy(int), left["pred"].to_numpy(float), right["pred"].to_numpy(float), groups)
 
 
-def compare(a: Run, b: Run, n_boot: int, seed: int = 0) -> PairedResult | None:
-    """AUC(a) - AUC(b) by a paired patient bootstrap; None when they cover different images."""
+def _kept_comparison(a: RunStats | None, b: RunStats | None, n_boot: int, seed: int) -> PairedResult | None:
+    """The paired test from both runs' cached replicates when they were drawn with these settings."""
+    if a is None or b is None or (a.n_boot, a.seed) != (n_boot, seed):
+        return None
+    return compare_stats(a, b)
+
+
+def compare(a: Run, b: Run, n_boot: int, seed: int = 0, stats: tuple[RunStats | None, RunStats | None] = (None, None),
+            ) -> PairedResult | None:
+    """AUC(a) - AUC(b) by a paired patient bootstrap; None when they cover different images. With
+    both runs' cached `stats` on the same images, targets and patients, their replicates give it."""
+    kept = _kept_comparison(stats[0], stats[1], n_boot, seed)
+    if kept is not None:
+        return kept
     pair = paired(a, b)
     if pair is None:
         return None
@@ -262,7 +275,7 @@ def with_baseline(rows: Sequence[RunRow], runs: Mapping[str, Run], n_boot: int, 
         return list(rows)
     base = baselines[0]
     return [r if r.is_baseline else dataclasses.replace(
-        r, vs_baseline=compare(runs[r.run_id], runs[base.run_id], n_boot, seed)) for r in rows]
+        r, vs_baseline=compare(runs[r.run_id], runs[base.run_id], n_boot, seed, (r.stats, base.stats))) for r in rows]
 
 
 def baseline_row(rows: Sequence[RunRow]) -> RunRow | None:
@@ -343,7 +356,8 @@ def answer(family: str, rows: Sequence[RunRow], runs: Mapping[str, Run], alpha: 
         return Answer(family, question, ranking, None,
                       head + " Their OOF files cover different images, so no paired test is possible; "
                       "judge by the intervals alone." + base_text, tuple(caveats), baseline=base)
-    test = paired_bootstrap_test(pair.y, pair.a, pair.b, pair.groups, n_boot=n_boot, seed=seed)
+    test = _kept_comparison(lead.stats, second.stats, n_boot, seed) or paired_bootstrap_test(
+        pair.y, pair.a, pair.b, pair.groups, n_boot=n_boot, seed=seed)
     margin = f" Margin over the runner-up {fmt_diff(test)} (paired patient bootstrap)"
     if test.p < alpha:
         verdict = head + margin + f": separable at {alpha}."

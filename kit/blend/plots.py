@@ -34,6 +34,9 @@ SQUARE = (6.0, 5.5)
 ROW_INCH = 0.38  # height per leaderboard / heatmap row
 CELL_INCH = 0.62  # width and height of a correlation cell
 MAX_CELL_TEXT = 16  # more runs than this: the heatmap's cells carry no numbers
+MAX_HEATMAP_INCH = 12.0  # the correlation heatmap's side at most: cells shrink past ~15 runs
+LABEL_POINTS = 8.0  # tick-label size at most; smaller cells take labels of half their height
+POINTS_PER_INCH = 72
 MAX_LEARNING_RUNS = 12  # learning curves of at most this many runs (best first)
 BASELINE_COLOR = "tab:red"
 BLEND_COLOR = "black"
@@ -140,12 +143,14 @@ def plot_roc(path: str | os.PathLike[str], y: np.ndarray, curves: Mapping[str, t
 def plot_correlation(path: str | os.PathLike[str], labels: Sequence[str], matrix: np.ndarray) -> None:
     """Heatmap of the Spearman correlation of run predictions (OOF); cell text white on dark cells."""
     n = len(labels)
-    side = max(4.5, 2.5 + CELL_INCH * n)
+    side = min(max(4.5, 2.5 + CELL_INCH * n), MAX_HEATMAP_INCH)
+    points = min(LABEL_POINTS, 0.5 * POINTS_PER_INCH * (side - 2.5) / max(n, 1))  # half a cell tall at most
     fig = Figure(figsize=(side + 1.2, side))
     ax = fig.add_subplot()
     im = ax.imshow(matrix, vmin=-1, vmax=1, cmap="RdBu_r")
-    ax.set_xticks(range(n), [_short(x) for x in labels], rotation=45, ha="right", fontsize="small")
-    ax.set_yticks(range(n), [_short(x) for x in labels], fontsize="small")
+    ax.set_xticks(range(n), [_short(x) for x in labels], rotation=45 if n <= MAX_CELL_TEXT else 90,
+                  ha="right" if n <= MAX_CELL_TEXT else "center", fontsize=points)
+    ax.set_yticks(range(n), [_short(x) for x in labels], fontsize=points)
     if n <= MAX_CELL_TEXT:
         for i in range(n):
             for j in range(n):

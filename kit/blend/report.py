@@ -150,6 +150,18 @@ AUC_COL = Col("AUC", "OOF AUC over its 95 % interval", keep=MUST)
 VS_BASE_COL = Col("vs base", "AUC minus the baseline's over its 95 % interval and p (paired bootstrap)", keep=8)
 
 
+def monte_carlo_text(cis: Sequence[AucInterval]) -> str:
+    """" 1000 replicates; Monte Carlo error of an interval end at most ±0.004." ("" without replicates):
+    how far a rerun with another seed could move the shown interval ends (one standard error)."""
+    used = [ci for ci in cis if ci.n_boot > 0 and not math.isnan(ci.mc_error)]
+    if not used:
+        return ""
+    counts = sorted({ci.n_boot for ci in used})
+    drawn = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
+    return (f" {drawn} replicates; Monte Carlo error of an interval end at most ±{max(ci.mc_error for ci in used):.3f}"
+            " (one standard error: how far another seed could move it).")
+
+
 def _leaderboard(report: Report) -> Section:
     header = ("#", "run", "backbone / architecture", "weights", "size", "epochs", "OOF AUC [95 % interval]",
               "vs baseline: Δ AUC [95 %] p", "TTA gain", "s / epoch")
@@ -168,6 +180,7 @@ def _leaderboard(report: Report) -> Section:
     patients = all(r.patients for r in report.leaderboard)
     text = ["Intervals: percentile bootstrap, " + ("patients resampled." if patients else
             "images resampled (some OOF files carry no patient_id, so images count as patients).")
+            + monte_carlo_text([r.ci for r in report.leaderboard] + ([report.blend.ci] if report.blend else []))
             + " TTA gain: mean over folds of AUC with minus without test-time augmentation."]
     base = next((r for r in report.leaderboard if r.is_baseline), None)
     if base is None:
