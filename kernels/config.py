@@ -135,6 +135,8 @@ class TrainSection:
     focal_gamma: float = 2.0  # focal loss focusing parameter
     focal_alpha: float = 0.25  # focal loss positive-class weight
     early_stopping: int = 0  # patience in epochs (0 = off)
+    keep: Literal["last", "best", "swa"] = "swa"  # weights kept for predictions: the last epoch's, the best by monitor on the validation fold (its OOF is then optimistic, labelled "selected"), or the mean of the last swa_epochs epochs' weights
+    swa_epochs: int = 3  # keep = "swa": how many final epochs are averaged (fewer when fewer ran)
     ema: float = 0.0  # weight EMA momentum per step (0 = off); validation, checkpoint and predictions use the average
     monitor: Literal["val_auc", "val_loss"] = "val_auc"
     tta: int = 0  # augmented passes for OOF and test (0 = none)
@@ -287,6 +289,7 @@ def _check_values(exp: Experiment, where: str, known: Known | None) -> None:
     _check(t.focal_gamma >= 0, where, "train.focal_gamma", t.focal_gamma, "a number >= 0")
     _check(0 <= t.focal_alpha <= 1, where, "train.focal_alpha", t.focal_alpha, "a number in [0, 1]")
     _check(t.verbose in (0, 1, 2), where, "train.verbose", t.verbose, "0, 1 or 2")
+    _check(t.swa_epochs >= 1, where, "train.swa_epochs", t.swa_epochs, "an integer >= 1")
     _check(d.image_size <= MAX_IMAGE_SIZE, where, "data.image_size", d.image_size,
            f"a positive multiple of {IMAGE_SIZE_MULTIPLE} up to {MAX_IMAGE_SIZE}")
     _check(exp.kaggle.timeout_s >= 0, where, "kaggle.timeout_s", exp.kaggle.timeout_s, "seconds >= 0 (0 = Kaggle's default)")

@@ -28,8 +28,14 @@ import numpy as np
 
 from kernels.augment import device_augmentation_layer
 from kernels.config import Experiment, scratch_depths
-from kernels.effnetlite import LITE_INPUT_MEAN, LITE_INPUT_STD, LITE_VARIANTS, LiteWeightsError, lite_backbone, \
-    lite_imagenet_weights
+from kernels.effnetlite import (
+    LITE_INPUT_MEAN,
+    LITE_INPUT_STD,
+    LITE_VARIANTS,
+    LiteWeightsError,
+    lite_backbone,
+    lite_imagenet_weights,
+)
 from kernels.schema import DIAGNOSES, MELANOMA_INDEX
 
 NORMALIZATIONS = ("none_0_255", "minus1_1", "torch", "unit", "lite")
