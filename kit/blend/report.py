@@ -22,6 +22,7 @@ from kit.blend.analysis import ALPHA, Answer, RunRow, SubgroupRow, fmt_diff
 from kit.blend.calibrate import CalibrationReport
 
 NA = "—"
+SELECTED_MARK = " †"  # a run whose OOF epochs were chosen on the OOF rows (train.keep = best)
 MAX_WEIGHTS_SHOWN = 8  # more runs than this: the table lists the largest weights only
 TOP_WEIGHTS_SHOWN = 4
 
@@ -134,7 +135,8 @@ def _leaderboard(report: Report) -> Section:
     header = ("#", "run", "backbone / architecture", "weights", "size", "epochs", "OOF AUC [95 % interval]",
               "vs baseline: Δ AUC [95 %], p", "TTA gain", "s / epoch")
     rows = tuple(
-        (str(i + 1), r.run_id + (" (baseline)" if r.is_baseline else ""), r.architecture,
+        (str(i + 1), r.run_id + (" (baseline)" if r.is_baseline else "") + (SELECTED_MARK if r.selected else ""),
+         r.architecture,
          r.weights + (" (pretrained)" if r.pretrained else ""), str(r.image_size or NA), str(r.epochs or NA),
          f"{_f(r.auc)} {_ci(r.ci)}", _versus_baseline(r), _signed(r.tta_gain), _f(r.sec_per_epoch, 1))
         for i, r in enumerate(report.leaderboard)
@@ -143,6 +145,9 @@ def _leaderboard(report: Report) -> Section:
     text = ["Intervals: percentile bootstrap, " + ("patients resampled." if patients else
             "images resampled (some OOF files carry no patient_id, so images count as patients).")
             + " TTA gain: mean over folds of AUC with minus without test-time augmentation."]
+    if any(r.selected for r in report.leaderboard):
+        text.append(f"{SELECTED_MARK.strip()} selected: each fold kept its best epoch by its own validation AUC "
+                    "(train.keep = best), so its OOF AUC and TTA gain are optimistic; keep = swa or last is not.")
     base = next((r for r in report.leaderboard if r.is_baseline), None)
     if base is None:
         text.append("No baseline run (a run whose manifest has role = baseline, written by `kit baseline`): "
@@ -169,7 +174,8 @@ def _answers(report: Report) -> Section:
             rows = tuple((str(i + 1), r.architecture, "yes" if r.pretrained else "no", r.run_id,
                           f"{_f(r.auc)} {_ci(r.ci)}", _versus_baseline(r))
                          for i, r in enumerate(ans.ranking))
-            title = f"Ranking ({'backbones' if ans.family == 'backbone' else 'from-scratch architectures'}): best run each"
+            kind = {"backbone": "backbones", "scratch": "from-scratch architectures"}.get(ans.family)
+            title = f"Ranking ({kind}): best run each" if kind else "Best pretrained run and best run from random init"
             tables.append(TableSpec(title, ("#", "architecture", "pretrained", "best run", "OOF AUC [95 % interval]",
                                             "vs baseline: Δ AUC [95 %], p"), rows))
     return Section("Answers", tuple(paragraphs), tuple(tables))
