@@ -172,3 +172,9 @@ def test_missing_package_says_which_to_install(monkeypatch: pytest.MonkeyPatch, 
     exp = from_dict({"name": "t", "data": {"image_size": 64}, "model": {"backbone": "efficientnet_lite2"}})
     with pytest.raises(ModelWeightsError, match="model.weights = 'imagenet': efficientnet_lite2: ImageNet weights"):
         build_model(exp, None, meta_dim=0)
+
+
+def test_package_weights_table_matches_the_variants() -> None:
+    from kit.registries import PACKAGE_WEIGHTS
+
+    assert dict(PACKAGE_WEIGHTS) == {name: v.module for name, v in LITE_VARIANTS.items()}
