@@ -366,14 +366,17 @@ def _models_all_layers(layer: keras.layers.Layer) -> list[keras.layers.Layer]:
     return out
 
 
+def bn_layers(model: keras.Model) -> list[keras.layers.BatchNormalization]:
+    """Every BatchNormalization layer in a model, nested models included."""
+    return [layer for layer in _models_all_layers(model) if isinstance(layer, keras.layers.BatchNormalization)]
+
+
 def set_bn_momentum(model: keras.Model, momentum: float) -> int:
     """Set the momentum of every BatchNormalization layer (nested models too); return how many."""
-    count = 0
-    for layer in _models_all_layers(model):
-        if isinstance(layer, keras.layers.BatchNormalization):
-            layer.momentum = momentum
-            count += 1
-    return count
+    layers = bn_layers(model)
+    for layer in layers:
+        layer.momentum = momentum
+    return len(layers)
 
 
 # ---------------------------------------------------------------- the model
@@ -430,12 +433,10 @@ def freeze_backbone_layers(backbone: keras.Model, exp: Experiment) -> int:
         return len(backbone.layers)
     if not bn_frozen(exp):
         return 0
-    count = 0
-    for layer in _models_all_layers(backbone):
-        if isinstance(layer, keras.layers.BatchNormalization):
-            layer.trainable = False
-            count += 1
-    return count
+    layers = bn_layers(backbone)
+    for layer in layers:
+        layer.trainable = False
+    return len(layers)
 
 
 def metadata_branch(meta: Any, exp: Experiment) -> Any:
