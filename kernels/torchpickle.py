@@ -53,7 +53,7 @@ def _torchpickle_ordered_dict(*args: Any) -> collections.OrderedDict:
     return collections.OrderedDict(*args)
 
 
-_TORCHPICKLE_GLOBALS = {
+_torchpickle_globals = {
     ("torch._utils", "_rebuild_tensor_v2"): _torchpickle_rebuild_tensor,
     ("torch._utils", "_rebuild_tensor"): _torchpickle_rebuild_tensor,
     ("collections", "OrderedDict"): _torchpickle_ordered_dict,
@@ -64,8 +64,8 @@ class _TorchpickleUnpickler(pickle.Unpickler):
     """A restricted unpickler: storages become ("storage", dtype, key, numel) records, tensors stay lazy."""
 
     def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in _TORCHPICKLE_GLOBALS:
-            return _TORCHPICKLE_GLOBALS[(module, name)]
+        if (module, name) in _torchpickle_globals:
+            return _torchpickle_globals[(module, name)]
         if module == "torch" and name in TORCH_STORAGE_DTYPES:
             return _TorchpickleStorageType(name)
         raise pickle.UnpicklingError(f"global {module}.{name} is not part of a plain state dict")

@@ -174,7 +174,9 @@ def test_missing_package_says_which_to_install(monkeypatch: pytest.MonkeyPatch, 
         build_model(exp, None, meta_dim=0)
 
 
-def test_package_weights_table_matches_the_variants() -> None:
-    from kit.registries import PACKAGE_WEIGHTS
+def test_plain_data_registry_matches_the_variants() -> None:
+    from kernels.backbones import BACKBONES, LITE_CONSTRUCTOR
 
-    assert dict(PACKAGE_WEIGHTS) == {name: v.module for name, v in LITE_VARIANTS.items()}
+    lite = {name: spec for name, spec in BACKBONES.items() if spec.constructor == LITE_CONSTRUCTOR}
+    assert {name: (s.weights_module, s.default_size) for name, s in lite.items()} == {
+        name: (v.module, v.default_size) for name, v in LITE_VARIANTS.items()}

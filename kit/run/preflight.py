@@ -30,12 +30,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from kernels.accelerators import ACCELERATORS, accelerator_problem
+from kernels.backbones import BACKBONES
 from kernels.config import Experiment
 from kernels.contracts import MANIFEST_FILE, ContractError, read_manifest, read_oof, verify_files
 from kit.errors import KitError
-from kit.registries import PACKAGE_WEIGHTS
 
-PREFLIGHT_TARGETS = {"TpuV5E8": "tpu", "NvidiaTeslaT4": "gpu", "NvidiaTeslaT4Highmem": "gpu", "none": ""}
 PREFLIGHT_IMAGE_SIZE = 32  # px: the smallest size every registered backbone accepts
 PREFLIGHT_BATCH = 1  # images per device
 # Global images per training step at least: a global batch of 1 (the 1-device CPU target at 1 per device) is
@@ -74,9 +74,10 @@ class PreflightResult:
 def preflight_target(exp: Experiment, accelerator: str | None) -> tuple[str, str]:
     """(accelerator, KIT_REHEARSE value) for the push target."""
     acc = accelerator or exp.kaggle.accelerator
-    if acc not in PREFLIGHT_TARGETS:
-        raise KitError(f"--accelerator {acc!r}: expected one of {', '.join(PREFLIGHT_TARGETS)}")
-    return acc, PREFLIGHT_TARGETS[acc]
+    problem = accelerator_problem(acc)
+    if problem:
+        raise KitError(f"--accelerator: {problem}")
+    return acc, ACCELERATORS[acc].rehearse
 
 
 def preflight_folds(exp: Experiment, all_folds: bool = False) -> list[int]:
@@ -100,10 +101,11 @@ def preflight_global_batch(target: str) -> int:
 
 def preflight_weights(exp: Experiment) -> str:
     """What model.weights becomes in the rehearsal: "imagenet" kept when the backbone's weights come from a
-    package installed here (`kit.registries.PACKAGE_WEIGHTS`: converted and loaded as on Kaggle), else "none"."""
+    package installed here (`BackboneSpec.weights_module`: converted and loaded as on Kaggle), else "none"."""
     import importlib.util
 
-    module = PACKAGE_WEIGHTS.get(exp.model.backbone)
+    spec = BACKBONES.get(exp.model.backbone)
+    module = spec.weights_module if spec else ""
     if exp.model.weights == "imagenet" and module and importlib.util.find_spec(module) is not None:
         return "imagenet"
     return "none"
@@ -184,9 +186,9 @@ def preflight(exp: Experiment, accelerator: str | None = None, fmt: str | None =
               workdir: Path | None = None, timeout_s: float = PREFLIGHT_TIMEOUT_S,
               all_folds: bool = False) -> PreflightResult:
     """Render, make data, run on the simulated target, check every output; never raises for a failed run."""
-    from kit.localrun import run_kernel
     from kit.quiet import quiet_tensorflow
-    from kit.render import render_experiment
+    from kit.render.kernel import render_experiment
+    from kit.run.local import run_kernel
 
     quiet_tensorflow()  # the synthetic data is written with TensorFlow in this process: no banner in the output
     acc, target = preflight_target(exp, accelerator)
