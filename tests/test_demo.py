@@ -32,7 +32,7 @@ def test_tiny_demo_runs_the_whole_loop(tmp_path: Path) -> None:
     data = tmp_path / "data" / "synth-64"
     sample = pd.read_csv(data / "sample_submission.csv")
     runs = sorted(tmp_path.glob("runs/*/v1"))
-    assert [r.parent.name for r in runs] == ["baseline", "demo-mobilenet", "demo-scratch"]
+    assert [r.parent.name for r in runs] == ["baseline", "demo-lite0", "demo-scratch"]
     baseline, runs = runs[0], runs[1:]
     manifest = read_manifest(baseline / "manifest.json")
     verify_files(baseline, manifest)
@@ -56,12 +56,20 @@ def test_tiny_demo_runs_the_whole_loop(tmp_path: Path) -> None:
     assert (out / "report.html").exists() and list(out.glob("*.png"))
     assert "demo results" in printed and "held-out AUC" in printed and "blend (greedy)" in printed
     assert "baseline (the floor)" in printed
-    assert re.search(r"blend minus baseline on the held-out split: [+-]\d\.\d{4} AUC \[[+-]\d\.\d{3}, [+-]\d\.\d{3}\] "
+    assert "Do ImageNet-pretrained weights beat training from random initialisation here?** Pretrained " \
+           "efficientnet_lite0 (demo-lite0/v1)" in report  # the first answer
+    assert report.index("ImageNet-pretrained") < report.index("Which backbone works best")
+    for a, b in (("demo-lite0", "demo-scratch"), (r"demo-(lite0|scratch)", "baseline")):
+        assert re.search(rf"{a} minus {b}, out of fold: [+-]\d\.\d{{4}} AUC \[[+-]\d\.\d{{3}}, [+-]\d\.\d{{3}}\] "
+                         r"\(paired patient bootstrap over \d+ patients", printed), proc.stdout[-2000:]
+    assert re.search(r"blend minus baseline on the held-out split \(\d+ images: noisy, see the OOF margins\): "
+                     r"[+-]\d\.\d{4} AUC \[[+-]\d\.\d{3}, [+-]\d\.\d{3}\] "
                      r"\(paired patient bootstrap over \d+ patients, p = \d\.\d\d\)", printed), proc.stdout[-2000:]
     figures = json.loads((out / "demo-figures.json").read_text())  # what the README's demo figures come from
-    assert [r["name"] for r in figures["runs"]] == ["baseline", "demo-mobilenet", "demo-scratch"]
+    assert [r["name"] for r in figures["runs"]] == ["baseline", "demo-lite0", "demo-scratch"]
     assert figures["blend"]["method"] == "greedy" and f"{figures['blend']['oof_auc']:.4f}" in printed
     assert figures["margin"]["patients"] > 0 and figures["minutes"] > 0
+    assert ("demo-lite0", "demo-scratch") in {(m["a"], m["b"]) for m in figures["oof_margins"]}
 
 
 def _held_out_files(tmp_path: Path) -> tuple[Path, Path, Path]:

@@ -114,3 +114,23 @@ def test_preflight_cache_dir_order() -> None:
     assert preflight_cache_dir({"KIT_CACHE_DIR": "/a", "XDG_CACHE_HOME": "/b"}) == Path("/a/jax")
     assert preflight_cache_dir({"XDG_CACHE_HOME": "/b"}) == Path("/b/kit/jax")
     assert preflight_cache_dir({}) == Path("~/.cache/kit/jax").expanduser()
+
+
+def test_preflight_loads_package_weights_where_they_are_here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """EfficientNet-Lite0's ImageNet weights are an installed package: the rehearsal converts and loads them
+    in the kernel (the cache file appears) instead of falling back to weights = none."""
+    from kernels.config import from_dict
+    from kit.run.preflight import preflight_weights
+
+    assert preflight_weights(from_dict({"name": "b0", "model": {"backbone": "efficientnet_b0"}})) == "none"
+    assert preflight_weights(from_dict({"name": "l0", "model": {"backbone": "efficientnet_lite0",
+                                                                 "weights": "none"}})) == "none"
+    monkeypatch.setenv("KIT_WEIGHTS_CACHE", str(tmp_path / "cache"))
+    path = tmp_path / "lite.toml"
+    path.write_text(TINY_TOML.format(lr=1e-3, fmt="script").replace('backbone = "scratch"',
+                                                                     'backbone = "efficientnet_lite0"'))
+    assert main(["preflight", str(path), "--accelerator", "none"]) == 0
+    out = capsys.readouterr().out
+    assert "preflight pf-tiny passed" in out and "weights imagenet)" in out, out
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == ["efficientnet-lite0-57934424-notop-v1.weights.h5"]

@@ -54,7 +54,9 @@ BASELINE_ROLE = "baseline"  # manifest "role" of the baseline run (absent: "mode
 MODEL_ROLE = "model"
 ROLE_KEY = "role"
 NO_WEIGHTS = "none"  # config model.weights of a run that loaded no pretrained weights
+PRETRAINED_QUESTION = "pretrained"  # the first answer: pretrained weights vs random initialisation
 QUESTIONS = {
+    PRETRAINED_QUESTION: "Do ImageNet-pretrained weights beat training from random initialisation here?",
     "backbone": "Which backbone works best on this data?",
     "scratch": "Which from-scratch architecture maximises AUC?",
 }
@@ -87,6 +89,7 @@ class RunRow:
     role: str = MODEL_ROLE  # "model" | "baseline"
     vs_baseline: PairedResult | None = None  # this run minus the baseline (paired patient bootstrap)
     stats: RunStats | None = field(default=None, repr=False, compare=False)  # its cached figures and replicates
+    selected: bool = False  # each fold kept its best epoch on its own OOF rows (train.keep = "best"): optimistic
 
     @property
     def pretrained(self) -> bool:
@@ -213,6 +216,7 @@ def run_row(run: Run, n_boot: int, seed: int = 0) -> RunRow:
         patients=stats.patients,
         role=role,
         stats=stats,
+        selected=bool(run.info.manifest.get("oof_selected", False)),
     )
 
 
@@ -445,3 +449,32 @@ def spearman(P: np.ndarray) -> np.ndarray:
         return np.ones((1, 1))
     rho = spearmanr(P).statistic
     return np.array([[1.0, rho], [rho, 1.0]]) if np.ndim(rho) == 0 else np.asarray(rho)
+
+
+def pretrained_answer(rows: Sequence[RunRow], runs: Mapping[str, Run], alpha: float = ALPHA, n_boot: int = 1000,
+                      seed: int = 0) -> Answer:
+    """The best pretrained run against the best run from random initialisation (a scratch CNN or a backbone
+    with weights = none), out of fold on the same images: AUC difference, paired patient bootstrap."""
+    question = QUESTIONS[PRETRAINED_QUESTION]
+    base = baseline_row(rows)
+    models = sorted((r for r in rows if not r.is_baseline), key=leaderboard_order)
+    pre = next((r for r in models if r.pretrained), None)
+    scratch = next((r for r in models if not r.pretrained), None)
+    if pre is None or scratch is None:
+        missing = "a pretrained run (model.weights = imagenet or a file)" if pre is None else \
+            "a run from random initialisation"
+        return Answer(PRETRAINED_QUESTION, question, tuple(r for r in (pre, scratch) if r), None,
+                      f"Too few runs to answer: no {missing} yet.", baseline=base)
+    caveats = _confounders(runs[pre.run_id], runs[scratch.run_id])
+    caveats += [f"{r.run_id} kept each fold's best epoch on that fold (train.keep = best): its OOF AUC is optimistic"
+                for r in (pre, scratch) if r.selected]
+    head = (f"Pretrained {pre.architecture} ({pre.run_id}) {_fmt_ci(pre)} against {scratch.architecture} from random "
+            f"initialisation ({scratch.run_id}) {_fmt_ci(scratch)}.")
+    test = compare(runs[pre.run_id], runs[scratch.run_id], n_boot, seed)
+    if test is None:
+        return Answer(PRETRAINED_QUESTION, question, (pre, scratch), None,
+                      head + " Their OOF files cover different images: no paired test.", tuple(caveats), baseline=base)
+    word = ("pretraining helps, a resolved margin" if test.diff > 0 and test.p < alpha else
+            "pretraining is worse here, a resolved margin" if test.p < alpha else "NOT resolved by these runs")
+    verdict = f"{head} Pretrained minus scratch: {fmt_diff(test)} (paired patient bootstrap, out of fold): {word}."
+    return Answer(PRETRAINED_QUESTION, question, (pre, scratch), None, verdict, tuple(caveats), test, base)

@@ -443,8 +443,9 @@ def run_blend(
                       key=analysis.leaderboard_order)
         by_id = {r.run_id: r for r in runs}
         rows = analysis.with_baseline(rows, by_id, recipe.bootstrap, recipe.seed)
-        answers = tuple(analysis.answer(f, rows, by_id, n_boot=recipe.bootstrap, seed=recipe.seed)
-                        for f in analysis.FAMILIES)
+        answers = (analysis.pretrained_answer(rows, by_id, n_boot=recipe.bootstrap, seed=recipe.seed),
+                   *(analysis.answer(f, rows, by_id, n_boot=recipe.bootstrap, seed=recipe.seed)
+                     for f in analysis.FAMILIES))
         part = _blend_part(recipe, inputs, expected, data, out, progress) if inputs is not None else None
         notes = list(inputs.notes) if inputs else [
             "The runs cover different images or targets, so they are not blended; leaderboard and answers only."]

@@ -23,6 +23,7 @@ from kit.blend.calibrate import CalibrationReport
 from kit.console import MUST, Col, Grid, print_grid
 
 NA = "—"
+SELECTED_MARK = " †"  # a run whose OOF epochs were chosen on the OOF rows (train.keep = best)
 MAX_WEIGHTS_SHOWN = 8  # more runs than this: the table lists the largest weights only
 TOP_WEIGHTS_SHOWN = 4
 
@@ -171,7 +172,8 @@ def _leaderboard(report: Report) -> Section:
             Col("TTA", "AUC gain of test-time augmentation", keep=4, right=True),
             Col("s/ep", "seconds per epoch", keep=0, right=True))
     rows = tuple(
-        (str(i + 1), r.run_id + (" (baseline)" if r.is_baseline else ""), r.architecture,
+        (str(i + 1), r.run_id + (" (baseline)" if r.is_baseline else "") + (SELECTED_MARK if r.selected else ""),
+         r.architecture,
          NA if r.is_baseline else r.weights + (" (pretrained)" if r.pretrained else ""),  # it loads no weights
          str(r.image_size or NA), str(r.epochs or NA),
          _auc_ci(r.auc, r.ci), _versus_baseline(r), _signed(r.tta_gain), _f(r.sec_per_epoch, 1))
@@ -182,6 +184,9 @@ def _leaderboard(report: Report) -> Section:
             "images resampled (some OOF files carry no patient_id, so images count as patients).")
             + monte_carlo_text([r.ci for r in report.leaderboard] + ([report.blend.ci] if report.blend else []))
             + " TTA gain: mean over folds of AUC with minus without test-time augmentation."]
+    if any(r.selected for r in report.leaderboard):
+        text.append(f"{SELECTED_MARK.strip()} selected: each fold kept its best epoch by its own validation AUC "
+                    "(train.keep = best), so its OOF AUC and TTA gain are optimistic; keep = swa or last is not.")
     base = next((r for r in report.leaderboard if r.is_baseline), None)
     if base is None:
         text.append("No baseline run (a run whose manifest has role = baseline, written by `kit baseline`): "
@@ -208,7 +213,8 @@ def _answers(report: Report) -> Section:
             rows = tuple((str(i + 1), r.architecture, "yes" if r.pretrained else "no", r.run_id,
                           _auc_ci(r.auc, r.ci), _versus_baseline(r))
                          for i, r in enumerate(ans.ranking))
-            title = f"Ranking ({'backbones' if ans.family == 'backbone' else 'from-scratch architectures'}): best run each"
+            kind = {"backbone": "backbones", "scratch": "from-scratch architectures"}.get(ans.family)
+            title = f"Ranking ({kind}): best run each" if kind else "Best pretrained run and best run from random init"
             cols = (Col("#", keep=MUST, right=True), Col("model", "architecture", keep=MUST, wrap=True),
                     Col("pre", "pretrained", keep=3), Col("best run", keep=6, wrap=True), AUC_COL, VS_BASE_COL)
             tables.append(TableSpec(title, ("#", "architecture", "pretrained", "best run", "OOF AUC [95 % interval]",
