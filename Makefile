@@ -12,10 +12,14 @@ MSG     ?=
 PORT    ?= 8765
 COMP    ?=
 SAMPLE  ?=
+DRYRUN_ARGS ?=
 SCOPE   ?=
 
-.PHONY: help install demo test test-deep lint bench data render run push-kernel status wait pull blend report submit \
-        submissions predict emulator clean clean-runs clean-all device-check preflight mutation
+# A target that needs a variable says which, with an example, instead of a bare argparse line.
+need = @test -n "$($(1))" || { echo "error: make $@ needs $(1)=..., e.g. make $@ $(1)=$(2)" >&2; exit 2; }
+
+.PHONY: help install demo test test-deep docs lint bench data render run push-kernel status wait pull blend report submit \
+        submissions predict emulator dryrun clean clean-runs clean-all device-check preflight mutation
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/' | expand -t 16
@@ -40,6 +44,9 @@ test-deep: $(STAMP)  ## the deeper profiles only (tests marked deep: larger prop
 mutation: $(STAMP)  ## mutation testing of the guarding modules (mutmut, slow) -> build/mutation/report.md (SCOPE=kaggle ...)
 	$(PY) -m bench.mutation $(SCOPE)
 
+docs: $(STAMP)  ## regenerate docs/config.md, docs/make-targets.md and the generated blocks of README.md and docs/
+	$(PY) -m kit.docs
+
 lint: $(STAMP)  ## ruff over all code
 	.venv/bin/ruff check kit kernels tests bench
 
@@ -53,15 +60,19 @@ device-check: $(STAMP)  ## on a GPU machine: the kernel's route under both backe
 	$(PY) -m bench.device_check
 
 preflight: $(STAMP)  ## rehearse EXP on its target's simulated topology (ACC=NvidiaTeslaT4 to change)
+	$(call need,EXP,experiments/demo-scratch.toml)
 	$(KIT) preflight $(EXP) $(if $(ACC),--accelerator $(ACC))
 
 render: $(STAMP)  ## render EXP=experiments/x.toml into build/kernels/<slug>/
+	$(call need,EXP,experiments/demo-scratch.toml)
 	$(KIT) render $(EXP)
 
 run: $(STAMP)  ## render and run EXP locally into runs/<name>/v<N>/ (the local backend)
+	$(call need,EXP,experiments/demo-scratch.toml)
 	$(KIT) run $(EXP)
 
 push-kernel: $(STAMP)  ## render and push EXP to Kaggle (TPU v5e-8 by default; ACC=NvidiaTeslaT4 to change)
+	$(call need,EXP,experiments/demo-scratch.toml)
 	$(KIT) push $(EXP) $(if $(ACC),--accelerator $(ACC))
 
 status: $(STAMP)  ## table of every pushed run and its Kaggle status
@@ -86,10 +97,14 @@ submissions: $(STAMP)  ## list submissions with their scores
 	$(KIT) submissions
 
 predict: $(STAMP)  ## probability that IMG (file(s) or folder) is malignant, with the $(ENS) ensemble
+	$(call need,IMG,path/to/lesion.jpg)
 	$(KIT) predict $(IMG) --ensemble $(ENS)
 
 emulator: $(STAMP)  ## start the Kaggle emulator on 127.0.0.1:$(PORT) (COMP=competition data folder)
 	$(KIT) emulator --port $(PORT) $(if $(COMP),--competition-dir $(COMP))
+
+dryrun: $(STAMP)  ## the real Kaggle path against the emulator: push, wait, pull, blend, submit (docs/dryrun.md)
+	$(PY) -m kit.kaggle.dryrun $(DRYRUN_ARGS)
 
 clean:  ## remove what can be rebuilt: build/, generated data/synth*, data/uda*, bench results, caches
 	rm -rf build data/synth* data/uda* bench/results.json .pytest_cache .ruff_cache

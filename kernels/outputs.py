@@ -61,6 +61,7 @@ HISTORY_PANELS = (("loss", ("loss", "val_loss")), ("AUC", ("auc", "val_auc")), (
 PLOT_DPI = 100
 PLOT_PANEL_INCHES = (5.0, 3.6)
 CATEGORY_NAMES = {"sex": SEXES, "anatom_site_general_challenge": SITES}
+OOF_SELECTED_KEY = "oof_selected"  # manifest: true when each fold kept its best epoch on its own OOF rows
 NO_TTA_COLUMN = "pred_no_tta"  # extra oof.csv column: the plain (no-TTA) prediction, kept for a resume
 FOLD_RECORD_OWN_KEYS = ("fold", "auc", "auc_no_tta", "best_epoch", "epochs_run", "epoch_times_s", "n_val",
                         "n_val_malignant", "train_s", "predict_s", "weights")
@@ -244,6 +245,7 @@ def write_outputs(
         "folds": [fold_record(f) for f in folds],
         "oof_auc": auc(oof["target"].to_numpy(), oof["pred"].to_numpy()),
         "oof_auc_no_tta": auc(oof["target"].to_numpy(), oof_no_tta),
+        OOF_SELECTED_KEY: exp.train.keep == "best",  # the epoch was chosen on the OOF fold: optimistic
         "n_oof": len(oof),
         "n_test": len(test_pred),
         "timings": {k: round(float(v), 3) for k, v in timings.items()},

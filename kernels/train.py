@@ -2,8 +2,8 @@
 
 In:  an `Experiment`, the detected `Hardware`, a built model and the fold's tf.data datasets
      (from kernels.data), or TFRecord files to predict.
-Out: `FoldTraining` (the model with its best weights reloaded, per-epoch history, best epoch, epoch
-     times) and `TTAPrediction` (plain and TTA-averaged P(malignant) per image, in file order).
+Out: `FoldTraining` (the model holding the weights train.keep names: the last epoch's, the best epoch's by
+     validation, or the average of the last epochs; per-epoch history, best epoch, epoch times) and `TTAPrediction` (plain and TTA-averaged P(malignant) per image, in file order).
 
 Registries: `LOSSES` (train.loss), `OPTIMIZERS` (train.optimizer), `SCHEDULES` (train.schedule);
 adding one is one function and one line. Everything is keras-ops based, so it runs under the
@@ -350,8 +350,9 @@ class BestCheckpoint(keras.callbacks.Callback):
     last epoch is kept.
     """
 
-    def __init__(self, monitor: str = "val_auc", patience: int = 0) -> None:
+    def __init__(self, monitor: str = "val_auc", patience: int = 0, restore: bool = True) -> None:
         super().__init__()
+        self.restore = restore  # False: only record the best epoch (train.keep = "last" / "swa")
         self.monitor = monitor
         self.patience = patience
         self.maximize = not monitor.endswith("loss")
@@ -368,16 +369,57 @@ class BestCheckpoint(keras.callbacks.Callback):
         value = float((logs or {}).get(self.monitor, float("nan")))
         if math.isfinite(value) and self._better(value):
             self.best, self.best_epoch = value, epoch + 1
-            self.best_weights = [np.array(w, copy=True) for w in self.model.get_weights()]
+            self.best_weights = [np.array(w, copy=True) for w in self.model.get_weights()] if self.restore else []
         elif self.patience and self.best_epoch and self.epochs_run - self.best_epoch >= self.patience:
             print(f"[kit] early stopping after epoch {self.epochs_run}: {self.monitor} best at epoch {self.best_epoch}")
             self.model.stop_training = True
 
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
-        if self.best_weights is not None:
-            self.model.set_weights(self.best_weights)
-        else:
+        if self.best_weights is None:
             self.best_epoch = self.epochs_run
+        elif self.restore:
+            self.model.set_weights(self.best_weights)
+
+
+class WeightAverage(keras.callbacks.Callback):
+    """Stochastic weight averaging over epochs: the equal-weight mean of the model's weights (trainable and
+    not: BatchNorm's moving statistics are averaged too, exact where they are frozen) taken at the end of each
+    of the last `epochs` epochs of `planned`, loaded into the model when training ends. With early stopping,
+    the epochs that ran last are averaged. Nothing is chosen on the validation fold."""
+
+    def __init__(self, epochs: int, planned: int) -> None:
+        super().__init__()
+        self.epochs = max(1, epochs)
+        self.planned = planned
+        self.snapshots: list[list[np.ndarray]] = []
+        self.averaged: tuple[int, int] = (0, 0)  # 1-based first and last epoch averaged
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self.snapshots.append([np.array(w, copy=True) for w in self.model.get_weights()])
+        self.snapshots = self.snapshots[-self.epochs:]
+        self.averaged = (epoch + 2 - len(self.snapshots), epoch + 1)
+
+    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
+        if self.snapshots:
+            self.model.set_weights([np.mean(ws, axis=0).astype(ws[0].dtype) for ws in zip(*self.snapshots, strict=True)])
+
+
+def keep_callbacks(exp: Experiment) -> tuple[BestCheckpoint, WeightAverage | None]:
+    """train.keep's callbacks: `BestCheckpoint` always (it records the best epoch and early-stops), restoring
+    that epoch only for keep = "best"; a `WeightAverage` for keep = "swa"."""
+    t = exp.train
+    best = BestCheckpoint(t.monitor, t.early_stopping, restore=t.keep == "best")
+    return best, WeightAverage(t.swa_epochs, t.epochs) if t.keep == "swa" else None
+
+
+def kept_description(exp: Experiment, best: BestCheckpoint, average: WeightAverage | None) -> str:
+    """Which weights a fold predicts with, in words (the manifest's folds[].kept)."""
+    if exp.train.keep == "best":
+        return f"epoch {best.best_epoch} of {best.epochs_run}, best {exp.train.monitor} on this fold (selected)"
+    if average is not None and average.averaged[1]:
+        first, last = average.averaged
+        return f"mean of epochs {first}-{last} of {best.epochs_run}" if first < last else f"epoch {last} (last)"
+    return f"epoch {best.epochs_run} (last)"
 
 
 def ema_callbacks(exp: Experiment) -> list[keras.callbacks.Callback]:
@@ -402,6 +444,7 @@ class FoldTraining:
     epoch_times_s: list[float]
     train_s: float
     best_value: float | None = None
+    kept: str = ""  # which weights the model holds (train.keep), in words
 
 
 def effective_jit_compile(hw: Any) -> bool:
@@ -425,24 +468,26 @@ def train_fold(
     model: keras.Model, exp: Experiment, train_ds: Any, steps_per_epoch: int, val_ds: Any, label: str = "",
     val_rows: tuple[int, int] | None = None,
 ) -> FoldTraining:
-    """Fit a compiled model; reload the best epoch's weights (by train.monitor) before returning.
+    """Fit a compiled model; end with the weights train.keep names (`keep_callbacks`).
     ``val_rows``: (validation examples, rows the padded pass yields), to report the true ``val_loss``
     (`UnpaddedValLoss`). Raises `NonFiniteLoss` at the first NaN/inf training loss."""
     unpad = [UnpaddedValLoss(*val_rows)] if val_rows else []
     recorder = EpochRecorder(label)
-    best = BestCheckpoint(exp.train.monitor, exp.train.early_stopping)
+    best, average = keep_callbacks(exp)
     guard = NonFiniteGuard(label)
     start = time.monotonic()
     if exp.train.epochs > 0:
         model.fit(
             train_ds, epochs=exp.train.epochs, steps_per_epoch=steps_per_epoch, validation_data=val_ds,
-            callbacks=[*unpad, guard, recorder, *ema_callbacks(exp), best], verbose=exp.train.verbose,
+            callbacks=[*unpad, guard, recorder, *ema_callbacks(exp), best, *([average] if average else [])],
+            verbose=exp.train.verbose,
             shuffle=False,  # tf.data shuffles
         )
     value = best.best if best.best_weights is not None else None
     return FoldTraining(
         model=model, history=recorder.history, best_epoch=best.best_epoch, epochs_run=best.epochs_run,
         epoch_times_s=list(recorder.history["epoch_time_s"]), train_s=time.monotonic() - start, best_value=value,
+        kept=kept_description(exp, best, average),
     )
 
 

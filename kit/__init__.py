@@ -7,7 +7,8 @@ Where things live (the flow runs top to bottom; a room imports only from rooms a
 - `kit/data/`: competition-format datasets (synthetic, imported images) and their TFRecords.
 - `kit/render/`: an experiment -> a self-contained Kaggle kernel (script or notebook).
 - `kit/run/`: running a kernel here (local backend, preflight rehearsal, baseline, run folders).
-- `kit/kaggle/`: Kaggle for real (client, ledger, push, status, pull, submit, plan) and its emulator.
+- `kit/kaggle/`: Kaggle for real (client, ledger, push, status, pull, submit, plan) and its emulator,
+  with `make dryrun` driving the whole path against it.
 - `kit/blend/`: runs -> one submission, with honest reports.
 - `kit/commands/`: one module per command; they parse and print, the rooms above do the work.
 The kernel's own code is the `kernels/` package beside this one (see its docstring for its rules).

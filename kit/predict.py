@@ -184,6 +184,49 @@ def resolve_source(
     return Source(f"run {info.run_id}", (member,))
 
 
+# ---------------------------------------------------------------- saying what is used
+
+SYNTHETIC_NAME = "synth"  # the names `kit data synth` datasets get (data/synth-128, kit-user/synth-128)
+
+
+def is_synthetic(dataset: str) -> bool:
+    """Whether a run's data.dataset is synthetic (`kit data synth`): a local folder holding the synthetic
+    marker, or (a Kaggle slug, or a folder made before the marker) a name saying so."""
+    from kit.data.synth import SYNTHETIC_MARKER
+
+    path = Path(str(dataset).rstrip("/"))
+    return (path / SYNTHETIC_MARKER).is_file() or SYNTHETIC_NAME in path.name.lower()
+
+
+def headline_auc(source: Source) -> str:
+    """The source's headline OOF AUC as its report states it: an ensemble's blend.json headline (nested CV
+    when its method learns, with the optimistic in-sample figure beside it), a run's manifest OOF AUC."""
+    if source.blend is not None:
+        blend = source.blend
+        value = float(blend.get("oof_auc", math.nan))
+        if blend.get("oof_auc_headline") == "nested_cv":
+            return (f"OOF AUC {value:.3f} by nested CV, as the blend report headlines it "
+                    f"(in-sample {float(blend.get('oof_auc_in_sample', math.nan)):.3f}, optimistic)")
+        return f"OOF AUC {value:.3f} (the blend learns nothing from labels: in-sample is honest)"
+    manifest = json.loads((source.members[0].folder / MANIFEST_FILE).read_text())
+    return f"OOF AUC {float(manifest.get('oof_auc', math.nan)):.3f} (the run's out-of-fold predictions)"
+
+
+def describe_source(source: Source) -> tuple[list[str], list[str]]:
+    """(lines, warnings): which ensemble or run, its runs and the data each was trained on, the headline AUC;
+    a warning per synthetic training dataset (a real lesion photo is another source than that data)."""
+    datasets: dict[str, list[str]] = {}
+    for member in source.members:
+        datasets.setdefault(str(member.exp.data.dataset), []).append(member.run_id)
+    lines = [f"using {source.label}: {headline_auc(source)}"]
+    lines += [f"  trained on {dataset}: {', '.join(runs)}" for dataset, runs in datasets.items()]
+    warnings = [f"{dataset} is synthetic data (`kit data synth`): models trained on it ({', '.join(runs)}) say "
+                "nothing about real lesion photos; train on real data (`make demo`, or a pulled Kaggle run) and "
+                "pass --ensemble NAME or --run RUN"
+                for dataset, runs in datasets.items() if is_synthetic(dataset)]
+    return lines, warnings
+
+
 # ---------------------------------------------------------------- models and TTA
 
 
@@ -421,6 +464,7 @@ class BaselineComparison:
     source_auc: float
     baseline_auc: float
     p: float  # two-sided paired patient-bootstrap p-value of the difference
+    basis: str = ""  # "in-sample " for a learned blend, whose headline (nested CV) has no per-image scores saved
 
     @property
     def beats(self) -> bool:
@@ -429,7 +473,7 @@ class BaselineComparison:
 
     def sentence(self) -> str:
         """One line for the user."""
-        figures = (f"OOF AUC {self.source_auc:.3f} vs the baseline's {self.baseline_auc:.3f} on the same {self.n} "
+        figures = (f"{self.basis}OOF AUC {self.source_auc:.3f} vs the baseline's {self.baseline_auc:.3f} on the same {self.n} "
                    f"images ({self.baseline}; paired patient bootstrap p = {self.p:.2g})")
         if self.source_auc <= self.baseline_auc:
             return f"these models do not beat the baseline: {figures}"
@@ -475,4 +519,5 @@ def compare_with_baseline(source: Source, runs_root: str | os.PathLike[str] = DE
     if both["target"].nunique() < 2:
         return None
     test = paired_bootstrap_test(both["target"], both["pred"], both["base"], groups=both["patient_id"].astype(str))
-    return BaselineComparison(base.run_id, len(both), test.auc1, test.auc2, test.p)
+    learned = source.blend is not None and source.blend.get("oof_auc_headline") == "nested_cv"
+    return BaselineComparison(base.run_id, len(both), test.auc1, test.auc2, test.p, "in-sample " if learned else "")

@@ -46,7 +46,7 @@ def blended(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
             ("cnn", "scratch", "none", 1.0))):
         oof, test = signal_preds(cohort, strength, seed=i)
         make_run(runs, name, cohort, oof, test, config=experiment_config(name, backbone, weights=weights),
-                 history=True)
+                 history=True, manifest_extra={"oof_selected": name == "weak"})
     make_baseline_run(runs, cohort, 0.6)
     ens = tmp / "ensembles"
     ens.mkdir()
@@ -81,6 +81,23 @@ def test_answers_state_baseline_margin_and_separability(blended: dict) -> None:
     scratch = next(line for line in md.splitlines() if line.startswith("**Which from-scratch"))
     assert "Too few runs" in scratch and "margin over it" in scratch
     assert "| efficientnet_b3 | yes |" in md and "| resnet50 | no |" in md  # pretrained only with weights
+
+
+def test_first_answer_compares_pretrained_with_random_init_out_of_fold(blended: dict) -> None:
+    md = blended["md"]
+    first = next(line for line in md.splitlines() if line.startswith("**Do "))
+    assert md.index(first) < md.index("**Which backbone")
+    assert first.startswith("**Do ImageNet-pretrained weights beat training from random initialisation here?** "
+                            "Pretrained efficientnet_b3 (strong/v1)")
+    assert "against scratch" in first and "from random initialisation (cnn/v1)" in first  # the best non-pretrained
+    assert "Pretrained minus scratch: +" in first and "(paired patient bootstrap, out of fold): pretraining helps, " \
+        "a resolved margin." in first
+
+
+def test_runs_whose_epochs_were_selected_on_their_oof_are_marked(blended: dict) -> None:
+    md = blended["md"]
+    assert "| weak/v1 †" in md and "| strong/v1 †" not in md
+    assert "† selected: each fold kept its best epoch by its own validation AUC" in md
 
 
 def test_cv_weighted_weights_runs_by_their_lift_over_the_baseline(blended: dict) -> None:

@@ -80,7 +80,7 @@ def test_noise_blend_headlines_chance_in_blend_json_console_and_report(tmp_path:
                                 '[report]\ncompare = ["rank_mean", "stacking"]\nbootstrap = 300\n')
     data = make_sample_submission(tmp_path / "data", cohort)
     assert main(["blend", "n", "--ensembles", str(ens), "--runs", str(runs), "--dataset", str(data)]) == 0
-    printed = capsys.readouterr().out
+    printed = " ".join(capsys.readouterr().out.split())  # console lines wrap at the width: joined
     blend = read_blend(ens / "n" / "blend.json")
     low, high = blend["oof_auc_ci"]
     assert blend["oof_auc_headline"] == "nested_cv"

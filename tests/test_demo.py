@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from helpers.widths import PIPE_WIDTH, problems
 
 from kernels.contracts import read_manifest, read_oof, read_test_pred, verify_files
 from kit.demo import held_out_interval, held_out_margin, margin_text
@@ -22,13 +23,16 @@ REPO = Path(__file__).resolve().parents[1]
 def test_tiny_demo_runs_the_whole_loop(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "kit.demo", "--data", "synth", "--root", str(tmp_path), "--tiny"],
-        capture_output=True, text=True, cwd=REPO, timeout=900, env={**os.environ, "COLUMNS": "200"},
+        capture_output=True, text=True, cwd=REPO, timeout=900,
+        env={k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")},  # a pipe: 80 columns, as `make demo | tee`
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert not problems(proc.stdout, PIPE_WIDTH, set()), problems(proc.stdout, PIPE_WIDTH, set())
+    printed = " ".join(proc.stdout.split())  # lines wrapped at 80 columns, joined
     data = tmp_path / "data" / "synth-64"
     sample = pd.read_csv(data / "sample_submission.csv")
     runs = sorted(tmp_path.glob("runs/*/v1"))
-    assert [r.parent.name for r in runs] == ["baseline", "demo-mobilenet", "demo-scratch"]
+    assert [r.parent.name for r in runs] == ["baseline", "demo-lite0", "demo-scratch"]
     baseline, runs = runs[0], runs[1:]
     manifest = read_manifest(baseline / "manifest.json")
     verify_files(baseline, manifest)
@@ -50,10 +54,22 @@ def test_tiny_demo_runs_the_whole_loop(tmp_path: Path) -> None:
     report = (out / "report.md").read_text()
     assert "## Leaderboard" in report and "OOF AUC" in report and "demo-scratch/v1" in report
     assert (out / "report.html").exists() and list(out.glob("*.png"))
-    assert "demo results" in proc.stdout and "held-out AUC" in proc.stdout and "blend (greedy)" in proc.stdout
-    assert "baseline (the floor)" in proc.stdout
-    assert re.search(r"blend minus baseline on the held-out split: [+-]\d\.\d{4} AUC \[[+-]\d\.\d{3}, [+-]\d\.\d{3}\] "
-                     r"\(paired patient bootstrap over \d+ patients, p = \d\.\d\d\)", proc.stdout), proc.stdout[-2000:]
+    assert "demo results" in printed and "held-out AUC" in printed and "blend (greedy)" in printed
+    assert "baseline (the floor)" in printed
+    assert "Do ImageNet-pretrained weights beat training from random initialisation here?** Pretrained " \
+           "efficientnet_lite0 (demo-lite0/v1)" in report  # the first answer
+    assert report.index("ImageNet-pretrained") < report.index("Which backbone works best")
+    for a, b in (("demo-lite0", "demo-scratch"), (r"demo-(lite0|scratch)", "baseline")):
+        assert re.search(rf"{a} minus {b}, out of fold: [+-]\d\.\d{{4}} AUC \[[+-]\d\.\d{{3}}, [+-]\d\.\d{{3}}\] "
+                         r"\(paired patient bootstrap over \d+ patients", printed), proc.stdout[-2000:]
+    assert re.search(r"blend minus baseline on the held-out split \(\d+ images: noisy, see the OOF margins\): "
+                     r"[+-]\d\.\d{4} AUC \[[+-]\d\.\d{3}, [+-]\d\.\d{3}\] "
+                     r"\(paired patient bootstrap over \d+ patients, p = \d\.\d\d\)", printed), proc.stdout[-2000:]
+    figures = json.loads((out / "demo-figures.json").read_text())  # what the README's demo figures come from
+    assert [r["name"] for r in figures["runs"]] == ["baseline", "demo-lite0", "demo-scratch"]
+    assert figures["blend"]["method"] == "greedy" and f"{figures['blend']['oof_auc']:.4f}" in printed
+    assert figures["margin"]["patients"] > 0 and figures["minutes"] > 0
+    assert ("demo-lite0", "demo-scratch") in {(m["a"], m["b"]) for m in figures["oof_margins"]}
 
 
 def _held_out_files(tmp_path: Path) -> tuple[Path, Path, Path]:

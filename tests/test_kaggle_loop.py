@@ -21,6 +21,7 @@ import pytest
 from helpers.kaggle_support import (
     FAKE_KEY,
     QUICK_REALISM,
+    TINY_EXPERIMENT,
     apply_env,
     client_env,
     ctrl_c_works,
@@ -37,33 +38,6 @@ from kit.kaggle.ledger import Ledger
 
 DATASET = "melanoma-synth"
 SYNTH = ["--train", "48", "--test", "16", "--size", "32", "--shards", "4", "--seed", "3"]
-TINY = """\
-name = "{name}"
-tags = ["loop"]
-seed = 1
-[data]
-dataset = "kit/{dataset}"
-image_size = 32
-folds = 2
-shuffle_buffer = 64
-{data_extra}
-[augment]
-ops = ["dihedral"]
-[model]
-backbone = "scratch"
-weights = "none"
-dropout = 0.0
-[model.scratch]
-stages = 1
-width = 8
-[train]
-epochs = 1
-batch_size = 16
-verbose = 0
-tta_dihedral = false
-{train_extra}
-{extra}
-"""
 ONE_FOLD = {"data_extra": "run_folds = [0]", "train_extra": "save_weights = false"}  # the fault run: cheaper kernels
 TWO_FOLDS = {"data_extra": "", "train_extra": ""}
 ONE_THREAD = {"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1"}  # two kernels share two cores
@@ -137,7 +111,7 @@ def test_full_loop_push_status_pull_blend_submit(workdir, synth_data: Path, caps
     work, start = workdir
     emulator = start()
     exp = work / "loop.toml"
-    exp.write_text(TINY.format(name="loop", dataset=DATASET, extra='[sweep]\n"seed" = [1, 2]', **TWO_FOLDS))
+    exp.write_text(TINY_EXPERIMENT.format(name="loop", tag="loop", dataset=f"kit/{DATASET}", extra='[sweep]\n"seed" = [1, 2]', **TWO_FOLDS))
     sample = synth_data / "sample_submission.csv"
 
     assert _kit("push", exp) == 0
@@ -152,7 +126,7 @@ def test_full_loop_push_status_pull_blend_submit(workdir, synth_data: Path, caps
     assert _kit("push", exp) == 0
     assert capsys.readouterr().out.count("skipped loop") == 2
     single = work / "one.toml"
-    single.write_text(TINY.format(name="loop--seed-1", dataset=DATASET, extra="", **TWO_FOLDS))
+    single.write_text(TINY_EXPERIMENT.format(name="loop--seed-1", tag="loop", dataset=f"kit/{DATASET}", extra="", **TWO_FOLDS))
     assert _kit("push", single) == 2
     assert "unchanged since v1 (COMPLETE); --force pushes it again" in capsys.readouterr().err
     assert _kit("pull") == 0
@@ -187,7 +161,7 @@ def test_fault_run_ten_kernels_interrupted_sweep_resumes(workdir, synth_data: Pa
     emulator = start(FaultConfig.uniform(0.3, seed=41, slow_s=0.1), replace(FAULT_REALISM, seed=41), max_sessions=2)
     sweep = work / "sweep.toml"
     seeds = ", ".join(str(s) for s in range(1, 11))
-    sweep.write_text(TINY.format(name="fault", dataset=DATASET, extra=f'[sweep]\n"seed" = [{seeds}]', **ONE_FOLD))
+    sweep.write_text(TINY_EXPERIMENT.format(name="fault", tag="loop", dataset=f"kit/{DATASET}", extra=f'[sweep]\n"seed" = [{seeds}]', **ONE_FOLD))
     sample = synth_data / "sample_submission.csv"
 
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}

@@ -103,6 +103,13 @@ def check_outputs(out: Path, data: Path, config: dict[str, Any]) -> dict[str, An
         assert all(math.isfinite(v) for v in fold_history["loss"] + fold_history["lr"])
         best = np.nanargmax if config["train"]["monitor"] == "val_auc" else np.nanargmin
         assert record["best_epoch"] == 1 + int(best(fold_history[config["train"]["monitor"]]))
+        keep, swa = config["train"]["keep"], min(config["train"]["swa_epochs"], epochs)
+        assert record["kept"] == {"best": f"epoch {record['best_epoch']} of {epochs}, best {config['train']['monitor']} "
+                                          "on this fold (selected)",
+                                  "last": f"epoch {epochs} (last)",
+                                  "swa": f"mean of epochs {epochs - swa + 1}-{epochs} of {epochs}" if swa > 1
+                                  else f"epoch {epochs} (last)"}[keep]
+    assert manifest["oof_selected"] == (config["train"]["keep"] == "best")
     assert (out / HISTORY_PLOT_FILE).read_bytes()[:8] == PNG_MAGIC
     assert manifest["timings"]["total_s"] > 0 and manifest["versions"]["keras"]
     return manifest
@@ -169,7 +176,8 @@ def test_rendered_kernel_under_jax(tiny_data: Path, tmp_path: Path) -> None:
     config = tiny_config(
         data={"run_folds": [1]},
         augment={"where": "device", "ops": ["dihedral", "affine"]},
-        train={"loss": "focal", "optimizer": "adamw", "schedule": "exponential", "monitor": "val_loss", "tta": 0},
+        train={"loss": "focal", "optimizer": "adamw", "schedule": "exponential", "monitor": "val_loss", "tta": 0,
+               "keep": "best"},
     )
     script = tmp_path / "kernel.py"
     script.write_text(render_script(from_dict(config)))

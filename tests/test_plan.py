@@ -36,9 +36,9 @@ def kit(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> 
 def test_the_kaggle_ensemble_is_planned_against_the_weekly_quota(tmp_path: Path, kit: Callable) -> None:
     code, out, err = kit("plan", "kaggle-top", "--runs", str(tmp_path / "none"))
     assert code == 0, err
-    rows = [line for line in out.splitlines() if "│ kaggle-" in line]
-    assert len(rows) >= 8 and all(" tpu " in r for r in rows)
-    assert {"@256", "@384", "@512", "@768"} <= {w for r in rows for w in r.split() if w.startswith("@")}
+    rows = [line.split() for line in out.splitlines() if line.startswith("kaggle-")]
+    assert len(rows) >= 8 and all(r[1] == "tpu" and r[2].startswith("efficientnet") for r in rows)
+    assert {"256", "384", "512", "768"} <= {r[3] for r in rows}  # the image size column
     assert "of the 20 h weekly quota" in out and "calibration: none" in out
 
 

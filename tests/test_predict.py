@@ -235,8 +235,10 @@ def test_find_images_expands_folders_and_reports_missing(tmp_path):
     for name in ("b.jpg", "A.PNG", "sub/c.jpeg", "notes.txt"):
         (tmp_path / name).write_bytes(b"x")
     (tmp_path / "empty").mkdir()
-    files, problems = find_images([tmp_path, tmp_path / "b.jpg", tmp_path / "nope.jpg", tmp_path / "empty"])
+    skipped: list[Path] = []
+    files, problems = find_images([tmp_path, tmp_path / "b.jpg", tmp_path / "nope.jpg", tmp_path / "empty"], skipped)
     assert [f.path.name for f in files] == ["A.PNG", "b.jpg", "c.jpeg"]  # sorted, recursive, no duplicates
+    assert skipped == [tmp_path / "notes.txt"]  # every file passed over is there to be named
     assert len(problems) == 2 and "nope.jpg" in problems[0] and "empty" in problems[1]
 
 
@@ -443,3 +445,68 @@ def test_predict_says_how_its_models_compare_with_the_baseline(tiny_run, tmp_pat
     printed = " ".join(capsys.readouterr().out.split())
     verdict = "beat the baseline" if got.beats else "not separable" if got.source_auc > got.baseline_auc else "do not beat"
     assert verdict in printed and f"{got.source_auc:.3f} vs the baseline's {got.baseline_auc:.3f}" in printed
+
+
+# ---------------------------------------------------------------- saying what it uses
+
+
+def test_predict_says_which_models_on_which_data_warns_synthetic_and_names_skipped(tiny_run, tmp_path, capsys):
+    """The issue's first-hour case: a folder of lesion photos holding a stray file, predicted with the only
+    run there is, which was trained on synthetic data."""
+    folder = tmp_path / "lesions"
+    folder.mkdir()
+    for path in sorted(tiny_run["images"].glob("*.jpg"))[:2]:
+        (folder / path.name).write_bytes(path.read_bytes())
+    (folder / "notes.txt").write_text("not an image")
+    code = main(["predict", str(folder), "--runs", str(tiny_run["runs"]), "--ensembles", str(tmp_path / "none")])
+    out = " ".join(capsys.readouterr().out.split())  # rich may wrap long lines
+    assert code == 0
+    assert "skipped" in out and "notes.txt: not a JPEG or PNG file" in out
+    manifest = json.loads((tiny_run["run"] / "manifest.json").read_text())
+    assert f"using run {EXPERIMENT}/v1: OOF AUC {manifest['oof_auc']:.3f}" in out
+    assert f"trained on {tiny_run['data']}: {EXPERIMENT}/v1" in out
+    assert "warning:" in out and "is synthetic data" in out and "say nothing about real lesion photos" in out
+
+
+def test_predict_quotes_an_ensembles_headline_auc_as_the_report_does(tiny_run, tmp_path, capsys):
+    """A learned blend's headline is nested CV (blend.json oof_auc), the in-sample figure beside it; the
+    baseline comparison, computed on in-sample scores, says so."""
+    from kit.predict import BaselineComparison, describe_source
+
+    ensembles = tmp_path / "ensembles"
+    blend = _write_blend(ensembles, tiny_run["run"])
+    blend.update(oof_auc=0.799, oof_auc_headline="nested_cv", oof_auc_in_sample=0.805)
+    (ensembles / "demo" / BLEND_FILE).write_text(json.dumps(blend))
+    source = resolve_source("demo", runs_root=tiny_run["runs"], ensembles_root=ensembles)
+    lines, warnings = describe_source(source)
+    assert "OOF AUC 0.799 by nested CV, as the blend report headlines it (in-sample 0.805, optimistic)" in lines[0]
+    assert len(warnings) == 1  # one dataset, named once for both members
+    sentence = BaselineComparison("baseline/v1", 40, 0.805, 0.7, 0.01, "in-sample ").sentence()
+    assert "in-sample OOF AUC 0.805 vs the baseline's 0.700" in sentence
+
+
+def test_predict_table_fits_every_width(tiny_run, tmp_path, monkeypatch, capsys):
+    """The console table of good and failed images, laid out at every width of tests/test_widths.py: nothing
+    cut, no line wider than the width; the paths are whole."""
+    from helpers.widths import WIDTHS, problems
+
+    from kit.commands.predict import predict_grid
+    from kit.console import console, print_grid
+    from kit.predict import predict
+
+    folder = tmp_path / "a-folder-with-a-rather-long-name-for-the-images-of-one-patient"
+    folder.mkdir()
+    for image in sorted(tiny_run["images"].glob("*.jpg"))[:2]:
+        (folder / image.name).write_bytes(image.read_bytes())
+    (folder / "broken.jpg").write_bytes(b"not a jpeg")
+    files, _ = find_images([str(folder)])
+    frame = predict(files, resolve_source(run=str(tiny_run["run"])))
+    grid = predict_grid(frame, "run predict-tiny/v1")
+    headers = {w for col in grid.cols for w in col.header.split()}
+    for width in WIDTHS:
+        monkeypatch.setattr(console, "width", width)
+        capsys.readouterr()
+        print_grid(grid)
+        out = capsys.readouterr().out
+        assert not problems(out, width, headers), (width, problems(out, width, headers), out)
+        assert out.count(folder.name) == 3 and "error" in out  # each path whole, the broken image marked

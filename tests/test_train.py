@@ -22,7 +22,10 @@ from kernels.train import (
     BestCheckpoint,
     MelanomaAUC,
     WarmupDecay,
+    WeightAverage,
     current_lr,
+    keep_callbacks,
+    kept_description,
     make_loss,
     make_optimizer,
     make_schedule,
@@ -185,6 +188,44 @@ def test_best_checkpoint_by_loss_and_all_nan() -> None:
     assert nan.best_epoch == 3 and nan.best_weights is None  # the last epoch is kept
 
 
+def _run_epochs(model: keras.Model, callbacks: list, values: list[float]) -> None:
+    """Epoch e ends with every kernel weight = e (0-based) and val_auc = values[e]."""
+    for epoch, value in enumerate(values):
+        model.set_weights([np.full((2, 1), epoch, "float32"), np.zeros(1, "float32")])
+        for cb in callbacks:
+            cb.on_epoch_end(epoch, {"val_auc": value})
+    for cb in callbacks:
+        cb.on_train_end()
+
+
+@pytest.mark.parametrize(("keep", "kernel", "kept"), [
+    ("best", 1.0, "epoch 2 of 5, best val_auc on this fold (selected)"),
+    ("last", 4.0, "epoch 5 (last)"),
+    ("swa", 3.0, "mean of epochs 3-5 of 5"),  # (2 + 3 + 4) / 3
+])
+def test_keep_chooses_the_weights_without_peeking_unless_best(keep: str, kernel: float, kept: str) -> None:
+    """The validation AUC peaks at epoch 2; only keep = "best" goes back to it, and says it was selected."""
+    exp = make_exp({"keep": keep, "epochs": 5, "swa_epochs": 3})
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    best, average = keep_callbacks(exp)
+    callbacks = [best, *([average] if average else [])]
+    for cb in callbacks:
+        cb.set_model(model)
+    _run_epochs(model, callbacks, [0.6, 0.9, 0.7, 0.8, 0.75])
+    np.testing.assert_allclose(model.get_weights()[0], np.full((2, 1), kernel))
+    assert best.best_epoch == 2 and best.best == pytest.approx(0.9)
+    assert kept_description(exp, best, average) == kept
+
+
+def test_weight_average_with_fewer_epochs_than_asked() -> None:
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    average = WeightAverage(epochs=5, planned=5)
+    average.set_model(model)
+    _run_epochs(model, [average], [0.5, 0.5])  # early stopping after two epochs: both averaged
+    np.testing.assert_allclose(model.get_weights()[0], np.full((2, 1), 0.5))
+    assert average.averaged == (1, 2)
+
+
 def test_tta_plan() -> None:
     assert tta_plan(make_exp({"tta": 0, "tta_dihedral": False})) == [(None, None)]
     plan = tta_plan(make_exp({"tta": 3, "tta_dihedral": True}))
@@ -247,7 +288,7 @@ def test_ema_weights_are_validated_checkpointed_and_predicted(policy: str) -> No
     train, val, steps, init = _ema_problem()
     raw, ema = _raw_and_ema_per_epoch(train, steps, init, epochs)
     exp = make_exp({"epochs": epochs, "lr": LR, "schedule": "constant", "warmup_epochs": 0.0, "ema": EMA_MOMENTUM,
-                    "monitor": "val_loss", "verbose": 0})
+                    "keep": "best", "monitor": "val_loss", "verbose": 0})
     previous = keras.mixed_precision.global_policy().name
     keras.mixed_precision.set_global_policy(policy)
     try:

@@ -45,6 +45,7 @@ from kernels.metrics import (
     paired_bootstrap_test,
 )
 from kernels.schema import SEXES, SITES
+from kit.blend.run_stats import RunStats, compare_stats, run_stats
 from kit.run.folders import Run
 
 ALPHA = 0.05  # significance level of the paired tests
@@ -53,7 +54,9 @@ BASELINE_ROLE = "baseline"  # manifest "role" of the baseline run (absent: "mode
 MODEL_ROLE = "model"
 ROLE_KEY = "role"
 NO_WEIGHTS = "none"  # config model.weights of a run that loaded no pretrained weights
+PRETRAINED_QUESTION = "pretrained"  # the first answer: pretrained weights vs random initialisation
 QUESTIONS = {
+    PRETRAINED_QUESTION: "Do ImageNet-pretrained weights beat training from random initialisation here?",
     "backbone": "Which backbone works best on this data?",
     "scratch": "Which from-scratch architecture maximises AUC?",
 }
@@ -85,6 +88,8 @@ class RunRow:
     patients: bool  # whether the interval resampled patients
     role: str = MODEL_ROLE  # "model" | "baseline"
     vs_baseline: PairedResult | None = None  # this run minus the baseline (paired patient bootstrap)
+    stats: RunStats | None = field(default=None, repr=False, compare=False)  # its cached figures and replicates
+    selected: bool = False  # each fold kept its best epoch on its own OOF rows (train.keep = "best"): optimistic
 
     @property
     def pretrained(self) -> bool:
@@ -179,7 +184,8 @@ def run_role(run: Run) -> str:
 
 
 def run_row(run: Run, n_boot: int, seed: int = 0) -> RunRow:
-    """The leaderboard line of one run, from its own OOF file and manifest."""
+    """The leaderboard line of one run, from its own OOF file and manifest; the OOF figures come
+    from the run's statistics cache (`kit.blend.run_stats`), computed there on first use."""
     cfg = run.info.config
     family, arch, weights = architecture(cfg)
     role = run_role(run)
@@ -190,28 +196,27 @@ def run_row(run: Run, n_boot: int, seed: int = 0) -> RunRow:
             arch = f"baseline: {described['model']}"
         else:
             arch = f"baseline: {arch}"
-    y = run.oof["target"].to_numpy(int)
-    pred = run.oof["pred"].to_numpy(float)
-    groups = patient_groups(run.oof)
-    ci = bootstrap_auc_ci(y, pred, groups, n_boot=n_boot, seed=seed)
-    folds = run.oof["fold"].to_numpy(int)
+    stats = run_stats(run, n_boot, seed)
+    ci = stats.ci
     kernel_auc = run.info.manifest.get("oof_auc")
     return RunRow(
         run_id=run.run_id,
         family=family,
         architecture=arch,
         weights=weights,
-        image_size=config_value(cfg, "data", "image_size"),
-        epochs=config_value(cfg, "train", "epochs"),
-        folds=int(np.unique(folds).size),
+        image_size=config_value(cfg, "data", "image_size"),  # the baseline decodes at it too
+        epochs=None if role == BASELINE_ROLE else config_value(cfg, "train", "epochs"),  # it trains no epochs
+        folds=len(stats.fold_auc),
         auc=ci.auc,
         ci=ci,
-        fold_auc={int(k): g.auc for k, g in auc_by_group(y, pred, folds).items()},
+        fold_auc=dict(stats.fold_auc),
         tta_gain=tta_gain(run.info.manifest),
         sec_per_epoch=seconds_per_epoch(run.info.manifest),
         kernel_auc=float(kernel_auc) if isinstance(kernel_auc, (int, float)) else None,
-        patients=groups is not None,
+        patients=stats.patients,
         role=role,
+        stats=stats,
+        selected=bool(run.info.manifest.get("oof_selected", False)),
     )
 
 
@@ -247,8 +252,20 @@ def paired(a: Run, b: Run) -> Paired | None:
     return Paired(left["target"].to_numpy(int), left["pred"].to_numpy(float), right["pred"].to_numpy(float), groups)
 
 
-def compare(a: Run, b: Run, n_boot: int, seed: int = 0) -> PairedResult | None:
-    """AUC(a) - AUC(b) by a paired patient bootstrap; None when they cover different images."""
+def _kept_comparison(a: RunStats | None, b: RunStats | None, n_boot: int, seed: int) -> PairedResult | None:
+    """The paired test from both runs' cached replicates when they were drawn with these settings."""
+    if a is None or b is None or (a.n_boot, a.seed) != (n_boot, seed):
+        return None
+    return compare_stats(a, b)
+
+
+def compare(a: Run, b: Run, n_boot: int, seed: int = 0, stats: tuple[RunStats | None, RunStats | None] = (None, None),
+            ) -> PairedResult | None:
+    """AUC(a) - AUC(b) by a paired patient bootstrap; None when they cover different images. With
+    both runs' cached `stats` on the same images, targets and patients, their replicates give it."""
+    kept = _kept_comparison(stats[0], stats[1], n_boot, seed)
+    if kept is not None:
+        return kept
     pair = paired(a, b)
     if pair is None:
         return None
@@ -262,7 +279,7 @@ def with_baseline(rows: Sequence[RunRow], runs: Mapping[str, Run], n_boot: int, 
         return list(rows)
     base = baselines[0]
     return [r if r.is_baseline else dataclasses.replace(
-        r, vs_baseline=compare(runs[r.run_id], runs[base.run_id], n_boot, seed)) for r in rows]
+        r, vs_baseline=compare(runs[r.run_id], runs[base.run_id], n_boot, seed, (r.stats, base.stats))) for r in rows]
 
 
 def baseline_row(rows: Sequence[RunRow]) -> RunRow | None:
@@ -343,7 +360,8 @@ def answer(family: str, rows: Sequence[RunRow], runs: Mapping[str, Run], alpha: 
         return Answer(family, question, ranking, None,
                       head + " Their OOF files cover different images, so no paired test is possible; "
                       "judge by the intervals alone." + base_text, tuple(caveats), baseline=base)
-    test = paired_bootstrap_test(pair.y, pair.a, pair.b, pair.groups, n_boot=n_boot, seed=seed)
+    test = _kept_comparison(lead.stats, second.stats, n_boot, seed) or paired_bootstrap_test(
+        pair.y, pair.a, pair.b, pair.groups, n_boot=n_boot, seed=seed)
     margin = f" Margin over the runner-up {fmt_diff(test)} (paired patient bootstrap)"
     if test.p < alpha:
         verdict = head + margin + f": separable at {alpha}."
@@ -374,15 +392,18 @@ def _decode(values: pd.Series, names: Sequence[str]) -> np.ndarray:
 
 
 def subgroup_labels(meta: pd.DataFrame) -> dict[str, np.ndarray]:
-    """Subgroup label arrays (sex, age band, site) for the metadata columns present."""
+    """Subgroup label arrays (sex, age band, site) for the metadata columns present that vary: a column
+    with one value only (every site "missing") has no subgroups to compare and is left out."""
     out: dict[str, np.ndarray] = {}
     for title, col in SUBGROUPS:
         if col not in meta.columns or meta[col].isna().all():
             continue
         if col == "age_approx":
-            out[title] = age_bands(pd.to_numeric(meta[col], errors="coerce").to_numpy(float))
+            labels = age_bands(pd.to_numeric(meta[col], errors="coerce").to_numpy(float))
         else:
-            out[title] = _decode(meta[col], SEXES if col == "sex" else SITES)
+            labels = _decode(meta[col], SEXES if col == "sex" else SITES)
+        if np.unique(np.asarray(labels).astype(str)).size > 1:
+            out[title] = labels
     return out
 
 
@@ -428,3 +449,32 @@ def spearman(P: np.ndarray) -> np.ndarray:
         return np.ones((1, 1))
     rho = spearmanr(P).statistic
     return np.array([[1.0, rho], [rho, 1.0]]) if np.ndim(rho) == 0 else np.asarray(rho)
+
+
+def pretrained_answer(rows: Sequence[RunRow], runs: Mapping[str, Run], alpha: float = ALPHA, n_boot: int = 1000,
+                      seed: int = 0) -> Answer:
+    """The best pretrained run against the best run from random initialisation (a scratch CNN or a backbone
+    with weights = none), out of fold on the same images: AUC difference, paired patient bootstrap."""
+    question = QUESTIONS[PRETRAINED_QUESTION]
+    base = baseline_row(rows)
+    models = sorted((r for r in rows if not r.is_baseline), key=leaderboard_order)
+    pre = next((r for r in models if r.pretrained), None)
+    scratch = next((r for r in models if not r.pretrained), None)
+    if pre is None or scratch is None:
+        missing = "a pretrained run (model.weights = imagenet or a file)" if pre is None else \
+            "a run from random initialisation"
+        return Answer(PRETRAINED_QUESTION, question, tuple(r for r in (pre, scratch) if r), None,
+                      f"Too few runs to answer: no {missing} yet.", baseline=base)
+    caveats = _confounders(runs[pre.run_id], runs[scratch.run_id])
+    caveats += [f"{r.run_id} kept each fold's best epoch on that fold (train.keep = best): its OOF AUC is optimistic"
+                for r in (pre, scratch) if r.selected]
+    head = (f"Pretrained {pre.architecture} ({pre.run_id}) {_fmt_ci(pre)} against {scratch.architecture} from random "
+            f"initialisation ({scratch.run_id}) {_fmt_ci(scratch)}.")
+    test = compare(runs[pre.run_id], runs[scratch.run_id], n_boot, seed)
+    if test is None:
+        return Answer(PRETRAINED_QUESTION, question, (pre, scratch), None,
+                      head + " Their OOF files cover different images: no paired test.", tuple(caveats), baseline=base)
+    word = ("pretraining helps, a resolved margin" if test.diff > 0 and test.p < alpha else
+            "pretraining is worse here, a resolved margin" if test.p < alpha else "NOT resolved by these runs")
+    verdict = f"{head} Pretrained minus scratch: {fmt_diff(test)} (paired patient bootstrap, out of fold): {word}."
+    return Answer(PRETRAINED_QUESTION, question, (pre, scratch), None, verdict, tuple(caveats), test, base)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import os
 import shutil
 from collections.abc import Callable, Sequence
@@ -37,7 +38,17 @@ from kernels.contracts import (
     validate_test_pred,
     write_csv,
 )
-from kernels.metrics import AucInterval, auc, bootstrap_auc_ci, paired_bootstrap_test
+from kernels.metrics import (
+    CI_LEVEL,
+    AucInterval,
+    auc,
+    auc_columns,
+    bootstrap_auc_ci,
+    bootstrap_auc_matrix,
+    interval_from_replicates,
+    paired_bootstrap_test,
+    paired_from_replicates,
+)
 from kit.blend import analysis, plots
 from kit.blend.calibrate import CalibrationReport, apply_calibration, calibrate
 from kit.blend.inputs import SAMPLE_SUBMISSION, BlendInputs, align_runs, read_expected_test
@@ -63,6 +74,7 @@ PLOT_FILES = {
     "subgroups": "subgroups.png",
     "calibration": "calibration.png",
 }
+MAX_ROC_RUNS = 10  # the ROC plot draws the best runs (and the baseline) beside the blend, not all fifty
 HEADLINE_KEYS = {True: "nested_cv", False: "in_sample"}  # blend.json oof_auc_headline, by "method learns"
 REPORT_FILES = (REPORT_MD, REPORT_HTML, *PLOT_FILES.values())
 
@@ -107,34 +119,22 @@ def resolve_dataset(override: str | None, recipe: Recipe, runs: Sequence[Run]) -
     return None
 
 
-def _method_row(score: BlendScore, chosen: bool, ci: AucInterval, inputs: BlendInputs, groups: np.ndarray | None,
-                n_boot: int, seed: int) -> MethodRow:
+def _method_row(score: BlendScore, chosen: bool, ci: AucInterval, versus: tuple[Versus | None, Versus | None]
+                ) -> MethodRow:
     nested = [v for v in score.nested_fold_auc.values() if not np.isnan(v)]
     spread = (min(nested), max(nested)) if nested else (float("nan"), float("nan"))
     return MethodRow(score.method, METHODS[score.method].summary, score.learned, ci, score.in_sample_auc,
                      score.nested_pooled_auc, score.in_sample_fold_mean, score.nested_auc, spread,
-                     score.fitted.weights, score.fitted.link == "sigmoid", chosen,
-                     versus_column(score, inputs, groups, best_model_column(inputs), n_boot, seed),
-                     versus_column(score, inputs, groups, baseline_column(inputs.runs), n_boot, seed))
+                     score.fitted.weights, score.fitted.link == "sigmoid", chosen, *versus)
 
 
 def best_model_column(inputs: BlendInputs) -> int:
     """Index of the best single run by OOF AUC among the blended runs that are not the baseline."""
     base = baseline_column(inputs.runs)
-    aucs = [auc(inputs.y, inputs.oof[:, j]) if j != base else -np.inf for j in range(inputs.oof.shape[1])]
+    aucs = auc_columns(inputs.y, inputs.oof)
+    if base >= 0:
+        aucs[base] = -np.inf
     return int(np.argmax(aucs)) if len(aucs) > (base >= 0) else -1
-
-
-def versus_column(score: BlendScore, inputs: BlendInputs, groups: np.ndarray | None, column: int,
-                  n_boot: int, seed: int) -> Versus | None:
-    """The blend's headline scores against run `column` on the same rows (paired patient bootstrap)."""
-    if column < 0:
-        return None
-    scores = score.headline_scores
-    ok = ~np.isnan(scores)
-    test = paired_bootstrap_test(inputs.y[ok], scores[ok], inputs.oof[ok, column],
-                                 None if groups is None else groups[ok], n_boot=n_boot, seed=seed)
-    return Versus(inputs.run_ids[column], test)
 
 
 def headline_ci(score: BlendScore, groups: np.ndarray | None, n_boot: int, seed: int) -> AucInterval:
@@ -142,6 +142,33 @@ def headline_ci(score: BlendScore, groups: np.ndarray | None, n_boot: int, seed:
     scores = score.headline_scores
     ok = ~np.isnan(scores)
     return bootstrap_auc_ci(score.y[ok], scores[ok], None if groups is None else groups[ok], n_boot, seed=seed)
+
+
+def headline_figures(score: BlendScore, inputs: BlendInputs, groups: np.ndarray | None, columns: Sequence[int],
+                     n_boot: int, seed: int) -> tuple[AucInterval, list[Versus | None]]:
+    """Patient-bootstrap interval of a method's headline AUC and its paired comparison with each
+    run column (-1: none), all on the same replicates (rows without a nested score left out)."""
+    scores = score.headline_scores
+    ok = ~np.isnan(scores)
+    y, g = inputs.y[ok], None if groups is None else groups[ok]
+    wanted = [c for c in columns if c >= 0]
+    n_groups = int(np.unique(g).size) if g is not None else int(ok.sum())
+    point = auc(y, scores[ok])
+    if math.isnan(point) or n_boot <= 0:
+        return AucInterval(point, math.nan, math.nan, CI_LEVEL, 0, n_groups), [
+            None if c < 0 else Versus(inputs.run_ids[c], paired_bootstrap_test(y, scores[ok], inputs.oof[ok, c], g,
+                                                                               n_boot=n_boot, seed=seed))
+            for c in columns]
+    reps = bootstrap_auc_matrix(y, np.vstack([scores[ok], *(inputs.oof[ok, c] for c in wanted)]), g, n_boot, seed)
+    versus: list[Versus | None] = []
+    for c in columns:
+        if c < 0:
+            versus.append(None)
+            continue
+        j = 1 + wanted.index(c)
+        versus.append(Versus(inputs.run_ids[c], paired_from_replicates(point, auc(y, inputs.oof[ok, c]), reps[:, 0],
+                                                                       reps[:, j], n_groups)))
+    return interval_from_replicates(point, reps[:, 0], n_groups), versus
 
 
 def _blend_json(recipe: Recipe, inputs: BlendInputs, score: BlendScore, ci: AucInterval,
@@ -250,6 +277,25 @@ def read_histories(runs: Sequence[Run], order: Sequence[str]) -> dict[str, dict[
     return out
 
 
+PROBABILITY_TRANSFORMS = frozenset({"prob", "power", "logit"})  # methods whose inputs are probabilities
+PROBABILITY_LINKS = frozenset({"sigmoid"})  # links whose output is a probability (a logistic model)
+
+
+def calibration_curves(chosen: BlendScore, run_ids: Sequence[str], oof: np.ndarray,
+                       final_oof: np.ndarray | None) -> dict[str, np.ndarray]:
+    """The OOF scores that are probabilities, for the reliability plot: the calibrated blend, the raw blend
+    when its method gives probabilities (a mean of probabilities, a sigmoid link), a single run's own
+    sigmoid. A rank blend's raw scores are ranks and never appear; no entry at all means no plot."""
+    curves: dict[str, np.ndarray] = {}
+    if chosen.fitted.transform in PROBABILITY_TRANSFORMS or chosen.fitted.link in PROBABILITY_LINKS:
+        curves[f"blend {chosen.method} (raw)"] = chosen.in_sample
+    elif len(run_ids) == 1:
+        curves[f"{run_ids[0]} (the model's sigmoid)"] = oof[:, 0]
+    if final_oof is not None:
+        curves[f"blend {chosen.method} (calibrated)"] = final_oof
+    return curves
+
+
 def _write_plots(out: Path, runs: Sequence[Run], inputs: BlendInputs | None, rows: Sequence[analysis.RunRow],
                  scores: Sequence[BlendScore], final_oof: np.ndarray | None, calibrated: bool,
                  subgroups: dict[str, Any], blend_ci: AucInterval | None) -> dict[str, str]:
@@ -263,19 +309,24 @@ def _write_plots(out: Path, runs: Sequence[Run], inputs: BlendInputs | None, row
     if scores and blend_ci is not None:
         kind = "nested CV" if scores[0].learned else "learns nothing"
         extra = {f"blend ({scores[0].method}, {kind})": (blend_ci.auc, blend_ci.low, blend_ci.high)}
+    colors = plots.run_colors([(r.run_id, r.role) for r in sorted(rows, key=lambda r: r.run_id)])
     if rows:
-        plots.plot_leaderboard(path("leaderboard"), rows, extra)
+        plots.plot_leaderboard(path("leaderboard"), rows, extra, colors)
     histories = read_histories(runs, [r.run_id for r in rows])
     if histories:
-        plots.plot_learning_curves(path("learning"), histories)
+        plots.plot_learning_curves(path("learning"), histories, colors)
     if inputs is None or not scores:
         return written
     chosen = scores[0]
-    curves = {rid: (inputs.oof[:, j], auc(inputs.y, inputs.oof[:, j])) for j, rid in enumerate(inputs.run_ids)}
+    aucs = auc_columns(inputs.y, inputs.oof)
+    shown = sorted(range(len(aucs)), key=lambda j: -np.nan_to_num(aucs[j], nan=-1.0))[:MAX_ROC_RUNS]
+    base = baseline_column(inputs.runs)
+    shown = sorted(set(shown) | ({base} if base >= 0 else set()))
+    curves = {inputs.run_ids[j]: (inputs.oof[:, j], float(aucs[j])) for j in shown}
     kind = "nested CV" if chosen.learned else "in-sample"
     label = f"blend {chosen.method} ({kind})"
     curves[label] = (chosen.headline_scores, chosen.headline_auc)
-    plots.plot_roc(path("roc"), inputs.y, curves, highlight=label)
+    plots.plot_roc(path("roc"), inputs.y, curves, highlight=label, colors=colors)
     plots.plot_histogram(path("histogram"), inputs.y, chosen.headline_scores,
                          f"Blend {chosen.method}: OOF scores by class ({kind})")
     plots.plot_correlation(path("correlation"), list(inputs.run_ids), analysis.spearman(inputs.oof))
@@ -286,10 +337,9 @@ def _write_plots(out: Path, runs: Sequence[Run], inputs: BlendInputs | None, row
     if coefs:
         plots.plot_coefficients(path("coefficients"), list(inputs.run_ids), coefs)
     plots.plot_subgroups(path("subgroups"), subgroups)
-    cal_curves = {"blend (raw)": chosen.in_sample}
-    if calibrated and final_oof is not None:
-        cal_curves["blend (calibrated)"] = final_oof
-    plots.plot_calibration(path("calibration"), inputs.y, cal_curves)
+    cal_curves = calibration_curves(chosen, inputs.run_ids, inputs.oof, final_oof if calibrated else None)
+    if cal_curves:
+        plots.plot_calibration(path("calibration"), inputs.y, cal_curves)
     return written
 
 
@@ -332,8 +382,9 @@ def _blend_part(recipe: Recipe, inputs: BlendInputs, expected: list[str] | None,
                                                            baseline)))
     chosen = scores[0]
     groups = analysis.patient_groups(inputs.meta)
-    cis = [headline_ci(s, groups, recipe.bootstrap, recipe.seed) for s in scores]
-    ci = cis[0]
+    columns = (best_model_column(inputs), baseline)
+    figures = [headline_figures(s, inputs, groups, columns, recipe.bootstrap, recipe.seed) for s in scores]
+    ci = figures[0][0]
     test_scores = apply_blend(chosen.fitted, inputs.test)
     cal_json, cal_report, final_oof = None, None, chosen.in_sample
     if recipe.calibration != NO_CALIBRATION:
@@ -346,8 +397,8 @@ def _blend_part(recipe: Recipe, inputs: BlendInputs, expected: list[str] | None,
     ok = ~np.isnan(chosen.headline_scores)
     subgroups, subgroup_source = _subgroups(inputs, chosen.headline_scores, ok, data, recipe.bootstrap, recipe.seed)
     section = BlendSection(recipe.name, chosen.method, inputs.run_ids,
-                           tuple(_method_row(s, i == 0, c, inputs, groups, recipe.bootstrap, recipe.seed)
-                                 for i, (s, c) in enumerate(zip(scores, cis, strict=True))),
+                           tuple(_method_row(s, i == 0, c, (v[0], v[1]))
+                                 for i, (s, (c, v)) in enumerate(zip(scores, figures, strict=True))),
                            ci,
                            chosen.in_sample_fold_auc, chosen.nested_fold_auc, cal_report,
                            int(inputs.oof.shape[0]), int(inputs.test.shape[0]), groups is not None)
@@ -392,8 +443,9 @@ def run_blend(
                       key=analysis.leaderboard_order)
         by_id = {r.run_id: r for r in runs}
         rows = analysis.with_baseline(rows, by_id, recipe.bootstrap, recipe.seed)
-        answers = tuple(analysis.answer(f, rows, by_id, n_boot=recipe.bootstrap, seed=recipe.seed)
-                        for f in analysis.FAMILIES)
+        answers = (analysis.pretrained_answer(rows, by_id, n_boot=recipe.bootstrap, seed=recipe.seed),
+                   *(analysis.answer(f, rows, by_id, n_boot=recipe.bootstrap, seed=recipe.seed)
+                     for f in analysis.FAMILIES))
         part = _blend_part(recipe, inputs, expected, data, out, progress) if inputs is not None else None
         notes = list(inputs.notes) if inputs else [
             "The runs cover different images or targets, so they are not blended; leaderboard and answers only."]
@@ -425,5 +477,5 @@ def run_blend(
             progress.remove_task(task)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-    print_console(report, console)
+    print_console(report, console, str(out / REPORT_MD))
     return BlendOutcome(out, report, part.blend_json if part and write_blend else None)

@@ -13,6 +13,7 @@ Out: `BlendInputs`: labels, folds, the OOF matrix (n x runs) and test matrix in 
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +49,8 @@ def _example(names: Iterable[str]) -> str:
 
 
 def _check_same_images(run: Run, ref: Run, ref_names: pd.Index) -> None:
+    if np.array_equal(run.oof["image_name"].to_numpy(), ref_names.to_numpy()):
+        return  # the same images in the same order
     names = pd.Index(run.oof["image_name"])
     missing = ref_names.difference(names)
     added = names.difference(ref_names)
@@ -60,6 +63,8 @@ def _check_same_images(run: Run, ref: Run, ref_names: pd.Index) -> None:
 
 
 def _check_test(run: Run, expected: pd.Index, source: str) -> None:
+    if np.array_equal(run.test["image_name"].to_numpy(), expected.to_numpy()):
+        return  # the expected images in the same order
     names = pd.Index(run.test["image_name"])
     missing = expected.difference(names)
     added = names.difference(expected)
@@ -69,6 +74,14 @@ def _check_test(run: Run, expected: pd.Index, source: str) -> None:
     if len(added):
         raise KitError(f"run {run.run_id}: {TEST_PRED_FILE} has {len(added)} image(s) not in {source}, "
                        f"e.g. {_example(added)}")
+
+
+def _aligned_oof(frame: pd.DataFrame, names: pd.Index) -> pd.DataFrame:
+    """`frame`'s rows in the order of `names` (by image_name); no reindex when already in that order."""
+    own = frame["image_name"]
+    if len(own) == len(names) and np.array_equal(own.to_numpy(), names.to_numpy()):
+        return frame.set_axis(names, axis=0)
+    return frame.set_index("image_name").reindex(names)
 
 
 def _metadata(runs: Sequence[Run], names: pd.Index) -> pd.DataFrame:
@@ -82,11 +95,17 @@ def _metadata(runs: Sequence[Run], names: pd.Index) -> pd.DataFrame:
     return meta.reset_index(names="image_name")
 
 
+def _image_set_key(names: pd.Series) -> bytes:
+    """A key equal for equal sets of image names (sorted 64-bit hashes; the names are checked exactly later)."""
+    return np.sort(pd.util.hash_pandas_object(names, index=False).to_numpy()).tobytes()
+
+
 def reference_run(runs: Sequence[Run]) -> Run:
     """The run others are checked against: the first run holding the OOF image set most runs share,
     so with three or more runs the odd one out is the one named in an error."""
-    keys = [frozenset(r.oof["image_name"]) for r in runs]
-    best = max(range(len(runs)), key=lambda i: (keys.count(keys[i]), -i))
+    keys = [_image_set_key(r.oof["image_name"]) for r in runs]
+    shared = Counter(keys)  # one pass: equal image sets share a count (no list scan per run)
+    best = max(range(len(runs)), key=lambda i: (shared[keys[i]], -i))
     return runs[best]
 
 
@@ -100,17 +119,19 @@ def align_runs(runs: Sequence[Run], expected_test: Iterable[str] | None = None,
     names = pd.Index(ref_oof.index)
     y = ref_oof["target"].astype(int)
     notes = []
+    indexed = {id(ref): _aligned_oof(ref.oof, names)}
     for run in runs:
         if run is ref:
             continue
         _check_same_images(run, ref, names)
-        other = run.oof.set_index("image_name")["target"].astype(int).reindex(names)
+        indexed[id(run)] = _aligned_oof(run.oof, names)
+        other = indexed[id(run)]["target"].astype(int)
         differ = np.flatnonzero(other.to_numpy() != y.to_numpy())
         if differ.size:
             name = names[differ[0]]
             raise KitError(f"run {run.run_id}: oof.csv target of {name!r} is {other.iloc[differ[0]]} but "
                            f"{ref.run_id} says {y.iloc[differ[0]]} ({differ.size} image(s) disagree)")
-        folds = run.oof.set_index("image_name")["fold"].reindex(names).to_numpy()
+        folds = indexed[id(run)]["fold"].to_numpy()
         if not np.array_equal(folds, ref_oof["fold"].to_numpy()):
             notes.append(f"{run.run_id} uses other folds than {ref.run_id}; nested CV uses the folds of {ref.run_id}")
     if expected_test is not None:
@@ -121,9 +142,8 @@ def align_runs(runs: Sequence[Run], expected_test: Iterable[str] | None = None,
         source = f"{ref.run_id}'s {TEST_PRED_FILE}"
     for run in runs:
         _check_test(run, test_names, source)
-    oof = np.column_stack([r.oof.set_index("image_name")["pred"].reindex(names).to_numpy(float) for r in runs])
-    test = np.column_stack([r.test.set_index("image_name")["target"].reindex(test_names).to_numpy(float)
-                            for r in runs])
+    oof = np.column_stack([indexed[id(r)]["pred"].to_numpy(float) for r in runs])
+    test = np.column_stack([_aligned_oof(r.test, test_names)["target"].to_numpy(float) for r in runs])
     return BlendInputs(
         run_ids=tuple(r.run_id for r in runs),
         runs=tuple(runs),

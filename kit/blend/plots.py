@@ -7,7 +7,9 @@ Out: PNG files written atomically: ROC curves of runs and blend, Spearman correl
      predictions by class, learning curves per fold of each run (history.json), and the
      leaderboard as AUCs with their intervals, the baseline as a floor line.
 
-Curves and bins come from scikit-learn (`roc_curve`, `calibration_curve`).
+Curves and bins come from scikit-learn (`roc_curve`, `calibration_curve`). Colours: `run_colors` gives
+each run one colour used by every plot (the baseline always red, the blend always black). The plots that
+a caller may inspect return their `Figure` (already written).
 """
 
 from __future__ import annotations
@@ -32,8 +34,70 @@ SQUARE = (6.0, 5.5)
 ROW_INCH = 0.38  # height per leaderboard / heatmap row
 CELL_INCH = 0.62  # width and height of a correlation cell
 MAX_CELL_TEXT = 16  # more runs than this: the heatmap's cells carry no numbers
+MAX_HEATMAP_INCH = 12.0  # the correlation heatmap's side at most: cells shrink past ~15 runs
+LABEL_POINTS = 8.0  # tick-label size at most; smaller cells take labels of half their height
+POINTS_PER_INCH = 72
 MAX_LEARNING_RUNS = 12  # learning curves of at most this many runs (best first)
-FAMILY_COLORS = {"backbone": "tab:blue", "scratch": "tab:orange", "baseline": "tab:red", "blend": "black"}
+BASELINE_COLOR = "tab:red"
+BLEND_COLOR = "black"
+RUN_PALETTE = ("tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:pink", "tab:olive",
+               "tab:cyan", "tab:gray")  # every tableau colour but the baseline's red
+OUTLIER_IQR = 3.0  # learning-curve values beyond the quartiles by this many IQRs are drawn clipped at the edge
+LIMIT_PAD = 0.06  # share of the y-range added above and below a learning-curve panel
+FOLD_SHADE = 0.55  # the lightest fold shade: this share of white mixed into the run's colour
+
+
+def run_colors(runs: Sequence[tuple[str, str]]) -> dict[str, str]:
+    """One colour per run id, the same in every plot: `runs` is (run_id, role) in a stable order; the
+    baseline role is red, the others take the palette in order (cycling past nine runs)."""
+    out: dict[str, str] = {}
+    others = 0
+    for run_id, role in runs:
+        if role == "baseline":
+            out[run_id] = BASELINE_COLOR
+        else:
+            out[run_id] = RUN_PALETTE[others % len(RUN_PALETTE)]
+            others += 1
+    return out
+
+
+def robust_limits(values: Sequence[float]) -> tuple[float, float]:
+    """y-limits that keep a single spike from flattening the rest: the data's range, shrunk to the
+    quartiles +- OUTLIER_IQR interquartile ranges where a value lies beyond them, padded by LIMIT_PAD."""
+    v = np.asarray([x for x in values if np.isfinite(x)], dtype=float)
+    if v.size == 0:
+        return 0.0, 1.0
+    q1, q3 = np.percentile(v, [25, 75])
+    spread = q3 - q1
+    lo, hi = max(float(v.min()), q1 - OUTLIER_IQR * spread), min(float(v.max()), q3 + OUTLIER_IQR * spread)
+    pad = (hi - lo) * LIMIT_PAD or max(abs(hi), 1.0) * LIMIT_PAD
+    return lo - pad, hi + pad
+
+
+def _shade(color: str, share: float) -> tuple[float, float, float]:
+    from matplotlib.colors import to_rgb
+
+    r, g, b = to_rgb(color)
+    return (r + (1 - r) * share, g + (1 - g) * share, b + (1 - b) * share)
+
+
+def _plot_clipped(ax: object, values: Sequence[float], limits: tuple[float, float], **style: object) -> int:
+    """Plot values per epoch; points beyond `limits` sit on the edge as a triangle labelled with their
+    value (a clipped spike shown as clipped). Returns how many were clipped."""
+    lo, hi = limits
+    x = np.arange(1, len(values) + 1)
+    v = np.asarray(values, dtype=float)
+    ax.plot(x, np.clip(v, lo, hi), **style)  # type: ignore[attr-defined]
+    clipped = 0
+    for xi, vi in zip(x, v, strict=True):
+        if vi > hi or vi < lo:
+            edge = hi if vi > hi else lo
+            ax.plot([xi], [edge], marker="^" if vi > hi else "v", ms=7, color=style.get("color"),  # type: ignore[attr-defined]
+                    clip_on=False)
+            ax.annotate(f"{vi:.3g} (clipped)", (xi, edge), textcoords="offset points",  # type: ignore[attr-defined]
+                        xytext=(4, -10 if vi > hi else 4), fontsize="x-small")
+            clipped += 1
+    return clipped
 
 
 def _short(label: str) -> str:
@@ -50,9 +114,10 @@ def _save(fig: Figure, path: str | os.PathLike[str], tight: bool = True) -> None
 
 
 def plot_roc(path: str | os.PathLike[str], y: np.ndarray, curves: Mapping[str, tuple[np.ndarray, float]],
-             highlight: str | None = None) -> None:
+             highlight: str | None = None, colors: Mapping[str, str] | None = None) -> Figure:
     """ROC curve per run / blend (scikit-learn's roc_curve); `curves` maps a label to (scores,
-    AUC); rows with a NaN score (no nested-CV score) are left out of that curve."""
+    AUC); rows with a NaN score (no nested-CV score) are left out of that curve. Each run in `colors`
+    (from `run_colors`) gets its colour; the highlighted blend is black."""
     from sklearn.metrics import roc_curve
 
     fig = Figure(figsize=SQUARE)
@@ -65,24 +130,27 @@ def plot_roc(path: str | os.PathLike[str], y: np.ndarray, curves: Mapping[str, t
             continue
         fpr, tpr, _ = roc_curve(y[ok], s[ok])
         bold = label == highlight
-        ax.plot(fpr, tpr, lw=2.5 if bold else 1.2, color="black" if bold else None,
+        ax.plot(fpr, tpr, lw=2.5 if bold else 1.2, color=BLEND_COLOR if bold else (colors or {}).get(label),
                 label=f"{_short(label)} ({value:.3f})")
     ax.plot([0, 1], [0, 1], ls=":", color="grey", lw=1)
     ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC curves (OOF)", xlim=(0, 1),
            ylim=(0, 1.01))
     ax.legend(loc="lower right", fontsize="small")
     _save(fig, path)
+    return fig
 
 
 def plot_correlation(path: str | os.PathLike[str], labels: Sequence[str], matrix: np.ndarray) -> None:
     """Heatmap of the Spearman correlation of run predictions (OOF); cell text white on dark cells."""
     n = len(labels)
-    side = max(4.5, 2.5 + CELL_INCH * n)
+    side = min(max(4.5, 2.5 + CELL_INCH * n), MAX_HEATMAP_INCH)
+    points = min(LABEL_POINTS, 0.5 * POINTS_PER_INCH * (side - 2.5) / max(n, 1))  # half a cell tall at most
     fig = Figure(figsize=(side + 1.2, side))
     ax = fig.add_subplot()
     im = ax.imshow(matrix, vmin=-1, vmax=1, cmap="RdBu_r")
-    ax.set_xticks(range(n), [_short(x) for x in labels], rotation=45, ha="right", fontsize="small")
-    ax.set_yticks(range(n), [_short(x) for x in labels], fontsize="small")
+    ax.set_xticks(range(n), [_short(x) for x in labels], rotation=45 if n <= MAX_CELL_TEXT else 90,
+                  ha="right" if n <= MAX_CELL_TEXT else "center", fontsize=points)
+    ax.set_yticks(range(n), [_short(x) for x in labels], fontsize=points)
     if n <= MAX_CELL_TEXT:
         for i in range(n):
             for j in range(n):
@@ -150,13 +218,17 @@ def plot_subgroups(path: str | os.PathLike[str], groups: Mapping[str, Sequence[S
 
 def plot_calibration(path: str | os.PathLike[str], y: np.ndarray, curves: Mapping[str, np.ndarray]) -> None:
     """Reliability diagram of one or more probability vectors (OOF; scikit-learn's calibration_curve
-    with equal-count bins, which low prevalence needs)."""
+    with equal-count bins, which low prevalence needs). Only probabilities belong here (a calibrated
+    blend, a single model's sigmoid, a blend whose link gives probabilities): the caller chooses them
+    (`kit.blend.build.calibration_curves`); values outside 0..1 are a ValueError, never clipped."""
     from sklearn.calibration import calibration_curve
 
     fig = Figure(figsize=SQUARE)
     ax = fig.add_subplot()
     for label, p in curves.items():
-        probs = np.clip(np.asarray(p, dtype=float), 0, 1)
+        probs = np.asarray(p, dtype=float)
+        if probs.size and (np.nanmin(probs) < 0 or np.nanmax(probs) > 1):
+            raise ValueError(f"calibration plot: {label} holds values outside 0..1; not probabilities")
         obs, pred = calibration_curve(y, probs, n_bins=RELIABILITY_BINS, strategy="quantile")
         ax.plot(pred, obs, marker="o", label=label)
     ax.plot([0, 1], [0, 1], ls=":", color="grey", lw=1, label="perfect")
@@ -184,52 +256,65 @@ def plot_histogram(path: str | os.PathLike[str], y: np.ndarray, scores: np.ndarr
     _save(fig, path)
 
 
-def plot_learning_curves(path: str | os.PathLike[str], histories: Mapping[str, Mapping[str, object]]) -> None:
-    """Per run (row): loss and AUC per epoch for each fold, train dashed and validation solid,
-    the checkpointed (best) epoch marked. `histories` maps a run id to its history.json dict."""
+def plot_learning_curves(path: str | os.PathLike[str], histories: Mapping[str, Mapping[str, object]],
+                         colors: Mapping[str, str] | None = None) -> Figure:
+    """Per run (row): loss and AUC per epoch for each fold, train dashed and validation solid, the
+    checkpointed (best) epoch marked. Each run in its colour (`run_colors`), folds as shades of it; the
+    legend sits outside the panels; y-limits are robust (`robust_limits`), a spike beyond them drawn
+    clipped at the edge with its value. `histories` maps a run id to its history.json dict."""
     items = list(histories.items())[:MAX_LEARNING_RUNS]
-    fig = Figure(figsize=(10.0, 0.6 + 2.6 * max(len(items), 1)))
+    fig = Figure(figsize=(11.5, 0.6 + 2.6 * max(len(items), 1)))
     axes = fig.subplots(max(len(items), 1), 2, squeeze=False)
-    for (run_id, hist), (ax_loss, ax_auc) in zip(items, axes, strict=False):
+    for row, ((run_id, hist), (ax_loss, ax_auc)) in enumerate(zip(items, axes, strict=False)):
         folds = hist.get("folds", []) if isinstance(hist, Mapping) else []
-        for i, fold in enumerate(folds):  # type: ignore[union-attr]
-            color = f"C{i % 10}"
-            for ax, key in ((ax_loss, "loss"), (ax_auc, "auc")):
+        base = (colors or {}).get(run_id, RUN_PALETTE[row % len(RUN_PALETTE)])
+        for ax, key in ((ax_loss, "loss"), (ax_auc, "auc")):
+            every = [x for fold in folds for prefix in ("", "val_") for x in (fold.get(prefix + key) or [])]  # type: ignore[union-attr]
+            limits = robust_limits(every)
+            for i, fold in enumerate(folds):  # type: ignore[union-attr]
+                color = _shade(base, FOLD_SHADE * i / max(len(folds) - 1, 1))
                 for prefix, style in (("", "--"), ("val_", "-")):
                     values = fold.get(prefix + key) or []
                     if values:
-                        ax.plot(range(1, len(values) + 1), values, ls=style, color=color, lw=1.2,
-                                label=f"fold {fold.get('fold', i)}" if prefix else None)
+                        _plot_clipped(ax, values, limits, ls=style, color=color, lw=1.2,
+                                      label=f"fold {fold.get('fold', i)}" if prefix and key == "auc" else None)
                 best = fold.get("best_epoch")
                 values = fold.get("val_" + key) or []
                 if isinstance(best, int) and 1 <= best <= len(values):
-                    ax.plot([best], [values[best - 1]], marker="*", ms=10, color=color)
+                    ax.plot([best], [float(np.clip(values[best - 1], *limits))], marker="*", ms=10, color=color)
+            ax.set_ylim(*limits)
         ax_loss.set(title=f"{_short(run_id)}: loss", xlabel="epoch")
         ax_auc.set(title=f"{_short(run_id)}: AUC", xlabel="epoch")
         if folds:
-            ax_auc.legend(fontsize="x-small", loc="best", title="solid: validation, dashed: train, *: kept", title_fontsize="x-small")
+            ax_auc.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0,
+                          title="solid: validation\ndashed: train\n*: kept epoch\n^: clipped", title_fontsize="x-small")
     _save(fig, path)
+    return fig
 
 
 def plot_leaderboard(path: str | os.PathLike[str], rows: Sequence[RunRow],
-                     extra: Mapping[str, tuple[float, float, float]] | None = None) -> None:
-    """OOF AUC of each run (and blends in `extra`: label -> (auc, low, high)) with 95 % intervals;
-    the baseline run as a red floor line; runs that do not beat it marked with a cross."""
-    items = [(r.run_id, r.auc, r.ci.low, r.ci.high, r.family, r.beats_baseline is False) for r in rows]
-    items += [(label, a, lo, hi, "blend", False) for label, (a, lo, hi) in (extra or {}).items()]
+                     extra: Mapping[str, tuple[float, float, float]] | None = None,
+                     colors: Mapping[str, str] | None = None) -> Figure:
+    """OOF AUC of each run (and blends in `extra`: label -> (auc, low, high)) with 95 % intervals, each
+    run in its colour (`run_colors`; default: from the rows' order), the blend black; the baseline run
+    as a red floor line; runs that do not beat it marked with a cross."""
+    colors = colors or run_colors([(r.run_id, r.role) for r in rows])
+    items = [(r.run_id, r.auc, r.ci.low, r.ci.high, colors.get(r.run_id, "grey"), r.beats_baseline is False)
+             for r in rows]
+    items += [(label, a, lo, hi, BLEND_COLOR, False) for label, (a, lo, hi) in (extra or {}).items()]
     fig = Figure(figsize=(8.5, 1.6 + ROW_INCH * max(len(items), 1)))
     ax = fig.add_subplot()
-    for i, (_, a, lo, hi, fam, flagged) in enumerate(items):
+    for i, (_, a, lo, hi, color, flagged) in enumerate(items):
         err = [[max(a - lo, 0.0)], [max(hi - a, 0.0)]] if np.isfinite(lo) and np.isfinite(hi) else None
-        ax.errorbar([a], [i], xerr=err, fmt="x" if flagged else "o", ms=8 if flagged else 6,
-                    color=FAMILY_COLORS.get(fam, "grey"), capsize=3)
+        ax.errorbar([a], [i], xerr=err, fmt="x" if flagged else "o", ms=8 if flagged else 6, color=color, capsize=3)
     base = next((r for r in rows if r.is_baseline), None)
     if base is not None and np.isfinite(base.auc):
-        ax.axvline(base.auc, color=FAMILY_COLORS["baseline"], ls="--", lw=1)
+        ax.axvline(base.auc, color=BASELINE_COLOR, ls="--", lw=1)
     ax.set_yticks(range(len(items)), [_short(it[0]) for it in items], fontsize="small")
     ax.set_ylim(len(items) - 0.5, -0.5)
     ax.axvline(0.5, color="grey", ls=":", lw=1)
     ax.set_xlabel("OOF AUC (95 % patient-bootstrap interval)")
-    ax.set_title("Runs and blend: blue backbone, orange scratch, red baseline (dashed: its AUC, the floor),\n"
+    ax.set_title("Runs and blend, each run in its colour in every plot: red baseline (dashed: its AUC, the floor),\n"
                  "black blend; x = does not beat the baseline", fontsize="small")
     _save(fig, path)
+    return fig

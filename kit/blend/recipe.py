@@ -5,7 +5,7 @@ Out: a `Recipe`, or a `KitError` whose one line names the file, the key and what
 
 A recipe (every table and key optional; defaults shown)::
 
-    description = ""
+    description = ""           # free text saying what the recipe is for (kept with the recipe)
     [runs]                     # which runs: the union of names, tags and globs (none = all runs)
     root = "runs"              # the runs folder
     names = []                 # experiment names, or exact "<experiment>/v<N>"
@@ -14,17 +14,17 @@ A recipe (every table and key optional; defaults shown)::
     latest = true              # only each experiment's latest run (an exact "<exp>/v<N>" always counts)
     exclude_tags = []          # runs with any of these tags are set aside (e.g. ["synthetic"])
     exclude_globs = []         # runs whose experiment name / run id matches are set aside (e.g. ["smoke-*"])
-    [method]
+    [method]                   # how the runs' OOF and test predictions become one score
     name = "rank_mean"         # a name in kit.blend.methods.METHODS
     params = {}                # that method's parameters (see its defaults)
-    [calibration]
+    [calibration]              # scores -> probabilities
     method = "none"            # none | platt | isotonic (fitted on OOF, Brier score reported)
-    [data]
+    [data]                     # the competition data the runs were trained on
     dataset = ""               # folder with sample_submission.csv (test names checked) and train.csv
-    [report]
+    [report]                   # what the report adds
     compare = []               # more methods scored side by side (in-sample vs nested CV)
     bootstrap = 1000           # bootstrap replicates for the AUC intervals
-    seed = 0
+    seed = 0                   # seed of the bootstrap resampling (same seed, same intervals)
 
 The recipe hash (in blend.json) is the sha256 of the recipe's canonical JSON form, so comments
 and layout do not change it but any setting does.

@@ -11,17 +11,19 @@ from __future__ import annotations
 
 import html
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from rich.console import Console
-from rich.table import Table
 
 from kernels.metrics import AucInterval, PairedResult
 from kit.blend.analysis import ALPHA, Answer, RunRow, SubgroupRow, fmt_diff
 from kit.blend.calibrate import CalibrationReport
+from kit.console import MUST, Col, Grid, print_grid
 
 NA = "—"
+SELECTED_MARK = " †"  # a run whose OOF epochs were chosen on the OOF rows (train.keep = best)
 MAX_WEIGHTS_SHOWN = 8  # more runs than this: the table lists the largest weights only
 TOP_WEIGHTS_SHOWN = 4
 
@@ -89,11 +91,15 @@ class Report:
 
 @dataclass(frozen=True)
 class TableSpec:
-    """A table as strings: title, header and rows."""
+    """A table as strings: title, header and rows. A "\n" in a cell starts a new line on the console
+    (an interval under its AUC) and is a space in the files. `console`: the console's columns (short
+    headers, legends, priorities; see kit.console), one per header."""
 
     title: str
     header: tuple[str, ...]
     rows: tuple[tuple[str, ...], ...]
+    console: tuple[Col, ...] = ()
+    heading: int = 1  # leading columns that name a row (the console's record layout)
 
 
 @dataclass(frozen=True)
@@ -118,6 +124,16 @@ def _ci(ci: AucInterval | None) -> str:
     return f"[{ci.low:.3f}, {ci.high:.3f}]"
 
 
+def _auc_ci(auc: float | None, ci: AucInterval | None) -> str:
+    """"0.709\n[0.650, 0.760]": the AUC, its interval on the next line (a space in the files)."""
+    return f"{_f(auc)}\n{_ci(ci)}"
+
+
+def _diff_lines(test: PairedResult) -> str:
+    """A paired difference over its interval over its p-value: "+0.012", "[-0.004, +0.029]", "p = 0.14"."""
+    return f"{test.diff:+.3f}\n[{test.low:+.3f}, {test.high:+.3f}]\np = {test.p:.2g}"
+
+
 def _signed(value: float | None) -> str:
     return NA if value is None or math.isnan(value) else f"{value:+.3f}"
 
@@ -127,22 +143,50 @@ def _versus_baseline(r: RunRow) -> str:
         return "the floor"
     if r.vs_baseline is None:
         return NA
-    return fmt_diff(r.vs_baseline) + ("" if r.beats_baseline else "  ⚠ does not beat the baseline")
+    return _diff_lines(r.vs_baseline) + ("" if r.beats_baseline else "\n⚠ does not beat\nthe baseline")
+
+
+RUN_COLS = (Col("#", keep=MUST, right=True), Col("run", keep=MUST, wrap=True))
+AUC_COL = Col("AUC", "OOF AUC over its 95 % interval", keep=MUST)
+VS_BASE_COL = Col("vs base", "AUC minus the baseline's over its 95 % interval and p (paired bootstrap)", keep=8)
+
+
+def monte_carlo_text(cis: Sequence[AucInterval]) -> str:
+    """" 1000 replicates; Monte Carlo error of an interval end at most ±0.004." ("" without replicates):
+    how far a rerun with another seed could move the shown interval ends (one standard error)."""
+    used = [ci for ci in cis if ci.n_boot > 0 and not math.isnan(ci.mc_error)]
+    if not used:
+        return ""
+    counts = sorted({ci.n_boot for ci in used})
+    drawn = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
+    return (f" {drawn} replicates; Monte Carlo error of an interval end at most ±{max(ci.mc_error for ci in used):.3f}"
+            " (one standard error: how far another seed could move it).")
 
 
 def _leaderboard(report: Report) -> Section:
     header = ("#", "run", "backbone / architecture", "weights", "size", "epochs", "OOF AUC [95 % interval]",
-              "vs baseline: Δ AUC [95 %], p", "TTA gain", "s / epoch")
+              "vs baseline: Δ AUC [95 %] p", "TTA gain", "s / epoch")
+    cols = (*RUN_COLS, Col("model", "backbone or architecture", keep=6, wrap=True),
+            Col("weights", keep=1, wrap=True), Col("px", "image size", keep=3, right=True),
+            Col("ep", "epochs", keep=2, right=True), AUC_COL, VS_BASE_COL,
+            Col("TTA", "AUC gain of test-time augmentation", keep=4, right=True),
+            Col("s/ep", "seconds per epoch", keep=0, right=True))
     rows = tuple(
-        (str(i + 1), r.run_id + (" (baseline)" if r.is_baseline else ""), r.architecture,
-         r.weights + (" (pretrained)" if r.pretrained else ""), str(r.image_size or NA), str(r.epochs or NA),
-         f"{_f(r.auc)} {_ci(r.ci)}", _versus_baseline(r), _signed(r.tta_gain), _f(r.sec_per_epoch, 1))
+        (str(i + 1), r.run_id + (" (baseline)" if r.is_baseline else "") + (SELECTED_MARK if r.selected else ""),
+         r.architecture,
+         NA if r.is_baseline else r.weights + (" (pretrained)" if r.pretrained else ""),  # it loads no weights
+         str(r.image_size or NA), str(r.epochs or NA),
+         _auc_ci(r.auc, r.ci), _versus_baseline(r), _signed(r.tta_gain), _f(r.sec_per_epoch, 1))
         for i, r in enumerate(report.leaderboard)
     )
     patients = all(r.patients for r in report.leaderboard)
     text = ["Intervals: percentile bootstrap, " + ("patients resampled." if patients else
             "images resampled (some OOF files carry no patient_id, so images count as patients).")
+            + monte_carlo_text([r.ci for r in report.leaderboard] + ([report.blend.ci] if report.blend else []))
             + " TTA gain: mean over folds of AUC with minus without test-time augmentation."]
+    if any(r.selected for r in report.leaderboard):
+        text.append(f"{SELECTED_MARK.strip()} selected: each fold kept its best epoch by its own validation AUC "
+                    "(train.keep = best), so its OOF AUC and TTA gain are optimistic; keep = swa or last is not.")
     base = next((r for r in report.leaderboard if r.is_baseline), None)
     if base is None:
         text.append("No baseline run (a run whose manifest has role = baseline, written by `kit baseline`): "
@@ -156,7 +200,7 @@ def _leaderboard(report: Report) -> Section:
                        "Every compared run beats the baseline."))
     images = tuple((cap, report.plots[key]) for key, cap in (
         ("leaderboard", "OOF AUC with 95 % intervals"), ("learning", "Learning curves per fold")) if key in report.plots)
-    return Section("Leaderboard", tuple(text), (TableSpec("Runs", header, rows),), images)
+    return Section("Leaderboard", tuple(text), (TableSpec("Runs", header, rows, cols, heading=2),), images)
 
 
 def _answers(report: Report) -> Section:
@@ -167,11 +211,14 @@ def _answers(report: Report) -> Section:
         paragraphs.extend(f"Caveat: {c}." for c in ans.caveats)
         if ans.ranking:
             rows = tuple((str(i + 1), r.architecture, "yes" if r.pretrained else "no", r.run_id,
-                          f"{_f(r.auc)} {_ci(r.ci)}", _versus_baseline(r))
+                          _auc_ci(r.auc, r.ci), _versus_baseline(r))
                          for i, r in enumerate(ans.ranking))
-            title = f"Ranking ({'backbones' if ans.family == 'backbone' else 'from-scratch architectures'}): best run each"
+            kind = {"backbone": "backbones", "scratch": "from-scratch architectures"}.get(ans.family)
+            title = f"Ranking ({kind}): best run each" if kind else "Best pretrained run and best run from random init"
+            cols = (Col("#", keep=MUST, right=True), Col("model", "architecture", keep=MUST, wrap=True),
+                    Col("pre", "pretrained", keep=3), Col("best run", keep=6, wrap=True), AUC_COL, VS_BASE_COL)
             tables.append(TableSpec(title, ("#", "architecture", "pretrained", "best run", "OOF AUC [95 % interval]",
-                                            "vs baseline: Δ AUC [95 %], p"), rows))
+                                            "vs baseline: Δ AUC [95 %] p"), rows, cols, heading=2))
     return Section("Answers", tuple(paragraphs), tuple(tables))
 
 
@@ -179,6 +226,8 @@ def _folds(report: Report) -> Section:
     folds = sorted({k for r in report.leaderboard for k in r.fold_auc}
                    | set(report.blend.fold_auc if report.blend else ()))
     header = ("run", *(f"fold {k}" for k in folds), "overall")
+    cols = (Col("run", keep=MUST, wrap=True), *(Col(f"f{k}", keep=MUST - 1, right=True) for k in folds),
+            Col("all", "all OOF rows pooled; f<k>: AUC on fold k", keep=MUST, right=True))
     rows = [(r.run_id, *(_f(r.fold_auc.get(k)) for k in folds), _f(r.auc)) for r in report.leaderboard]
     if report.blend:
         b = report.blend
@@ -189,7 +238,7 @@ def _folds(report: Report) -> Section:
                      _f(chosen.in_sample)))
     text = ("Overall: the AUC of all OOF rows pooled, for runs and blends alike (a run's OOF pools its fold "
             "models; the nested-CV blend pools its per-fold fits).",) if report.blend else ()
-    return Section("OOF AUC per fold", text, (TableSpec("Per-fold AUC", header, tuple(rows)),))
+    return Section("OOF AUC per fold", text, (TableSpec("Per-fold AUC", header, tuple(rows), cols),))
 
 
 def _weights_text(weights: Sequence[float], run_ids: Sequence[str]) -> str:
@@ -199,18 +248,28 @@ def _weights_text(weights: Sequence[float], run_ids: Sequence[str]) -> str:
     top = sorted(((w, r) for w, r in zip(weights, run_ids, strict=True) if w != 0), key=lambda p: -abs(p[0]))
     top = top[:TOP_WEIGHTS_SHOWN]
     nonzero = sum(1 for w in weights if w != 0)
-    return ", ".join(f"{r} {w:.2f}" for w, r in top) + f" … ({nonzero} of {len(weights)} non-zero)"
+    return ", ".join(f"{r} {w:.2f}" for w, r in top) + f" and {nonzero - len(top)} more ({nonzero} of {len(weights)} non-zero)"
 
 
 def _blend(report: Report) -> list[Section]:
     b = report.blend
     if b is None:
         return []
-    header = ("method", "headline OOF AUC [95 %]", "headline is", "vs best run: Δ [95 %], p", "in-sample AUC",
+    header = ("method", "headline OOF AUC [95 %]", "headline is", "vs best run: Δ [95 %] p", "in-sample AUC",
               "fold mean: nested / in-sample", "nested fold range", "optimism", "weights", "")
+    cols = (Col("method", keep=MUST, wrap=True), Col("AUC", "headline OOF AUC over its 95 % interval", keep=MUST),
+            Col("scored", "how the headline is scored", keep=5, wrap=True),
+            Col("vs best", "AUC minus the best run's over its 95 % interval and p", keep=8),
+            Col("in-sample", "in-sample AUC", keep=2, right=True),
+            Col("folds", "fold mean, nested / in-sample", keep=1),
+            Col("range", "nested fold range", keep=0),
+            Col("optimism", "in-sample minus nested fold mean", keep=4, right=True),
+            Col("weights", "blend weights in run order", keep=0, wrap=True),
+            Col("", keep=MUST, wrap=True))
     rows = tuple(
-        (m.method, f"{_f(m.headline.auc)} {_ci(m.headline)}", "nested CV" if m.learned else "in-sample (learns nothing)",
-         NA if m.vs_best is None else fmt_diff(m.vs_best.test), _f(m.in_sample), f"{_f(m.nested)} / {_f(m.in_sample_fold_mean)}",
+        (m.method, _auc_ci(m.headline.auc, m.headline), "nested CV" if m.learned else "in-sample (learns nothing)",
+         NA if m.vs_best is None else _diff_lines(m.vs_best.test), _f(m.in_sample),
+         f"{_f(m.nested)} / {_f(m.in_sample_fold_mean)}",
          NA if math.isnan(m.nested_range[0]) else f"{m.nested_range[0]:.3f}–{m.nested_range[1]:.3f}",
          _signed(m.in_sample_fold_mean - m.nested),
          ("coef " if m.coefficients else "") + _weights_text(m.weights, b.run_ids),
@@ -251,14 +310,18 @@ def _blend(report: Report) -> list[Section]:
         ("roc", "ROC curves of runs and blend"), ("weights", "Blend weights"),
         ("coefficients", "Stacking coefficients"), ("histogram", "Blend predictions by class"),
         ("correlation", "Correlation of run predictions")) if key in report.plots)
-    sections = [Section("Blend", tuple(text), (TableSpec("Methods", header, rows),), images)]
+    sections = [Section("Blend", tuple(text), (TableSpec("Methods", header, rows, cols),), images)]
     cal = b.calibration
     cal_text = ("No calibration (recipe calibration.method = none): submitted values are blend scores, "
                 "ranked correctly but not probabilities." if cal is None else
                 f"{cal.method} calibration fitted on OOF. Brier score (lower is better): raw {_f(cal.brier_raw, 4)}, "
                 f"calibrated in-sample {_f(cal.brier_in_sample, 4)}, cross-fitted {_f(cal.brier_cross_fitted, 4)}.")
     cal_images = (("Reliability curve", report.plots["calibration"]),) if "calibration" in report.plots else ()
-    sections.append(Section("Calibration", (cal_text,), (), cal_images))
+    cal_lines = (cal_text,) if cal_images else (
+        cal_text, f"No reliability curve: {b.method}'s scores are not probabilities (ranks, or a blend of them), "
+                  "so a curve of them would mislead; a calibrated blend (calibration.method = platt or isotonic) "
+                  "gets one.")
+    sections.append(Section("Calibration", cal_lines, (), cal_images))
     return sections
 
 
@@ -267,7 +330,9 @@ def _subgroups(report: Report) -> Section:
         return Section("Subgroups", (f"No subgroup metadata ({report.subgroup_source}).",))
     tables = tuple(
         TableSpec(f"AUC by {dim}", (dim, "images", "malignant", "AUC [95 % interval]"),
-                  tuple((label, str(n), str(p), f"{_f(ci.auc)} {_ci(ci)}") for label, n, p, ci in rows))
+                  tuple((label, str(n), str(p), _auc_ci(ci.auc, ci)) for label, n, p, ci in rows),
+                  (Col(dim, keep=MUST, wrap=True), Col("images", keep=MUST, right=True),
+                   Col("malignant", keep=MUST, right=True), AUC_COL))
         for dim, rows in report.subgroups.items()
     )
     images = (("AUC per subgroup", report.plots["subgroups"]),) if "subgroups" in report.plots else ()
@@ -292,7 +357,7 @@ def sections(report: Report) -> list[Section]:
 
 
 def _md_cell(text: str) -> str:
-    return text.replace("|", "\\|")
+    return text.replace("\n", " ").replace("|", "\\|")
 
 
 def to_markdown(report: Report) -> str:
@@ -312,10 +377,21 @@ def to_markdown(report: Report) -> str:
     return "\n".join(lines)
 
 
+# A phone's width: the page never scrolls sideways; a wide table scrolls inside its own box, long words
+# (paths) break, images shrink to the column.
 HTML_STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
-table{border-collapse:collapse;margin:.5em 0 1.5em}th,td{border:1px solid #ccc;padding:.25em .6em;text-align:left}
-th{background:#f2f2f2}td{font-variant-numeric:tabular-nums}figure{display:inline-block;margin:.5em;max-width:100%}
-img{max-width:100%;height:auto;border:1px solid #ddd}figcaption{font-size:.9em;color:#555}"""
+p{overflow-wrap:anywhere}.table{overflow-x:auto;margin:.5em 0 1.5em}
+table{border-collapse:collapse}.caption{margin:1em 0 .25em}
+th,td{border:1px solid #ccc;padding:.25em .6em;text-align:left;vertical-align:top}
+th{background:#f2f2f2}td{font-variant-numeric:tabular-nums}
+figure{display:inline-block;margin:.5em;max-width:100%}img{max-width:100%;height:auto;border:1px solid #ddd}
+figcaption{font-size:.9em;color:#555}.id{white-space:nowrap}
+@media (max-width:600px){body{margin:1em auto;padding:0 .5em}figure{margin:.5em 0}td{white-space:nowrap}}"""
+_HTML_WHOLE = re.compile(r"(\S*[-/]\S*)")  # run ids, names like d1-1-1-1, signed numbers: never broken in a cell
+
+
+def _html_cell(text: str) -> str:
+    return _HTML_WHOLE.sub(r"<span class='id'>\1</span>", html.escape(text.replace("\n", " ")))
 
 
 def _html_text(text: str) -> str:
@@ -326,17 +402,19 @@ def _html_text(text: str) -> str:
 
 def to_html(report: Report) -> str:
     """The report as one HTML page with the PNGs beside the numbers."""
-    out = ["<!doctype html><html><head><meta charset='utf-8'>", f"<title>{html.escape(report.title)}</title>",
+    out = ["<!doctype html><html><head><meta charset='utf-8'>",
+           "<meta name='viewport' content='width=device-width, initial-scale=1'>",
+           f"<title>{html.escape(report.title)}</title>",
            f"<style>{HTML_STYLE}</style></head><body>", f"<h1>{html.escape(report.title)}</h1>",
            f"<p><i>Generated {html.escape(report.created_at)}.</i></p>"]
     for sec in sections(report):
         out.append(f"<h2>{html.escape(sec.title)}</h2>")
         out.extend(f"<p>{_html_text(p)}</p>" for p in sec.paragraphs)
         for t in sec.tables:
-            out.append(f"<table><caption><b>{html.escape(t.title)}</b></caption><tr>"
+            out.append(f"<p class='caption'><b>{html.escape(t.title)}</b></p><div class='table'><table><tr>"
                        + "".join(f"<th>{html.escape(h)}</th>" for h in t.header) + "</tr>")
-            out.extend("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in t.rows)
-            out.append("</table>")
+            out.extend("<tr>" + "".join(f"<td>{_html_cell(c)}</td>" for c in row) + "</tr>" for row in t.rows)
+            out.append("</table></div>")
         for caption, name in sec.images:
             out.append(f"<figure><img src='{html.escape(name)}' alt='{html.escape(caption)}'>"
                        f"<figcaption>{html.escape(caption)}</figcaption></figure>")
@@ -344,19 +422,16 @@ def to_html(report: Report) -> str:
     return "\n".join(out)
 
 
-def print_console(report: Report, console: Console) -> None:
-    """Rich tables and paragraphs on the console (images are named, not shown)."""
+def print_console(report: Report, console: Console, full_in: str = "report.md") -> None:
+    """Paragraphs and width-aware tables on the console (kit.console: short headers and a legend, fewer
+    columns or records when narrow, the full tables named in `full_in`); images are named, not shown."""
     console.rule(f"[bold]{report.title}")
     for sec in sections(report):
         console.print(f"\n[bold underline]{sec.title}[/]")
         for p in sec.paragraphs:
-            console.print(p.replace("**", ""))
+            console.print(p.replace("**", ""), markup=False)
         for t in sec.tables:
-            table = Table(title=t.title, title_justify="left")
-            for h in t.header:
-                table.add_column(h)
-            for row in t.rows:
-                table.add_row(*row)
-            console.print(table)
+            cols = t.console or tuple(Col(h, keep=MUST, wrap=True) for h in t.header)
+            print_grid(Grid(t.title, cols, t.rows, full_in=full_in, heading=t.heading), console)
         if sec.images:
             console.print("plots: " + ", ".join(name for _, name in sec.images), style="dim")

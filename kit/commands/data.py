@@ -13,9 +13,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rich.markup import escape
-from rich.table import Table
 
-from kit.console import console
+from kit.console import MUST, Col, Grid, console, print_grid
 
 if TYPE_CHECKING:
     from rich.progress import Progress
@@ -52,14 +51,13 @@ def _advance(progress: Progress) -> Callable[[], None]:
 
 
 def _report(summary: DatasetSummary) -> None:
-    table = Table(title=escape(str(summary.out)), title_justify="left")
-    for column in ("split", "shard", "images", "patients", "malignant", "malignant %"):
-        table.add_column(column, justify="right" if column != "split" else "left")
-    for split, balance in (("train", summary.train), ("test", summary.test)):
-        for shard, row in balance.iterrows():
-            table.add_row(split, str(shard), str(int(row["images"])), str(int(row["patients"])),
-                          str(int(row["malignant"])), f"{100 * row['malignant_share']:.1f}")
-    console.print(table)
+    cols = (Col("split", keep=MUST), *(Col(h, keep=MUST, right=True) for h in ("shard", "images", "patients")),
+            Col("malignant", keep=MUST, right=True), Col("%", "malignant share in %", keep=MUST, right=True))
+    rows = tuple((split, str(shard), str(int(row["images"])), str(int(row["patients"])), str(int(row["malignant"])),
+                  f"{100 * row['malignant_share']:.1f}")
+                 for split, balance in (("train", summary.train), ("test", summary.test))
+                 for shard, row in balance.iterrows())
+    print_grid(Grid(str(summary.out), cols, rows, heading=2))
     empty = [int(s) for s in summary.train.index[summary.train["malignant"] == 0]]
     if empty:
         console.print(f"[yellow]warning[/]: train file(s) {empty} hold no malignant image; folds made of them "

@@ -16,11 +16,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rich.markup import escape
-from rich.table import Table
 
 from kernels.accelerators import ACCELERATOR_HELP
 from kernels.config import COMPETITION
-from kit.console import console
+from kit.console import MUST, Col, Grid, console, print_grid
 from kit.errors import KitError
 from kit.kaggle.ledger import Ledger, now_iso
 
@@ -89,7 +88,28 @@ def _print_failures(rows: Sequence[dict[str, Any]]) -> None:
                 console.print(f"  | {line}", markup=False, highlight=False)
 
 
-def _wait(client: Any, ledger: Ledger, names: Sequence[str] | None, timeout: float | None) -> list[dict[str, Any]]:
+class WaitInterrupted(KitError):
+    """Ctrl-C while waiting: the kernels go on running on Kaggle."""
+
+    exit_code = 130
+
+
+def _wait(client: Any, ledger: Ledger, names: Sequence[str] | None, timeout: float | None,
+          carry_on: str = "kit status --wait") -> list[dict[str, Any]]:
+    """wait_until_done with a progress display; Ctrl-C says what keeps running and which command carries on."""
+    try:
+        return _wait_with_progress(client, ledger, names, timeout)
+    except KeyboardInterrupt:
+        from kit.kaggle.status import is_done, status_rows
+
+        going = [r["experiment"] for r in status_rows(ledger.read(), names) if not is_done(r)]
+        runs = f" ({', '.join(going)})" if going else ""
+        raise WaitInterrupted(f"interrupted: kit stopped waiting, but the kernels{runs} keep running on Kaggle; "
+                              f"`{carry_on}` carries on, `kit status` shows where they are") from None
+
+
+def _wait_with_progress(client: Any, ledger: Ledger, names: Sequence[str] | None,
+                        timeout: float | None) -> list[dict[str, Any]]:
     from kit.kaggle.status import is_done, wait_until_done
 
     with _progress() as progress:
@@ -109,25 +129,33 @@ def _wait(client: Any, ledger: Ledger, names: Sequence[str] | None, timeout: flo
 
 # -- push ---------------------------------------------------------------------------------------
 def cmd_push(args: argparse.Namespace) -> int:
+    """Cheap checks first, each one line in about a second: the config, the credentials, the sources
+    (competition joined, datasets visible) and the ledger's "unchanged" refusal; only then the preflight
+    (tens of seconds of TensorFlow) for the experiments that will really be pushed, then the push."""
     from kit.config import load_experiments
-    from kit.kaggle.push import push_queue
+    from kit.kaggle.push import check_sources, push_queue, unchanged
     from kit.render.kernel import render_experiment
 
-    if not args.no_preflight:  # rehearse before anything is sent (KIT_PREFLIGHT=0 skips it too)
-        from kit.run.preflight import preflight_before_push
-
-        preflight_before_push(args.experiments, args.accelerator)
+    loaded = [(path, load_experiments(path)) for path in args.experiments]
+    experiments = [exp for _, exps in loaded for exp in exps]
+    names = [exp.name for exp in experiments]
+    if len(set(names)) != len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        raise KitError(f"experiment {dup!r} is given twice")
 
     def body(client: Any, ledger: Ledger) -> int:
-        loaded = [(path, load_experiments(path)) for path in args.experiments]
-        experiments = [exp for _, exps in loaded for exp in exps]
-        names = [exp.name for exp in experiments]
-        if len(set(names)) != len(names):
-            dup = next(n for n in names if names.count(n) > 1)
-            raise KitError(f"experiment {dup!r} is given twice")
         owner = client.username
         kernels = [render_experiment(exp, owner, out_root=Path(args.build), accelerator=args.accelerator)
                    for exp in experiments]
+        check_sources(client, kernels)
+        skips = [None if args.force else unchanged(client, ledger, k, on_note=_say_note) for k in kernels]
+        if len(kernels) == 1 and skips[0] is not None:
+            raise KitError(f"{skips[0].experiment}: {skips[0].note}")
+        if not args.no_preflight:  # rehearse what will be sent (KIT_PREFLIGHT=0 skips it too)
+            from kit.run.preflight import preflight_before_push
+
+            fresh = [k.experiment for k, skip in zip(kernels, skips, strict=True) if skip is None]
+            preflight_before_push(fresh, args.accelerator)
         with ledger.transaction() as data:
             for path, exps in loaded:
                 if len(exps) > 1:
@@ -154,7 +182,8 @@ def cmd_push(args: argparse.Namespace) -> int:
                                        f"{payload.kernel}{version}  {payload.note}")
 
             outcomes = push_queue(client, ledger, kernels, lambda k: k.metadata.get("machine_shape") or "none",
-                                  concurrency=args.concurrency, force=args.force, on_event=event)
+                                  concurrency=args.concurrency, force=args.force, on_event=event,
+                                  check=False)
         if len(outcomes) == 1 and outcomes[0].action == "skipped":
             raise KitError(f"{outcomes[0].experiment}: {outcomes[0].note}")
         console.print(", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
@@ -174,8 +203,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     names = args.experiments or None
     if args.offline:
         rows = status_rows(_ledger(args).read(), names)
-        console.print(status_table(rows))
+        print_grid(status_table(rows))
         _print_failures(rows)
+        _print_next(rows)
         _print_incomplete(args.runs)
         return 0
 
@@ -188,12 +218,20 @@ def cmd_status(args: argparse.Namespace) -> int:
         else:
             refresh(client, ledger, names, on_note=_say_note)
             rows = status_rows(ledger.read(), names)
-        console.print(status_table(rows))
+        print_grid(status_table(rows))
         _print_failures(rows)
+        _print_next(rows)
         _print_incomplete(args.runs)
         return 1 if args.wait and any(r["status"] != "COMPLETE" for r in rows) else 0
 
     return _with_client(args, body)
+
+
+def _print_next(rows: Sequence[dict[str, Any]]) -> None:
+    from kit.kaggle.status import next_steps
+
+    for line in next_steps(rows):
+        console.print(f"[bold]next:[/] {escape(line)}", highlight=False)
 
 
 def _print_incomplete(root: str) -> None:
@@ -215,7 +253,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
         if not ledger.read()["experiments"]:
             raise KitError(f"{ledger.path}: nothing pushed yet; `kit push EXP` first")
         if args.wait:
-            _wait(client, ledger, names, args.timeout)
+            _wait(client, ledger, names, args.timeout, carry_on="kit pull --wait")
         failed = []
 
         def report(outcome: Any) -> None:
@@ -274,14 +312,14 @@ def cmd_submissions(args: argparse.Namespace) -> int:
     def body(client: Any, ledger: Ledger) -> int:
         server = refresh_submissions(client, ledger, args.competition)
         known = {r["ref"]: r for r in ledger.read()["submissions"] if r["ref"]}
-        table = Table(title=f"Submissions to {args.competition}")
-        for column in ("ref", "date (UTC)", "file", "status", "public", "private", "description"):
-            table.add_column(column)
-        for s in server:
-            record = known.get(s.ref)
-            table.add_row(str(s.ref), s.date.replace("T", " "), record["file"] if record else s.file_name,
-                          s.status, s.public_score or "-", s.private_score or "-", s.description)
-        console.print(table)
+        cols = (Col("ref", keep=MUST, right=True), Col("date", "date (UTC)", keep=4), Col("file", keep=3, wrap=True),
+                Col("status", keep=MUST), Col("public", "public score", keep=MUST, right=True),
+                Col("private", "private score", keep=MUST - 1, right=True),
+                Col("description", keep=1, wrap=True))
+        rows = tuple((str(s.ref), s.date.replace("T", "\n").rstrip("Z"),
+                      known[s.ref]["file"] if s.ref in known else s.file_name, s.status, s.public_score or "-",
+                      s.private_score or "-", s.description) for s in server)
+        print_grid(Grid(f"Submissions to {args.competition}", cols, rows, heading=1))
         return 0
 
     return _with_client(args, body)

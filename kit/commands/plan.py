@@ -46,7 +46,7 @@ def resolve_target(spec: str, ensembles: Path, experiments: Path) -> tuple[str, 
 def cmd_plan(args: argparse.Namespace) -> int:
     from kit.blend.recipe import load_recipe
     from kit.config import load_experiments
-    from kit.console import console
+    from kit.console import console, print_grid
     from kit.errors import KitError
     from kit.kaggle.ledger import Ledger, default_ledger_path
     from kit.kaggle.plan import (
@@ -79,7 +79,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         folders += ledger_run_folders(Ledger(ledger_path).read())
     calibration = calibrate(folders)
     costs = [estimate(e, calibration) for e in exps]
-    console.print(plan_table(costs, calibration, title))
+    print_grid(plan_table(costs, calibration, title))
     for line in plan_summary(costs, calibration):
         console.print(line)
     return 0

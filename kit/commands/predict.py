@@ -17,6 +17,7 @@ import argparse
 import math
 import os
 import sys
+from typing import Any
 
 PROBABILITY_DIGITS = 4
 EXIT_SOME_FAILED = 1
@@ -32,19 +33,34 @@ def _short_path(path: str) -> str:
     return path if relative.startswith("..") else relative
 
 
+def predict_grid(frame: Any, label: str) -> Any:
+    """The console table of `kit.predict.predict`'s frame: each image's probability, the fold models' range
+    and spread (a `kit.console.Grid`; failed images in red)."""
+    from kit.console import MUST, Col, Grid
+
+    cols = (Col("image", keep=MUST, wrap=True), Col("P", "P(malignant)", keep=MUST, right=True),
+            Col("fold range", "lowest-highest fold model output", keep=2, right=True),
+            Col("fold sd", "standard deviation of the fold models' outputs", keep=1, right=True))
+    rows = tuple((_short_path(row.image), "error", "-", "-") if row.error else
+                 (_short_path(row.image), _fmt(row.probability), f"{_fmt(row.fold_min)}-{_fmt(row.fold_max)}",
+                  _fmt(row.fold_std)) for row in frame.itertuples(index=False))
+    return Grid(f"P(malignant) - {label}", cols, rows,
+                styles=tuple("red" if row.error else "" for row in frame.itertuples(index=False)))
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from kit.quiet import quiet_tensorflow
 
     quiet_tensorflow()  # TensorFlow's start-up chatter and retracing warnings are not for users
-    from rich import box
+    from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-    from rich.table import Table
 
-    from kit.console import console
+    from kit.console import console, print_grid
     from kit.data.images import find_images
     from kit.errors import KitError
     from kit.predict import (
         compare_with_baseline,
+        describe_source,
         predict,
         resolve_source,
         total_steps,
@@ -52,12 +68,20 @@ def cmd_predict(args: argparse.Namespace) -> int:
         write_results_json,
     )
 
-    files, problems = find_images(args.images)
+    skipped: list = []
+    files, problems = find_images(args.images, skipped)
     for problem in problems:
         print(f"error: {problem}", file=sys.stderr)
+    for path in skipped:  # every file a folder held that is not predicted is named
+        console.print(f"[yellow]skipped[/] {escape(_short_path(str(path)))}: not a JPEG or PNG file", highlight=False)
     if not files:
         raise KitError("no images to predict (give JPEG/PNG files or folders holding them)")
     source = resolve_source(args.ensemble, args.run, runs_root=args.runs, ensembles_root=args.ensembles)
+    lines, warnings = describe_source(source)
+    for line in lines:
+        console.print(escape(line), highlight=False)
+    for warning in warnings:
+        console.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False)
     console.print(f"predicting {len(files)} image(s) with {source.label}")
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         console=console, transient=True)
@@ -69,20 +93,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
         frame = predict(files, source, tick, fit=args.fit)
 
-    table = Table(title=f"P(malignant) - {source.label}", caption="folds: the fold models' raw outputs",
-                  box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)  # no side borders: a repository-relative path fits in 80 columns
-    table.add_column("image", overflow="fold")  # folds only when a path is wider than the terminal allows
-    table.add_column("probability", justify="right", no_wrap=True)
-    table.add_column("folds min-max", justify="right", no_wrap=True)
-    table.add_column("folds sd", justify="right", no_wrap=True)
-    for row in frame.itertuples(index=False):
-        shown = _short_path(row.image)
-        if row.error:
-            table.add_row(shown, "[red]error[/]", "-", "-")
-        else:
-            table.add_row(shown, _fmt(row.probability), f"{_fmt(row.fold_min)}-{_fmt(row.fold_max)}",
-                          _fmt(row.fold_std))
-    console.print(table)
+    print_grid(predict_grid(frame, source.label))
     comparison = compare_with_baseline(source, args.runs)
     if comparison is not None:
         style = "green" if comparison.beats else "yellow"

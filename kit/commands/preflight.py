@@ -13,11 +13,12 @@ from kernels.accelerators import ACCELERATOR_HELP
 
 def cmd_preflight(args: argparse.Namespace) -> int:
     from kit.config import load_experiments
+    from kit.console import console
     from kit.run.preflight import run_preflight
 
     experiments = [exp for path in args.experiments for exp in load_experiments(path)]
     for result in run_preflight(experiments, args.accelerator, args.format, args.all_folds):
-        print(result.line, flush=True)
+        console.print(result.line, markup=False)  # wrapped at spaces to the width, nothing cut
     return 0
 
 

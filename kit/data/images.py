@@ -68,10 +68,12 @@ class ImageFile:
         return self.path.stem
 
 
-def find_images(inputs: Sequence[str | Path]) -> tuple[list[ImageFile], list[str]]:
+def find_images(inputs: Sequence[str | Path],
+                skipped: list[Path] | None = None) -> tuple[list[ImageFile], list[str]]:
     """Expand command-line paths: a file is taken as given (whatever its suffix: a non-image fails later with
     its own message), a folder contributes its JPEG/PNG files (recursively, sorted). Returns the files, in
-    order and without duplicates, and one-line problems for paths that do not exist or hold no images."""
+    order and without duplicates, and one-line problems for paths that do not exist or hold no images; the
+    other files found in folders (not JPEG/PNG) are appended to `skipped`, so they can be named."""
     files: list[ImageFile] = []
     problems: list[str] = []
     seen: set[Path] = set()
@@ -85,7 +87,10 @@ def find_images(inputs: Sequence[str | Path]) -> tuple[list[ImageFile], list[str
     for raw in inputs:
         path = Path(raw)
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            every = sorted(p for p in path.rglob("*") if p.is_file())
+            found = [p for p in every if p.suffix.lower() in IMAGE_SUFFIXES]
+            if skipped is not None:
+                skipped.extend(p for p in every if p.suffix.lower() not in IMAGE_SUFFIXES)
             if not found:
                 problems.append(f"{path}: folder holds no {'/'.join(s[1:].upper() for s in IMAGE_SUFFIXES)} files")
             for p in found:

@@ -290,8 +290,15 @@ def synth_jpeg(spec: SynthSpec) -> Callable[[pd.Series], bytes]:
     return source
 
 
+SYNTHETIC_MARKER = "SYNTHETIC.txt"  # in every synthetic dataset folder: `kit predict` warns about models trained on it
+
+
 def write_synth(out: Path, spec: SynthSpec, force: bool = False,
                 on_image: Callable[[], None] = lambda: None) -> DatasetSummary:
-    """Generate and write the dataset folder `out` (see `kit.data.tfrecords` for its layout)."""
+    """Generate and write the dataset folder `out` (see `kit.data.tfrecords` for its layout), marked
+    synthetic by a `SYNTHETIC_MARKER` file."""
     train, test = synth_records(spec)
-    return write_dataset(out, train, test, synth_jpeg(spec), spec.seed, force, on_image)
+    summary = write_dataset(out, train, test, synth_jpeg(spec), spec.seed, force, on_image)
+    (out / SYNTHETIC_MARKER).write_text(f"synthetic data from `kit data synth` (seed {spec.seed}): a planted "
+                                        "signal, not real lesions\n")
+    return summary

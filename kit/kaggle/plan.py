@@ -283,27 +283,32 @@ def weeks_needed(total_h: float, quota_h: float) -> int:
 
 
 def plan_table(costs: Sequence[KernelCost], calibration: Mapping[str, Calibration], title: str) -> Any:
-    """A rich table: one row per kernel, cumulative hours against each kind's weekly quota."""
-    from rich.table import Table
+    """A `kit.console.Grid`: one row per kernel, cumulative hours against each kind's weekly quota (a row
+    over its session limit or past the weekly quota is red)."""
+    from kit.console import MUST, Col, Grid
 
-    table = Table(title=title)
-    for col in ("kernel", "hw", "model", "folds x ep", "img/epoch", "TTA", "train h", "pred h", "total h",
-                "of session", "cum. / week"):
-        table.add_column(col, justify="left" if col in ("kernel", "hw", "model") else "right")
+    limits = ", ".join(f"{k} {SESSION_LIMIT_H[k]:.0f} h" for k in sorted({c.kind for c in costs}))
+    cols = (Col("kernel", keep=MUST, wrap=True), Col("hw", "hardware", keep=3),
+            Col("model", "backbone", keep=7), Col("px", "image size", keep=6, right=True),
+            Col("folds", "folds x epochs", keep=2),
+            Col("img/ep", "training images per epoch", keep=1, right=True),
+            Col("TTA", "test-time augmentation views", keep=0, right=True),
+            Col("train h", "training hours", keep=5, right=True), Col("pred h", "prediction hours", keep=4, right=True),
+            Col("total h", "hours with start-up", keep=MUST, right=True),
+            Col("session", f"share of Kaggle's session limit ({limits})", keep=8, right=True),
+            Col("cum/week", "cumulative hours / weekly quota of that hardware", keep=MUST, right=True))
+    rows, styles = [], []
     running: dict[str, float] = {}
     for c in costs:
         running[c.kind] = running.get(c.kind, 0.0) + c.total_h
         quota = WEEKLY_QUOTA_H.get(c.kind)
         cumulative = f"{running[c.kind]:.1f} / {quota:.0f}" if quota else f"{running[c.kind]:.2f}"
-        if quota and running[c.kind] > quota:
-            cumulative = f"[red]{cumulative}[/]"
-        share = f"{100 * c.session_share:.0f} %"
-        if c.session_share > 1:
-            share = f"[red]{share}[/]"
-        table.add_row(c.name, c.kind, f"{c.backbone} @{c.image_size}", f"{c.folds} x {c.epochs}",
-                      f"{c.images_per_epoch:,}", str(c.views), f"{c.train_h:.2f}", f"{c.predict_h:.2f}",
-                      f"{c.total_h:.2f}", share, cumulative)
-    return table
+        over = bool(quota and running[c.kind] > quota) or c.session_share > 1
+        rows.append((c.name, c.kind, c.backbone, str(c.image_size), f"{c.folds} x {c.epochs}",
+                     f"{c.images_per_epoch:,}", str(c.views), f"{c.train_h:.2f}", f"{c.predict_h:.2f}",
+                     f"{c.total_h:.2f}", f"{100 * c.session_share:.0f} %", cumulative))
+        styles.append("red" if over else "")
+    return Grid(title, cols, tuple(rows), styles=tuple(styles))
 
 
 def plan_summary(costs: Sequence[KernelCost], calibration: Mapping[str, Calibration]) -> list[str]:

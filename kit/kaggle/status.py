@@ -19,15 +19,13 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from rich.table import Table
-
 from kit.errors import KitError
 from kit.kaggle.client import KaggleClient, KernelNotVisible
 from kit.kaggle.ledger import TERMINAL_STATUSES, Ledger, latest_version, now_iso
 from kit.kaggle.reconcile import PollPolicy, env_seconds, reconcile_pending
 
-__all__ = ["PollPolicy", "is_done", "log_tail", "log_text", "refresh", "selected", "status_rows", "status_table",
-           "wait_timeout_s", "wait_until_done"]
+__all__ = ["PollPolicy", "is_done", "log_tail", "log_text", "next_steps", "refresh", "selected", "status_rows",
+           "status_table", "wait_timeout_s", "wait_until_done"]
 
 NOT_FOUND_GRACE_S = 600.0
 DEFAULT_WAIT_TIMEOUT_S = 13 * 3600.0
@@ -136,18 +134,45 @@ def status_rows(data: Mapping[str, Any], names: Sequence[str] | None = None) -> 
     return rows
 
 
-def status_table(rows: Sequence[Mapping[str, Any]]) -> Table:
-    table = Table(title="Kaggle runs", show_lines=False)
-    for column in ("experiment", "kernel", "version", "machine", "status", "pushed (UTC)", "pulled into"):
-        table.add_column(column, overflow="fold")  # cells and headers fold at 80 columns, never cut
-    for row in rows:
-        style = STATUS_STYLE.get(row["status"], "")
-        table.add_row(
-            row["experiment"], row["kernel"], f"v{row['version']}" if row["version"] else "-",
-            row["accelerator"], f"[{style}]{row['status']}[/]" if style else row["status"],
-            row["pushed_at"].replace("T", " ").rstrip("Z"), row["pulled"],
-        )
-    return table
+def status_table(rows: Sequence[Mapping[str, Any]]) -> Any:
+    """A `kit.console.Grid` of the runs: experiment, version and status always; the kernel, machine,
+    push time and pulled folder as the width allows (rows coloured by status in a terminal)."""
+    from kit.console import MUST, Col, Grid
+
+    cols = (Col("experiment", keep=MUST, wrap=True), Col("kernel", "Kaggle kernel", keep=3, wrap=True),
+            Col("v", "version", keep=MUST, right=True), Col("machine", keep=4), Col("status", keep=MUST),
+            Col("pushed", "pushed (UTC)", keep=5), Col("pulled into", keep=2, wrap=True))
+    cells = tuple((row["experiment"], row["kernel"], str(row["version"]) if row["version"] else "-",
+                   row["accelerator"], row["status"], row["pushed_at"].replace("T", "\n").rstrip("Z") or "-",
+                   row["pulled"] or "-") for row in rows)
+    return Grid("Kaggle runs", cols, cells, styles=tuple(STATUS_STYLE.get(row["status"], "") for row in rows))
+
+
+FAILED_STATUSES = frozenset({"ERROR", "NOT_FOUND", "CANCEL_ACKNOWLEDGED"})
+
+
+def next_steps(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """What to run next, one line per kind of run in the table (going, finished, pulled, failed)."""
+    def named(keep: Callable[[Mapping[str, Any]], bool]) -> str:
+        return ", ".join(r["experiment"] for r in rows if keep(r))
+
+    lines = []
+    going = named(lambda r: not is_done(r))
+    finished = named(lambda r: r["status"] == "COMPLETE" and not r["pulled"])
+    pulled = named(lambda r: r["status"] == "COMPLETE" and bool(r["pulled"]))
+    failed = named(lambda r: r["status"] in FAILED_STATUSES)
+    if going:
+        lines.append(f"still going on Kaggle ({going}): `kit status --wait` follows them; Ctrl-C there stops "
+                     "only the waiting, never the kernels")
+    if finished:
+        lines.append(f"finished ({finished}): `kit pull` downloads and verifies their outputs into runs/")
+    if pulled:
+        lines.append(f"pulled ({pulled}): `kit blend NAME` blends them by ensembles/NAME.toml; `kit report` "
+                     "ranks every run")
+    if failed:
+        lines.append(f"failed ({failed}): the log tail is above; `kit preflight EXP` reproduces most failures "
+                     "locally in seconds; after the fix `kit push EXP` (--force re-pushes it unchanged)")
+    return lines
 
 
 def is_done(row: Mapping[str, Any]) -> bool:

