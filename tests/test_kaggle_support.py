@@ -39,7 +39,8 @@ FAST_ENV = {"KIT_RETRY_BASE_S": "0.01", "KIT_RETRY_CAP_S": "0.05", "KIT_RETRY_AT
             "KIT_WAIT_TIMEOUT_S": "600"}
 STALL_S = 6.5  # a stalled reply outlasts FAST_ENV's read timeout
 QUICK_REALISM = Realism(lag_s=0.4, stall_rate=0.0, stall_s=STALL_S, submission_lag_s=0.4, external_session_s=1.0,
-                        throttle_rate=0.0, throttle_s=0.5, new_script_s=0.2, cancel_s=0.3, long_run_s=2.0)
+                        throttle_rate=0.0, throttle_s=0.5, new_script_s=0.2, cancel_s=0.3, long_run_s=2.0,
+                        tpu_sessions=0)  # the TPU cap of 1 is on in the tests about it
 
 
 def write_competition(folder: Path, names: Sequence[str] = TEST_NAMES) -> Path:

@@ -107,9 +107,13 @@ def _wait(client: Any, ledger: Ledger, names: Sequence[str] | None, timeout: flo
 
 
 # -- push ---------------------------------------------------------------------------------------
+def _shape(kernel: Any) -> str:
+    return str(kernel.metadata.get("machine_shape") or "none")
+
+
 def cmd_push(args: argparse.Namespace) -> int:
     from kit.config import load_experiments
-    from kit.kaggle.push import push_queue
+    from kit.kaggle.push import default_concurrency, push_queue
     from kit.render import render_experiment
 
     if not args.no_preflight:  # rehearse before anything is sent (KIT_PREFLIGHT=0 skips it too)
@@ -127,11 +131,12 @@ def cmd_push(args: argparse.Namespace) -> int:
         owner = client.username
         kernels = [render_experiment(exp, owner, out_root=Path(args.build), accelerator=args.accelerator)
                    for exp in experiments]
+        concurrency = args.concurrency or default_concurrency([_shape(k) for k in kernels])
         with ledger.transaction() as data:
             for path, exps in loaded:
                 if len(exps) > 1:
                     data["sweeps"][str(path)] = {"experiments": [e.name for e in exps],
-                                                 "concurrency": args.concurrency, "updated_at": now_iso()}
+                                                 "concurrency": concurrency, "updated_at": now_iso()}
         counts: dict[str, int] = {}
         with _progress() as progress:
             task = progress.add_task("pushing", total=len(kernels))
@@ -152,8 +157,8 @@ def cmd_push(args: argparse.Namespace) -> int:
                 progress.console.print(f"[{style}]{payload.action}[/] {payload.experiment} -> "
                                        f"{payload.kernel}{version}  {payload.note}")
 
-            outcomes = push_queue(client, ledger, kernels, lambda k: k.metadata.get("machine_shape") or "none",
-                                  concurrency=args.concurrency, force=args.force, on_event=event)
+            outcomes = push_queue(client, ledger, kernels, _shape, concurrency=concurrency, force=args.force,
+                                  on_event=event)
         if len(outcomes) == 1 and outcomes[0].action == "skipped":
             raise KitError(f"{outcomes[0].experiment}: {outcomes[0].note}")
         console.print(", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
@@ -358,8 +363,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--accelerator", default=None,
                    help="TpuV5E8 (default from the config), NvidiaTeslaT4 or none")
     p.add_argument("--force", action="store_true", help="push even if unchanged since the last version")
-    p.add_argument("--concurrency", type=int, default=2,
-                   help="accelerator sessions busy at once (Kaggle allows only a few; default 2)")
+    p.add_argument("--concurrency", type=int, default=None,
+                   help="accelerator sessions busy at once (default Kaggle's cap: 1 for TPU, 2 for T4 x2)")
     p.add_argument("--build", default=DEFAULT_BUILD, help=f"where kernels are rendered (default {DEFAULT_BUILD})")
     p.add_argument("--wait", action="store_true", help="then wait until every pushed run has finished")
     p.add_argument("--timeout", type=float, default=None, help=WAIT_HELP)
