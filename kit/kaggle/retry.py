@@ -103,11 +103,11 @@ class RetryPolicy:
     def rate_delay(self, spell: int, retry_after: float | None, rng: random.Random | None = None) -> float:
         """Seconds to wait after the `spell`-th 429 in a row: doubling from rate_base_s up to rate_cap_s;
         a Retry-After above that lengthens the wait (0, Kaggle's usual value, is ignored); it is capped at
-        RETRY_AFTER_CAP_S and at the rate-limit budget, so no wait is unbounded."""
+        RETRY_AFTER_CAP_S (callers give up rather than wait past `rate_max_s`), so no wait is unbounded."""
         raw = min(self.rate_cap_s, self.rate_base_s * BACKOFF_FACTOR ** (spell - 1))
         wait = raw * (rng or random).uniform(1.0, 1.0 + self.jitter)
         if retry_after:
-            wait = max(wait, min(retry_after, RETRY_AFTER_CAP_S, self.rate_max_s))
+            wait = max(wait, min(retry_after, RETRY_AFTER_CAP_S))
         return max(0.0, wait)
 
     def delay(self, attempt: int, rng: random.Random | None = None) -> float:
