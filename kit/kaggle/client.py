@@ -43,6 +43,7 @@ from kit.kaggle.retry import (
     KaggleCallError,
     RetryPolicy,
     TruncatedDownload,
+    advice,
     call_with_retry,
     http_status,
 )
@@ -241,6 +242,12 @@ class KaggleClient:
             raise KitError("Kaggle credentials carry no user name: set KAGGLE_USERNAME or add username to kaggle.json")
         return str(name)
 
+    def announce_retry(self, what: str, count: int, reason: str, wait: float) -> None:
+        """Count a retry and say how long kit waits before it (every wait is announced)."""
+        self.stats.record(reason)
+        if self.on_retry:
+            self.on_retry(what, count, reason, wait)
+
     def _retry(self, fn: Callable[[], Any], what: str) -> Any:
         return call_with_retry(fn, what, self.policy, on_retry=self.on_retry, stats=self.stats)
 
@@ -385,8 +392,9 @@ class KaggleClient:
                 if http_status(exc) == UNAUTHENTICATED:
                     raise CredentialsRejected(f"submit {path.name}: {CREDENTIALS_FIX}") from None
                 if http_status(exc) == 403:
-                    raise KaggleCallError(f"submit {path.name}: Kaggle refused it (HTTP 403): "
-                                          f"{hint(str(exc), competition)}") from None
+                    told = hint(str(exc), competition)
+                    raise KaggleCallError(f"submit {path.name}: Kaggle refused it (HTTP 403): {told}"
+                                          + ("" if told != str(exc) else advice(exc))) from None
                 raise
         if (reply.message or "") == UPLOAD_FAILED:
             raise ConnectionError(f"upload of {path.name} failed")

@@ -26,6 +26,7 @@ from kernels.contracts import MANIFEST_FILE, ContractError, atomic_write_text, f
 from kit.errors import KitError
 from kit.kaggle.client import KaggleClient, KernelNotVisible, OutputFile
 from kit.kaggle.ledger import Ledger, latest_version, now_iso
+from kit.kaggle.retry import CredentialsRejected
 from kit.kaggle.status import log_text
 from kit.runs import KERNEL_LOG, RUN_JSON, write_run_record
 
@@ -175,6 +176,8 @@ def pull_all(client: KaggleClient, ledger: Ledger, names: Sequence[str] | None, 
                                        Path(runs_root), on_file)
             except KernelNotVisible as exc:  # Kaggle's lag: the outputs show a moment later
                 outcome = PullOutcome(name, version["version"], "not-ready", note=f"outputs not visible yet ({exc})")
+            except CredentialsRejected:
+                raise
             except (KitError, ContractError) as exc:
                 outcome = PullOutcome(name, version["version"], "failed", note=str(exc))
             if outcome.folder is not None:

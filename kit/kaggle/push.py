@@ -43,6 +43,7 @@ from kit.errors import KitError
 from kit.kaggle.client import KaggleClient, PushReply, hint
 from kit.kaggle.ledger import Ledger, experiment_entry, is_active, latest_version, now_iso
 from kit.kaggle.reconcile import (
+    Landing,
     PollPolicy,
     clear_pending,
     consistency_s,
@@ -62,6 +63,7 @@ from kit.kaggle.retry import (
     CredentialsRejected,
     KaggleCallError,
     KaggleUnreachable,
+    advice,
     classify,
     describe,
     http_status,
@@ -108,7 +110,13 @@ def unchanged(client: KaggleClient, ledger: Ledger, kernel: RenderedKernel,
     dropped), else None."""
     name = kernel.experiment.name
     if (ledger.read()["experiments"].get(name) or {}).get("pending"):
-        reconcile_pending(client, ledger, name, sleep, on_note)
+        try:
+            reconcile_pending(client, ledger, name, sleep, on_note)
+        except CredentialsRejected:
+            raise
+        except KitError as exc:
+            raise PushUncertain(f"push {kernel.kernel_id}: an earlier push's reply was lost and asking Kaggle whether "
+                                f"it landed failed ({exc}); nothing was pushed: run `kit push` again later") from None
         entry = ledger.read()["experiments"].get(name) or {}
         if entry.get("pending"):
             if not force:
@@ -139,6 +147,19 @@ def _check_slug(kernel: RenderedKernel) -> None:
     if problem:
         raise KitError(f"push {kernel.kernel_id}: {problem}: make the title's slug equal the id in "
                        f"{kernel.directory / 'kernel-metadata.json'}; nothing was sent")
+
+
+def _reconcile(client: KaggleClient, kernel: RenderedKernel, pending: dict[str, Any], why: str,
+               sleep: Callable[[float], None], on_note: Note | None) -> Landing:
+    """`landed`, where a failure to ask (other than rejected credentials) is PushUncertain: the pending
+    record stays, nothing is pushed again."""
+    try:
+        return landed(client, kernel.kernel_id, pending, sleep, on_note)
+    except CredentialsRejected:
+        raise
+    except KitError as exc:
+        raise PushUncertain(f"push {kernel.kernel_id}: {why}, and asking Kaggle whether it landed failed ({exc}); "
+                            f"nothing was pushed again: run `kit push` again later to settle it") from None
 
 
 def _never_sent(exc: BaseException) -> bool:
@@ -221,7 +242,7 @@ def push_one(
                     raise
                 if http_status(exc) == 401:
                     raise CredentialsRejected(f"{what}: {CREDENTIALS_FIX}") from None
-                raise KaggleCallError(f"{what}: {hint(describe(exc))}; nothing was pushed") from None
+                raise KaggleCallError(f"{what}: {hint(describe(exc))}; nothing was pushed{advice(exc)}") from None
             if reason == RATE_LIMITED:  # refused before any work: wait as asked (bounded), then push again
                 spell += 1
                 wait = client.policy.rate_delay(spell, retry_after_s(exc))
@@ -230,12 +251,12 @@ def push_one(
                     raise KaggleUnreachable(f"{what}: Kaggle kept rate-limiting (HTTP 429) for {rate_waited:.0f} s; "
                                             "nothing was pushed; try again later") from None
                 rate_waited += wait
-                _announce(client, what, spell, reason, wait)
+                client.announce_retry(what, spell, reason, wait)
                 sleep(wait)
                 continue
             attempt += 1
             if not _never_sent(exc):
-                landing = landed(client, kernel.kernel_id, pending, sleep, on_note)
+                landing = _reconcile(client, kernel, pending, f"the reply was lost ({describe(exc)})", sleep, on_note)
                 if landing.version is not None:
                     record_version(ledger, name, kernel.kernel_id, landing.version, pending, reconciled=True)
                     return PushOutcome(name, kernel.kernel_id, landing.version, "reconciled",
@@ -248,27 +269,20 @@ def push_one(
                 raise KaggleUnreachable(f"{what}: still failing after {attempt} attempts ({describe(exc)}); "
                                         "nothing was pushed; try again later") from None
             wait = client.policy.delay(attempt)
-            _announce(client, what, attempt, reason, wait)
+            client.announce_retry(what, attempt, reason, wait)
             sleep(wait)
             continue
         if reply.error:
             clear_pending(ledger, name)
             raise _refused(kernel, reply.error)
         if not reply.version:
-            landing = landed(client, kernel.kernel_id, pending, sleep, on_note)
+            landing = _reconcile(client, kernel, pending, "Kaggle's reply had no version number", sleep, on_note)
             if landing.version is None:
                 raise PushUncertain(uncertain_line(name, kernel.kernel_id, "Kaggle's reply had no version number",
                                                    consistency_s()))
             record_version(ledger, name, kernel.kernel_id, landing.version, pending, reconciled=True)
             return PushOutcome(name, kernel.kernel_id, landing.version, "reconciled", "reply without a version number")
         return _recorded(ledger, kernel, reply, pending, on_note)
-
-
-def _announce(client: KaggleClient, what: str, count: int, reason: str, wait: float) -> None:
-    """Count a retry and say how long kit waits before it (every wait is announced)."""
-    client.stats.record(reason)
-    if client.on_retry:
-        client.on_retry(what, count, reason, wait)
 
 
 def check_sources(client: KaggleClient, kernels: Sequence[RenderedKernel]) -> None:

@@ -220,6 +220,18 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}"[:MAX_MESSAGE]
 
 
+def advice(exc: BaseException) -> str:
+    """What to do about a permanent failure, as the tail of its one-line message ('' when nothing to add)."""
+    status = http_status(exc)
+    if status == 403:
+        return "; Kaggle does not let these credentials do this (or hides it): check the name and your access"
+    if status == 404:
+        return "; Kaggle has no such thing (or does not show it yet): check the name, or try again in a minute"
+    if status is not None and 400 <= status < 500:
+        return "; Kaggle refused the request: fix what it names, then run the command again"
+    return "; run the command again, and report it if it persists"
+
+
 def call_with_retry(
     fn: Callable[[], T],
     what: str,
@@ -247,7 +259,7 @@ def call_with_retry(
             reason = retry_if(exc)
             if reason is None:
                 stats.record_failure()
-                raise KaggleCallError(f"{what}: {describe(exc)}") from None
+                raise KaggleCallError(f"{what}: {describe(exc)}{advice(exc)}") from None
             if reason == RATE_LIMITED:  # its own budget: time, not attempts
                 spell += 1
                 wait = policy.rate_delay(spell, retry_after_s(exc), rng)

@@ -204,6 +204,9 @@ def handler_for(emulator: Emulator) -> type[BaseHTTPRequestHandler]:
             except json.JSONDecodeError:
                 return self._error(400, "request body is not JSON")
             emulator._count("calls")
+            cap = emulator.realism.max_page_size
+            if cap and call.split("/")[-1].startswith("List"):  # the server's page size wins over the caller's
+                body["pageSize"] = min(int(body.get("pageSize") or cap), cap)
             scripted = emulator.answers.next(call)
             if scripted is not None and answer_class(scripted) not in AFTER_WORK:
                 return self._scripted_refusal(scripted)

@@ -31,7 +31,8 @@ The behaviours (sources in ../../../shared notes and the kaggle-cli issues):
   dash; "off", the id as sent), and the reply's URL names it;
 - rate-limit refusals carry `Retry-After: retry_after_s` (kaggle.com sends 0 or nothing useful);
 - one batch TPU session at a time (`tpu_sessions`; "Maximum batch TPU session count of 1 reached");
-- a retired accelerator (P100, TPU v3-8) is replaced silently (`retired_substitute`).
+- a retired accelerator (P100, TPU v3-8) is replaced silently (`retired_substitute`);
+- listings come in pages of at most `max_page_size` items whatever page size was asked (0: as asked).
 """
 
 from __future__ import annotations
@@ -96,6 +97,7 @@ class Realism:
     retry_after_s: float = 0.0
     tpu_sessions: int = DEFAULT_TPU_SESSIONS
     retired_substitute: bool = True
+    max_page_size: int = 0
 
     @classmethod
     def kind(cls, seed: int = 0) -> Realism:
