@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_kaggle_support import FAKE_KEY, quick_rendered
+from helpers.kaggle_support import FAKE_KEY, quick_rendered
 
 from kit.cli import main
 from kit.kaggle.client import connect
@@ -157,7 +157,7 @@ def test_kit_and_the_kaggle_client_agree_on_slugs(tmp_path: Path) -> None:
     from slugify import slugify
 
     from kernels.config import from_dict
-    from kit.render import kernel_slug, kernel_title
+    from kit.render.kernel import kernel_slug, kernel_title
 
     for name in ("b5-256_meta", "sweep-lr-0.0003", "x" * 80, "mixup,cutmix"):
         exp = from_dict({"name": name})

@@ -23,9 +23,9 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers.kaggle_support import COMPETITION, quick_rendered
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_kaggle_support import COMPETITION, quick_rendered
 
 from kit.cli import user_errors
 from kit.kaggle.client import connect

@@ -13,7 +13,7 @@ from kernels.config import to_dict
 from kit.cli import main as kit_main
 from kit.config import load_experiment
 from kit.console import console
-from kit.plan import calibrate, estimate, estimate_seconds, forward_gflops, image_counts
+from kit.kaggle.plan import calibrate, estimate, estimate_seconds, forward_gflops, image_counts
 
 REPO = Path(__file__).resolve().parents[1]
 B6 = REPO / "experiments" / "effnet-b6-384.toml"

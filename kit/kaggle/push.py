@@ -39,6 +39,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from kernels.accelerators import ACCELERATORS, NO_ACCELERATOR
 from kit.errors import KitError
 from kit.kaggle.client import KaggleClient, PushReply, hint
 from kit.kaggle.ledger import Ledger, experiment_entry, is_active, latest_version, now_iso
@@ -71,14 +72,12 @@ from kit.kaggle.retry import (
 )
 from kit.kaggle.slugs import kernel_from_url, slug_problem
 from kit.kaggle.status import refresh
-from kit.render import RenderedKernel
+from kit.render.kernel import RenderedKernel
 
 __all__ = ["PushOutcome", "PushUncertain", "SessionCapReached", "busy_sessions", "check_sources", "push_body", "push_one",
            "push_queue", "reconcile_pending", "sha256_text", "unchanged"]
 
 DEFAULT_CONCURRENCY = 2
-SESSIONS_AT_ONCE = {"TpuV5E8": 1, "NvidiaTeslaT4": 2}  # kaggle.com's batch sessions per account (kaggle-images.md)
-NO_ACCELERATOR = "none"
 DEFAULT_SLOT_WAIT_S = 6 * 3600.0
 SESSION_CAP = re.compile(r"session count|session limit|maximum .*sessions?", re.IGNORECASE)
 SLUG_PARTS = {"kernels": 2, "models": 5}
@@ -321,7 +320,7 @@ def _source_problem(client: KaggleClient, kind: str, source: str) -> str:
 def default_concurrency(accelerators: Sequence[str]) -> int:
     """Sessions a sweep keeps busy by default: Kaggle's own cap for its accelerators (the smallest: a
     TPU sweep runs one at a time), DEFAULT_CONCURRENCY when none has a known cap."""
-    caps = [SESSIONS_AT_ONCE[a] for a in accelerators if a in SESSIONS_AT_ONCE]
+    caps = [ACCELERATORS[a].sessions_at_once for a in accelerators if a in ACCELERATORS and a != NO_ACCELERATOR]
     return min(caps) if caps else DEFAULT_CONCURRENCY
 
 

@@ -6,7 +6,7 @@ Out: reply dicts (camelCase) or `ApiError`s, with kaggle.com's behaviours where 
      on: 403 for kernels the caller cannot see, read-after-write lag, NEW_SCRIPT, cancelled and
      long-running runs, invalid*Sources in push replies, refusals for the session cap (counting
      sessions started elsewhere), for a competition not joined and for an unverified phone.
-SaveKernel queues a version; a worker pool runs it with the local backend (`kit.localrun`)
+SaveKernel queues a version; a worker pool runs it with the local backend (`kit.run.local`)
 against the attached datasets and the competition folder (without its solution file).
 """
 
@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from kernels.accelerators import ACCELERATORS
 from kernels.contracts import atomic_write_text
 from kit.kaggle.emulator.errors import ApiError
 from kit.kaggle.emulator.realism import (
@@ -31,7 +32,7 @@ from kit.kaggle.emulator.realism import (
     kaggle_notebook,
 )
 from kit.kaggle.emulator.state import SOLUTION_FILE, EmulatorState, iso, now, page, parse_version, sha256
-from kit.localrun import run_kernel, stop_kernel
+from kit.run.local import run_kernel, stop_kernel
 
 MIN_SLUG = 5
 OUTPUT_PAGE_SIZE = 20
@@ -45,8 +46,9 @@ FAILURE_CHARS = 400  # of the log's last line, in a failure message
 ACTIVE = ("QUEUED", "RUNNING")
 RETIRED_SHAPES = {"NvidiaTeslaP100": "NvidiaTeslaT4", "TpuV38": "TpuV5E8", "Tpu1VmV38": "TpuV5E8"}
 TPU_CAP = "Maximum batch TPU session count of {limit} reached"
-WEEKLY_GPU_S = 30 * 3600
-WEEKLY_TPU_S = 20 * 3600
+HOUR_S = 3600
+WEEKLY_GPU_S = int((ACCELERATORS["NvidiaTeslaT4"].weekly_hours or 0) * HOUR_S)
+WEEKLY_TPU_S = int((ACCELERATORS["TpuV5E8"].weekly_hours or 0) * HOUR_S)
 WEEK_S = 7 * 24 * 3600
 CANCELLED = "The session was cancelled (by the user, on kaggle.com)"
 

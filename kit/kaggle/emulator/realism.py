@@ -45,6 +45,8 @@ import time
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from kernels.accelerators import ACCELERATORS
+
 DEFAULT_LAG_S = 8.0
 DEFAULT_STALL_RATE = 0.02
 DEFAULT_STALL_S = 90.0  # longer than any sensible read timeout
@@ -56,7 +58,7 @@ DEFAULT_THROTTLE_S = 120.0
 DEFAULT_NEW_SCRIPT_S = 2.0
 DEFAULT_CANCEL_S = 2.0
 DEFAULT_LONG_RUN_S = 4 * 3600.0
-DEFAULT_TPU_SESSIONS = 1  # kaggle.com: one batch TPU session at a time (../shared notes, kaggle-images.md)
+DEFAULT_TPU_SESSIONS = ACCELERATORS["TpuV5E8"].sessions_at_once  # kaggle.com: one batch TPU session at a time
 SLUG_RULES = ("kaggle", "dashes", "off")
 MAX_STALL_STREAK = 1  # a stalled call is answered the next time (flaky, not hostile)
 PERMISSION_DENIED = "Permission 'kernels.get' was denied"
