@@ -301,3 +301,22 @@ def test_a_retired_accelerator_is_replaced_silently_and_the_client_warning_is_pa
     assert any("the kaggle client says" in n and "retired" in n for n in notes), notes
     (version,) = emulator.state["kernels"]["kit-user/quick-p100"]["versions"]
     assert version["machine_shape"] == "NvidiaTeslaT4" and emulator.stats()["faults"]["substituted"] == 1
+
+
+def test_plan_reads_this_weeks_quota_live_and_says_which_figures_are_constants(world, tmp_path: Path, monkeypatch,
+                                                                                 capsys) -> None:
+    make, ledger = world
+    make()
+    client, _ = _client()
+    push_one(client, ledger, quick_rendered(tmp_path / "build", "quick-quota", sleep_s=1.0), SHAPE)
+    wait_until_done(client, ledger, poll=FAST_POLL, timeout_s=60)
+    quota = client.quota()
+    assert quota.allowed_h == {"gpu": 30.0, "tpu": 20.0} and 0 < quota.used_h["tpu"] < 0.1
+    monkeypatch.chdir(tmp_path)
+    target = str(Path(__file__).resolve().parents[1] / "experiments" / "kaggle-b5-256-meta.toml")
+    assert main(["plan", target, "--runs", str(tmp_path / "runs")]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "h left of 20 h this week (live, from `kaggle quota`" in out
+    assert main(["plan", target, "--runs", str(tmp_path / "runs"), "--offline"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "weekly quota" in out and "constant from kernels/accelerators.py: --offline" in out and "live" not in out

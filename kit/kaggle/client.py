@@ -60,6 +60,7 @@ MAX_PAGES = 1000
 DOWNLOAD_TIMEOUT_S = (10.0, 120.0)  # connect, read
 CHUNK_BYTES = 1 << 20
 UPLOAD_FAILED = "Could not submit to competition"
+HOUR_S = 3600.0
 
 
 RULES_HINT = ("join the competition first: open https://www.kaggle.com/competitions/{competition}/rules "
@@ -151,6 +152,15 @@ class Submission:
     private_score: str
     error: str
     date: str
+
+
+@dataclass(frozen=True)
+class Quota:
+    """`kaggle quota`: accelerator hours used this week and allowed, per kind (gpu, tpu), and when it refreshes."""
+
+    used_h: dict[str, float]
+    allowed_h: dict[str, float]
+    refresh: str
 
 
 @dataclass
@@ -442,6 +452,24 @@ class KaggleClient:
                 raise
 
         return self._retry(call, f"get submission {ref}")
+
+    def quota(self) -> Quota:
+        """The weekly accelerator quota as `kaggle quota` reports it (the client's `quota_view`)."""
+        def call() -> Quota:
+            with quiet_stdout():
+                reply = self.api.quota_view()
+            used: dict[str, float] = {}
+            allowed: dict[str, float] = {}
+            for kind in ("gpu", "tpu"):
+                figures = getattr(reply, f"{kind}_quota", None)
+                if figures is None or figures.total_time_allowed is None:
+                    continue
+                used[kind] = (figures.time_used.total_seconds() if figures.time_used else 0.0) / HOUR_S
+                allowed[kind] = figures.total_time_allowed.total_seconds() / HOUR_S
+            refresh = getattr(reply, "quota_refresh_time", None)
+            return Quota(used, allowed, refresh.isoformat(timespec="minutes") if refresh else "")
+
+        return self._retry(call, "quota")
 
     # -- checks before a push ------------------------------------------------------------------
     def dataset_visible(self, ref: str) -> bool:
