@@ -66,6 +66,7 @@ def test_lost_push_reply_while_kaggle_shows_nothing_stops_without_a_second_push(
     make, ledger = world
     emulator = make(lag_s=60.0)  # the new kernel answers 403/404 far longer than kit's window
     monkeypatch.setenv("KIT_CONSISTENCY_S", "1")
+    monkeypatch.setenv("KIT_PENDING_SETTLE_S", "900")  # the default: far longer than the window
     emulator.answers.push(SAVE, ["lost"])
     client, _ = _client()
     kernel = quick_rendered(tmp_path / "build", "quick-hidden")
@@ -91,6 +92,7 @@ def test_a_pending_push_older_than_the_settle_time_is_deemed_lost(world, tmp_pat
     make, ledger = world
     emulator = make()
     monkeypatch.setenv("KIT_CONSISTENCY_S", "0.5")
+    monkeypatch.setenv("KIT_PENDING_SETTLE_S", "900")
     emulator.answers.push(SAVE, ["500"])
     client, _ = _client()
     kernel = quick_rendered(tmp_path / "build", "quick-never")

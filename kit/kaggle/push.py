@@ -46,6 +46,7 @@ from kit.kaggle.ledger import Ledger, experiment_entry, is_active, latest_versio
 from kit.kaggle.reconcile import (
     Landing,
     PollPolicy,
+    age_s,
     clear_pending,
     consistency_s,
     env_seconds,
@@ -54,6 +55,7 @@ from kit.kaggle.reconcile import (
     reconcile_pending,
     record_version,
     server_version,
+    settle_s,
     sha256_text,
     source_fingerprint,
     uncertain_line,
@@ -64,11 +66,11 @@ from kit.kaggle.retry import (
     CredentialsRejected,
     KaggleCallError,
     KaggleUnreachable,
+    RateLimitWait,
     advice,
     classify,
     describe,
     http_status,
-    retry_after_s,
 )
 from kit.kaggle.slugs import kernel_from_url, slug_problem
 from kit.kaggle.status import refresh
@@ -228,8 +230,8 @@ def push_one(
         experiment_entry(data, name, kernel.kernel_id)["pending"] = pending
     timeout = kernel.experiment.kaggle.timeout_s or None
     what = f"push {kernel.kernel_id}"
-    attempt = spell = 0
-    rate_waited = 0.0
+    attempt = 0
+    limited = RateLimitWait(client.policy)
     while True:
         try:
             reply = client.push(kernel.directory, None, timeout)
@@ -243,14 +245,12 @@ def push_one(
                     raise CredentialsRejected(f"{what}: {CREDENTIALS_FIX}") from None
                 raise KaggleCallError(f"{what}: {hint(describe(exc))}; nothing was pushed{advice(exc)}") from None
             if reason == RATE_LIMITED:  # refused before any work: wait as asked (bounded), then push again
-                spell += 1
-                wait = client.policy.rate_delay(spell, retry_after_s(exc))
-                if rate_waited + wait > client.policy.rate_max_s:
+                try:
+                    wait = limited.next_wait(exc, what, "nothing was pushed")
+                except KaggleUnreachable:
                     clear_pending(ledger, name)
-                    raise KaggleUnreachable(f"{what}: Kaggle kept rate-limiting (HTTP 429) for {rate_waited:.0f} s; "
-                                            "nothing was pushed; try again later") from None
-                rate_waited += wait
-                client.announce_retry(what, spell, reason, wait)
+                    raise
+                client.announce_retry(what, limited.spell, reason, wait)
                 sleep(wait)
                 continue
             attempt += 1
@@ -260,7 +260,7 @@ def push_one(
                     record_version(ledger, name, kernel.kernel_id, landing.version, pending, reconciled=True)
                     return PushOutcome(name, kernel.kernel_id, landing.version, "reconciled",
                                        f"reply lost ({describe(exc)})")
-                if not landing.seen:  # Kaggle may hold it: stop, keep the pending record
+                if not landing.seen and age_s(pending["started_at"]) < settle_s():  # Kaggle may hold it: stop
                     raise PushUncertain(uncertain_line(name, kernel.kernel_id, f"the reply was lost ({describe(exc)})",
                                                        consistency_s())) from None
             if attempt >= client.policy.attempts:

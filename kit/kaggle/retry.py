@@ -220,6 +220,26 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}"[:MAX_MESSAGE]
 
 
+class RateLimitWait:
+    """The 429 budget of a call kit loops over itself (push, submit): the waits Kaggle asks for (Retry-After,
+    bounded) and kit's back-off, given up once they would pass `rate_max_s`."""
+
+    def __init__(self, policy: RetryPolicy) -> None:
+        self.policy = policy
+        self.spell = 0
+        self.waited = 0.0
+
+    def next_wait(self, exc: BaseException, what: str, nothing_done: str) -> float:
+        """Seconds to wait before trying again, or KaggleUnreachable (`nothing_done` says what did not happen)."""
+        self.spell += 1
+        wait = self.policy.rate_delay(self.spell, retry_after_s(exc))
+        if self.waited + wait > self.policy.rate_max_s:
+            raise KaggleUnreachable(f"{what}: Kaggle kept rate-limiting (HTTP 429) for {self.waited:.0f} s; "
+                                    f"{nothing_done}; try again later")
+        self.waited += wait
+        return wait
+
+
 def advice(exc: BaseException) -> str:
     """What to do about a permanent failure, as the tail of its one-line message ('' when nothing to add)."""
     status = http_status(exc)

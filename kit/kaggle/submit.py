@@ -35,10 +35,10 @@ from kit.kaggle.retry import (
     RATE_LIMITED,
     KaggleCallError,
     KaggleUnreachable,
+    RateLimitWait,
     advice,
     classify,
     describe,
-    retry_after_s,
 )
 
 SHORT_HASH = 12
@@ -157,8 +157,8 @@ def send(client: KaggleClient, ledger: Ledger, csv_path: Path, competition: str,
             "message": message, "recipe": label, "recipe_hash": recipe_hash,
             "status": "SENDING", "public_score": "", "private_score": "", "error": "", "submitted_at": now_iso(),
         })
-    attempt = spell = 0
-    rate_waited = 0.0
+    attempt = 0
+    limited = RateLimitWait(client.policy)
     what = f"submit {csv_path}"
     while True:
         try:
@@ -166,14 +166,12 @@ def send(client: KaggleClient, ledger: Ledger, csv_path: Path, competition: str,
             return _update(ledger, record_id, ref=ref, status="PENDING")
         except Exception as exc:
             if not isinstance(exc, KitError) and classify(exc) == RATE_LIMITED:  # refused before any work
-                spell += 1
-                wait = client.policy.rate_delay(spell, retry_after_s(exc))
-                if rate_waited + wait > client.policy.rate_max_s:
+                try:
+                    wait = limited.next_wait(exc, what, "nothing was submitted")
+                except KaggleUnreachable:
                     _update(ledger, record_id, status="FAILED", error=describe(exc))
-                    raise KaggleUnreachable(f"{what}: Kaggle kept rate-limiting (HTTP 429) for {rate_waited:.0f} s; "
-                                            "nothing was submitted; try again later") from None
-                rate_waited += wait
-                client.announce_retry(what, spell, RATE_LIMITED, wait)
+                    raise
+                client.announce_retry(what, limited.spell, RATE_LIMITED, wait)
                 sleep(wait)
                 continue
             attempt += 1
