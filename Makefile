@@ -3,6 +3,8 @@
 PY      := .venv/bin/python
 KIT     := $(PY) -m kit.cli
 STAMP   := .venv/.installed
+KPY     := .venv-kaggle/bin/python
+KSTAMP  := .venv-kaggle/.installed
 DATA    ?= uda
 EXP     ?=
 ENS     ?= demo
@@ -18,8 +20,9 @@ SCOPE   ?=
 # A target that needs a variable says which, with an example, instead of a bare argparse line.
 need = @test -n "$($(1))" || { echo "error: make $@ needs $(1)=..., e.g. make $@ $(1)=$(2)" >&2; exit 2; }
 
-.PHONY: help install demo test test-deep docs lint bench data render run push-kernel status wait pull blend report submit \
-        submissions predict emulator dryrun clean clean-runs clean-all device-check preflight mutation
+.PHONY: help install venv-kaggle test-kaggle-images demo test test-deep docs lint bench data render run push-kernel \
+        status wait pull blend report submit submissions predict emulator dryrun clean clean-runs clean-all \
+        device-check preflight mutation
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/' | expand -t 16
@@ -32,11 +35,25 @@ $(STAMP): setup.py
 
 install: $(STAMP)  ## make .venv and install the toolkit (editable) with its test extras
 
+$(KSTAMP): setup.py kit/kaggle/images.py
+	test -x $(KPY) || python3 -m venv .venv-kaggle
+	$(KPY) -m pip install -q --upgrade pip
+	python3 kit/kaggle/images.py > .venv-kaggle/requirements.txt
+	$(KPY) -m pip install -q -r .venv-kaggle/requirements.txt
+	$(KPY) -m pip install -q --no-deps -e .
+	touch $(KSTAMP)
+
+venv-kaggle: $(KSTAMP)  ## the second environment: the package versions of Kaggle's images (kit/kaggle/images.py)
+
+test-kaggle-images: $(KSTAMP)  ## the tiny TPU and GPU rehearsals under Kaggle's image versions
+	$(KPY) -m pytest tests/test_accelerators.py -k rehearsed -p no:cacheprovider
+
 demo: $(STAMP)  ## the whole loop offline: import sample, render+run 2 experiments, blend, report (DATA=uda|synth)
 	$(PY) -m kit.demo --data $(DATA)
 
-test: $(STAMP)  ## run the test suite (real TensorFlow, real kaggle client against the emulator)
+test: $(STAMP) $(KSTAMP)  ## the test suite (real TensorFlow, real kaggle client), then the rehearsals under Kaggle's versions
 	$(PY) -m pytest tests
+	$(MAKE) --no-print-directory test-kaggle-images
 
 test-deep: $(STAMP)  ## the deeper profiles only (tests marked deep: larger property budgets, full sizes)
 	$(PY) -m pytest tests -m deep

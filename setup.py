@@ -8,6 +8,7 @@ INSTALL_REQUIRES = [
     "keras==3.15.1",
     "kaggle==2.2.5",
     "six==1.17.0",  # kaggle 2.2.5 imports six without declaring it
+    "python-slugify==9.2.0",  # Kaggle's slug rule (kit.kaggle.slugs); the kaggle client's own dependency
     "numpy==2.4.6",
     "pandas==3.1.1",
     "matplotlib==3.11.2",
@@ -25,6 +26,7 @@ TEST_REQUIRES = [
     "pytest==9.2.0",
     "pytest-timeout==2.4.0",
     "ruff==0.17.6",
+    "hypothesis==6.170.29",  # property tests of kit.kaggle against the emulator
     "jax==0.10.2",  # the kernel is tested under the JAX backend too (Kaggle's TPU route)
     "jaxlib==0.10.2",
     "scikit-image==0.26.0",  # its bundled photos check the converted EfficientNet-Lite weights

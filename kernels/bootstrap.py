@@ -13,6 +13,7 @@ from __future__ import annotations
 import glob
 import importlib.util
 import os
+import sys
 from collections.abc import Mapping, MutableMapping
 from typing import Any
 
@@ -21,6 +22,8 @@ BOOT_REHEARSAL_BACKENDS = {"tpu": "jax", "gpu": "tensorflow"}  # KIT_REHEARSE ->
 BOOT_TPU_REHEARSAL_DEVICES = 8
 BOOT_DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count"
 TPU_DEVICE_GLOBS = ("/dev/accel*", "/dev/vfio/[0-9]*")
+BOOT_VERSION_PACKAGES = ("tensorflow", "tensorflow-cpu", "tensorflow-tpu", "keras", "jax", "jaxlib", "libtpu",
+                         "numpy", "pandas", "scikit-learn")
 
 
 def tpu_visible(environ: Mapping[str, str] | None = None) -> bool:
@@ -55,10 +58,38 @@ def boot_rehearsal(environ: MutableMapping[str, str]) -> str:
     return BOOT_REHEARSAL_BACKENDS[target]
 
 
+def boot_versions() -> str:
+    """'python 3.12.1, tensorflow-cpu 2.20.0, keras 3.13.2, ...': what this kernel runs with, read from the
+    installed packages' metadata (nothing is imported)."""
+    import importlib.metadata
+    import platform
+
+    found = [f"python {platform.python_version()}"]
+    for name in BOOT_VERSION_PACKAGES:
+        try:
+            found.append(f"{name} {importlib.metadata.version(name)}")
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return ", ".join(found)
+
+
+def boot_claim_jax() -> str:
+    """Ask JAX for its devices now, before TensorFlow is imported: only one framework can hold a TPU, and a
+    TensorFlow with TPU support (if Kaggle's image brings it back) would take it first. Returns 'N x kind'."""
+    import jax
+
+    devices = jax.devices()
+    return f"{len(devices)} x {devices[0].platform if devices else 'none'}"
+
+
 def select_backend(config: Mapping[str, Any]) -> str:
-    """Set KERAS_BACKEND (and quieter TF logs) for this process; call before importing keras."""
+    """Print the versions, set KERAS_BACKEND (and quieter TF logs) for this process and, on the JAX route,
+    claim JAX's devices; call before importing keras or TensorFlow."""
+    print(f"[kit] versions: {boot_versions()}", flush=True)
     backend = boot_rehearsal(os.environ) or choose_backend(str(config.get("backend", "auto")))
     os.environ["KERAS_BACKEND"] = backend
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     print(f"[kit] keras backend: {backend}")
+    if backend == "jax" and "tensorflow" not in sys.modules:
+        print(f"[kit] jax devices (asked before TensorFlow is imported): {boot_claim_jax()}", flush=True)
     return backend

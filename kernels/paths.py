@@ -13,7 +13,8 @@ Order (first match wins):
   3. on Colab: the bucket in ``data.gcs_path`` (a Colab TPU node can read nothing else);
   4. on Kaggle, when the image needs a bucket (the ``kaggle_datasets`` helper is present and the
      TPU is a TPU node, not a TPU VM): ``KaggleDatasets().get_gcs_path(<mount name>)``;
-  5. a local folder, then <input root>/<name> (Kaggle's /kaggle/input/<slug>).
+  5. a local folder, then Kaggle's input layouts (2026 images mount each attachment in several):
+     <input root>/<name>, <input root>/datasets/<owner>/<name>, <input root>/competitions/<name>.
 
 Environment (set by `kit run` / the emulator; absent on Kaggle):
   KIT_DATA_DIR    the main dataset's location (overrides data.dataset)
@@ -148,15 +149,26 @@ def check_location(location: str, label: str) -> str:
     return location
 
 
+def input_candidates(spec: str, root: str = KAGGLE_INPUT) -> list[str]:
+    """Where Kaggle may mount `spec` ("owner/slug" dataset, or a competition slug) under `root`, in order:
+    /kaggle/input/<slug>, /kaggle/input/datasets/<owner>/<slug>, /kaggle/input/competitions/<slug>."""
+    name = mount_name(spec)
+    found = [os.path.join(root, name)]
+    if "/" in spec.strip("/"):
+        found.append(os.path.join(root, "datasets", *spec.strip("/").split("/")[-2:]))
+    found.append(os.path.join(root, "competitions", name))
+    return found
+
+
 def _paths_local(spec: str, env: Mapping[str, str], override_var: str) -> str:
     if os.path.isdir(spec):
         return os.path.abspath(spec)
     root = env.get("KIT_INPUT_ROOT", KAGGLE_INPUT)
-    name = mount_name(spec)
-    for candidate in (os.path.join(root, name), os.path.join(root, "datasets", spec)):
+    candidates = input_candidates(spec, root)
+    for candidate in candidates:
         if os.path.isdir(candidate):
             return candidate
-    raise DataLocationError(f"dataset {spec!r}: not found (looked in {spec} and {os.path.join(root, name)}; "
+    raise DataLocationError(f"dataset {spec!r}: not found (looked in {spec}, {', '.join(candidates)}; "
                             f"set {override_var}, attach the dataset, or give a gs:// URL)")
 
 

@@ -36,7 +36,7 @@ def test_same_content_under_another_kernel_id_is_pushed_not_skipped(world, tmp_p
 
     folder = tmp_path / "moved" / "guard-moved-v2"  # the same kernel, only its id changed
     shutil.copytree(first.directory, folder)
-    meta = {**first.metadata, "id": "kit-user/guard-moved-v2"}
+    meta = {**first.metadata, "id": "kit-user/guard-moved-v2", "title": "guard-moved-v2"}  # title slug = id
     (folder / "kernel-metadata.json").write_text(json.dumps(meta, indent=1))
     moved = dataclasses.replace(first, directory=folder, code_file=folder / first.code_file.name, metadata=meta,
                                 kernel_id=meta["id"], slug="guard-moved-v2")

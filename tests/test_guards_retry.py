@@ -105,7 +105,8 @@ def test_retry_after_header_is_read_capped_and_ignored_when_unusable() -> None:
     assert retry_after_s(_http_error(429, "-3")) == 0.0
     assert retry_after_s(_http_error(429, "99999")) == RETRY_AFTER_CAP_S
     assert retry_after_s(_http_error(429)) is None
-    assert retry_after_s(_http_error(429, "Wed, 21 Oct 2015 07:28:00 GMT")) is None  # a date: not a number
+    assert retry_after_s(_http_error(429, "Wed, 21 Oct 2015 07:28:00 GMT")) == 0.0  # an HTTP date, long past
+    assert retry_after_s(_http_error(429, "soon")) is None  # neither seconds nor a date
     assert retry_after_s(ValueError("no response at all")) is None
 
     class Bare(Exception):
@@ -145,7 +146,7 @@ def test_attempt_budget_is_exact() -> None:
         slept: list[float] = []
         with pytest.raises(KaggleCallError) as info:
             call_with_retry(fn, "pull x", RetryPolicy(attempts=attempts, base_s=0.01, jitter=0.0), sleep=slept.append)
-        assert str(info.value) == f"pull x: still failing after {attempts} attempt(s) (HTTP 502: 502 Server Error)"
+        assert str(info.value) == f"pull x: still failing after {attempts} attempt(s) (HTTP 502: 502 Server Error); try again later"
         assert len(calls) == attempts and slept == pytest.approx([0.01 * 2**i for i in range(attempts - 1)])
 
 

@@ -219,7 +219,7 @@ def test_error_runs_show_failure_message_and_log_tail(world, tmp_path: Path) -> 
     assert "Kernel exited with code 1" in row["failure"] or "injected" in row["failure"]
     assert any("boom" in line or "injected" in line for line in row["log_tail"])
     (outcome,) = pull_all(client, ledger, None, tmp_path / "runs")
-    assert outcome.action == "not-ready" and outcome.note == "ERROR"
+    assert outcome.action == "failed" and "ended in ERROR on Kaggle" in outcome.note
 
 
 def test_submit_validates_scores_and_refuses_resubmission(world, tmp_path: Path) -> None:

@@ -114,7 +114,7 @@ def test_full_loop_push_status_pull_blend_submit(workdir, synth_data: Path, caps
     exp.write_text(TINY_EXPERIMENT.format(name="loop", tag="loop", dataset=f"kit/{DATASET}", extra='[sweep]\n"seed" = [1, 2]', **TWO_FOLDS))
     sample = synth_data / "sample_submission.csv"
 
-    assert _kit("push", exp) == 0
+    assert _kit("push", exp, "--concurrency", "2") == 0  # the default for a TPU sweep is 1 at a time (Kaggle's cap)
     assert _kit("status", "--wait", "--timeout", "240") == 0
     assert _kit("pull") == 0
     ledger = Ledger(work / ".kit" / "ledger.json")

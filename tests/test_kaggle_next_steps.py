@@ -114,7 +114,8 @@ def test_kit_status_names_the_next_command(world, tmp_path: Path, monkeypatch: p
     out = _text(capsys)
     assert "next: finished (quick-ok): `kit pull` downloads" in out
     assert "next: failed (quick-boom):" in out
-    assert kit_main(["pull", "--runs", str(tmp_path / "runs")]) == 0
+    assert kit_main(["pull", "--runs", str(tmp_path / "runs")]) == 2  # the failed run is named, the other pulled
+    assert (tmp_path / "runs" / "quick-ok" / "v1").is_dir()
     capsys.readouterr()
     assert kit_main(["status"]) == 0
     assert "next: pulled (quick-ok): `kit blend NAME`" in _text(capsys)

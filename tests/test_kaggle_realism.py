@@ -191,7 +191,7 @@ def test_cancelled_and_endless_runs_end_the_wait(world, tmp_path: Path) -> None:
     push_one(client, ledger, quick_rendered(tmp_path / "build", "quick-cancel"), SHAPE)
     assert [r["status"] for r in _wait(client, ledger)] == ["CANCEL_ACKNOWLEDGED"]
     (pulled,) = pull_all(client, ledger, None, tmp_path / "runs")
-    assert (pulled.action, pulled.note) == ("not-ready", "CANCEL_ACKNOWLEDGED")
+    assert pulled.action == "failed" and "ended in CANCEL_ACKNOWLEDGED on Kaggle" in pulled.note
 
 
 def test_wait_deadline_names_the_runs_still_going(world, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -128,12 +128,16 @@ def _wait_with_progress(client: Any, ledger: Ledger, names: Sequence[str] | None
 
 
 # -- push ---------------------------------------------------------------------------------------
+def _shape(kernel: Any) -> str:
+    return str(kernel.metadata.get("machine_shape") or "none")
+
+
 def cmd_push(args: argparse.Namespace) -> int:
     """Cheap checks first, each one line in about a second: the config, the credentials, the sources
     (competition joined, datasets visible) and the ledger's "unchanged" refusal; only then the preflight
     (tens of seconds of TensorFlow) for the experiments that will really be pushed, then the push."""
     from kit.config import load_experiments
-    from kit.kaggle.push import check_sources, push_queue, unchanged
+    from kit.kaggle.push import check_sources, default_concurrency, push_queue, unchanged
     from kit.render.kernel import render_experiment
 
     loaded = [(path, load_experiments(path)) for path in args.experiments]
@@ -156,11 +160,12 @@ def cmd_push(args: argparse.Namespace) -> int:
 
             fresh = [k.experiment for k, skip in zip(kernels, skips, strict=True) if skip is None]
             preflight_before_push(fresh, args.accelerator)
+        concurrency = args.concurrency or default_concurrency([_shape(k) for k in kernels])
         with ledger.transaction() as data:
             for path, exps in loaded:
                 if len(exps) > 1:
                     data["sweeps"][str(path)] = {"experiments": [e.name for e in exps],
-                                                 "concurrency": args.concurrency, "updated_at": now_iso()}
+                                                 "concurrency": concurrency, "updated_at": now_iso()}
         counts: dict[str, int] = {}
         with _progress() as progress:
             task = progress.add_task("pushing", total=len(kernels))
@@ -181,9 +186,8 @@ def cmd_push(args: argparse.Namespace) -> int:
                 progress.console.print(f"[{style}]{payload.action}[/] {payload.experiment} -> "
                                        f"{payload.kernel}{version}  {payload.note}")
 
-            outcomes = push_queue(client, ledger, kernels, lambda k: k.metadata.get("machine_shape") or "none",
-                                  concurrency=args.concurrency, force=args.force, on_event=event,
-                                  check=False)
+            outcomes = push_queue(client, ledger, kernels, _shape, concurrency=concurrency, force=args.force,
+                                  on_event=event, check=False)
         if len(outcomes) == 1 and outcomes[0].action == "skipped":
             raise KitError(f"{outcomes[0].experiment}: {outcomes[0].note}")
         console.print(", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
@@ -396,8 +400,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("experiments", nargs="+", metavar="EXP", help="experiment TOML file(s); a [sweep] expands")
     p.add_argument("--accelerator", default=None, help=ACCELERATOR_HELP)
     p.add_argument("--force", action="store_true", help="push even if unchanged since the last version")
-    p.add_argument("--concurrency", type=int, default=2,
-                   help="accelerator sessions busy at once (Kaggle allows only a few; default 2)")
+    p.add_argument("--concurrency", type=int, default=None,
+                   help="accelerator sessions busy at once (default Kaggle's cap: 1 for TPU, 2 for T4 x2)")
     p.add_argument("--build", default=DEFAULT_BUILD, help=f"where kernels are rendered (default {DEFAULT_BUILD})")
     p.add_argument("--wait", action="store_true", help="then wait until every pushed run has finished")
     p.add_argument("--timeout", type=float, default=None, help=WAIT_HELP)

@@ -4,7 +4,8 @@ In:  an ensemble recipe (``ensembles/<name>.toml`` or its name: the experiments 
      [runs] names/tags/globs select) or an experiment TOML (a sweep expands to its grid); completed runs under
      ``--runs`` and in the ledger calibrate the estimate (see `kit.kaggle.plan` for the cost model and its constants).
 Out: a table (hours per kernel, share of the session limit, cumulative hours against the weekly quota) and
-     closing lines (totals, weeks of quota needed, the calibration used). Exit 0; 2 with one line on bad input.
+     closing lines (totals against this week's hours left from `kaggle quota` when Kaggle answers, marked live,
+     else against the constants of kernels/accelerators.py, marked so; weeks of quota needed; the calibration). Exit 0; 2 with one line on bad input.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 from kernels.accelerators import ACCELERATOR_HELP
 
 ENSEMBLES_DIR = "ensembles"
+QUOTA_BUDGET_S = 20.0  # how long `kit plan` waits for `kaggle quota` before using the constants
 EXPERIMENTS_DIR = "experiments"
 ENSEMBLE_TABLES = ("runs", "method", "calibration", "report")  # top-level tables only a blend recipe has
 
@@ -80,9 +82,25 @@ def cmd_plan(args: argparse.Namespace) -> int:
     calibration = calibrate(folders)
     costs = [estimate(e, calibration) for e in exps]
     print_grid(plan_table(costs, calibration, title))
-    for line in plan_summary(costs, calibration):
+    live, why_not = (None, "--offline") if args.offline else _live_quota()
+    for line in plan_summary(costs, calibration, live, why_not):
         console.print(line)
     return 0
+
+
+def _live_quota() -> tuple[object | None, str]:
+    """(`kaggle quota`'s figures, "") when Kaggle answers within QUOTA_BUDGET_S, else (None, why not)."""
+    from kit.errors import KitError
+    from kit.kaggle.client import connect, find_credentials
+    from kit.kaggle.retry import RetryPolicy
+
+    if find_credentials() is None:
+        return None, "no Kaggle credentials, so `kaggle quota` was not asked"
+    try:
+        client = connect(policy=RetryPolicy(attempts=2, call_budget_s=QUOTA_BUDGET_S, rate_max_s=QUOTA_BUDGET_S))
+        return client.quota(), ""
+    except KitError as exc:
+        return None, f"`kaggle quota` did not answer ({exc})"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -93,4 +111,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--runs", default="runs", help="completed runs that calibrate the estimate (default runs)")
     p.add_argument("--ledger", default=None, help="ledger whose pulled runs also calibrate (default .kit/ledger.json)")
     p.add_argument("--accelerator", default=None, help=ACCELERATOR_HELP)
+    p.add_argument("--offline", action="store_true",
+                   help="do not ask Kaggle for this week's quota (`kaggle quota`); use the constants")
     p.set_defaults(func=cmd_plan)

@@ -26,6 +26,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -34,7 +35,18 @@ from typing import Any
 
 from kit.errors import KitError
 from kit.kaggle import timeouts
-from kit.kaggle.retry import STATS, KaggleCallError, RetryPolicy, TruncatedDownload, call_with_retry, http_status
+from kit.kaggle.retry import (
+    CREDENTIALS_FIX,
+    STATS,
+    UNAUTHENTICATED,
+    CredentialsRejected,
+    KaggleCallError,
+    RetryPolicy,
+    TruncatedDownload,
+    advice,
+    call_with_retry,
+    http_status,
+)
 
 NO_CREDENTIALS = (
     "no Kaggle credentials found: save your API key as kaggle.json (chmod 600) in ~/.kaggle/ "
@@ -48,6 +60,7 @@ MAX_PAGES = 1000
 DOWNLOAD_TIMEOUT_S = (10.0, 120.0)  # connect, read
 CHUNK_BYTES = 1 << 20
 UPLOAD_FAILED = "Could not submit to competition"
+HOUR_S = 3600.0
 
 
 RULES_HINT = ("join the competition first: open https://www.kaggle.com/competitions/{competition}/rules "
@@ -102,6 +115,7 @@ class PushReply:
     url: str
     error: str
     invalid: dict[str, list[str]] = field(default_factory=dict)  # kind (datasets, ...) -> sources Kaggle lacks
+    warnings: tuple[str, ...] = ()  # what the client printed (its slug and retired-accelerator warnings)
 
 
 @dataclass(frozen=True)
@@ -138,6 +152,15 @@ class Submission:
     private_score: str
     error: str
     date: str
+
+
+@dataclass(frozen=True)
+class Quota:
+    """`kaggle quota`: accelerator hours used this week and allowed, per kind (gpu, tpu), and when it refreshes."""
+
+    used_h: dict[str, float]
+    allowed_h: dict[str, float]
+    refresh: str
 
 
 @dataclass
@@ -200,6 +223,14 @@ def quiet_stdout() -> Iterator[io.StringIO]:
         yield buffer
 
 
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def printed_lines(*buffers: io.StringIO) -> tuple[str, ...]:
+    """The non-blank lines the client printed, colour codes removed (to pass on, never to swallow)."""
+    return tuple(line.strip() for b in buffers for line in ANSI.sub("", b.getvalue()).splitlines() if line.strip())
+
+
 def _enum_name(value: Any) -> str:
     return getattr(value, "name", None) or str(value or "")
 
@@ -221,6 +252,12 @@ class KaggleClient:
             raise KitError("Kaggle credentials carry no user name: set KAGGLE_USERNAME or add username to kaggle.json")
         return str(name)
 
+    def announce_retry(self, what: str, count: int, reason: str, wait: float) -> None:
+        """Count a retry and say how long kit waits before it (every wait is announced)."""
+        self.stats.record(reason)
+        if self.on_retry:
+            self.on_retry(what, count, reason, wait)
+
     def _retry(self, fn: Callable[[], Any], what: str) -> Any:
         return call_with_retry(fn, what, self.policy, on_retry=self.on_retry, stats=self.stats)
 
@@ -229,14 +266,16 @@ class KaggleClient:
 
     # -- kernels -------------------------------------------------------------------------------
     def push(self, folder: Path, accelerator: str | None = None, timeout_s: int | None = None) -> PushReply:
-        """One SaveKernel call (no retry: the caller reconciles). Raises the client's exception on failure."""
-        with quiet_stdout():
+        """One SaveKernel call (no retry: the caller reconciles). Raises the client's exception on failure.
+        What the client prints (its warnings) comes back in `warnings`."""
+        err = io.StringIO()
+        with quiet_stdout() as out, contextlib.redirect_stderr(err):
             reply = self.api.kernels_push(str(folder), str(timeout_s) if timeout_s else None, accelerator)
         if reply is None:
             raise KaggleCallError(f"push {folder}: the client returned no reply")
         invalid = {kind: [str(s) for s in getattr(reply, name, None) or []] for name, kind in INVALID_FIELDS.items()}
         return PushReply(version=reply.version_number, url=reply.url or "", error=reply.error or "",
-                         invalid={k: v for k, v in invalid.items() if v})
+                         invalid={k: v for k, v in invalid.items() if v}, warnings=printed_lines(out, err))
 
     def kernel_status(self, ref: str) -> KernelStatus:
         """Status of `owner/slug[/N]`; raises KernelNotVisible (KernelNotFound) on 403 (404)."""
@@ -360,9 +399,12 @@ class KaggleClient:
             try:
                 reply = self.api.competition_submit(str(path), message, competition, quiet=True)
             except Exception as exc:
+                if http_status(exc) == UNAUTHENTICATED:
+                    raise CredentialsRejected(f"submit {path.name}: {CREDENTIALS_FIX}") from None
                 if http_status(exc) == 403:
-                    raise KaggleCallError(f"submit {path.name}: Kaggle refused it (HTTP 403): "
-                                          f"{hint(str(exc), competition)}") from None
+                    told = hint(str(exc), competition)
+                    raise KaggleCallError(f"submit {path.name}: Kaggle refused it (HTTP 403): {told}"
+                                          + ("" if told != str(exc) else advice(exc))) from None
                 raise
         if (reply.message or "") == UPLOAD_FAILED:
             raise ConnectionError(f"upload of {path.name} failed")
@@ -411,6 +453,24 @@ class KaggleClient:
 
         return self._retry(call, f"get submission {ref}")
 
+    def quota(self) -> Quota:
+        """The weekly accelerator quota as `kaggle quota` reports it (the client's `quota_view`)."""
+        def call() -> Quota:
+            with quiet_stdout():
+                reply = self.api.quota_view()
+            used: dict[str, float] = {}
+            allowed: dict[str, float] = {}
+            for kind in ("gpu", "tpu"):
+                figures = getattr(reply, f"{kind}_quota", None)
+                if figures is None or figures.total_time_allowed is None:
+                    continue
+                used[kind] = (figures.time_used.total_seconds() if figures.time_used else 0.0) / HOUR_S
+                allowed[kind] = figures.total_time_allowed.total_seconds() / HOUR_S
+            refresh = getattr(reply, "quota_refresh_time", None)
+            return Quota(used, allowed, refresh.isoformat(timespec="minutes") if refresh else "")
+
+        return self._retry(call, "quota")
+
     # -- checks before a push ------------------------------------------------------------------
     def dataset_visible(self, ref: str) -> bool:
         """Whether the dataset `owner/slug` exists and the caller can see it (its file list answers)."""
@@ -446,7 +506,7 @@ class KaggleClient:
                 status = http_status(exc)
                 if status == 404:
                     return f"competition {competition!r} not found"
-                if status in (401, 403):
+                if status == 403:
                     return hint(" ".join(str(exc).split()), competition)
                 raise
             return ""
@@ -507,8 +567,13 @@ def connect(policy: RetryPolicy | None = None, on_retry: Callable[[str, int, str
         api.config_dir = str(config_dir)
         api.config = str(config_dir / "kaggle.json")
         api.args = _client_args(os.environ)
-        try:
-            api.authenticate()
+        policy = policy or RetryPolicy.from_env()
+        try:  # a token is checked with Kaggle here (IntrospectToken): transient failures are retried
+            call_with_retry(api.authenticate, "check credentials", policy, on_retry=on_retry)
         except SystemExit:
+            if "token" in info.source.lower():  # the client drops a token Kaggle calls inactive, then finds nothing
+                raise CredentialsRejected(f"check credentials ({info.source}): {CREDENTIALS_FIX}") from None
             raise KitError(NO_CREDENTIALS) from None
+        except CredentialsRejected:
+            raise CredentialsRejected(f"check credentials ({info.source}): {CREDENTIALS_FIX}") from None
     return KaggleClient(api, policy=policy, on_retry=on_retry)

@@ -311,16 +311,27 @@ def plan_table(costs: Sequence[KernelCost], calibration: Mapping[str, Calibratio
     return Grid(title, cols, tuple(rows), styles=tuple(styles))
 
 
-def plan_summary(costs: Sequence[KernelCost], calibration: Mapping[str, Calibration]) -> list[str]:
-    """Closing lines: totals against each weekly quota, sessions over the limit, the calibration used."""
+def plan_summary(costs: Sequence[KernelCost], calibration: Mapping[str, Calibration],
+                 live: Any = None, why_not_live: str = "") -> list[str]:
+    """Closing lines: totals against each weekly quota, sessions over the limit, the calibration used.
+    `live` (a `kit.kaggle.client.Quota` from `kaggle quota`) adds this week's hours left, marked live; without
+    it the weekly figures are the constants of kernels/accelerators.py, marked so (`why_not_live` says why)."""
     lines = []
     for kind in sorted({c.kind for c in costs}):
         total = sum(c.total_h for c in costs if c.kind == kind)
         quota = WEEKLY_QUOTA_H.get(kind)
-        if quota:
+        allowed = live.allowed_h.get(kind) if live is not None else None
+        if allowed is not None:
+            left = max(0.0, allowed - live.used_h.get(kind, 0.0))
+            verdict = "fits in what is left this week" if total <= left else \
+                f"needs {weeks_needed(total - left, allowed) + 1} weeks of quota"
+            lines.append(f"{kind}: {total:.1f} h against {left:.1f} h left of {allowed:.0f} h this week "
+                         f"(live, from `kaggle quota`{', refreshes ' + live.refresh if live.refresh else ''}; {verdict})")
+        elif quota:
             weeks = weeks_needed(total, quota)
             verdict = "fits in one week" if weeks == 1 else f"needs {weeks} weeks of quota"
-            lines.append(f"{kind}: {total:.1f} h of the {quota:.0f} h weekly quota ({verdict})")
+            lines.append(f"{kind}: {total:.1f} h of the {quota:.0f} h weekly quota ({verdict}; constant from "
+                         f"kernels/accelerators.py{': ' + why_not_live if why_not_live else ''})")
         else:
             lines.append(f"{kind}: {total:.2f} h (no quota)")
     for c in costs:

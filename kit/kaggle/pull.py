@@ -26,6 +26,7 @@ from kernels.contracts import MANIFEST_FILE, ContractError, atomic_write_text, f
 from kit.errors import KitError
 from kit.kaggle.client import KaggleClient, KernelNotVisible, OutputFile
 from kit.kaggle.ledger import Ledger, latest_version, now_iso
+from kit.kaggle.retry import CredentialsRejected
 from kit.kaggle.status import log_text
 from kit.run.folders import KERNEL_LOG, RUN_JSON, write_run_record
 
@@ -144,11 +145,15 @@ def pull_version(client: KaggleClient, kernel: str, version: int, experiment: st
     return PullOutcome(experiment, version, "pulled", final, files=len(names), note=f"{fetched} downloaded")
 
 
+ENDED_WITHOUT_OUTPUT = ("ERROR", "CANCEL_ACKNOWLEDGED", "NOT_FOUND")  # terminal, and not COMPLETE
+
+
 def pull_all(client: KaggleClient, ledger: Ledger, names: Sequence[str] | None, runs_root: Path,
              on_outcome: Callable[[PullOutcome], None] | None = None,
              on_file: Callable[[str], None] | None = None,
              on_note: Callable[[str], None] | None = None) -> list[PullOutcome]:
-    """Pull the latest COMPLETE version of each selected experiment; failures are reported, not fatal."""
+    """Pull the latest COMPLETE version of each selected experiment; failures (a run that ended in ERROR
+    or was cancelled among them: 'failed', never 'not-ready') are reported, not fatal."""
     from kit.kaggle.status import refresh, selected
 
     refresh(client, ledger, names, on_note=on_note)
@@ -157,7 +162,12 @@ def pull_all(client: KaggleClient, ledger: Ledger, names: Sequence[str] | None, 
     for name in selected(data, names):
         entry = data["experiments"][name]
         version = latest_version(entry)
-        if version is None or version["status"] != "COMPLETE":
+        if version is not None and version["status"] in ENDED_WITHOUT_OUTPUT:
+            failure = version.get("failure") or version["status"]
+            outcome = PullOutcome(name, version["version"], "failed",
+                                  note=f"the run ended in {version['status']} on Kaggle ({failure}); nothing to pull: "
+                                       f"`kit status {name}` shows its log tail; fix it and `kit push` again")
+        elif version is None or version["status"] != "COMPLETE":
             status = version["status"] if version else "not pushed"
             outcome = PullOutcome(name, version["version"] if version else None, "not-ready", note=status)
         else:
@@ -166,6 +176,8 @@ def pull_all(client: KaggleClient, ledger: Ledger, names: Sequence[str] | None, 
                                        Path(runs_root), on_file)
             except KernelNotVisible as exc:  # Kaggle's lag: the outputs show a moment later
                 outcome = PullOutcome(name, version["version"], "not-ready", note=f"outputs not visible yet ({exc})")
+            except CredentialsRejected:
+                raise
             except (KitError, ContractError) as exc:
                 outcome = PullOutcome(name, version["version"], "failed", note=str(exc))
             if outcome.folder is not None:

@@ -6,18 +6,24 @@ Out: one `PushOutcome` per kernel (pushed, reconciled, skipped); the ledger reco
      `{"error": ...}` reply, which the CLI would print and exit 0 on), sources Kaggle says do not
      exist, and final failures raise one-line `KitError`s.
 
-Before anything is sent: the kernel's owner must be the credentials' user, and the sources kit
-can check are checked (datasets exist and are visible, the competition's rules are accepted).
+Before anything is sent: the kernel's owner must be the credentials' user, the title's slug (as
+Kaggle makes it, `kit.kaggle.slugs`) must equal the id's, and the sources kit can check are checked
+(datasets exist and are visible, the competition's rules are accepted). Kaggle's reply URL is the
+truth about where the kernel was filed: kit tracks that kernel. What the client prints (its
+warnings) is passed on as notes, never swallowed.
 Kaggle answers 403 as often as 404 for a kernel it does not show (one that does not exist yet),
 so "what version is there now" treats both as "none yet"; a genuine permission problem surfaces
 as the push's own refusal.
 
 No duplicates: before sending, the ledger records a *pending* push (content hash, fingerprint of
-the text sent, the version Kaggle had before). When the reply is lost (5xx, reset, timeout, or kit
-killed mid-call), `kit.kaggle.reconcile` asks Kaggle, riding out its read-after-write lag, whether
-a newer version holds our source: if so that is our push and it is recorded; only otherwise is the
-push sent again. An experiment whose content hash matches its latest version is not pushed again
-unless forced.
+the text sent, the version Kaggle had before). A 429 means Kaggle did no work: kit waits as long
+as Retry-After asks (bounded, announced) and pushes again. When the reply is lost (5xx, reset,
+timeout, a reply that is not JSON, or kit killed mid-call), `kit.kaggle.reconcile` asks Kaggle,
+riding out its read-after-write lag, whether a newer version holds our source: if so that is our
+push and it is recorded; if Kaggle shows the kernel without it, the push is sent again (bounded);
+if Kaggle shows nothing at all, kit stops with one line (`PushUncertain`: what it knows, how to
+check, how to force) and keeps the pending record, so a later `kit push` settles it first. An
+experiment whose content hash matches its latest version is not pushed again unless forced.
 
 Queues: `push_queue` pushes many kernels (a sweep) keeping at most `concurrency` accelerator
 sessions busy, polling the busy ones with back-off. Kaggle's own session cap also counts sessions
@@ -33,27 +39,44 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from kernels.accelerators import NO_ACCELERATOR
+from kernels.accelerators import ACCELERATORS, NO_ACCELERATOR
 from kit.errors import KitError
-from kit.kaggle.client import KaggleClient, hint
+from kit.kaggle.client import KaggleClient, PushReply, hint
 from kit.kaggle.ledger import Ledger, experiment_entry, is_active, latest_version, now_iso
 from kit.kaggle.reconcile import (
+    Landing,
     PollPolicy,
+    age_s,
     clear_pending,
+    consistency_s,
     env_seconds,
     landed,
     push_body,
     reconcile_pending,
     record_version,
     server_version,
+    settle_s,
     sha256_text,
     source_fingerprint,
+    uncertain_line,
 )
-from kit.kaggle.retry import KaggleCallError, classify, describe
+from kit.kaggle.retry import (
+    CREDENTIALS_FIX,
+    RATE_LIMITED,
+    CredentialsRejected,
+    KaggleCallError,
+    KaggleUnreachable,
+    RateLimitWait,
+    advice,
+    classify,
+    describe,
+    http_status,
+)
+from kit.kaggle.slugs import kernel_from_url, slug_problem
 from kit.kaggle.status import refresh
 from kit.render.kernel import RenderedKernel
 
-__all__ = ["PushOutcome", "SessionCapReached", "busy_sessions", "check_sources", "push_body", "push_one",
+__all__ = ["PushOutcome", "PushUncertain", "SessionCapReached", "busy_sessions", "check_sources", "push_body", "push_one",
            "push_queue", "reconcile_pending", "sha256_text", "unchanged"]
 
 DEFAULT_CONCURRENCY = 2
@@ -67,6 +90,10 @@ class SessionCapReached(KitError):
     """Kaggle refused a push: the account's accelerator sessions are all busy (some maybe not kit's)."""
 
 
+class PushUncertain(KitError):
+    """A push's reply was lost and Kaggle showed nothing: it may hold the push; kit pushed nothing again."""
+
+
 @dataclass(frozen=True)
 class PushOutcome:
     experiment: str
@@ -77,12 +104,28 @@ class PushOutcome:
 
 
 def unchanged(client: KaggleClient, ledger: Ledger, kernel: RenderedKernel,
-              sleep: Callable[[float], None] = time.sleep, on_note: Note | None = None) -> PushOutcome | None:
+              sleep: Callable[[float], None] = time.sleep, on_note: Note | None = None,
+              force: bool = False) -> PushOutcome | None:
     """A 'skipped' outcome when the ledger's latest version of this experiment has the same content hash
-    (a pending push is reconciled first), else None."""
+    (a pending push is reconciled first: one still unknown raises PushUncertain, or with `force` is
+    dropped), else None."""
     name = kernel.experiment.name
     if (ledger.read()["experiments"].get(name) or {}).get("pending"):
-        reconcile_pending(client, ledger, name, sleep, on_note)
+        try:
+            reconcile_pending(client, ledger, name, sleep, on_note)
+        except CredentialsRejected:
+            raise
+        except KitError as exc:
+            raise PushUncertain(f"push {kernel.kernel_id}: an earlier push's reply was lost and asking Kaggle whether "
+                                f"it landed failed ({exc}); nothing was pushed: run `kit push` again later") from None
+        entry = ledger.read()["experiments"].get(name) or {}
+        if entry.get("pending"):
+            if not force:
+                raise PushUncertain(uncertain_line(name, entry["kernel"], "an earlier push's reply was lost",
+                                                   consistency_s()))
+            if on_note:
+                on_note(f"{name}: --force: the earlier push Kaggle shows nothing of is dropped; pushing again")
+            clear_pending(ledger, name)
     entry = ledger.read()["experiments"].get(name)
     latest = latest_version(entry)
     if latest and latest["content_hash"] == kernel.content_hash and entry.get("kernel") == kernel.kernel_id:
@@ -98,6 +141,54 @@ def _check_owner(client: KaggleClient, kernel: RenderedKernel) -> None:
         raise KitError(f"push {kernel.kernel_id}: the kernel belongs to {owner!r} but the Kaggle credentials are "
                        f"{user!r}'s; Kaggle only lets you push your own kernels (fix the id in "
                        f"{kernel.directory / 'kernel-metadata.json'})")
+
+
+def _check_slug(kernel: RenderedKernel) -> None:
+    problem = slug_problem(kernel.kernel_id, kernel.metadata.get("title"))
+    if problem:
+        raise KitError(f"push {kernel.kernel_id}: {problem}: make the title's slug equal the id in "
+                       f"{kernel.directory / 'kernel-metadata.json'}; nothing was sent")
+
+
+def _reconcile(client: KaggleClient, kernel: RenderedKernel, pending: dict[str, Any], why: str,
+               sleep: Callable[[float], None], on_note: Note | None) -> Landing:
+    """`landed`, where a failure to ask (other than rejected credentials) is PushUncertain: the pending
+    record stays, nothing is pushed again."""
+    try:
+        return landed(client, kernel.kernel_id, pending, sleep, on_note)
+    except CredentialsRejected:
+        raise
+    except KitError as exc:
+        raise PushUncertain(f"push {kernel.kernel_id}: {why}, and asking Kaggle whether it landed failed ({exc}); "
+                            f"nothing was pushed again: run `kit push` again later to settle it") from None
+
+
+def _never_sent(exc: BaseException) -> bool:
+    """True when the request cannot have reached Kaggle (refused connection, connect timeout)."""
+    import requests
+
+    text = str(exc)
+    return isinstance(exc, requests.exceptions.ConnectTimeout) or "NewConnectionError" in text \
+        or "Connection refused" in text
+
+
+def _recorded(ledger: Ledger, kernel: RenderedKernel, reply: PushReply, pending: dict[str, Any],
+              on_note: Note | None) -> PushOutcome:
+    """Record a push Kaggle answered, under the kernel its URL names (Kaggle's word over kit's id)."""
+    name = kernel.experiment.name
+    for line in reply.warnings:
+        if on_note:
+            on_note(f"{name}: the kaggle client says: {line}")
+    filed = kernel_from_url(reply.url) or kernel.kernel_id
+    note = reply.url
+    if filed != kernel.kernel_id:
+        note = f"Kaggle filed it as {filed}, not {kernel.kernel_id} (its reply's URL says so); kit follows {filed}"
+        if on_note:
+            on_note(f"{name}: {note}")
+    record_version(ledger, name, filed, int(reply.version or 0), pending, reconciled=False)
+    if reply.invalid:
+        raise KitError(_invalid_line(filed, int(reply.version or 0), reply.invalid))
+    return PushOutcome(name, filed, int(reply.version or 0), "pushed", note)
 
 
 def _refused(kernel: RenderedKernel, error: str) -> KitError:
@@ -125,7 +216,8 @@ def push_one(
     """Push one rendered kernel (see module docstring for the no-duplicate protocol)."""
     name = kernel.experiment.name
     _check_owner(client, kernel)
-    skip = unchanged(client, ledger, kernel, sleep, on_note)
+    _check_slug(kernel)
+    skip = unchanged(client, ledger, kernel, sleep, on_note, force=force)
     if skip is not None and not force:
         return skip
     latest = latest_version(ledger.read()["experiments"].get(name))
@@ -137,47 +229,66 @@ def push_one(
     with ledger.transaction() as data:
         experiment_entry(data, name, kernel.kernel_id)["pending"] = pending
     timeout = kernel.experiment.kaggle.timeout_s or None
-    for attempt in range(1, client.policy.attempts + 1):
+    what = f"push {kernel.kernel_id}"
+    attempt = 0
+    limited = RateLimitWait(client.policy)
+    while True:
         try:
             reply = client.push(kernel.directory, None, timeout)
         except Exception as exc:
-            if isinstance(exc, KitError) or classify(exc) is None:
+            reason = None if isinstance(exc, KitError) else classify(exc)
+            if reason is None:
                 clear_pending(ledger, name)
                 if isinstance(exc, KitError):
                     raise
-                raise KaggleCallError(f"push {kernel.kernel_id}: {hint(describe(exc))}") from None
-            version = landed(client, kernel.kernel_id, pending, sleep, on_note)
-            if version is not None:
-                record_version(ledger, name, kernel.kernel_id, version, pending, reconciled=True)
-                return PushOutcome(name, kernel.kernel_id, version, "reconciled", f"reply lost ({describe(exc)})")
-            if attempt == client.policy.attempts:
+                if http_status(exc) == 401:
+                    raise CredentialsRejected(f"{what}: {CREDENTIALS_FIX}") from None
+                raise KaggleCallError(f"{what}: {hint(describe(exc))}; nothing was pushed{advice(exc)}") from None
+            if reason == RATE_LIMITED:  # refused before any work: wait as asked (bounded), then push again
+                try:
+                    wait = limited.next_wait(exc, what, "nothing was pushed")
+                except KaggleUnreachable:
+                    clear_pending(ledger, name)
+                    raise
+                client.announce_retry(what, limited.spell, reason, wait)
+                sleep(wait)
+                continue
+            attempt += 1
+            if not _never_sent(exc):
+                landing = _reconcile(client, kernel, pending, f"the reply was lost ({describe(exc)})", sleep, on_note)
+                if landing.version is not None:
+                    record_version(ledger, name, kernel.kernel_id, landing.version, pending, reconciled=True)
+                    return PushOutcome(name, kernel.kernel_id, landing.version, "reconciled",
+                                       f"reply lost ({describe(exc)})")
+                if not landing.seen and age_s(pending["started_at"]) < settle_s():  # Kaggle may hold it: stop
+                    raise PushUncertain(uncertain_line(name, kernel.kernel_id, f"the reply was lost ({describe(exc)})",
+                                                       consistency_s())) from None
+            if attempt >= client.policy.attempts:
                 clear_pending(ledger, name)
-                raise KaggleCallError(
-                    f"push {kernel.kernel_id}: still failing after {attempt} attempts ({describe(exc)})"
-                ) from None
-            client.stats.record(classify(exc) or "push")
-            sleep(client.policy.delay(attempt))
+                raise KaggleUnreachable(f"{what}: still failing after {attempt} attempts ({describe(exc)}); "
+                                        "nothing was pushed; try again later") from None
+            wait = client.policy.delay(attempt)
+            client.announce_retry(what, attempt, reason, wait)
+            sleep(wait)
             continue
         if reply.error:
             clear_pending(ledger, name)
             raise _refused(kernel, reply.error)
         if not reply.version:
-            version = landed(client, kernel.kernel_id, pending, sleep, on_note)
-            if version is None:
-                clear_pending(ledger, name)
-                raise KitError(f"push {kernel.kernel_id}: Kaggle's reply had no version number and none was found")
-            record_version(ledger, name, kernel.kernel_id, version, pending, reconciled=True)
-            return PushOutcome(name, kernel.kernel_id, version, "reconciled", "reply without a version number")
-        record_version(ledger, name, kernel.kernel_id, int(reply.version), pending, reconciled=False)
-        if reply.invalid:
-            raise KitError(_invalid_line(kernel.kernel_id, int(reply.version), reply.invalid))
-        return PushOutcome(name, kernel.kernel_id, int(reply.version), "pushed", reply.url)
-    raise AssertionError("unreachable")  # pragma: no cover
+            landing = _reconcile(client, kernel, pending, "Kaggle's reply had no version number", sleep, on_note)
+            if landing.version is None:
+                raise PushUncertain(uncertain_line(name, kernel.kernel_id, "Kaggle's reply had no version number",
+                                                   consistency_s()))
+            record_version(ledger, name, kernel.kernel_id, landing.version, pending, reconciled=True)
+            return PushOutcome(name, kernel.kernel_id, landing.version, "reconciled", "reply without a version number")
+        return _recorded(ledger, kernel, reply, pending, on_note)
 
 
 def check_sources(client: KaggleClient, kernels: Sequence[RenderedKernel]) -> None:
     """What kit can check before anything is pushed: slugs well formed, datasets visible, competitions
-    joined. The first problem is one KitError naming the kernel and the source."""
+    joined, titles whose slug is the id's. The first problem is one KitError naming the kernel and the source."""
+    for kernel in kernels:
+        _check_slug(kernel)
     seen: dict[str, str] = {}
     for kernel in kernels:
         meta = kernel.metadata
@@ -206,6 +317,13 @@ def _source_problem(client: KaggleClient, kind: str, source: str) -> str:
     return ""
 
 
+def default_concurrency(accelerators: Sequence[str]) -> int:
+    """Sessions a sweep keeps busy by default: Kaggle's own cap for its accelerators (the smallest: a
+    TPU sweep runs one at a time), DEFAULT_CONCURRENCY when none has a known cap."""
+    caps = [ACCELERATORS[a].sessions_at_once for a in accelerators if a in ACCELERATORS and a != NO_ACCELERATOR]
+    return min(caps) if caps else DEFAULT_CONCURRENCY
+
+
 def busy_sessions(ledger: Ledger) -> list[str]:
     """Experiments whose latest version may hold an accelerator session (QUEUED or RUNNING)."""
     data = ledger.read()
@@ -222,7 +340,7 @@ def push_queue(
     ledger: Ledger,
     kernels: Sequence[RenderedKernel],
     accelerator_of: Callable[[RenderedKernel], str],
-    concurrency: int = DEFAULT_CONCURRENCY,
+    concurrency: int | None = None,
     force: bool = False,
     poll: PollPolicy | None = None,
     on_event: Callable[[str, Any], None] | None = None,
@@ -232,7 +350,10 @@ def push_queue(
     """Push kernels in order, never more than `concurrency` accelerator sessions busy at once.
 
     `on_event(kind, payload)` reports progress: ("pushed", PushOutcome), ("waiting", [busy names]),
-    ("note", text) for what kit waits for. With `check`, `check_sources` runs first."""
+    ("note", text) for what kit waits for. With `check`, `check_sources` runs first. `concurrency`
+    None: `default_concurrency` of the kernels' accelerators."""
+    if concurrency is None:
+        concurrency = default_concurrency([accelerator_of(k) for k in kernels])
     if concurrency < 1:
         raise KitError(f"--concurrency {concurrency}: expected an integer >= 1")
     poll = poll or PollPolicy.from_env()

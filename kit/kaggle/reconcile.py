@@ -11,11 +11,16 @@ recognised by a fingerprint of its cells (type and source), not the bytes; a scr
 with line ends and trailing blanks normalised. Kaggle is eventually consistent: for a while after
 a push, GetKernel answers 403/404 or shows the previous version. `landed` therefore asks again
 until the push shows or `consistency_s()` has passed ($KIT_CONSISTENCY_S, default 60 s), and says
-what it waits for; only then is a push deemed lost (and sent again by the caller).
+what it waits for. A push is deemed lost (and may be sent again) only when Kaggle *answered*: it
+showed the kernel without our version (`Landing.seen`). When it showed nothing at all (403/404 all
+the window long), nothing is known: the pending record stays, the caller stops, and a later
+`reconcile_pending` deems it lost only once it is older than `settle_s()` ($KIT_PENDING_SETTLE_S,
+default 15 min) with Kaggle still showing nothing.
 """
 
 from __future__ import annotations
 
+import calendar
 import hashlib
 import json
 import os
@@ -34,6 +39,7 @@ DEFAULT_POLL_MAX_S = 120.0
 POLL_FACTOR = 1.5
 DEFAULT_CONSISTENCY_S = 60.0
 CONSISTENCY_POLLS = 6  # ask about this many times within the window
+DEFAULT_SETTLE_S = 900.0  # a pending push Kaggle still shows nothing of after this long is deemed lost
 Note = Callable[[str], None]
 
 
@@ -80,6 +86,29 @@ def consistency_s() -> float:
     return env_seconds("KIT_CONSISTENCY_S", DEFAULT_CONSISTENCY_S)
 
 
+def settle_s() -> float:
+    """How old a pending push must be before Kaggle showing nothing of it means it was lost ($KIT_PENDING_SETTLE_S)."""
+    return env_seconds("KIT_PENDING_SETTLE_S", DEFAULT_SETTLE_S)
+
+
+def age_s(stamp: str | None) -> float:
+    """Seconds since a ledger time stamp ("...Z"); infinity when absent or unreadable."""
+    if not stamp:
+        return float("inf")
+    try:
+        return time.time() - calendar.timegm(time.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ"))
+    except ValueError:
+        return float("inf")
+
+
+@dataclass(frozen=True)
+class Landing:
+    """What reconciling a push found: our version (None if not found) and whether Kaggle showed the kernel."""
+
+    version: int | None
+    seen: bool
+
+
 def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
@@ -118,31 +147,38 @@ def source_fingerprint(text: str) -> str:
     return sha256_text("\n".join(lines).strip("\n"))
 
 
-def server_version(client: KaggleClient, kernel: str) -> tuple[int, str]:
-    """(current version, source fingerprint) Kaggle shows now; (0, "") when it shows none (403/404)."""
+def _look(client: KaggleClient, kernel: str) -> tuple[int, str, bool]:
+    """(current version, source fingerprint, shown at all) as Kaggle answers now."""
     owner, slug = kernel.split("/", 1)
     try:
         info = client.kernel_info(owner, slug)
     except KernelNotVisible:
-        return 0, ""
-    return int(info.current_version or 0), source_fingerprint(info.source)
+        return 0, "", False
+    return int(info.current_version or 0), source_fingerprint(info.source), True
+
+
+def server_version(client: KaggleClient, kernel: str) -> tuple[int, str]:
+    """(current version, source fingerprint) Kaggle shows now; (0, "") when it shows none (403/404)."""
+    current, fingerprint, _ = _look(client, kernel)
+    return current, fingerprint
 
 
 def landed(client: KaggleClient, kernel: str, pending: Mapping[str, Any], sleep: Callable[[float], None],
-           on_note: Note | None = None, window_s: float | None = None) -> int | None:
-    """The version a pending push created on Kaggle (newer than before, holding our source), or None
-    once Kaggle has shown a newer version that is not ours, or nothing newer for `window_s`."""
+           on_note: Note | None = None, window_s: float | None = None) -> Landing:
+    """Whether a pending push created a version on Kaggle (newer than before, holding our source).
+    Asks until the push shows, Kaggle shows a newer version that is not ours, or `window_s` passes;
+    `seen` says whether Kaggle showed the kernel at all at the last look (else nothing is known)."""
     window = consistency_s() if window_s is None else window_s
     since, want = int(pending.get("since_version") or 0), pending["body_sha256"]
     deadline = time.monotonic() + window
     step = max(window / CONSISTENCY_POLLS, 0.01)
     noted = False
     while True:
-        current, fingerprint = server_version(client, kernel)
+        current, fingerprint, seen = _look(client, kernel)
         if current > since:
-            return current if fingerprint == want else None
+            return Landing(current if fingerprint == want else None, True)
         if time.monotonic() >= deadline:
-            return None
+            return Landing(None, seen)
         if on_note and not noted:
             on_note(f"{kernel}: waiting up to {window:.0f} s for Kaggle to show whether the push landed "
                     f"(it lags behind writes; nothing is pushed again before)")
@@ -173,15 +209,28 @@ def clear_pending(ledger: Ledger, name: str) -> None:
 
 def reconcile_pending(client: KaggleClient, ledger: Ledger, name: str,
                       sleep: Callable[[float], None] = time.sleep, on_note: Note | None = None) -> int | None:
-    """Settle a push recorded as pending (kit stopped mid-push): record and return its version if it
-    landed, else clear it."""
+    """Settle a push recorded as pending (its reply lost, or kit stopped mid-push): record and return its
+    version if it landed; clear it when Kaggle shows the kernel without it, or shows nothing although
+    the push is older than `settle_s()`; else keep it (still unknown) and return None."""
     entry = ledger.read()["experiments"].get(name) or {}
     pending = entry.get("pending")
     if not pending:
         return None
-    version = landed(client, entry["kernel"], pending, sleep, on_note)
-    if version is not None:
-        record_version(ledger, name, entry["kernel"], version, pending, reconciled=True)
-    else:
+    landing = landed(client, entry["kernel"], pending, sleep, on_note)
+    if landing.version is not None:
+        record_version(ledger, name, entry["kernel"], landing.version, pending, reconciled=True)
+        return landing.version
+    age = age_s(pending.get("started_at"))
+    if landing.seen or age >= settle_s():
+        if not landing.seen and on_note:
+            on_note(f"{name}: Kaggle still shows nothing of the push of {age:.0f} s ago: deemed lost")
         clear_pending(ledger, name)
-    return version
+    return None
+
+
+def uncertain_line(name: str, kernel: str, why: str, window_s: float) -> str:
+    """The one line kit stops with when it cannot tell whether a push landed (nothing is pushed again)."""
+    return (f"push {kernel}: {why}, and Kaggle showed nothing of {kernel} for {window_s:.0f} s, so kit cannot tell "
+            f"whether the push made a new version; nothing was pushed again. Check with `kit status {name}` "
+            f"(or `kaggle kernels status {kernel}`) in a few minutes; `kit push` again settles it (a push Kaggle "
+            f"shows nothing of after {settle_s():.0f} s is deemed lost), `kit push --force` pushes now anyway")

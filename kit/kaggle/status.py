@@ -7,13 +7,13 @@ Out: `refresh` updates each experiment's latest version in the ledger (status, f
 
 A version Kaggle does not show yet (403 or 404 right after a push: its read-after-write lag) stays
 QUEUED, with a line saying what kit waits for, for $KIT_VISIBLE_GRACE_S (default 600 s) after the
-push; after that it is shown as NOT_FOUND. `wait_until_done` has a deadline ($KIT_WAIT_TIMEOUT_S,
+push; after that it is shown as NOT_FOUND. A status call that Kaggle does not answer within the
+retry budget (stalls, 5xx, 429) leaves that row as the ledger had it, with a line saying so. `wait_until_done` has a deadline ($KIT_WAIT_TIMEOUT_S,
 default 13 h: Kaggle's 12-hour session limit plus queueing) and names the runs still going.
 """
 
 from __future__ import annotations
 
-import calendar
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -22,7 +22,8 @@ from typing import Any
 from kit.errors import KitError
 from kit.kaggle.client import KaggleClient, KernelNotVisible
 from kit.kaggle.ledger import TERMINAL_STATUSES, Ledger, latest_version, now_iso
-from kit.kaggle.reconcile import PollPolicy, env_seconds, reconcile_pending
+from kit.kaggle.reconcile import PollPolicy, age_s, env_seconds, reconcile_pending
+from kit.kaggle.retry import KaggleUnreachable
 
 __all__ = ["PollPolicy", "is_done", "log_tail", "log_text", "next_steps", "refresh", "selected", "status_rows",
            "status_table", "wait_timeout_s", "wait_until_done"]
@@ -55,15 +56,6 @@ def log_tail(raw: str, lines: int = LOG_TAIL_LINES) -> list[str]:
     return log_text(raw).rstrip("\n").splitlines()[-lines:]
 
 
-def _age_s(stamp: str | None) -> float:
-    if not stamp:
-        return float("inf")
-    try:
-        return time.time() - calendar.timegm(time.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ"))
-    except ValueError:
-        return float("inf")
-
-
 def selected(data: Mapping[str, Any], names: Sequence[str] | None) -> list[str]:
     """Experiment names in the ledger, filtered by `names` (an unknown name is an error)."""
     known = sorted(data["experiments"])
@@ -82,7 +74,7 @@ def refresh(client: KaggleClient, ledger: Ledger, names: Sequence[str] | None = 
     data = ledger.read()
     for name in selected(data, names):
         pending = data["experiments"][name].get("pending")
-        if pending and _age_s(pending.get("started_at")) > PENDING_STALE_S:  # not a push still in flight
+        if pending and age_s(pending.get("started_at")) > PENDING_STALE_S:  # not a push still in flight
             reconcile_pending(client, ledger, name, on_note=on_note)
     data = ledger.read()
     for name in selected(data, names):
@@ -95,8 +87,12 @@ def refresh(client: KaggleClient, ledger: Ledger, names: Sequence[str] | None = 
         try:
             state = client.kernel_status(ref)
             status, failure = state.status, state.failure_message
+        except KaggleUnreachable as exc:  # kept as the ledger had it; the next refresh asks again
+            if on_note:
+                on_note(f"{name}: not refreshed, the ledger's {version['status']} is shown ({exc})")
+            continue
         except KernelNotVisible as exc:
-            age, grace = _age_s(version.get("pushed_at")), env_seconds("KIT_VISIBLE_GRACE_S", NOT_FOUND_GRACE_S)
+            age, grace = age_s(version.get("pushed_at")), env_seconds("KIT_VISIBLE_GRACE_S", NOT_FOUND_GRACE_S)
             status = "QUEUED" if age < grace else "NOT_FOUND"
             if status == "QUEUED" and on_note:
                 on_note(f"{name}: Kaggle does not show {ref} yet (HTTP {exc.status}, pushed {age:.0f} s ago); "
@@ -105,7 +101,7 @@ def refresh(client: KaggleClient, ledger: Ledger, names: Sequence[str] | None = 
             owner, slug = entry["kernel"].split("/", 1)
             try:
                 tail = log_tail(client.list_outputs(owner, slug, version["version"]).log)
-            except KernelNotVisible:
+            except (KernelNotVisible, KaggleUnreachable):
                 tail = []
         with ledger.transaction() as fresh:
             target = next(v for v in fresh["experiments"][name]["versions"] if v["version"] == version["version"])

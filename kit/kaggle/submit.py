@@ -31,7 +31,15 @@ from kit.errors import KitError
 from kit.kaggle.client import KaggleClient, Submission, SubmissionNotFound
 from kit.kaggle.ledger import Ledger, now_iso
 from kit.kaggle.reconcile import PollPolicy, env_seconds
-from kit.kaggle.retry import KaggleCallError, classify, describe
+from kit.kaggle.retry import (
+    RATE_LIMITED,
+    KaggleCallError,
+    KaggleUnreachable,
+    RateLimitWait,
+    advice,
+    classify,
+    describe,
+)
 
 SHORT_HASH = 12
 SCORED = frozenset({"COMPLETE", "ERROR"})
@@ -149,29 +157,41 @@ def send(client: KaggleClient, ledger: Ledger, csv_path: Path, competition: str,
             "message": message, "recipe": label, "recipe_hash": recipe_hash,
             "status": "SENDING", "public_score": "", "private_score": "", "error": "", "submitted_at": now_iso(),
         })
-    for attempt in range(1, client.policy.attempts + 1):
+    attempt = 0
+    limited = RateLimitWait(client.policy)
+    what = f"submit {csv_path}"
+    while True:
         try:
             ref = client.submit(csv_path, message, competition)
             return _update(ledger, record_id, ref=ref, status="PENDING")
         except Exception as exc:
+            if not isinstance(exc, KitError) and classify(exc) == RATE_LIMITED:  # refused before any work
+                try:
+                    wait = limited.next_wait(exc, what, "nothing was submitted")
+                except KaggleUnreachable:
+                    _update(ledger, record_id, status="FAILED", error=describe(exc))
+                    raise
+                client.announce_retry(what, limited.spell, RATE_LIMITED, wait)
+                sleep(wait)
+                continue
+            attempt += 1
             if isinstance(exc, KitError) or classify(exc) is None:
                 _update(ledger, record_id, status="FAILED", error=str(exc) if isinstance(exc, KitError) else describe(exc))
                 if isinstance(exc, KitError):
                     raise
-                raise KaggleCallError(f"submit {csv_path}: {describe(exc)}") from None
+                raise KaggleCallError(f"{what}: {describe(exc)}; nothing was submitted{advice(exc)}") from None
             found = _find_by_message(client, competition, message)
             if found is not None:
                 with ledger.transaction() as data:
                     data["counters"]["reconciled_submissions"] = int(data["counters"].get("reconciled_submissions", 0)) + 1
                 return _update(ledger, record_id, ref=found.ref, status="PENDING")
-            if attempt == client.policy.attempts:
+            if attempt >= client.policy.attempts:
                 _update(ledger, record_id, status="FAILED", error=describe(exc))
-                raise KaggleCallError(
-                    f"submit {csv_path}: still failing after {attempt} attempts ({describe(exc)})"
-                ) from None
-            client.stats.record(classify(exc) or "submit")
-            sleep(client.policy.delay(attempt))
-    raise AssertionError("unreachable")  # pragma: no cover
+                raise KaggleUnreachable(f"{what}: still failing after {attempt} attempts ({describe(exc)}); "
+                                        "nothing was submitted; try again later") from None
+            wait = client.policy.delay(attempt)
+            client.announce_retry(what, attempt, classify(exc) or "submit", wait)
+            sleep(wait)
 
 
 def record_score(ledger: Ledger, record_id: str, submission: Submission) -> dict[str, Any]:

@@ -1,6 +1,8 @@
 """A connect and read timeout for every HTTP request the kaggle client makes.
 
-In:  the environment: KIT_CONNECT_TIMEOUT_S (default 10) and KIT_READ_TIMEOUT_S (default 60).
+In:  the environment: KIT_CONNECT_TIMEOUT_S (default 10) and KIT_READ_TIMEOUT_S (default 30).
+     (30 s: a Kaggle RPC answers in seconds; with kit.kaggle.retry's call budget a stalled call gives
+     up within about 90 s instead of retrying 60 s timeouts for minutes.)
 Out: `install()`: from then on, a request sent through `requests` without a timeout of its own
      gets (connect, read); `current()` says what they are.
 
@@ -20,7 +22,7 @@ from typing import Any
 from kit.errors import KitError
 
 DEFAULT_CONNECT_S = 10.0
-DEFAULT_READ_S = 60.0
+DEFAULT_READ_S = 30.0
 _MARK = "_kit_default_timeout"
 
 

@@ -29,7 +29,6 @@ from kit.render.source import (
     MAIN_CALL,
     config_literal,
     load_modules,
-    slugify,
 )
 
 CODE_FILE = {"script": "kernel.py", "notebook": "kernel.ipynb"}
@@ -70,8 +69,10 @@ def kernel_title(exp: Experiment) -> str:
 
 
 def kernel_slug(exp: Experiment) -> str:
-    """The kernel slug derived from the experiment name (the slug of its title)."""
-    return slugify(kernel_title(exp))
+    """The kernel slug derived from the experiment name: the slug Kaggle makes of its title (kit.kaggle.slugs)."""
+    from kit.kaggle.slugs import kaggle_slug
+
+    return kaggle_slug(kernel_title(exp))
 
 
 def script_header(exp: Experiment) -> str:

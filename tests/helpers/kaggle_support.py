@@ -36,12 +36,13 @@ TEST_NAMES = [f"ISIC_{9000000 + i}" for i in range(40)]
 TRAIN_NAMES = [f"ISIC_{1000000 + i}" for i in range(24)]
 FAST_ENV = {"KIT_RETRY_BASE_S": "0.01", "KIT_RETRY_CAP_S": "0.05", "KIT_RETRY_ATTEMPTS": "8",
             "KIT_POLL_S": "0.5", "KIT_POLL_MAX_S": "2", "KIT_CONNECT_TIMEOUT_S": "5", "KIT_READ_TIMEOUT_S": "5",
-            "KIT_CONSISTENCY_S": "2.5", "KIT_RATE_LIMIT_BASE_S": "0.05", "KIT_RATE_LIMIT_CAP_S": "0.3",
+            "KIT_CONSISTENCY_S": "2.5", "KIT_PENDING_SETTLE_S": "2", "KIT_RATE_LIMIT_BASE_S": "0.05", "KIT_RATE_LIMIT_CAP_S": "0.3",
             "KIT_RATE_LIMIT_MAX_S": "30", "KIT_SLOT_WAIT_S": "60", "KIT_SUBMISSION_GRACE_S": "20",
             "KIT_WAIT_TIMEOUT_S": "600"}
 STALL_S = 6.5  # a stalled reply outlasts FAST_ENV's read timeout
 QUICK_REALISM = Realism(lag_s=0.4, stall_rate=0.0, stall_s=STALL_S, submission_lag_s=0.4, external_session_s=1.0,
-                        throttle_rate=0.0, throttle_s=0.5, new_script_s=0.2, cancel_s=0.3, long_run_s=2.0)
+                        throttle_rate=0.0, throttle_s=0.5, new_script_s=0.2, cancel_s=0.3, long_run_s=2.0,
+                        tpu_sessions=0)  # the TPU cap of 1 is on in the tests about it
 
 # A TensorFlow kernel that runs in seconds (32 px, a one-stage CNN, one epoch): the loop and dry-run tests.
 TINY_EXPERIMENT = """\

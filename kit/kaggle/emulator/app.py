@@ -15,6 +15,7 @@ import subprocess
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+from kit.kaggle.emulator.answers import AnswerScript
 from kit.kaggle.emulator.competitions import CompetitionsService
 from kit.kaggle.emulator.datasets import DatasetsService
 from kit.kaggle.emulator.faults import FaultConfig
@@ -39,6 +40,7 @@ class Emulator(KernelsService, CompetitionsService, DatasetsService):
         self._thread: threading.Thread | None = None
         self._running: dict[tuple[str, int], subprocess.Popen[str]] = {}  # kernel processes now running
         self._stopping = False
+        self.answers = AnswerScript()  # replies a test scripted for the next calls (none by default)
         self._requeue_unfinished()
 
     @property

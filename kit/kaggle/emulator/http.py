@@ -5,8 +5,10 @@ In:  requests from the real `kaggle` client (as proxy requests: absolute URIs, r
 Out: camelCase JSON replies, Kaggle's {"code", "message"} errors (401 without an Authorization
      header), redirects, file bytes with Content-Length, ETag, Last-Modified and Range (206)
      support; the faults the emulator's `FaultPlan` picks (429, 500, lost replies, slow replies,
-     truncation) and the wire-level realistic behaviours (rate-limit spells answering 429 with
-     Retry-After 0, replies stalled past a client's read timeout).
+     truncation), the answers a test scripted (`answers.AnswerScript`: any class of reply for the
+     next call of an RPC) and the wire-level realistic behaviours (rate-limit spells answering 429
+     with `Realism.retry_after_s`, replies stalled past a client's read timeout, a revoked key or
+     an expired token answering 401, pages no larger than `Realism.max_page_size`).
 This module only calls into the emulator; the emulator's composition (`app`) hands it over.
 Adding a call is one method on a service and one line in `API_CALLS`.
 """
@@ -26,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
+from kit.kaggle.emulator.answers import AFTER_WORK, HTML_PAGE, MESSAGES, answer_class, retry_after
 from kit.kaggle.emulator.competitions import DATA_PATH, Redirect
 from kit.kaggle.emulator.errors import ApiError
 from kit.kaggle.emulator.faults import API_FAULTS, FILE_FAULTS
@@ -33,7 +36,9 @@ from kit.kaggle.emulator.faults import API_FAULTS, FILE_FAULTS
 if TYPE_CHECKING:
     from kit.kaggle.emulator.app import Emulator
 
-NO_FAULT_CALLS = frozenset({"security.OAuthService/IntrospectToken"})
+TOKEN_CHECK = "security.OAuthService/IntrospectToken"
+NO_FAULT_CALLS = frozenset({TOKEN_CHECK})
+UNAUTHENTICATED = "Unauthenticated"
 STATS_PATH = "/emulator/stats"
 RATE_LIMITED = "Too many requests"
 
@@ -132,7 +137,37 @@ class KaggleRequestHandler(BaseHTTPRequestHandler):
         self._json(status, {"code": status, "message": message})
 
     def _rate_limited(self) -> None:
-        self._send(429, json.dumps({"code": 429, "message": RATE_LIMITED}).encode(), {"Retry-After": "0"})
+        headers = {"Retry-After": f"{self.emulator.realism.retry_after_s:g}"}
+        self._send(429, json.dumps({"code": 429, "message": RATE_LIMITED}).encode(), headers)
+
+    def _scripted_refusal(self, answer: str) -> None:
+        """A scripted answer that comes before any work: an error, a 429, a gateway page."""
+        self.emulator.count_fault(f"scripted_{answer_class(answer)}")
+        kind = answer_class(answer)
+        if kind == "429":
+            after = retry_after(answer)
+            headers = {"Retry-After": after} if after is not None else {}
+            return self._send(429, json.dumps({"code": 429, "message": RATE_LIMITED}).encode(), headers)
+        if kind.endswith("-html"):
+            status = int(kind.split("-")[0])
+            return self._send(status, HTML_PAGE.format(status=status).encode(), content_type="text/html")
+        return self._error(int(kind), MESSAGES[kind])
+
+    def _scripted_reply(self, answer: str, reply: Any) -> bool:
+        """A scripted answer that comes after the work: True when it has answered."""
+        self.emulator.count_fault(f"scripted_{answer_class(answer)}")
+        kind = answer_class(answer)
+        if kind == "stall":
+            time.sleep(self.emulator.realism.stall_s)
+            return False
+        if kind == "lost":
+            self._error(500, "Internal server error (after the work was done)")
+        elif kind == "empty":
+            self._send(200, b"")
+        else:  # truncated
+            data = json.dumps(reply if isinstance(reply, dict) else {}).encode()
+            self._send(200, data[: len(data) // 2])
+        return True
 
     def _fault(self, key: str, kinds: tuple[str, ...]) -> str | None:
         kind = self.emulator.faults.decide(key, kinds)
@@ -162,12 +197,20 @@ class KaggleRequestHandler(BaseHTTPRequestHandler):
             return self._error(404, f"the emulator does not implement {call}")
         user = _caller(self.headers.get("Authorization"), self.emulator.settings.token_user)
         if user is None:
-            return self._error(401, "Unauthenticated")
+            return self._error(401, UNAUTHENTICATED)
+        realism = self.emulator.realism
+        if realism.token_expired if call == TOKEN_CHECK else realism.key_revoked:
+            return self._error(401, UNAUTHENTICATED)
         try:
             body = json.loads(raw or b"{}")
         except json.JSONDecodeError:
             return self._error(400, "request body is not JSON")
         self.emulator._count("calls")
+        if realism.max_page_size and call.split("/")[-1].startswith("List"):  # the server's page size wins
+            body["pageSize"] = min(int(body.get("pageSize") or realism.max_page_size), realism.max_page_size)
+        scripted = self.emulator.answers.next(call)
+        if scripted is not None and answer_class(scripted) not in AFTER_WORK:
+            return self._scripted_refusal(scripted)
         lost = stall = False
         if call not in NO_FAULT_CALLS:
             identity = body.get("slug") or body.get("kernelSlug") or body.get("competitionName") or body.get("ref")
@@ -184,6 +227,8 @@ class KaggleRequestHandler(BaseHTTPRequestHandler):
             reply = handler(self.emulator, body, user)
         except ApiError as exc:
             return self._error(exc.status, exc.message)
+        if scripted is not None and self._scripted_reply(scripted, reply):
+            return None
         if stall:  # the work is done; the reply comes after the client has given up on it
             self.emulator.count_fault("stall")
             time.sleep(self.emulator.realism.stall_s)

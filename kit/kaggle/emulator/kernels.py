@@ -21,9 +21,16 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from kernels.accelerators import ACCELERATORS
 from kernels.contracts import atomic_write_text
 from kit.kaggle.emulator.errors import ApiError
-from kit.kaggle.emulator.realism import PERMISSION_DENIED, PHONE_NOT_VERIFIED, RULES_NOT_ACCEPTED, kaggle_notebook
+from kit.kaggle.emulator.realism import (
+    PERMISSION_DENIED,
+    PHONE_NOT_VERIFIED,
+    RULES_NOT_ACCEPTED,
+    filed_slug,
+    kaggle_notebook,
+)
 from kit.kaggle.emulator.state import SOLUTION_FILE, EmulatorState, iso, now, page, parse_version, sha256
 from kit.run.local import run_kernel, stop_kernel
 
@@ -37,8 +44,11 @@ MACHINE_SHAPES = ("TpuV5E8", "NvidiaTeslaT4", "NvidiaL4", "NvidiaL4X1", "Tpu1VmV
 NO_SHAPES = ("", "None")
 FAILURE_CHARS = 400  # of the log's last line, in a failure message
 ACTIVE = ("QUEUED", "RUNNING")
-WEEKLY_GPU_S = 30 * 3600
-WEEKLY_TPU_S = 20 * 3600
+RETIRED_SHAPES = {"NvidiaTeslaP100": "NvidiaTeslaT4", "TpuV38": "TpuV5E8", "Tpu1VmV38": "TpuV5E8"}
+TPU_CAP = "Maximum batch TPU session count of {limit} reached"
+HOUR_S = 3600
+WEEKLY_GPU_S = int((ACCELERATORS["NvidiaTeslaT4"].weekly_hours or 0) * HOUR_S)
+WEEKLY_TPU_S = int((ACCELERATORS["TpuV5E8"].weekly_hours or 0) * HOUR_S)
 WEEK_S = 7 * 24 * 3600
 CANCELLED = "The session was cancelled (by the user, on kaggle.com)"
 
@@ -98,12 +108,13 @@ class KernelsService(EmulatorState):
         status = self.behaviours.pick_hidden_status(f"{owner}/{slug}/{number}")
         return ApiError(403, PERMISSION_DENIED) if status == 403 else ApiError(404, f"Kernel {owner}/{slug} not found")
 
-    def _active_sessions(self, owner: str) -> int:
+    def _active_sessions(self, owner: str, tpu_only: bool = False) -> int:
         mine = sum(
             1 for ref, k in self.state["kernels"].items() if ref.split("/")[0] == owner
             for v in k["versions"] if v["status"] in ACTIVE and v["machine_shape"] not in NO_SHAPES
+            and (not tpu_only or v["machine_shape"].startswith("Tpu"))
         )
-        return mine + self.behaviours.external_sessions()
+        return mine if tpu_only else mine + self.behaviours.external_sessions()
 
     # -- SaveKernel -----------------------------------------------------------------------------
     def _refusal(self, body: Mapping[str, Any], user: str) -> str | None:
@@ -154,11 +165,21 @@ class KernelsService(EmulatorState):
         owner, slug = slug_ref.split("/")
         text = str(body["text"])
         shape = body.get("machineShape") or ""
+        if self.realism.retired_substitute and shape in RETIRED_SHAPES:  # kaggle.com says nothing
+            self.count_fault("substituted")
+            shape = RETIRED_SHAPES[shape]
         quick = body.get("kernelExecutionType") == "QUICK_SAVE"
         with self._lock:
             limit = self.settings.max_sessions
             if limit and shape not in NO_SHAPES and not quick and self._active_sessions(owner) >= limit:
                 return {"error": f"Maximum batch accelerator session count of {limit} reached"}
+            tpus = self.realism.tpu_sessions
+            if tpus and shape.startswith("Tpu") and not quick and self._active_sessions(owner, tpu_only=True) >= tpus:
+                return {"error": TPU_CAP.format(limit=tpus)}
+            existing = self.state["kernels"].get(slug_ref)
+            if existing is None or existing.get("deleted"):  # a new kernel: filed under its title's slug
+                slug = filed_slug(self.realism.title_slug, str(body.get("newTitle") or ""), slug)
+                slug_ref = f"{owner}/{slug}"
             kernel = self.state["kernels"].get(slug_ref)
             if kernel is None or kernel.get("deleted"):
                 kernel = {"id": self._new_id(), "title": body.get("newTitle") or slug, "versions": []}

@@ -23,17 +23,29 @@ The behaviours (sources in ../../../shared notes and the kaggle-cli issues):
   cancelled (CANCEL_REQUESTED, then CANCEL_ACKNOWLEDGED); with `long_run_rate` it runs `long_run_s`;
 - `joined=False`: the user has not accepted the competition's rules (403 on submit and download,
   a refused push with the competition as a source); `phone_verified=False`: pushes asking for an
-  accelerator or the internet are refused.
+  accelerator or the internet are refused;
+- `key_revoked`: every call answers 401 "Unauthenticated"; `token_expired`: the token check
+  (IntrospectToken) answers 401;
+- a new kernel is filed under the slug kaggle.com makes of its title (`title_slug`: "kaggle", the
+  client's rule, see kit.kaggle.slugs; "dashes", a server that turns every other character into a
+  dash; "off", the id as sent), and the reply's URL names it;
+- rate-limit refusals carry `Retry-After: retry_after_s` (kaggle.com sends 0 or nothing useful);
+- one batch TPU session at a time (`tpu_sessions`; "Maximum batch TPU session count of 1 reached");
+- a retired accelerator (P100, TPU v3-8) is replaced silently (`retired_substitute`);
+- listings come in pages of at most `max_page_size` items whatever page size was asked (0: as asked).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 import threading
 import time
 from dataclasses import asdict, dataclass, fields
 from typing import Any
+
+from kernels.accelerators import ACCELERATORS
 
 DEFAULT_LAG_S = 8.0
 DEFAULT_STALL_RATE = 0.02
@@ -46,6 +58,8 @@ DEFAULT_THROTTLE_S = 120.0
 DEFAULT_NEW_SCRIPT_S = 2.0
 DEFAULT_CANCEL_S = 2.0
 DEFAULT_LONG_RUN_S = 4 * 3600.0
+DEFAULT_TPU_SESSIONS = ACCELERATORS["TpuV5E8"].sessions_at_once  # kaggle.com: one batch TPU session at a time
+SLUG_RULES = ("kaggle", "dashes", "off")
 MAX_STALL_STREAK = 1  # a stalled call is answered the next time (flaky, not hostile)
 PERMISSION_DENIED = "Permission 'kernels.get' was denied"
 RULES_NOT_ACCEPTED = "You must accept this competition's rules before you'll be able to {what}"
@@ -79,13 +93,31 @@ class Realism:
     long_run_s: float = DEFAULT_LONG_RUN_S
     joined: bool = True
     phone_verified: bool = True
+    key_revoked: bool = False
+    token_expired: bool = False
+    title_slug: str = "kaggle"
+    retry_after_s: float = 0.0
+    tpu_sessions: int = DEFAULT_TPU_SESSIONS
+    retired_substitute: bool = True
+    max_page_size: int = 0
 
     @classmethod
     def kind(cls, seed: int = 0) -> Realism:
         """The emulator's old, kind mode: none of the behaviours."""
         return cls(seed=seed, hidden_is_403=False, lag_s=0.0, stall_rate=0.0, notebook_metadata=False,
                    submission_lag_s=0.0, invalid_sources=False, external_sessions=0, throttle_rate=0.0,
-                   new_script_s=0.0)
+                   new_script_s=0.0, title_slug="off", tpu_sessions=0, retired_substitute=False)
+
+
+def filed_slug(rule: str, title: str, slug: str) -> str:
+    """The slug a new kernel titled `title`, sent with id slug `slug`, is filed under by `rule`."""
+    if rule == "off" or not title:
+        return slug
+    if rule == "dashes":
+        return re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-") or slug
+    from kit.kaggle.slugs import kaggle_slug
+
+    return kaggle_slug(title) or slug
 
 
 def describe_realism(realism: Realism) -> str:
