@@ -352,9 +352,9 @@ def external_diagnoses(frame: pd.DataFrame, where: str, head: str) -> np.ndarray
     if "diagnosis" in frame.columns:
         labels = frame["diagnosis"].tolist()
     elif set(ISIC2019_DIAGNOSES[:-1]) <= set(frame.columns):
-        onehot = frame[[c for c in ISIC2019_DIAGNOSES if c in frame.columns]]
-        labels = [onehot.columns[i] if row.max() > 0 else None for i, row in zip(onehot.to_numpy().argmax(1),
-                                                                                  onehot.to_numpy(), strict=True)]
+        columns = [c for c in ISIC2019_DIAGNOSES if c in frame.columns]
+        onehot = frame[columns].apply(pd.to_numeric, errors="coerce").fillna(0.0).to_numpy()
+        labels = [columns[i] if row.max() > 0 else "" for i, row in zip(onehot.argmax(1), onehot, strict=True)]
     elif head == "diagnosis":
         raise ConfigError(f"{where}: no diagnosis column (expected 'diagnosis' or the ISIC 2019 columns "
                           f"{', '.join(ISIC2019_DIAGNOSES)}): the diagnosis head needs every external label")
