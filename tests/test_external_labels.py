@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 
 from kernels.config import ConfigError, from_dict, to_dict
+from kernels.contracts import HISTORY_FILE
 from kernels.data import (
     data_classes,
     data_labels,
@@ -107,6 +108,16 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return root / "main", root / "external"
 
 
+@pytest.fixture
+def located(data: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The kernel pointed at the synthetic main and external data, writing into tmp_path; the external folder."""
+    main, external = data
+    monkeypatch.setenv("KIT_DATA_DIR", str(main))
+    monkeypatch.setenv("KIT_EXTERNAL_DIR", str(external))
+    monkeypatch.setenv("KIT_OUTPUT_DIR", str(tmp_path))
+    return external
+
+
 def config(**data: object) -> dict:
     return to_dict(from_dict({
         "name": "nine", "seed": 1,
@@ -121,11 +132,7 @@ def config(**data: object) -> dict:
     }))
 
 
-def test_the_pipeline_reads_external_labels_and_metadata_from_the_csv(data: tuple[Path, Path],
-                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    main, external = data
-    monkeypatch.setenv("KIT_DATA_DIR", str(main))
-    monkeypatch.setenv("KIT_EXTERNAL_DIR", str(external))
+def test_the_pipeline_reads_external_labels_and_metadata_from_the_csv(located: Path) -> None:
     exp = from_dict(config(upsample_malignant=1, cache=True, shuffle_buffer=1, parallel_calls=1))
     files = discover_files(exp)
     rows = external_rows(exp, files)
@@ -137,36 +144,27 @@ def test_the_pipeline_reads_external_labels_and_metadata_from_the_csv(data: tupl
         seen[(int(np.argmax(label)), round(float(meta[-2]), 5))] = meta
     classes = {DIAGNOSIS_CLASSES[k] for k, _ in seen}
     assert classes == {"melanoma", "nevus", "BCC", "AK", "BKL", "DF", "VASC", "SCC"}  # from the CSV, not the codes
-    expected_counts = {round(float(np.log(n) / 5.0), 5) for n in
-                       csv["patient_id"].map(csv["patient_id"][csv["patient_id"].fillna("") != ""].value_counts())
-                       .fillna(1)}
+    named = csv["patient_id"].fillna("")
+    sizes = named.map(named[named != ""].value_counts()).fillna(1)
+    expected_counts = {round(float(np.log(n) / 5.0), 5) for n in sizes}
     assert {c for _, c in seen} <= expected_counts | {0.0}  # own patient (log 1 = 0) or the CSV's patient size
     assert all(0.3 < m[-1] < 1.0 for m in seen.values())  # log(JPEG bytes) / 16
     assert all(missing_metadata_vector(exp).shape == m.shape for m in seen.values())
 
 
-def test_a_9_class_run_trains_every_class_and_checkpoints_on_the_exact_auc(
-        data: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    main, external = data
-    monkeypatch.setenv("KIT_DATA_DIR", str(main))
-    monkeypatch.setenv("KIT_EXTERNAL_DIR", str(external))
-    monkeypatch.setenv("KIT_OUTPUT_DIR", str(tmp_path))
+def test_a_9_class_run_trains_every_class_and_checkpoints_on_the_exact_auc(located: Path, tmp_path: Path) -> None:
     manifest = kernel_main(config(run_folds=[0]))
     fold = manifest["folds"][0]
     assert set(fold["train_classes"]) == set(DIAGNOSIS_CLASSES) and min(fold["train_classes"].values()) > 0
-    history = json.loads((tmp_path / "history.json").read_text())["folds"][0]
+    history = json.loads((tmp_path / HISTORY_FILE).read_text())["folds"][0]
     # the checkpoint's val_auc is exact: the best epoch's value is the AUC of the restored model's plain pass
     assert history["val_auc"][fold["best_epoch"] - 1] == pytest.approx(fold["auc_no_tta"], abs=1e-6)
     images = fold["images"]
     assert images["validation_passes"] == 2 and images["predicted"] == images["validation"] + MAIN.n_test
 
 
-def test_undocumented_external_codes_without_a_csv_stop_the_diagnosis_head(
-        data: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    main, external = data
-    monkeypatch.setenv("KIT_DATA_DIR", str(main))
-    monkeypatch.setenv("KIT_EXTERNAL_DIR", str(external))
-    monkeypatch.setenv("KIT_OUTPUT_DIR", str(tmp_path))
+def test_undocumented_external_codes_without_a_csv_stop_the_diagnosis_head(located: Path, tmp_path: Path) -> None:
+    external = located
     with pytest.raises(SystemExit, match=r"^error: synthetic-2019: its diagnosis codes are undocumented"):
         kernel_main(config(external_labels=""))
     short = external / "short.csv"
