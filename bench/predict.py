@@ -59,9 +59,9 @@ def _fake_run(root: Path, exp: Any) -> Path:
 
 
 def _images(folder: Path, n: int) -> list[Any]:
+    from kit.data.images import ImageFile
     from kit.data.synth import image_rng, synth_image
     from kit.data.tfrecords import encode_jpeg
-    from kit.images import ImageFile
 
     folder.mkdir()
     files = []
@@ -87,7 +87,7 @@ def _rate(files: list[Any], source: Any, models: list[list[Any]]) -> float:
 def run() -> dict[str, float]:
     from kit.config import load_experiment
     from kit.predict import Source, load_member_models, member_from_run, predict
-    from kit.runs import run_from_folder
+    from kit.run.folders import run_from_folder
 
     results: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="bench-predict-") as tmp:

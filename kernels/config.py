@@ -20,6 +20,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Union, get_args, get_origin
 
+from kernels.accelerators import accelerator_problem
+
 IMAGE_SIZE_MULTIPLE = 32
 MIN_FOLDS = 2
 MAX_IMAGE_SIZE = 1024  # the largest re-pack of the competition images
@@ -34,7 +36,7 @@ class ConfigError(ValueError):
 class KaggleSection:
     """How the experiment is pushed to Kaggle."""
 
-    accelerator: str = "TpuV5E8"  # TpuV5E8 | NvidiaTeslaT4 | none
+    accelerator: str = "TpuV5E8"  # TpuV5E8 | NvidiaTeslaT4 | none (the table: kernels/accelerators.py)
     internet: bool = True  # needed to download ImageNet weights unless attached
     competition: str = COMPETITION  # competition attached as a data source
     dataset_sources: tuple[str, ...] = ()  # extra Kaggle datasets to attach ("owner/slug")
@@ -174,14 +176,14 @@ class Known:
     augment_params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
 
-def _type_name(tp: Any) -> str:
+def _config_type_name(tp: Any) -> str:
     origin = get_origin(tp)
     if origin is Literal:
         return " | ".join(repr(a) for a in get_args(tp))
     if origin in (Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in get_args(tp))
+        return " or ".join(_config_type_name(a) for a in get_args(tp))
     if origin is tuple:
-        return f"a list of {_type_name(get_args(tp)[0])}"
+        return f"a list of {_config_type_name(get_args(tp)[0])}"
     if origin in (Mapping, dict):
         return "a table"
     if dataclasses.is_dataclass(tp):
@@ -189,10 +191,10 @@ def _type_name(tp: Any) -> str:
     return {bool: "true/false", int: "an integer", float: "a number", str: "a string"}.get(tp, str(tp))
 
 
-def _convert(value: Any, tp: Any, key: str, where: str) -> Any:
+def _config_convert(value: Any, tp: Any, key: str, where: str) -> Any:
     """Check `value` against type `tp`; return it in its frozen form."""
     origin = get_origin(tp)
-    bad = ConfigError(f"{where}: {key}: got {value!r}, expected {_type_name(tp)}")
+    bad = ConfigError(f"{where}: {key}: got {value!r}, expected {_config_type_name(tp)}")
     if origin is Literal:
         if value not in get_args(tp):
             raise bad
@@ -200,7 +202,7 @@ def _convert(value: Any, tp: Any, key: str, where: str) -> Any:
     if origin in (Union, types.UnionType):
         for arg in get_args(tp):
             try:
-                return _convert(value, arg, key, where)
+                return _config_convert(value, arg, key, where)
             except ConfigError:
                 continue
         raise bad
@@ -208,15 +210,15 @@ def _convert(value: Any, tp: Any, key: str, where: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise bad
         (item,) = get_args(tp)[:1]
-        return tuple(_convert(v, item, f"{key}[{i}]", where) for i, v in enumerate(value))
+        return tuple(_config_convert(v, item, f"{key}[{i}]", where) for i, v in enumerate(value))
     if origin in (Mapping, dict) or tp is Mapping:
         if not isinstance(value, Mapping):
             raise bad
-        return types.MappingProxyType({k: _freeze(v) for k, v in value.items()})
+        return types.MappingProxyType({k: _config_freeze(v) for k, v in value.items()})
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, Mapping):
             raise bad
-        return _build(tp, value, where, key)
+        return _config_build(tp, value, where, key)
     if tp is bool:
         if not isinstance(value, bool):
             raise bad
@@ -236,15 +238,15 @@ def _convert(value: Any, tp: Any, key: str, where: str) -> Any:
     raise ConfigError(f"{where}: {key}: unsupported type {tp}")
 
 
-def _freeze(value: Any) -> Any:
+def _config_freeze(value: Any) -> Any:
     if isinstance(value, Mapping):
-        return types.MappingProxyType({k: _freeze(v) for k, v in value.items()})
+        return types.MappingProxyType({k: _config_freeze(v) for k, v in value.items()})
     if isinstance(value, list):
-        return tuple(_freeze(v) for v in value)
+        return tuple(_config_freeze(v) for v in value)
     return value
 
 
-def _build(cls: Any, data: Mapping[str, Any], where: str, prefix: str = "") -> Any:
+def _config_build(cls: Any, data: Mapping[str, Any], where: str, prefix: str = "") -> Any:
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs: dict[str, Any] = {}
@@ -253,15 +255,15 @@ def _build(cls: Any, data: Mapping[str, Any], where: str, prefix: str = "") -> A
         if key not in fields:
             allowed = ", ".join(sorted(fields))
             raise ConfigError(f"{where}: {dotted}: unknown key (expected one of {allowed})")
-        kwargs[key] = _convert(value, hints[key], dotted, where)
+        kwargs[key] = _config_convert(value, hints[key], dotted, where)
     for name, f in fields.items():
         if name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             dotted = f"{prefix}.{name}" if prefix else name
-            raise ConfigError(f"{where}: {dotted}: missing (expected {_type_name(hints[name])})")
+            raise ConfigError(f"{where}: {dotted}: missing (expected {_config_type_name(hints[name])})")
     return cls(**kwargs)
 
 
-def _check(cond: bool, where: str, key: str, got: Any, expected: str) -> None:
+def _config_check(cond: bool, where: str, key: str, got: Any, expected: str) -> None:
     if not cond:
         raise ConfigError(f"{where}: {key}: got {got!r}, expected {expected}")
 
@@ -278,78 +280,82 @@ def _config_check_finite(value: Any, where: str, key: str) -> None:
         for i, v in enumerate(value):
             _config_check_finite(v, where, f"{key}[{i}]")
     elif isinstance(value, float):
-        _check(math.isfinite(value), where, key, value, "a finite number")
+        _config_check(math.isfinite(value), where, key, value, "a finite number")
 
 
-def _check_values(exp: Experiment, where: str, known: Known | None) -> None:
+def _config_check_values(exp: Experiment, where: str, known: Known | None) -> None:
     d, t, m, a = exp.data, exp.train, exp.model, exp.augment
     _config_check_finite(exp, where, "")
-    _check(t.weight_decay >= 0, where, "train.weight_decay", t.weight_decay, "a number >= 0")
-    _check(0 <= t.momentum < 1, where, "train.momentum", t.momentum, "a number in [0, 1)")
-    _check(t.focal_gamma >= 0, where, "train.focal_gamma", t.focal_gamma, "a number >= 0")
-    _check(0 <= t.focal_alpha <= 1, where, "train.focal_alpha", t.focal_alpha, "a number in [0, 1]")
-    _check(t.verbose in (0, 1, 2), where, "train.verbose", t.verbose, "0, 1 or 2")
-    _check(d.image_size <= MAX_IMAGE_SIZE, where, "data.image_size", d.image_size,
+    _config_check(t.weight_decay >= 0, where, "train.weight_decay", t.weight_decay, "a number >= 0")
+    _config_check(0 <= t.momentum < 1, where, "train.momentum", t.momentum, "a number in [0, 1)")
+    _config_check(t.focal_gamma >= 0, where, "train.focal_gamma", t.focal_gamma, "a number >= 0")
+    _config_check(0 <= t.focal_alpha <= 1, where, "train.focal_alpha", t.focal_alpha, "a number in [0, 1]")
+    _config_check(t.verbose in (0, 1, 2), where, "train.verbose", t.verbose, "0, 1 or 2")
+    _config_check(d.image_size <= MAX_IMAGE_SIZE, where, "data.image_size", d.image_size,
            f"a positive multiple of {IMAGE_SIZE_MULTIPLE} up to {MAX_IMAGE_SIZE}")
-    _check(exp.kaggle.timeout_s >= 0, where, "kaggle.timeout_s", exp.kaggle.timeout_s, "seconds >= 0 (0 = Kaggle's default)")
-    _check(all(u >= 1 for u in m.metadata_units), where, "model.metadata_units", list(m.metadata_units),
+    problem = accelerator_problem(exp.kaggle.accelerator)
+    if problem:
+        raise ConfigError(f"{where}: kaggle.accelerator: {problem}")
+    _config_check(exp.kaggle.timeout_s >= 0, where, "kaggle.timeout_s", exp.kaggle.timeout_s, "seconds >= 0 (0 = Kaggle's default)")
+    _config_check(all(u >= 1 for u in m.metadata_units), where, "model.metadata_units", list(m.metadata_units),
            "positive integers")
     s = m.scratch
-    _check(0 < s.se_ratio <= 1, where, "model.scratch.se_ratio", s.se_ratio, "a number in (0, 1]")
-    _check(s.expand >= 1, where, "model.scratch.expand", s.expand, "an integer >= 1")
-    _check(s.width_mult > 0, where, "model.scratch.width_mult", s.width_mult, "a number > 0")
-    _check(s.stem_stride >= 1, where, "model.scratch.stem_stride", s.stem_stride, "an integer >= 1")
-    _check(bool(exp.name.strip()), where, "name", exp.name, "a non-empty name")
-    _check(
+    _config_check(0 < s.se_ratio <= 1, where, "model.scratch.se_ratio", s.se_ratio, "a number in (0, 1]")
+    _config_check(s.expand >= 1, where, "model.scratch.expand", s.expand, "an integer >= 1")
+    _config_check(s.width_mult > 0, where, "model.scratch.width_mult", s.width_mult, "a number > 0")
+    _config_check(s.stem_stride >= 1, where, "model.scratch.stem_stride", s.stem_stride, "an integer >= 1")
+    _config_check(bool(exp.name.strip()), where, "name", exp.name, "a non-empty name")
+    _config_check(
         d.image_size > 0 and d.image_size % IMAGE_SIZE_MULTIPLE == 0,
         where, "data.image_size", d.image_size, f"a positive multiple of {IMAGE_SIZE_MULTIPLE}",
     )
-    _check(d.folds >= MIN_FOLDS, where, "data.folds", d.folds, f"at least {MIN_FOLDS}")
+    _config_check(d.folds >= MIN_FOLDS, where, "data.folds", d.folds, f"at least {MIN_FOLDS}")
     for i, f in enumerate(d.run_folds):
-        _check(0 <= f < d.folds, where, f"data.run_folds[{i}]", f, f"a fold index in 0..{d.folds - 1}")
-    _check(d.upsample_malignant >= 1, where, "data.upsample_malignant", d.upsample_malignant, "an integer >= 1")
-    _check(d.decode_ratio in (0, 1, 2, 4, 8), where, "data.decode_ratio", d.decode_ratio, "0 (auto), 1, 2, 4 or 8")
-    _check(d.shuffle_buffer >= 1, where, "data.shuffle_buffer", d.shuffle_buffer, "an integer >= 1")
-    _check(d.parallel_calls >= 0, where, "data.parallel_calls", d.parallel_calls, "an integer >= 0")
-    _check(d.shades_of_gray >= 0, where, "data.shades_of_gray", d.shades_of_gray, "0 (off) or a Minkowski p >= 1")
-    _check(bool(d.dataset), where, "data.dataset", d.dataset, "a dataset slug, folder or gs:// URL")
-    _check(t.epochs >= 1, where, "train.epochs", t.epochs, "an integer >= 1")
-    _check(t.batch_size >= 1, where, "train.batch_size", t.batch_size, "an integer >= 1")
-    _check(t.eval_batch_factor >= 1, where, "train.eval_batch_factor", t.eval_batch_factor, "an integer >= 1")
-    _check(t.reference_batch >= 1, where, "train.reference_batch", t.reference_batch, "an integer >= 1")
-    _check(t.lr > 0, where, "train.lr", t.lr, "a number > 0")
-    _check(0 <= t.min_lr <= t.lr, where, "train.min_lr", t.min_lr, "a number in [0, train.lr]")
-    _check(t.warmup_epochs >= 0, where, "train.warmup_epochs", t.warmup_epochs, "a number >= 0")
-    _check(0 <= t.warmup_start <= 1, where, "train.warmup_start", t.warmup_start, "a fraction of the peak in [0, 1]")
-    _check(0 < t.exp_decay <= 1, where, "train.exp_decay", t.exp_decay, "a number in (0, 1]")
-    _check(0 <= t.label_smoothing < 1, where, "train.label_smoothing", t.label_smoothing, "a number in [0, 1)")
-    _check(t.early_stopping >= 0, where, "train.early_stopping", t.early_stopping, "an integer >= 0")
-    _check(0 <= t.ema < 1, where, "train.ema", t.ema, "a number in [0, 1) (0 = off)")
-    _check(t.tta >= 0, where, "train.tta", t.tta, "an integer >= 0")
-    _check(t.steps_per_execution >= 1, where, "train.steps_per_execution", t.steps_per_execution, ">= 1")
-    _check(0 <= m.dropout < 1, where, "model.dropout", m.dropout, "a number in [0, 1)")
+        _config_check(0 <= f < d.folds, where, f"data.run_folds[{i}]", f, f"a fold index in 0..{d.folds - 1}")
+    _config_check(d.upsample_malignant >= 1, where, "data.upsample_malignant", d.upsample_malignant, "an integer >= 1")
+    _config_check(d.decode_ratio in (0, 1, 2, 4, 8), where, "data.decode_ratio", d.decode_ratio, "0 (auto), 1, 2, 4 or 8")
+    _config_check(d.shuffle_buffer >= 1, where, "data.shuffle_buffer", d.shuffle_buffer, "an integer >= 1")
+    _config_check(d.parallel_calls >= 0, where, "data.parallel_calls", d.parallel_calls, "an integer >= 0")
+    _config_check(d.shades_of_gray >= 0, where, "data.shades_of_gray", d.shades_of_gray, "0 (off) or a Minkowski p >= 1")
+    _config_check(bool(d.dataset), where, "data.dataset", d.dataset, "a dataset slug, folder or gs:// URL")
+    _config_check(t.epochs >= 1, where, "train.epochs", t.epochs, "an integer >= 1")
+    _config_check(t.batch_size >= 1, where, "train.batch_size", t.batch_size, "an integer >= 1")
+    _config_check(t.eval_batch_factor >= 1, where, "train.eval_batch_factor", t.eval_batch_factor, "an integer >= 1")
+    _config_check(t.reference_batch >= 1, where, "train.reference_batch", t.reference_batch, "an integer >= 1")
+    _config_check(t.lr > 0, where, "train.lr", t.lr, "a number > 0")
+    _config_check(0 <= t.min_lr <= t.lr, where, "train.min_lr", t.min_lr, "a number in [0, train.lr]")
+    _config_check(t.warmup_epochs >= 0, where, "train.warmup_epochs", t.warmup_epochs, "a number >= 0")
+    _config_check(0 <= t.warmup_start <= 1, where, "train.warmup_start", t.warmup_start,
+                  "a fraction of the peak in [0, 1]")
+    _config_check(0 < t.exp_decay <= 1, where, "train.exp_decay", t.exp_decay, "a number in (0, 1]")
+    _config_check(0 <= t.label_smoothing < 1, where, "train.label_smoothing", t.label_smoothing, "a number in [0, 1)")
+    _config_check(t.early_stopping >= 0, where, "train.early_stopping", t.early_stopping, "an integer >= 0")
+    _config_check(0 <= t.ema < 1, where, "train.ema", t.ema, "a number in [0, 1) (0 = off)")
+    _config_check(t.tta >= 0, where, "train.tta", t.tta, "an integer >= 0")
+    _config_check(t.steps_per_execution >= 1, where, "train.steps_per_execution", t.steps_per_execution, ">= 1")
+    _config_check(0 <= m.dropout < 1, where, "model.dropout", m.dropout, "a number in [0, 1)")
     if m.bn_momentum != "auto":
-        _check(0 < m.bn_momentum < 1, where, "model.bn_momentum", m.bn_momentum, "'auto' or a number in (0, 1)")
+        _config_check(0 < m.bn_momentum < 1, where, "model.bn_momentum", m.bn_momentum, "'auto' or a number in (0, 1)")
     s = m.scratch
-    _check(1 <= s.stages <= 8, where, "model.scratch.stages", s.stages, "an integer in 1..8")
-    _check(s.width >= 1, where, "model.scratch.width", s.width, "an integer >= 1")
-    _check(
+    _config_check(1 <= s.stages <= 8, where, "model.scratch.stages", s.stages, "an integer in 1..8")
+    _config_check(s.width >= 1, where, "model.scratch.width", s.width, "an integer >= 1")
+    _config_check(
         len(s.depth) in (1, s.stages) and all(x >= 1 for x in s.depth),
         where, "model.scratch.depth", list(s.depth), f"1 or {s.stages} positive integers",
     )
-    _check(0 <= s.dropout < 1, where, "model.scratch.dropout", s.dropout, "a number in [0, 1)")
-    _check(0 <= a.mix_prob <= 1, where, "augment.mix_prob", a.mix_prob, "a number in [0, 1]")
-    _check(a.mix_alpha > 0, where, "augment.mix_alpha", a.mix_alpha, "a number > 0")
+    _config_check(0 <= s.dropout < 1, where, "model.scratch.dropout", s.dropout, "a number in [0, 1)")
+    _config_check(0 <= a.mix_prob <= 1, where, "augment.mix_prob", a.mix_prob, "a number in [0, 1]")
+    _config_check(a.mix_alpha > 0, where, "augment.mix_alpha", a.mix_alpha, "a number > 0")
     for key in a.params:
-        _check(key in a.ops, where, f"augment.params.{key}", key, f"one of the ops in augment.ops {list(a.ops)}")
+        _config_check(key in a.ops, where, f"augment.params.{key}", key, f"one of the ops in augment.ops {list(a.ops)}")
     if known is None:
         return
     if known.backbones:
         names = sorted(known.backbones | {"scratch"})
-        _check(m.backbone in names, where, "model.backbone", m.backbone, f"one of {', '.join(names)}")
+        _config_check(m.backbone in names, where, "model.backbone", m.backbone, f"one of {', '.join(names)}")
     if known.augmentations:
         for i, op in enumerate(a.ops):
-            _check(
+            _config_check(
                 op in known.augmentations, where, f"augment.ops[{i}]", op,
                 f"one of {', '.join(sorted(known.augmentations))}",
             )
@@ -358,38 +364,38 @@ def _check_values(exp: Experiment, where: str, known: Known | None) -> None:
         if defaults is None:
             continue
         for key, value in params.items():
-            _check(
+            _config_check(
                 key in defaults, where, f"augment.params.{op}.{key}", key,
                 f"one of {', '.join(sorted(defaults)) or '(no parameters)'}",
             )
             default = defaults[key]
             ok = isinstance(value, type(default)) or (isinstance(default, float) and isinstance(value, int))
             ok = ok and not (isinstance(value, bool) and not isinstance(default, bool))
-            _check(ok, where, f"augment.params.{op}.{key}", value, f"{_type_name(type(default))}")
+            _config_check(ok, where, f"augment.params.{op}.{key}", value, f"{_config_type_name(type(default))}")
 
 
 def from_dict(data: Mapping[str, Any], where: str = "<config>", known: Known | None = None) -> Experiment:
     """Build and validate an `Experiment` from a plain dict; raise `ConfigError` on any fault."""
     if not isinstance(data, Mapping):
         raise ConfigError(f"{where}: expected a table of settings")
-    exp = _build(Experiment, data, where)
-    _check_values(exp, where, known)
+    exp = _config_build(Experiment, data, where)
+    _config_check_values(exp, where, known)
     return exp
 
 
-def _plain(value: Any) -> Any:
+def _config_plain(value: Any) -> Any:
     if dataclasses.is_dataclass(value):
-        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return {f.name: _config_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, Mapping):
-        return {k: _plain(v) for k, v in value.items()}
+        return {k: _config_plain(v) for k, v in value.items()}
     if isinstance(value, (tuple, list)):
-        return [_plain(v) for v in value]
+        return [_config_plain(v) for v in value]
     return value
 
 
 def to_dict(exp: Experiment) -> dict[str, Any]:
     """The plain dict (JSON/TOML-ready) form of an experiment, defaults included."""
-    return _plain(exp)
+    return _config_plain(exp)
 
 
 def scratch_depths(section: ScratchSection) -> tuple[int, ...]:

@@ -77,42 +77,42 @@ class ContractError(ValueError):
     """A file does not meet its contract. The message is one line naming file and problem."""
 
 
-def _fail(where: str, problem: str) -> ContractError:
+def _contracts_fail(where: str, problem: str) -> ContractError:
     return ContractError(f"{where}: {problem}")
 
 
-def _read_csv(path: str | os.PathLike[str]) -> pd.DataFrame:
+def _contracts_read_csv(path: str | os.PathLike[str]) -> pd.DataFrame:
     import pandas as pd
 
     where = str(path)
     if not os.path.exists(where):
-        raise _fail(where, "file not found")
+        raise _contracts_fail(where, "file not found")
     try:
         return pd.read_csv(where, dtype={"image_name": str})
     except Exception as exc:  # pandas raises many types for broken CSVs
-        raise _fail(where, f"not a readable CSV ({type(exc).__name__}: {exc})".replace("\n", " ")) from None
+        raise _contracts_fail(where, f"not a readable CSV ({type(exc).__name__}: {exc})".replace("\n", " ")) from None
 
 
-def _check_columns(df: pd.DataFrame, required: Iterable[str], where: str) -> None:
+def _contracts_check_columns(df: pd.DataFrame, required: Iterable[str], where: str) -> None:
     missing = [c for c in required if c not in df.columns]
     if missing:
-        raise _fail(where, f"missing column(s) {', '.join(missing)}; expected {', '.join(required)}")
+        raise _contracts_fail(where, f"missing column(s) {', '.join(missing)}; expected {', '.join(required)}")
 
 
-def _check_names(df: pd.DataFrame, where: str) -> None:
+def _contracts_check_names(df: pd.DataFrame, where: str) -> None:
     import numpy as np
 
     names = df["image_name"]
     if names.isna().any():
         row = int(np.flatnonzero(names.isna().to_numpy())[0])
-        raise _fail(where, f"row {row + 2}: empty image_name")
+        raise _contracts_fail(where, f"row {row + 2}: empty image_name")
     dup = names.duplicated()
     if dup.any():
         row = int(np.flatnonzero(dup.to_numpy())[0])
-        raise _fail(where, f"row {row + 2}: duplicate image_name {names.iloc[row]!r}")
+        raise _contracts_fail(where, f"row {row + 2}: duplicate image_name {names.iloc[row]!r}")
 
 
-def _check_finite(df: pd.DataFrame, column: str, where: str) -> None:
+def _contracts_check_finite(df: pd.DataFrame, column: str, where: str) -> None:
     import numpy as np
     import pandas as pd
 
@@ -120,7 +120,7 @@ def _check_finite(df: pd.DataFrame, column: str, where: str) -> None:
     bad = ~np.isfinite(values)
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
-        raise _fail(where, f"row {row + 2}: {column} is {df[column].iloc[row]}, expected a finite number")
+        raise _contracts_fail(where, f"row {row + 2}: {column} is {df[column].iloc[row]}, expected a finite number")
 
 
 def validate_oof(df: pd.DataFrame, where: str = OOF_FILE) -> pd.DataFrame:
@@ -128,20 +128,20 @@ def validate_oof(df: pd.DataFrame, where: str = OOF_FILE) -> pd.DataFrame:
     import numpy as np
     import pandas as pd
 
-    _check_columns(df, OOF_COLUMNS, where)
-    _check_names(df, where)
-    _check_finite(df, "pred", where)
-    _check_finite(df, "target", where)
+    _contracts_check_columns(df, OOF_COLUMNS, where)
+    _contracts_check_names(df, where)
+    _contracts_check_finite(df, "pred", where)
+    _contracts_check_finite(df, "target", where)
     targets = pd.to_numeric(df["target"], errors="coerce")
     bad = ~targets.isin([0, 1])
     if bad.any():
         row = int(np.flatnonzero(bad.to_numpy())[0])
-        raise _fail(where, f"row {row + 2}: target is {df['target'].iloc[row]!r}, expected 0 or 1")
+        raise _contracts_fail(where, f"row {row + 2}: target is {df['target'].iloc[row]!r}, expected 0 or 1")
     folds = pd.to_numeric(df["fold"], errors="coerce")
     bad = folds.isna() | (folds < 0) | (folds != folds.round())
     if bad.any():
         row = int(np.flatnonzero(bad.to_numpy())[0])
-        raise _fail(where, f"row {row + 2}: fold is {df['fold'].iloc[row]!r}, expected an integer >= 0")
+        raise _contracts_fail(where, f"row {row + 2}: fold is {df['fold'].iloc[row]!r}, expected an integer >= 0")
     return df
 
 
@@ -150,61 +150,61 @@ def validate_test_pred(
 ) -> pd.DataFrame:
     """Check a test-prediction / submission frame: header, unique names, finite targets,
     and (when given) exactly the expected set of image names."""
-    _check_columns(df, SUBMISSION_COLUMNS, where)
+    _contracts_check_columns(df, SUBMISSION_COLUMNS, where)
     extra = [c for c in df.columns if c not in SUBMISSION_COLUMNS]
     if extra:
-        raise _fail(where, f"unexpected column(s) {', '.join(extra)}; expected image_name,target")
-    _check_names(df, where)
-    _check_finite(df, "target", where)
+        raise _contracts_fail(where, f"unexpected column(s) {', '.join(extra)}; expected image_name,target")
+    _contracts_check_names(df, where)
+    _contracts_check_finite(df, "target", where)
     if expected_names is not None:
         expected = set(expected_names)
         got = set(df["image_name"])
         missing = sorted(expected - got)
         added = sorted(got - expected)
         if missing:
-            raise _fail(where, f"{len(missing)} image name(s) missing, e.g. {missing[0]!r}")
+            raise _contracts_fail(where, f"{len(missing)} image name(s) missing, e.g. {missing[0]!r}")
         if added:
-            raise _fail(where, f"{len(added)} unexpected image name(s), e.g. {added[0]!r}")
+            raise _contracts_fail(where, f"{len(added)} unexpected image name(s), e.g. {added[0]!r}")
     return df
 
 
 def read_oof(path: str | os.PathLike[str]) -> pd.DataFrame:
     """Read and validate an OOF CSV."""
-    return validate_oof(_read_csv(path), str(path))
+    return validate_oof(_contracts_read_csv(path), str(path))
 
 
 def read_test_pred(path: str | os.PathLike[str], expected_names: Iterable[str] | None = None) -> pd.DataFrame:
     """Read and validate a test-prediction or submission CSV."""
-    return validate_test_pred(_read_csv(path), str(path), expected_names)
+    return validate_test_pred(_contracts_read_csv(path), str(path), expected_names)
 
 
 def validate_manifest(manifest: Mapping[str, Any], where: str = MANIFEST_FILE) -> Mapping[str, Any]:
     """Check a manifest dict has every key, the right schema tag and sane AUC values."""
     if not isinstance(manifest, Mapping):
-        raise _fail(where, "expected a JSON object")
+        raise _contracts_fail(where, "expected a JSON object")
     missing = [k for k in MANIFEST_KEYS if k not in manifest]
     if missing:
-        raise _fail(where, f"missing key(s) {', '.join(missing)}")
+        raise _contracts_fail(where, f"missing key(s) {', '.join(missing)}")
     if manifest["schema"] != MANIFEST_SCHEMA:
-        raise _fail(where, f"schema is {manifest['schema']!r}, expected {MANIFEST_SCHEMA!r}")
+        raise _contracts_fail(where, f"schema is {manifest['schema']!r}, expected {MANIFEST_SCHEMA!r}")
     if not isinstance(manifest["folds"], list) or not manifest["folds"]:
-        raise _fail(where, "folds: expected a non-empty list")
+        raise _contracts_fail(where, "folds: expected a non-empty list")
     for i, fold in enumerate(manifest["folds"]):
         for key in ("fold", "auc", "best_epoch"):
             if key not in fold:
-                raise _fail(where, f"folds[{i}]: missing key {key!r}")
+                raise _contracts_fail(where, f"folds[{i}]: missing key {key!r}")
     role = manifest.get(MANIFEST_ROLE_KEY, MANIFEST_ROLES[0])
     if role not in MANIFEST_ROLES:
-        raise _fail(where, f"{MANIFEST_ROLE_KEY} is {role!r}, expected one of {', '.join(MANIFEST_ROLES)}")
+        raise _contracts_fail(where, f"{MANIFEST_ROLE_KEY} is {role!r}, expected one of {', '.join(MANIFEST_ROLES)}")
     auc = manifest["oof_auc"]
     if auc is not None and not (isinstance(auc, (int, float)) and (math.isnan(auc) or 0.0 <= auc <= 1.0)):
-        raise _fail(where, f"oof_auc is {auc!r}, expected a number in [0, 1]")
+        raise _contracts_fail(where, f"oof_auc is {auc!r}, expected a number in [0, 1]")
     files = manifest["files"]
     if not isinstance(files, Mapping):
-        raise _fail(where, "files: expected an object {name: {size, sha256}}")
+        raise _contracts_fail(where, "files: expected an object {name: {size, sha256}}")
     for name, meta in files.items():
         if not isinstance(meta, Mapping) or "size" not in meta or "sha256" not in meta:
-            raise _fail(where, f"files[{name!r}]: expected {{size, sha256}}")
+            raise _contracts_fail(where, f"files[{name!r}]: expected {{size, sha256}}")
     return manifest
 
 
@@ -241,9 +241,9 @@ def read_json(path: str | os.PathLike[str]) -> Any:
         with open(where, encoding="utf-8") as fh:
             return json.load(fh)
     except FileNotFoundError:
-        raise _fail(where, "file not found") from None
+        raise _contracts_fail(where, "file not found") from None
     except json.JSONDecodeError as exc:
-        raise _fail(where, f"not valid JSON ({exc})") from None
+        raise _contracts_fail(where, f"not valid JSON ({exc})") from None
 
 
 def read_manifest(path: str | os.PathLike[str]) -> Mapping[str, Any]:
@@ -268,12 +268,12 @@ def verify_files(folder: str | os.PathLike[str], manifest: Mapping[str, Any]) ->
     for name, meta in manifest["files"].items():
         path = os.path.join(folder, name)
         if not os.path.exists(path):
-            raise _fail(path, "listed in the manifest but missing")
+            raise _contracts_fail(path, "listed in the manifest but missing")
         got = file_digest(path)
         if got["size"] != meta["size"]:
-            raise _fail(path, f"size {got['size']} bytes, manifest says {meta['size']}")
+            raise _contracts_fail(path, f"size {got['size']} bytes, manifest says {meta['size']}")
         if got["sha256"] != meta["sha256"]:
-            raise _fail(path, "sha256 differs from the manifest")
+            raise _contracts_fail(path, "sha256 differs from the manifest")
     read_oof(os.path.join(folder, OOF_FILE))
     read_test_pred(os.path.join(folder, TEST_PRED_FILE))
 

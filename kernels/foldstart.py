@@ -38,7 +38,7 @@ class FoldStart:
     optimizer: list[np.ndarray]  # the optimiser's variables, as built (zeros, step 0, the initial loss scale)
 
 
-def _seed_variables(model: keras.Model) -> list[Any]:
+def _foldstart_seed_variables(model: keras.Model) -> list[Any]:
     """The model's variables that are not weights: its SeedGenerator states."""
     weight_ids = {id(v) for v in model.weights}
     return [v for v in model.variables if id(v) not in weight_ids]
@@ -50,13 +50,13 @@ def snapshot_start(model: keras.Model) -> FoldStart:
     if not optimizer.built:
         optimizer.build(model.trainable_variables)
     return FoldStart(
-        weights=[_host(v) for v in model.weights],
-        seeds=[_host(v) for v in _seed_variables(model)],
-        optimizer=[_host(v) for v in optimizer.variables],
+        weights=[_foldstart_host(v) for v in model.weights],
+        seeds=[_foldstart_host(v) for v in _foldstart_seed_variables(model)],
+        optimizer=[_foldstart_host(v) for v in optimizer.variables],
     )
 
 
-def _host(variable: Any) -> np.ndarray:
+def _foldstart_host(variable: Any) -> np.ndarray:
     """A host copy of a variable's value (gathered from every device under a distribution)."""
     value = variable.value
     return np.array(value.numpy() if hasattr(value, "numpy") else value, copy=True)  # TF tensor | JAX array
@@ -72,7 +72,7 @@ def fold_seed_state(state: np.ndarray, fold: int) -> np.ndarray:
 
 def restore_start(model: keras.Model, start: FoldStart, fold: int) -> None:
     """Put ``start`` back into ``model`` before ``fold`` trains (its weights, its optimiser, its seeds)."""
-    seeds = _seed_variables(model)
+    seeds = _foldstart_seed_variables(model)
     if len(model.weights) != len(start.weights) or len(seeds) != len(start.seeds) \
             or len(model.optimizer.variables) != len(start.optimizer):
         raise RuntimeError("fold start: the model's variables changed since the snapshot (rebuild the model)")

@@ -26,7 +26,7 @@ REHEARSAL_GRAPH_TARGET = "gpu"  # the rehearsal whose backend (TensorFlow graphs
 REHEARSAL_SPATIAL_DIMS = 2  # images: NHWC
 
 
-def _depthwise(x: Any, w: Any, strides: tuple[int, int], pads: tuple[tuple[int, int], ...]) -> Any:
+def _rehearsal_depthwise(x: Any, w: Any, strides: tuple[int, int], pads: tuple[tuple[int, int], ...]) -> Any:
     """XLA's depthwise convolution (NHWC input, HWIO kernel with I = 1 and O = channels)."""
     from jax import lax
 
@@ -35,7 +35,7 @@ def _depthwise(x: Any, w: Any, strides: tuple[int, int], pads: tuple[tuple[int, 
 
 
 @functools.cache
-def _sliced_op() -> Any:
+def _rehearsal_sliced_op() -> Any:
     """The custom-gradient depthwise convolution (built on first use: JAX is imported only under JAX)."""
     import jax
     import jax.numpy as jnp
@@ -43,14 +43,14 @@ def _sliced_op() -> Any:
 
     @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
     def op(x: Any, w: Any, strides: tuple[int, int], pads: tuple[tuple[int, int], ...]) -> Any:
-        return _depthwise(x, w, strides, pads)
+        return _rehearsal_depthwise(x, w, strides, pads)
 
     def forward(x: Any, w: Any, strides: tuple[int, int], pads: tuple[tuple[int, int], ...]) -> Any:
-        return _depthwise(x, w, strides, pads), (x, w)
+        return _rehearsal_depthwise(x, w, strides, pads), (x, w)
 
     def backward(strides: tuple[int, int], pads: tuple[tuple[int, int], ...], saved: Any, g: Any) -> Any:
         x, w = saved
-        _, input_vjp = jax.vjp(lambda x_: _depthwise(x_, w, strides, pads), x)
+        _, input_vjp = jax.vjp(lambda x_: _rehearsal_depthwise(x_, w, strides, pads), x)
         (grad_x,) = input_vjp(g)
         padded = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0))).astype(jnp.float32)
         g32 = g.astype(jnp.float32)  # accumulate in float32 under mixed precision, as the convolution does
@@ -87,7 +87,7 @@ def depthwise_conv_sliced(stock: Any) -> Any:
         k = jnp.reshape(k, (*k.shape[:2], 1, k.shape[2]))
         step = (strides,) * REHEARSAL_SPATIAL_DIMS if isinstance(strides, int) else tuple(strides)
         pads = tuple(tuple(p) for p in lax.padtype_to_pads(x.shape[1:3], k.shape[:2], step, padding.upper()))
-        return _sliced_op()(x, k, step, pads)
+        return _rehearsal_sliced_op()(x, k, step, pads)
 
     depthwise_conv.stock = stock  # type: ignore[attr-defined]
     return depthwise_conv

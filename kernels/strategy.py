@@ -37,6 +37,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from kernels.accelerators import accelerator_kind
 from kernels.bootstrap import tpu_visible
 from kernels.config import Experiment
 
@@ -47,7 +48,6 @@ HW_SHOWN_DEVICES = 4  # devices listed in the printed summary
 REHEARSAL_ENV = "KIT_REHEARSE"  # "tpu" | "gpu": simulate that target's topology on CPU devices
 REHEARSAL_DEVICES_ENV = "KIT_REHEARSE_DEVICES"
 REHEARSAL_DEVICES = {"tpu": 8, "gpu": 2}  # a TPU v5e-8 has 8 chips; Kaggle's GPU machine has 2 T4s
-ACCELERATOR_KINDS = {"TpuV5E8": "tpu", "NvidiaTeslaT4": "gpu", "NvidiaTeslaT4Highmem": "gpu", "none": "cpu"}
 KAGGLE_MARKERS = ("ISTPUVM", "KAGGLE_KERNEL_RUN_TYPE", "KAGGLE_URL_BASE", "KAGGLE_KERNEL_INTEGRATIONS")
 KAGGLE_SHOWN_PREFIXES = ("KAGGLE_", "ISTPUVM", "TPU_")
 
@@ -177,7 +177,7 @@ def hw_detect_tf(rehearse: tuple[str, int] = ("", 0)) -> tuple[str, tuple[str, .
 
 def hw_expected_kind(exp: Experiment) -> str:
     """The kind of hardware the experiment's ``kaggle.accelerator`` asks for (cpu for "none")."""
-    return ACCELERATOR_KINDS.get(exp.kaggle.accelerator, "cpu")
+    return accelerator_kind(exp.kaggle.accelerator)
 
 
 def on_kaggle(environ: Mapping[str, str] | None = None) -> bool:

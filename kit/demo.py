@@ -25,12 +25,12 @@ from rich.table import Table
 from kernels.config import Experiment
 from kernels.contracts import MANIFEST_FILE, TEST_PRED_FILE, read_test_pred
 from kernels.metrics import AucInterval, PairedResult, bootstrap_auc_ci, paired_bootstrap_test
-from kit.baseline import run_baseline
 from kit.cli import main as kit_main
-from kit.commands.run import run_experiment
 from kit.config import load_experiment
 from kit.console import console
 from kit.errors import KitError
+from kit.run.baseline import run_baseline
+from kit.run.experiment import run_experiment
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "data" / "isic-uda1"

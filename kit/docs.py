@@ -1,7 +1,8 @@
 """Generated documentation: the README's config reference and Make target list.
 
-In:  kernels/config.py (the dataclasses and the comment at the end of each field's line) and the
-     Makefile (the `## description` after each target).
+In:  kernels/config.py (the dataclasses and the comment at the end of each field's line), the
+     Makefile (the `## description` after each target) and the kernel's inline order
+     (`kit.render.source.MODULE_ORDER`).
 Out: Markdown; `python -m kit.docs` rewrites the README blocks between their markers, and a test
      fails when the README is out of date.
 """
@@ -22,6 +23,8 @@ README = ROOT / "README.md"
 MAKEFILE = ROOT / "Makefile"
 BEGIN = "<!-- CONFIG-REFERENCE -->"
 END = "<!-- /CONFIG-REFERENCE -->"
+MODULES_BEGIN = "<!-- KERNEL-MODULES -->"
+MODULES_END = "<!-- /KERNEL-MODULES -->"
 TARGETS_BEGIN = "<!-- MAKE-TARGETS -->"
 TARGETS_END = "<!-- /MAKE-TARGETS -->"
 TARGET_RE = re.compile(r"^([a-z][a-z-]*):.*?## (.+)$")
@@ -83,6 +86,13 @@ def make_targets(makefile: Path = MAKEFILE) -> str:
     return "\n".join([TARGETS_BEGIN, "| target | what it does |", "|---|---|", *body, TARGETS_END])
 
 
+def kernel_modules() -> str:
+    """The inlined kernel modules in their order (`kit.render.source.MODULE_ORDER`), as one line of text."""
+    from kit.render.source import MODULE_ORDER
+
+    return f"{MODULES_BEGIN}{len(MODULE_ORDER)} modules, inlined in this order: {', '.join(MODULE_ORDER)}{MODULES_END}"
+
+
 def _replace_block(text: str, begin: str, end: str, block: str) -> str:
     if end in text:
         head, rest = text.split(begin, 1)
@@ -93,6 +103,7 @@ def _replace_block(text: str, begin: str, end: str, block: str) -> str:
 def updated_readme(text: str) -> str:
     """README text with the generated blocks replaced (or filled in at their markers)."""
     text = _replace_block(text, BEGIN, END, config_reference())
+    text = _replace_block(text, MODULES_BEGIN, MODULES_END, kernel_modules())
     return _replace_block(text, TARGETS_BEGIN, TARGETS_END, make_targets())
 
 

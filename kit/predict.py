@@ -1,6 +1,6 @@
 """`kit predict`: the probability that a lesion image is malignant, from trained runs or a saved ensemble.
 
-In:  image files (read by `kit.images`) and a source of models: an ensemble (``ensembles/<name>/blend.json``,
+In:  image files (read by `kit.data.images`) and a source of models: an ensemble (``ensembles/<name>/blend.json``,
      written by `kit blend`), or one run (a ``runs/<experiment>/v<N>/`` folder, or an experiment name meaning
      its latest run). With neither, the ``demo`` ensemble if it exists, else the most recently finished run.
 Out: a frame with one row per image: ``image`` (the path), ``image_name`` (file stem), ``probability``
@@ -11,8 +11,8 @@ Out: a frame with one row per image: ``image`` (the path), ``image_name`` (file 
 What happens, all with the kernel's own code (`kernels/`), never a re-implementation:
 - each run's config is rebuilt from its manifest; each fold's model is built once (`kernels.models.build_model`,
   float32, no pretrained download) and its ``fold{k}.weights.h5`` loaded;
-- each image is decoded (`kit.images`: the kernel's TF JPEG path where possible; a non-square image is
-  centre-cropped to a square by default, see `kit.images.FITS`) and prepared (`kernels.data.prepare_image`); the passes of `kernels.train.tta_plan` are predicted in batches (dihedral
+- each image is decoded (`kit.data.images`: the kernel's TF JPEG path where possible; a non-square image is
+  centre-cropped to a square by default, see `kit.data.images.FITS`) and prepared (`kernels.data.prepare_image`); the passes of `kernels.train.tta_plan` are predicted in batches (dihedral
   views with `kernels.augment.dihedral_view`, augmented passes with `kernels.augment.host_augment_fn`), and
   averaged per fold as the kernel does; a run's prediction is the mean over its folds (as ``test_pred.csv``);
 - an ensemble's runs are blended and calibrated by `kit.blend.saved.apply_saved` (the learned weights,
@@ -44,11 +44,11 @@ from kernels.data import DATA_EVAL_SEED_STREAM, meta_dim, missing_metadata_vecto
 from kernels.models import build_model, load_model_weights, model_prediction
 from kernels.strategy import Hardware
 from kernels.train import tta_plan
-from kit.baseline import predict_probabilities
 from kit.blend.saved import BLEND_FILE, apply_saved, read_blend
+from kit.data.images import DEFAULT_FIT, ImageError, ImageFile, read_image
 from kit.errors import KitError
-from kit.images import DEFAULT_FIT, ImageError, ImageFile, read_image
-from kit.runs import DEFAULT_ROOT, VERSION_RE, RunInfo, list_runs, run_from_folder, select_runs
+from kit.run.baseline import predict_probabilities
+from kit.run.folders import DEFAULT_ROOT, VERSION_RE, RunInfo, list_runs, run_from_folder, select_runs
 
 DEFAULT_ENSEMBLE = "demo"
 ENSEMBLES_ROOT = "ensembles"
@@ -87,7 +87,7 @@ class Source:
 
 def member_from_run(info: RunInfo) -> Member:
     """A run folder -> Member (config from its manifest; folds with a weights file, or the baseline's model)."""
-    from kit.baseline import is_baseline, read_model
+    from kit.run.baseline import is_baseline, read_model
 
     where = str(info.folder / MANIFEST_FILE)
     try:
@@ -112,7 +112,7 @@ def _finished_at(info: RunInfo) -> tuple[str, float]:
 
 def latest_run(runs_root: str | os.PathLike[str] = DEFAULT_ROOT) -> RunInfo:
     """The most recently finished complete run (run.json finished_at, then manifest time)."""
-    from kit.baseline import is_baseline
+    from kit.run.baseline import is_baseline
 
     runs = [r for r in list_runs(runs_root) if not is_baseline(dict(r.manifest))]  # the baseline has no weights
     if not runs:
@@ -289,7 +289,7 @@ def predict_member(member: Member, files: Sequence[ImageFile], errors: dict[int,
                    fit: str = DEFAULT_FIT) -> MemberPredictions:
     """Every fold of one run on every readable image, CHUNK_IMAGES at a time; unreadable files are added to
     `errors` (index -> one line). `models`: the run's fold models if already loaded (else loaded and freed);
-    `fit`: how non-square images are made square (`kit.images.FITS`)."""
+    `fit`: how non-square images are made square (`kit.data.images.FITS`)."""
     exp = member.exp
     tick = progress or (lambda what, n: None)
     owned = models is None
@@ -343,7 +343,7 @@ def total_steps(source: Source, n_images: int) -> int:
 def predict(files: Sequence[ImageFile], source: Source, progress: Progress | None = None,
             models: Sequence[Sequence[Any]] | None = None, fit: str = DEFAULT_FIT) -> pd.DataFrame:
     """Predict every file with every member of `source` (`models`: already loaded fold models per member,
-    as `load_member_models` gives them; `fit`: see `kit.images.FITS`); see the module docstring for columns."""
+    as `load_member_models` gives them; `fit`: see `kit.data.images.FITS`); see the module docstring for columns."""
     errors: dict[int, str] = {}
     loaded = models if models is not None else [None] * len(source.members)
     preds = [predict_member(m, files, errors, progress, ms, fit)
@@ -463,7 +463,7 @@ def compare_with_baseline(source: Source, runs_root: str | os.PathLike[str] = DE
     none, or when they share no images with both classes."""
     from kernels.contracts import OOF_FILE, read_oof
     from kernels.metrics import paired_bootstrap_test
-    from kit.baseline import is_baseline
+    from kit.run.baseline import is_baseline
 
     baselines = [r for r in list_runs(runs_root) if is_baseline(dict(r.manifest))]
     if not baselines:

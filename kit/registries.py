@@ -1,10 +1,10 @@
 """The registry names, as plain data: what `kit render`/`kit run`/`kit push` check a config against
 without importing TensorFlow.
 
-In:  nothing. Out: `BACKBONE_NAMES` (the names in `kernels.models.BACKBONES`) and `AUGMENT_DEFAULTS`
-(name -> the parameter defaults of each entry of `kernels.augment.AUGMENTATIONS`), in registry order.
-The kernels' registries stay the source of truth: tests/test_startup.py fails when this table and
-them disagree, so adding a backbone or an augmentation means adding its line here too.
+In:  nothing. Out: `BACKBONE_NAMES` (read from `kernels.backbones.BACKBONES`, itself plain data) and
+`AUGMENT_DEFAULTS` (name -> the parameter defaults of each entry of `kernels.augment.AUGMENTATIONS`, in
+registry order). The augmentation registry lives beside its TensorFlow code, so its defaults are copied
+here; tests/test_startup.py fails when the copy and the registry disagree.
 """
 
 from __future__ import annotations
@@ -13,14 +13,9 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
-BACKBONE_NAMES: tuple[str, ...] = (
-    "convnext_base", "convnext_small", "convnext_tiny", "densenet121", "densenet169", "densenet201",
-    "efficientnet_b0", "efficientnet_b1", "efficientnet_b2", "efficientnet_b3", "efficientnet_b4",
-    "efficientnet_b5", "efficientnet_b6", "efficientnet_b7", "efficientnetv2_b0", "efficientnetv2_b1",
-    "efficientnetv2_b2", "efficientnetv2_b3", "efficientnetv2_l", "efficientnetv2_m", "efficientnetv2_s",
-    "inception_v3", "mobilenet_v3_large", "mobilenet_v3_small", "resnet101v2", "resnet152v2", "resnet50v2",
-    "xception",
-)
+from kernels.backbones import BACKBONES
+
+BACKBONE_NAMES: tuple[str, ...] = tuple(sorted(BACKBONES))  # the kernel's own registry (plain data)
 
 AUGMENT_DEFAULTS: Mapping[str, Mapping[str, Any]] = MappingProxyType({
     "dihedral": MappingProxyType({"flip_lr": True, "flip_ud": True, "transpose": True}),

@@ -34,7 +34,7 @@ def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     with kaggle.com's windows shrunk (`QUICK_REALISM`), and points the real kaggle client at it. An option
     named like a `Realism` field changes that behaviour (``lag_s=2.5``); any other is an `EmulatorSettings`
     field (``max_sessions=1``). Every emulator started is stopped after the test."""
-    from test_kaggle_support import QUICK_REALISM, apply_env, client_env, start_emulator, write_credentials
+    from helpers.kaggle_support import QUICK_REALISM, apply_env, client_env, start_emulator, write_credentials
 
     from kit.kaggle.emulator import Realism
     from kit.kaggle.ledger import Ledger

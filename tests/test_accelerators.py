@@ -28,8 +28,8 @@ from kernels.main import kernel_main
 from kernels.strategy import HardwareMismatch, detect_hardware, hw_check_target, on_kaggle
 from kernels.train import NonFiniteGuard, NonFiniteLoss
 from kit.data.synth import SynthSpec, write_synth
-from kit.localrun import run_kernel
-from kit.render import render_script
+from kit.render.kernel import render_script
+from kit.run.local import run_kernel
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = SynthSpec(n_train=72, n_test=12, size=32, shards=3, seed=5, malignant_rate=0.25)

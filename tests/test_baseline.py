@@ -12,9 +12,9 @@ import pytest
 
 from kernels.contracts import ContractError, read_manifest, read_oof, read_test_pred, validate_manifest, verify_files
 from kernels.metrics import auc
-from kit.baseline import feature_names, image_features
 from kit.cli import main as kit_main
-from kit.runs import list_runs
+from kit.run.baseline import feature_names, image_features
+from kit.run.folders import list_runs
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "data" / "isic-uda1"

@@ -10,7 +10,7 @@ import json
 
 import numpy as np
 import pytest
-from test_blend_fixtures import (
+from helpers.blend_fixtures import (
     experiment_config,
     make_baseline_run,
     make_cohort,

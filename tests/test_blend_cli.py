@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from test_blend_fixtures import (
+from helpers.blend_fixtures import (
     Cohort,
     experiment_config,
     make_cohort,

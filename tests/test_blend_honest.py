@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_blend_fixtures import make_cohort, make_run, make_sample_submission, signal_preds
+from helpers.blend_fixtures import make_cohort, make_run, make_sample_submission, signal_preds
 
 from kit.blend.build import headline_ci
 from kit.blend.methods import METHODS, learns_from_labels

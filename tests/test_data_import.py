@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from helpers.datasets import check_dataset, kit, read_records
 from PIL import Image
-from test_data_synth import check_dataset, kit, read_records
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "data" / "isic-uda1"

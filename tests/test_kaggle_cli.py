@@ -15,7 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from test_kaggle_support import (
+from helpers.kaggle_support import (
     COMPETITION,
     QUICK_REALISM,
     env_without_kaggle,

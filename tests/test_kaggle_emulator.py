@@ -18,8 +18,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import requests
-from sklearn.metrics import roc_auc_score
-from test_kaggle_support import (
+from helpers.kaggle_support import (
     COMPETITION,
     FAKE_KEY,
     ctrl_c_works,
@@ -32,11 +31,12 @@ from test_kaggle_support import (
     write_competition,
     write_credentials,
 )
+from sklearn.metrics import roc_auc_score
 
 from kernels.contracts import ContractError, read_manifest, verify_files
 from kit.errors import KitError
 from kit.kaggle.client import connect
-from kit.kaggle.faults import FaultConfig, fault_figures
+from kit.kaggle.emulator.faults import FaultConfig, fault_figures
 from kit.kaggle.ledger import Ledger
 from kit.kaggle.pull import pull_all, pull_version
 from kit.kaggle.push import push_one, push_queue, reconcile_pending

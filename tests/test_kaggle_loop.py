@@ -18,7 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from test_kaggle_support import (
+from helpers.kaggle_support import (
     FAKE_KEY,
     QUICK_REALISM,
     apply_env,
@@ -32,7 +32,7 @@ from test_kaggle_support import (
 from kernels.contracts import read_manifest, verify_files
 from kit.cli import main as kit_main
 from kit.kaggle.emulator import Realism
-from kit.kaggle.faults import FaultConfig, fault_figures
+from kit.kaggle.emulator.faults import FaultConfig, fault_figures
 from kit.kaggle.ledger import Ledger
 
 DATASET = "melanoma-synth"

@@ -2,7 +2,7 @@
 
 Each test starts the emulator in its default realistic mode (windows shrunk to fractions of a
 second, `QUICK_REALISM`) and turns up the behaviour it is about; kit talks to it through the real
-`kaggle` client. The kernels are the quick hand-written ones of test_kaggle_support.
+`kaggle` client. The kernels are the quick hand-written ones of helpers.kaggle_support.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 import pytest
-from test_kaggle_support import (
+from helpers.kaggle_support import (
     COMPETITION,
     quick_rendered,
 )
@@ -20,15 +20,15 @@ from kernels.config import from_dict
 from kit.errors import KitError
 from kit.kaggle.client import KernelNotVisible, connect
 from kit.kaggle.emulator import ApiError
+from kit.kaggle.emulator.faults import FaultConfig
 from kit.kaggle.emulator.realism import kaggle_notebook
-from kit.kaggle.faults import FaultConfig
 from kit.kaggle.pull import pull_all
 from kit.kaggle.push import push_one, push_queue
 from kit.kaggle.reconcile import PollPolicy, push_body, source_fingerprint
 from kit.kaggle.retry import STATS, KaggleCallError, RetryPolicy
 from kit.kaggle.status import refresh, status_rows, wait_until_done
 from kit.kaggle.submit import NOT_VISIBLE, send, wait_for_score
-from kit.render import RenderedKernel, kernel_metadata
+from kit.render.kernel import RenderedKernel, kernel_metadata
 
 FAST_POLL = PollPolicy(first_s=0.1, max_s=0.3)
 SHAPE = "TpuV5E8"
@@ -225,5 +225,5 @@ def test_not_joined_and_not_phone_verified_are_one_clear_line(world, tmp_path: P
 
 def test_internal_accelerator_pool_is_not_offered() -> None:
     exp = from_dict({"name": "x"})
-    with pytest.raises(KitError, match=r"accelerator 'NvidiaTeslaT4Highmem': expected one of TpuV5E8, NvidiaTeslaT4, none"):
+    with pytest.raises(KitError, match=r"accelerator: got 'NvidiaTeslaT4Highmem': an internal, admin-only Kaggle pool that users cannot get; use NvidiaTeslaT4"):
         kernel_metadata(exp, "kit-user", "script", "NvidiaTeslaT4Highmem")

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 import requests
-from test_kaggle_support import FAKE_KEY, env_without_kaggle, write_competition, write_credentials
+from helpers.kaggle_support import FAKE_KEY, env_without_kaggle, write_competition, write_credentials
 
 from kit.errors import KitError
 from kit.kaggle.client import NO_CREDENTIALS, find_credentials, kaggle_config_dir
 from kit.kaggle.emulator import ApiError, Emulator, EmulatorSettings, Realism, score_submission
+from kit.kaggle.emulator.faults import FaultConfig, FaultPlan
 from kit.kaggle.emulator.realism import Behaviours
-from kit.kaggle.faults import FaultConfig, FaultPlan
 from kit.kaggle.ledger import Ledger, experiment_entry, latest_version
 from kit.kaggle.pull import safe_output_name
 from kit.kaggle.retry import (

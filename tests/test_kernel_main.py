@@ -34,8 +34,8 @@ from kernels.outputs import FoldOutput, oof_frame, write_outputs
 from kernels.strategy import Hardware, detect_hardware
 from kit.config import load_experiment
 from kit.data.synth import SynthSpec, write_synth
-from kit.localrun import run_kernel
-from kit.render import render_script
+from kit.render.kernel import render_script
+from kit.run.local import run_kernel
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE_RECIPE = REPO / "experiments" / "smoke-scratch.toml"

@@ -25,10 +25,10 @@ from kernels.contracts import OOF_FILE, TEST_PRED_FILE, read_manifest
 from kit.cli import main as kit_main
 from kit.data.synth import SynthSpec, write_synth
 from kit.kaggle.emulator import Emulator, EmulatorSettings, Realism
-from kit.kernel_source import MODULE_ORDER, STAGES, load_modules
-from kit.localrun import run_kernel
-from kit.notebook import STAGE_SETTINGS, render_notebook
-from kit.render import render_experiment
+from kit.render.kernel import render_experiment
+from kit.render.notebook import STAGE_SETTINGS, render_notebook
+from kit.render.source import MODULE_ORDER, STAGES, load_modules
+from kit.run.local import run_kernel
 
 OWNER = "kit-user"
 DATASET = "melanoma-32x32"
@@ -170,7 +170,7 @@ def test_runner_streams_output_and_blocks_the_toolkit(tmp_path: Path, monkeypatc
     assert out_dir == str(tmp_path / "out") and secrets == []
     bad = _write_notebook(tmp_path / "bad.ipynb", "print('before')", "import kit", "print('never')")
     executed = tmp_path / "executed.ipynb"
-    proc = subprocess.run([sys.executable, "-m", "kit.notebook_runner", str(bad), "--executed", str(executed)],
+    proc = subprocess.run([sys.executable, "-m", "kit.run.notebook_runner", str(bad), "--executed", str(executed)],
                           capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 1
     assert "before" in proc.stdout and "never" not in proc.stdout and "a kernel must be self-contained" in proc.stdout
@@ -178,7 +178,7 @@ def test_runner_streams_output_and_blocks_the_toolkit(tmp_path: Path, monkeypatc
     cells = nbformat.read(str(executed), as_version=4).cells  # the executed notebook keeps what ran
     assert cells[0].outputs[0].text == "before\n" and cells[1].outputs[0].ename == "ModuleNotFoundError"
     assert cells[2].outputs == []
-    proc = subprocess.run([sys.executable, "-m", "kit.notebook_runner", str(tmp_path / "missing.ipynb")],
+    proc = subprocess.run([sys.executable, "-m", "kit.run.notebook_runner", str(tmp_path / "missing.ipynb")],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stderr.strip() == f"error: {tmp_path / 'missing.ipynb'}: notebook not found"
 

@@ -14,7 +14,7 @@ from kernels.contracts import MANIFEST_FILE, read_manifest
 from kit.cli import main as kit_main
 from kit.config import load_experiment
 from kit.console import console
-from kit.plan import (
+from kit.kaggle.plan import (
     calibrate,
     estimate,
     estimate_seconds,
@@ -24,7 +24,7 @@ from kit.plan import (
     trained_per_epoch,
     tta_views,
 )
-from kit.preflight import preflight, preflight_overrides
+from kit.run.preflight import preflight, preflight_overrides
 
 REPO = Path(__file__).resolve().parents[1]
 B6 = REPO / "experiments" / "effnet-b6-384.toml"
@@ -94,7 +94,7 @@ def test_the_plan_counts_what_a_preflight_run_trained_and_predicted(tmp_path: Pa
     for fold, record in zip(folds, manifest["folds"], strict=True):
         images = record["images"]
         assert images["train_per_epoch"] == fold.train + fold.external and fold.external > 0
-        assert images["trained_per_epoch"] == trained_per_epoch(planned, folds, "cpu") == estimate(planned).images_per_epoch
+        assert images["trained_per_epoch"] == trained_per_epoch(planned, folds) == estimate(planned).images_per_epoch
         assert images["validation"] == fold.validation == record["n_val"]
         assert images["validation_passes"] == planned.train.epochs
         assert images["predicted"] == tta_views(planned) * (fold.validation + counts.test)

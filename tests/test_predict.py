@@ -1,7 +1,7 @@
 """`kit predict`: reproduces the kernel's own test predictions; reads images as users have them; bad files.
 
 One real local run is made for the module (synthetic data from `kit.data.synth`, a tiny from-scratch config
-rendered by `kit.render` and run by `kit.localrun`, one fold, one epoch); every test predicts with its
+rendered by `kit.render.kernel` and run by `kit.run.local`, one fold, one epoch); every test predicts with its
 real fold weights through the real CLI or `kit.predict`.
 """
 
@@ -25,12 +25,12 @@ from kit.blend.calibrate import Calibration
 from kit.blend.methods import METHODS
 from kit.blend.saved import BLEND_FILE, BLEND_SCHEMA, apply_saved, reference_quantiles
 from kit.cli import main
+from kit.data.images import ROUTE_KERNEL, ROUTE_PILLOW, ImageError, decode_route, find_images, read_image
 from kit.data.synth import SynthSpec, write_synth
-from kit.images import ROUTE_KERNEL, ROUTE_PILLOW, ImageError, decode_route, find_images, read_image
-from kit.localrun import run_kernel
 from kit.predict import latest_run, resolve_run, resolve_source
-from kit.render import render_experiment
-from kit.runs import write_run_record
+from kit.render.kernel import render_experiment
+from kit.run.folders import write_run_record
+from kit.run.local import run_kernel
 
 TOLERANCE = 1e-5  # the issue's bound between kit predict and the kernel's test_pred.csv
 STORED_SIZE = 64  # synthetic JPEGs are 64 px; the model sees 32 px, so the kernel decodes at DCT ratio 2
@@ -385,9 +385,9 @@ def test_metadata_diagnosis_model_gets_missing_metadata_and_melanoma_column(tmp_
     from kernels.augment import dihedral_view
     from kernels.data import missing_metadata_vector
     from kernels.schema import MELANOMA_INDEX
-    from kit.images import ImageFile
+    from kit.data.images import ImageFile
     from kit.predict import Source, load_member_models, member_from_run, predict, prepare, tta_inputs
-    from kit.runs import run_from_folder
+    from kit.run.folders import run_from_folder
 
     config = {**CONFIG, "name": "meta-diag", "data": {**CONFIG["data"], "metadata": True, "run_folds": []},
               "model": {**CONFIG["model"], "head": "diagnosis", "metadata_units": [8]}}

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from kit.cli import main
-from kit.preflight import preflight_batch
+from kit.run.preflight import preflight_batch
 
 TINY_TOML = """
 name = "pf-tiny"
@@ -73,7 +73,7 @@ def test_preflight_passes_on_the_cpu_route(tmp_path: Path, capsys: pytest.Captur
 def test_preflight_folds_are_the_first_two_of_the_run() -> None:
     """Fold 0 compiles, fold 1 restarts; the rest repeat fold 1's code, so only --all-folds runs them."""
     from kernels.config import from_dict
-    from kit.preflight import preflight_folds, preflight_overrides
+    from kit.run.preflight import preflight_folds, preflight_overrides
 
     five = from_dict({"name": "five", "data": {"folds": 5}})
     assert preflight_folds(five) == [0, 1] and preflight_folds(five, all_folds=True) == [0, 1, 2, 3, 4]
@@ -97,7 +97,7 @@ def test_push_refuses_a_diverging_recipe_before_sending(tmp_path: Path, monkeypa
 
 def test_preflight_cache_dir_order() -> None:
     """KIT_CACHE_DIR, else $XDG_CACHE_HOME/kit, else ~/.cache/kit; the JAX cache is its jax/ folder."""
-    from kit.preflight import preflight_cache_dir
+    from kit.run.preflight import preflight_cache_dir
 
     assert preflight_cache_dir({"KIT_CACHE_DIR": "/a", "XDG_CACHE_HOME": "/b"}) == Path("/a/jax")
     assert preflight_cache_dir({"XDG_CACHE_HOME": "/b"}) == Path("/b/kit/jax")

@@ -15,9 +15,9 @@ import pytest
 from kernels.config import from_dict, to_dict
 from kit.config import load_experiment
 from kit.errors import KitError
-from kit.kernel_source import MODULE_ORDER, load_modules
-from kit.localrun import run_kernel
-from kit.render import render_experiment
+from kit.render.kernel import render_experiment
+from kit.render.source import MODULE_ORDER, load_modules
+from kit.run.local import run_kernel
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -61,7 +61,7 @@ def test_metadata(tmp_path: Path, exp) -> None:
     gpu = render_experiment(exp, owner="alice", out_root=tmp_path / "g", accelerator="NvidiaTeslaT4")
     assert gpu.metadata["enable_gpu"] is True and gpu.metadata["machine_shape"] == "NvidiaTeslaT4"
     assert gpu.content_hash != kernel.content_hash
-    with pytest.raises(KitError, match="accelerator 'TpuV38': expected one of"):
+    with pytest.raises(KitError, match="accelerator: got 'TpuV38', expected one of"):
         render_experiment(exp, owner="alice", out_root=tmp_path, accelerator="TpuV38")
 
 

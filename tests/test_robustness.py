@@ -17,13 +17,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from test_kaggle_support import ctrl_c_works
+from helpers.kaggle_support import ctrl_c_works
 
 from kernels.contracts import COMPLETE_KEY, FOLDS_PLANNED_KEY, MANIFEST_FILE, OOF_FILE, read_manifest
-from kit.commands.run import resume_folder
 from kit.config import load_experiment
 from kit.data.synth import SynthSpec, write_synth
-from kit.runs import RUN_JSON, incomplete_runs, list_runs
+from kit.run.experiment import resume_folder
+from kit.run.folders import RUN_JSON, incomplete_runs, list_runs
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = SynthSpec(n_train=96, n_test=24, size=32, shards=4, seed=5, malignant_rate=0.25)
@@ -199,7 +199,7 @@ def test_more_folds_than_train_files_refused_before_start(tiny_exp: Path, tmp_pa
 
 @pytest.fixture()
 def two_runs(tmp_path: Path) -> Path:
-    from test_blend_fixtures import experiment_config, make_cohort, make_run, signal_preds
+    from helpers.blend_fixtures import experiment_config, make_cohort, make_run, signal_preds
 
     cohort = make_cohort(n=60, n_test=12)
     for i, (name, tags) in enumerate((("demo-a", ["demo"]), ("demo-b", ["demo"]), ("dryrun-synth", ["dryrun"]))):
@@ -232,10 +232,10 @@ def test_damaged_manifest_refuses_the_blend_and_is_listed(two_runs: Path) -> Non
 def test_demo_recipe_takes_only_demo_runs(two_runs: Path) -> None:
     """Issue 14, case 5: after `make demo`, a pulled dry-run run does not join the demo blend, and a
     recipe can set runs aside by tag."""
-    from test_blend_fixtures import make_baseline_run, make_cohort
+    from helpers.blend_fixtures import make_baseline_run, make_cohort
 
     from kit.blend.recipe import load_recipe
-    from kit.runs import select_runs
+    from kit.run.folders import select_runs
 
     make_baseline_run(two_runs / "runs", make_cohort(n=60, n_test=12), 0.5)  # `make demo` fits it first
     demo = load_recipe("demo", REPO / "ensembles")

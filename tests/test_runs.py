@@ -1,4 +1,4 @@
-"""kit.runs: discovering, selecting, versioning and loading run folders (real files, no mocks)."""
+"""kit.run.folders: discovering, selecting, versioning and loading run folders (real files, no mocks)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ import threading
 from pathlib import Path
 
 import pytest
-from test_blend_fixtures import experiment_config, make_cohort, make_run, signal_preds
+from helpers.blend_fixtures import experiment_config, make_cohort, make_run, signal_preds
 
 from kernels.contracts import MANIFEST_FILE, OOF_FILE, ContractError
 from kit.errors import KitError
-from kit.runs import (
+from kit.run.folders import (
     RUN_JSON,
     incomplete_runs,
     latest_runs,

@@ -1,6 +1,6 @@
 """The numbers a report shows: leaderboard, the two answers, subgroups, correlations (pure functions).
 
-In:  loaded runs (`kit.runs.Run`), blended scores and metadata frames.
+In:  loaded runs (`kit.run.folders.Run`), blended scores and metadata frames.
 Out: plain dataclasses that `kit.blend.report` renders and `kit.blend.plots` draws:
 - `RunRow` per run: role (model or baseline, manifest ``role``), backbone or from-scratch
   architecture, whether it loaded pretrained weights, image size, epochs, OOF AUC with a bootstrap
@@ -45,7 +45,7 @@ from kernels.metrics import (
     paired_bootstrap_test,
 )
 from kernels.schema import SEXES, SITES
-from kit.runs import Run
+from kit.run.folders import Run
 
 ALPHA = 0.05  # significance level of the paired tests
 FAMILIES = ("backbone", "scratch")

@@ -47,7 +47,7 @@ from kit.blend.recipe import NO_CALIBRATION, Recipe
 from kit.blend.report import BlendSection, MethodRow, Report, Versus, print_console, to_html, to_markdown
 from kit.blend.saved import BLEND_FILE, BLEND_SCHEMA, reference_quantiles
 from kit.errors import KitError
-from kit.runs import Run, load_run, select_runs
+from kit.run.folders import Run, load_run, select_runs
 
 SUBMISSION_FILE = "submission.csv"
 REPORT_MD = "report.md"

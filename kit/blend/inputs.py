@@ -1,6 +1,6 @@
 """Align loaded runs into blend matrices, checking that they can be blended at all.
 
-In:  loaded `kit.runs.Run`s (their OOF and test frames already passed `kernels.contracts`, which
+In:  loaded `kit.run.folders.Run`s (their OOF and test frames already passed `kernels.contracts`, which
      catches repeated names, NaN/inf predictions and non-0/1 targets with the file named) and,
      when known, the test image names of ``sample_submission.csv``.
 Out: `BlendInputs`: labels, folds, the OOF matrix (n x runs) and test matrix in one image order,
@@ -22,7 +22,7 @@ import pandas as pd
 
 from kernels.contracts import OOF_OPTIONAL_COLUMNS, TEST_PRED_FILE, read_test_pred
 from kit.errors import KitError
-from kit.runs import Run
+from kit.run.folders import Run
 
 SAMPLE_SUBMISSION = "sample_submission.csv"
 

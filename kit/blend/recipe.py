@@ -44,7 +44,7 @@ from typing import Any
 from kit.blend.calibrate import CALIBRATIONS
 from kit.blend.methods import METHODS, method_params
 from kit.errors import KitError
-from kit.runs import EXCLUDE_PREFIX
+from kit.run.folders import EXCLUDE_PREFIX
 
 ENSEMBLES_DIR = "ensembles"
 RECIPE_SUFFIX = ".toml"

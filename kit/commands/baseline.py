@@ -3,7 +3,7 @@
 In:  a dataset folder of competition TFRecords and the experiment whose folds, image size and file globs to
      copy (``--like``, default the demo's MobileNet experiment), or ``--folds`` / ``--fold-seed`` / ``--size``.
 Out: ``<runs>/baseline/v<N>/`` (oof.csv, test_pred.csv, test_pred_folds.csv, manifest.json with
-     ``"role": "baseline"``, run.json), see `kit.baseline`; one line with its OOF AUC and per-fold AUCs.
+     ``"role": "baseline"``, run.json), see `kit.run.baseline`; one line with its OOF AUC and per-fold AUCs.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ DEFAULT_LIKE = "experiments/demo-mobilenet.toml"
 def cmd_baseline(args: argparse.Namespace) -> int:
     import json
 
-    from kit.baseline import run_baseline
-    from kit.commands.run import dataset_dir
     from kit.config import load_experiment
     from kit.console import console
+    from kit.run.baseline import run_baseline
+    from kit.run.experiment import dataset_dir
 
     like = load_experiment(args.like)
     data = dataclasses.replace(like.data)

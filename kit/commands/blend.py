@@ -55,7 +55,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         outcome = run_blend(recipe, root=args.runs, dataset=args.dataset, out_dir=args.out, write_blend=False,
                             console=console)
     else:
-        from kit.runs import incomplete_runs
+        from kit.run.folders import incomplete_runs
 
         for _folder, why in incomplete_runs(args.runs or "runs"):  # listed, never silently left out
             console.print(f"[yellow]not in the report:[/] {escape(why)}")

@@ -84,7 +84,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    _quiet_tensorflow()  # before kit.data.importer, which imports TensorFlow (kit.images)
+    _quiet_tensorflow()  # before kit.data.importer, which imports TensorFlow (kit.data.images)
     from kit.data.importer import ImportSpec, check_spec, find_images, import_dataset, read_labels
 
     spec = ImportSpec(size=args.size, test_fraction=args.test_fraction, shards=args.shards,

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from rich.markup import escape
 from rich.table import Table
 
+from kernels.accelerators import ACCELERATOR_HELP
 from kernels.config import COMPETITION
 from kit.console import console
 from kit.errors import KitError
@@ -110,10 +111,10 @@ def _wait(client: Any, ledger: Ledger, names: Sequence[str] | None, timeout: flo
 def cmd_push(args: argparse.Namespace) -> int:
     from kit.config import load_experiments
     from kit.kaggle.push import push_queue
-    from kit.render import render_experiment
+    from kit.render.kernel import render_experiment
 
     if not args.no_preflight:  # rehearse before anything is sent (KIT_PREFLIGHT=0 skips it too)
-        from kit.preflight import preflight_before_push
+        from kit.run.preflight import preflight_before_push
 
         preflight_before_push(args.experiments, args.accelerator)
 
@@ -198,7 +199,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def _print_incomplete(root: str) -> None:
     """Local run folders that are not complete (no kernel marker, broken manifest): one line each with why.
     Blends and predict refuse them; `kit run EXP --resume` carries a local one on."""
-    from kit.runs import incomplete_runs
+    from kit.run.folders import incomplete_runs
 
     for _folder, why in incomplete_runs(root):
         console.print(f"[yellow]incomplete run:[/] {escape(why)}")
@@ -310,7 +311,7 @@ def _realism(args: argparse.Namespace) -> Any:
 
 def cmd_emulator(args: argparse.Namespace) -> int:
     from kit.kaggle.emulator import Emulator, EmulatorSettings, describe_realism
-    from kit.kaggle.faults import FaultConfig, describe_faults
+    from kit.kaggle.emulator.faults import FaultConfig, describe_faults
 
     competition_dir = args.competition_dir or str(_only_competition_dir(Path(args.datasets_root)))
     for flag, folder in (("--competition-dir", competition_dir), ("--datasets-root", args.datasets_root)):
@@ -355,8 +356,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("push", help="render experiments and push them to Kaggle (sweeps queue with a limit)")
     p.add_argument("experiments", nargs="+", metavar="EXP", help="experiment TOML file(s); a [sweep] expands")
-    p.add_argument("--accelerator", default=None,
-                   help="TpuV5E8 (default from the config), NvidiaTeslaT4 or none")
+    p.add_argument("--accelerator", default=None, help=ACCELERATOR_HELP)
     p.add_argument("--force", action="store_true", help="push even if unchanged since the last version")
     p.add_argument("--concurrency", type=int, default=2,
                    help="accelerator sessions busy at once (Kaggle allows only a few; default 2)")

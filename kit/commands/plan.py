@@ -2,7 +2,7 @@
 
 In:  an ensemble recipe (``ensembles/<name>.toml`` or its name: the experiments under ``--experiments`` that its
      [runs] names/tags/globs select) or an experiment TOML (a sweep expands to its grid); completed runs under
-     ``--runs`` and in the ledger calibrate the estimate (see `kit.plan` for the cost model and its constants).
+     ``--runs`` and in the ledger calibrate the estimate (see `kit.kaggle.plan` for the cost model and its constants).
 Out: a table (hours per kernel, share of the session limit, cumulative hours against the weekly quota) and
      closing lines (totals, weeks of quota needed, the calibration used). Exit 0; 2 with one line on bad input.
 """
@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import tomllib
 from pathlib import Path
+
+from kernels.accelerators import ACCELERATOR_HELP
 
 ENSEMBLES_DIR = "ensembles"
 EXPERIMENTS_DIR = "experiments"
@@ -47,7 +49,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from kit.console import console
     from kit.errors import KitError
     from kit.kaggle.ledger import Ledger, default_ledger_path
-    from kit.plan import (
+    from kit.kaggle.plan import (
         calibrate,
         estimate,
         ledger_run_folders,
@@ -90,6 +92,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ensembles", default=ENSEMBLES_DIR, help="where ensemble names are looked up")
     p.add_argument("--runs", default="runs", help="completed runs that calibrate the estimate (default runs)")
     p.add_argument("--ledger", default=None, help="ledger whose pulled runs also calibrate (default .kit/ledger.json)")
-    p.add_argument("--accelerator", default=None,
-                   help="plan on this kaggle.accelerator instead (TpuV5E8, NvidiaTeslaT4, none = this CPU)")
+    p.add_argument("--accelerator", default=None, help=ACCELERATOR_HELP)
     p.set_defaults(func=cmd_plan)

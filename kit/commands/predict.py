@@ -41,8 +41,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from kit.console import console
+    from kit.data.images import find_images
     from kit.errors import KitError
-    from kit.images import find_images
     from kit.predict import (
         compare_with_baseline,
         predict,

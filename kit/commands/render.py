@@ -3,23 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
+from kernels.accelerators import ACCELERATOR_HELP
 from kit.console import console
-
-DEFAULT_OWNER_ENV = "KAGGLE_USERNAME"
-DEFAULT_OWNER = "kit-user"
-
-
-def default_owner() -> str:
-    """Owner used in rendered ids when no Kaggle client is involved (the push fills in the real one)."""
-    return os.environ.get(DEFAULT_OWNER_ENV) or DEFAULT_OWNER
 
 
 def cmd_render(args: argparse.Namespace) -> int:
     from kit.config import load_experiments
-    from kit.render import render_experiment
+    from kit.render.kernel import default_owner, render_experiment
 
     for path in args.experiments:
         for exp in load_experiments(path):
@@ -38,5 +30,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", choices=("script", "notebook"), default=None,
                    help="kernel form (default: the config's kaggle.format)")
     p.add_argument("--owner", default=None, help="Kaggle user name for the kernel id")
-    p.add_argument("--accelerator", default=None, help="override kaggle.accelerator (TpuV5E8, NvidiaTeslaT4, none)")
+    p.add_argument("--accelerator", default=None, help=ACCELERATOR_HELP)
     p.set_defaults(func=cmd_render)

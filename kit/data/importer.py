@@ -35,10 +35,10 @@ import numpy as np
 import pandas as pd
 
 from kernels import schema
+from kit.data.images import to_rgb_array
 from kit.data.shards import assign_bins, assign_shards, count_test_shards
 from kit.data.tfrecords import JPEG_QUALITY, MISSING, DatasetSummary, write_dataset
 from kit.errors import KitError
-from kit.images import to_rgb_array
 
 if TYPE_CHECKING:
     pass

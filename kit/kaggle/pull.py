@@ -27,7 +27,7 @@ from kit.errors import KitError
 from kit.kaggle.client import KaggleClient, KernelNotVisible, OutputFile
 from kit.kaggle.ledger import Ledger, latest_version, now_iso
 from kit.kaggle.status import log_text
-from kit.runs import KERNEL_LOG, RUN_JSON, write_run_record
+from kit.run.folders import KERNEL_LOG, RUN_JSON, write_run_record
 
 PART_SUFFIX = ".part"
 STAGING_SUFFIX = ".partial"

@@ -33,6 +33,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from kernels.accelerators import NO_ACCELERATOR
 from kit.errors import KitError
 from kit.kaggle.client import KaggleClient, hint
 from kit.kaggle.ledger import Ledger, experiment_entry, is_active, latest_version, now_iso
@@ -50,13 +51,12 @@ from kit.kaggle.reconcile import (
 )
 from kit.kaggle.retry import KaggleCallError, classify, describe
 from kit.kaggle.status import refresh
-from kit.render import RenderedKernel
+from kit.render.kernel import RenderedKernel
 
 __all__ = ["PushOutcome", "SessionCapReached", "busy_sessions", "check_sources", "push_body", "push_one",
            "push_queue", "reconcile_pending", "sha256_text", "unchanged"]
 
 DEFAULT_CONCURRENCY = 2
-NO_ACCELERATOR = "none"
 DEFAULT_SLOT_WAIT_S = 6 * 3600.0
 SESSION_CAP = re.compile(r"session count|session limit|maximum .*sessions?", re.IGNORECASE)
 SLUG_PARTS = {"kernels": 2, "models": 5}

@@ -3,7 +3,7 @@
 Modules, bottom up: `errors` (the error reply), `realism` (kaggle.com's unkind behaviours, on by
 default), `state` (settings, state folder, counters), one module per API service (`kernels`,
 `competitions`, `datasets`), `http` (the wire format; it only calls into the services), `app`
-(the `Emulator`: services + server + lifecycle). Faults are picked by `kit.kaggle.faults`.
+(the `Emulator`: services + server + lifecycle); `faults` picks the injected faults (`FaultConfig`).
 The names below are imported on first use, so `kit`'s parser can read `realism` without loading
 the services (and pandas).
 """

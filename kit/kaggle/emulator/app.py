@@ -17,12 +17,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 from kit.kaggle.emulator.competitions import CompetitionsService
 from kit.kaggle.emulator.datasets import DatasetsService
-from kit.kaggle.emulator.http import EmulatorServer, handler_for
+from kit.kaggle.emulator.faults import FaultConfig
+from kit.kaggle.emulator.http import EmulatorServer
 from kit.kaggle.emulator.kernels import KernelsService
 from kit.kaggle.emulator.realism import Realism
 from kit.kaggle.emulator.state import EmulatorSettings
-from kit.kaggle.faults import FaultConfig
-from kit.localrun import stop_kernel
+from kit.run.local import stop_kernel
 
 HOST = "127.0.0.1"
 
@@ -34,7 +34,7 @@ class Emulator(KernelsService, CompetitionsService, DatasetsService):
                  port: int = 0, host: str = HOST, realism: Realism | None = None) -> None:
         super().__init__(settings, faults, realism)
         self._pool = ThreadPoolExecutor(max_workers=max(1, settings.workers), thread_name_prefix="emu-kernel")
-        self._server = EmulatorServer((host, port), handler_for(self), self)
+        self._server = EmulatorServer((host, port), self)
         self.host, self.port = self._server.server_address[:2]
         self._thread: threading.Thread | None = None
         self._running: dict[tuple[str, int], subprocess.Popen[str]] = {}  # kernel processes now running

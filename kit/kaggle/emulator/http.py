@@ -28,7 +28,7 @@ from urllib.parse import unquote, urlsplit
 
 from kit.kaggle.emulator.competitions import DATA_PATH, Redirect
 from kit.kaggle.emulator.errors import ApiError
-from kit.kaggle.faults import API_FAULTS, FILE_FAULTS
+from kit.kaggle.emulator.faults import API_FAULTS, FILE_FAULTS
 
 if TYPE_CHECKING:
     from kit.kaggle.emulator.app import Emulator
@@ -83,12 +83,13 @@ def _caller(header: str | None, token_user: str) -> str | None:
 
 
 class EmulatorServer(ThreadingHTTPServer):
-    """Threaded server that notes, instead of printing, clients hanging up mid-request."""
+    """Threaded server holding the `Emulator` its `KaggleRequestHandler`s answer from; it notes, instead of
+    printing, clients hanging up mid-request."""
 
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], emulator: Emulator) -> None:
-        super().__init__(address, handler)
+    def __init__(self, address: tuple[str, int], emulator: Emulator) -> None:
+        super().__init__(address, KaggleRequestHandler)
         self.emulator = emulator
 
     def handle_error(self, request: Any, client_address: Any) -> None:
@@ -99,166 +100,169 @@ class EmulatorServer(ThreadingHTTPServer):
         super().handle_error(request, client_address)
 
 
-def handler_for(emulator: Emulator) -> type[BaseHTTPRequestHandler]:
-    """The request handler class bound to `emulator`."""
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-        server_version = "KaggleEmulator/1"
+class KaggleRequestHandler(BaseHTTPRequestHandler):
+    """One request from the kaggle client, answered from the `EmulatorServer`'s emulator (``self.server``)."""
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
-            emulator.log(f"{self.command} {urlsplit(self.path).path} " + (format % args).split('"')[-1].strip())
+    server: EmulatorServer
+    protocol_version = "HTTP/1.1"
+    server_version = "KaggleEmulator/1"
 
-        def _body(self) -> bytes:
-            length = int(self.headers.get("Content-Length") or 0)
-            return self.rfile.read(length) if length else b""
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+        self.emulator.log(f"{self.command} {urlsplit(self.path).path} " + (format % args).split('"')[-1].strip())
 
-        def _send(self, status: int, data: bytes, headers: Mapping[str, str] | None = None,
-                  content_type: str = "application/json") -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(data)))
-            for key, value in (headers or {}).items():
-                self.send_header(key, value)
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(data)
+    def _body(self) -> bytes:
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length else b""
 
-        def _json(self, status: int, payload: Mapping[str, Any]) -> None:
-            self._send(status, json.dumps(payload).encode())
+    def _send(self, status: int, data: bytes, headers: Mapping[str, str] | None = None,
+              content_type: str = "application/json") -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
 
-        def _error(self, status: int, message: str) -> None:
-            self._json(status, {"code": status, "message": message})
+    def _json(self, status: int, payload: Mapping[str, Any]) -> None:
+        self._send(status, json.dumps(payload).encode())
 
-        def _rate_limited(self) -> None:
-            self._send(429, json.dumps({"code": 429, "message": RATE_LIMITED}).encode(), {"Retry-After": "0"})
+    def _error(self, status: int, message: str) -> None:
+        self._json(status, {"code": status, "message": message})
 
-        def _fault(self, key: str, kinds: tuple[str, ...]) -> str | None:
-            kind = emulator.faults.decide(key, kinds)
-            if kind is None:
-                return None
-            emulator.count_fault(kind)
-            if kind == "slow":
-                time.sleep(emulator.faults.config.slow_s)
-                return None
-            if kind == "429":
-                self._rate_limited()
-                return kind
-            if kind == "500":
-                self._error(500, "Internal server error (injected)")
-                return kind
-            return kind  # lost_reply / truncate: the caller acts on it
+    def _rate_limited(self) -> None:
+        self._send(429, json.dumps({"code": 429, "message": RATE_LIMITED}).encode(), {"Retry-After": "0"})
 
-        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-            path = urlsplit(self.path).path
-            raw = self._body()
-            marker = "/v1/"
-            if marker not in path:
-                return self._error(404, f"no such endpoint {path}")
-            call = path.split(marker, 1)[1]
-            handler = API_CALLS.get(call)
-            if handler is None:
-                return self._error(404, f"the emulator does not implement {call}")
-            user = _caller(self.headers.get("Authorization"), emulator.settings.token_user)
-            if user is None:
-                return self._error(401, "Unauthenticated")
-            try:
-                body = json.loads(raw or b"{}")
-            except json.JSONDecodeError:
-                return self._error(400, "request body is not JSON")
-            emulator._count("calls")
-            lost = stall = False
-            if call not in NO_FAULT_CALLS:
-                identity = body.get("slug") or body.get("kernelSlug") or body.get("competitionName") or body.get("ref")
-                key = f"{call}:{identity}"
-                if emulator.behaviours.throttled(key):
-                    emulator.count_fault("throttled")
-                    return self._rate_limited()
-                kind = self._fault(key, API_FAULTS)
-                if kind in ("429", "500"):
-                    return None
-                lost = kind == "lost_reply"
-                stall = emulator.behaviours.stalls(key)
-            try:
-                reply = handler(emulator, body, user)
-            except ApiError as exc:
-                return self._error(exc.status, exc.message)
-            if stall:  # the work is done; the reply comes after the client has given up on it
-                emulator.count_fault("stall")
-                time.sleep(emulator.realism.stall_s)
-            if lost:
-                return self._error(500, "Internal server error (injected after the work was done)")
-            if isinstance(reply, Redirect):
-                return self._send(302, b"", {"Location": reply.url})
-            return self._json(200, reply)
+    def _fault(self, key: str, kinds: tuple[str, ...]) -> str | None:
+        kind = self.emulator.faults.decide(key, kinds)
+        if kind is None:
+            return None
+        self.emulator.count_fault(kind)
+        if kind == "slow":
+            time.sleep(self.emulator.faults.config.slow_s)
+            return None
+        if kind == "429":
+            self._rate_limited()
+            return kind
+        if kind == "500":
+            self._error(500, "Internal server error (injected)")
+            return kind
+        return kind  # lost_reply / truncate: the caller acts on it
 
-        def do_GET(self) -> None:  # noqa: N802
-            path = urlsplit(self.path).path
-            if path == STATS_PATH:
-                return self._json(200, emulator.stats())
-            if path.startswith(DATA_PATH):
-                try:
-                    data = emulator.data_zip(unquote(path[len(DATA_PATH):]))
-                except ApiError as exc:
-                    return self._error(exc.status, exc.message)
-                return self._send(200, data, {"Accept-Ranges": "none", "Last-Modified": email.utils.formatdate(
-                    0, usegmt=True)}, content_type="application/zip")
-            parts = path.split("/", 5)
-            if len(parts) < 6 or parts[1] != "files" or not parts[4].isdigit():
-                return self._error(404, f"no such file {path}")
-            _, _, owner, slug, number, name = parts
-            name = unquote(name)
-            kind = self._fault(f"GET:{owner}/{slug}/{number}/{name}", FILE_FAULTS)
+    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        path = urlsplit(self.path).path
+        raw = self._body()
+        marker = "/v1/"
+        if marker not in path:
+            return self._error(404, f"no such endpoint {path}")
+        call = path.split(marker, 1)[1]
+        handler = API_CALLS.get(call)
+        if handler is None:
+            return self._error(404, f"the emulator does not implement {call}")
+        user = _caller(self.headers.get("Authorization"), self.emulator.settings.token_user)
+        if user is None:
+            return self._error(401, "Unauthenticated")
+        try:
+            body = json.loads(raw or b"{}")
+        except json.JSONDecodeError:
+            return self._error(400, "request body is not JSON")
+        self.emulator._count("calls")
+        lost = stall = False
+        if call not in NO_FAULT_CALLS:
+            identity = body.get("slug") or body.get("kernelSlug") or body.get("competitionName") or body.get("ref")
+            key = f"{call}:{identity}"
+            if self.emulator.behaviours.throttled(key):
+                self.emulator.count_fault("throttled")
+                return self._rate_limited()
+            kind = self._fault(key, API_FAULTS)
             if kind in ("429", "500"):
                 return None
-            truncate = kind == "truncate"
+            lost = kind == "lost_reply"
+            stall = self.emulator.behaviours.stalls(key)
+        try:
+            reply = handler(self.emulator, body, user)
+        except ApiError as exc:
+            return self._error(exc.status, exc.message)
+        if stall:  # the work is done; the reply comes after the client has given up on it
+            self.emulator.count_fault("stall")
+            time.sleep(self.emulator.realism.stall_s)
+        if lost:
+            return self._error(500, "Internal server error (injected after the work was done)")
+        if isinstance(reply, Redirect):
+            return self._send(302, b"", {"Location": reply.url})
+        return self._json(200, reply)
+
+    def do_GET(self) -> None:  # noqa: N802
+        path = urlsplit(self.path).path
+        if path == STATS_PATH:
+            return self._json(200, self.emulator.stats())
+        if path.startswith(DATA_PATH):
             try:
-                file_path = emulator.output_file(owner, slug, int(number), name)
+                data = self.emulator.data_zip(unquote(path[len(DATA_PATH):]))
             except ApiError as exc:
                 return self._error(exc.status, exc.message)
-            self._serve_file(file_path, truncate)
+            return self._send(200, data, {"Accept-Ranges": "none", "Last-Modified": email.utils.formatdate(
+                0, usegmt=True)}, content_type="application/zip")
+        parts = path.split("/", 5)
+        if len(parts) < 6 or parts[1] != "files" or not parts[4].isdigit():
+            return self._error(404, f"no such file {path}")
+        _, _, owner, slug, number, name = parts
+        name = unquote(name)
+        kind = self._fault(f"GET:{owner}/{slug}/{number}/{name}", FILE_FAULTS)
+        if kind in ("429", "500"):
             return None
+        truncate = kind == "truncate"
+        try:
+            file_path = self.emulator.output_file(owner, slug, int(number), name)
+        except ApiError as exc:
+            return self._error(exc.status, exc.message)
+        self._serve_file(file_path, truncate)
+        return None
 
-        def _serve_file(self, file_path: Path, truncate: bool) -> None:
-            data = file_path.read_bytes()
-            size = len(data)
-            stat = file_path.stat()
-            headers = {"Accept-Ranges": "bytes", "ETag": f'"{hashlib.sha256(data).hexdigest()[:16]}"',
-                       "Last-Modified": email.utils.formatdate(stat.st_mtime, usegmt=True)}
-            status, start = 200, 0
-            wanted = self.headers.get("Range", "")
-            if wanted.startswith("bytes=") and wanted[6:].endswith("-") and wanted[6:-1].isdigit():
-                start = int(wanted[6:-1])
-                if start >= size:
-                    headers["Content-Range"] = f"bytes */{size}"
-                    return self._send(416, b"", headers)
-                status = 206
-                headers["Content-Range"] = f"bytes {start}-{size - 1}/{size}"
-            body = data[start:]
-            emulator._count("downloads")
-            if truncate and len(body) > 1:
-                self.send_response(status)
-                self.send_header("Content-Type", "application/octet-stream")
-                self.send_header("Content-Length", str(len(body)))
-                for key, value in headers.items():
-                    self.send_header(key, value)
-                self.end_headers()
-                self.wfile.write(body[: len(body) // 2])
-                self.wfile.flush()
-                self.close_connection = True
-                return None
-            return self._send(status, body, headers, content_type="application/octet-stream")
+    def _serve_file(self, file_path: Path, truncate: bool) -> None:
+        data = file_path.read_bytes()
+        size = len(data)
+        stat = file_path.stat()
+        headers = {"Accept-Ranges": "bytes", "ETag": f'"{hashlib.sha256(data).hexdigest()[:16]}"',
+                   "Last-Modified": email.utils.formatdate(stat.st_mtime, usegmt=True)}
+        status, start = 200, 0
+        wanted = self.headers.get("Range", "")
+        if wanted.startswith("bytes=") and wanted[6:].endswith("-") and wanted[6:-1].isdigit():
+            start = int(wanted[6:-1])
+            if start >= size:
+                headers["Content-Range"] = f"bytes */{size}"
+                return self._send(416, b"", headers)
+            status = 206
+            headers["Content-Range"] = f"bytes {start}-{size - 1}/{size}"
+        body = data[start:]
+        self.emulator._count("downloads")
+        if truncate and len(body) > 1:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Length", str(len(body)))
+            for key, value in headers.items():
+                self.send_header(key, value)
+            self.end_headers()
+            self.wfile.write(body[: len(body) // 2])
+            self.wfile.flush()
+            self.close_connection = True
+            return None
+        return self._send(status, body, headers, content_type="application/octet-stream")
 
-        def do_PUT(self) -> None:  # noqa: N802
-            path = urlsplit(self.path).path
-            data = self._body()
-            if not path.startswith("/upload/"):
-                return self._error(404, f"no such upload URL {path}")
-            if self._fault(f"PUT:{path}", ("500", "slow")) == "500":
-                return None
-            try:
-                emulator.receive_upload(path.rsplit("/", 1)[1], data)
-            except ApiError as exc:
-                return self._error(exc.status, exc.message)
-            return self._json(200, {})
+    def do_PUT(self) -> None:  # noqa: N802
+        path = urlsplit(self.path).path
+        data = self._body()
+        if not path.startswith("/upload/"):
+            return self._error(404, f"no such upload URL {path}")
+        if self._fault(f"PUT:{path}", ("500", "slow")) == "500":
+            return None
+        try:
+            self.emulator.receive_upload(path.rsplit("/", 1)[1], data)
+        except ApiError as exc:
+            return self._error(exc.status, exc.message)
+        return self._json(200, {})
 
-    return Handler
+    @property
+    def emulator(self) -> Emulator:
+        return self.server.emulator

@@ -6,7 +6,7 @@ Out: reply dicts (camelCase) or `ApiError`s, with kaggle.com's behaviours where 
      on: 403 for kernels the caller cannot see, read-after-write lag, NEW_SCRIPT, cancelled and
      long-running runs, invalid*Sources in push replies, refusals for the session cap (counting
      sessions started elsewhere), for a competition not joined and for an unverified phone.
-SaveKernel queues a version; a worker pool runs it with the local backend (`kit.localrun`)
+SaveKernel queues a version; a worker pool runs it with the local backend (`kit.run.local`)
 against the attached datasets and the competition folder (without its solution file).
 """
 
@@ -25,7 +25,7 @@ from kernels.contracts import atomic_write_text
 from kit.kaggle.emulator.errors import ApiError
 from kit.kaggle.emulator.realism import PERMISSION_DENIED, PHONE_NOT_VERIFIED, RULES_NOT_ACCEPTED, kaggle_notebook
 from kit.kaggle.emulator.state import SOLUTION_FILE, EmulatorState, iso, now, page, parse_version, sha256
-from kit.localrun import run_kernel, stop_kernel
+from kit.run.local import run_kernel, stop_kernel
 
 MIN_SLUG = 5
 OUTPUT_PAGE_SIZE = 20

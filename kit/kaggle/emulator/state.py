@@ -22,8 +22,8 @@ from kernels.config import COMPETITION
 from kernels.contracts import atomic_write_text
 from kit.errors import KitError
 from kit.kaggle.emulator.errors import ApiError
+from kit.kaggle.emulator.faults import FaultConfig, FaultPlan
 from kit.kaggle.emulator.realism import Behaviours, Realism
-from kit.kaggle.faults import FaultConfig, FaultPlan
 
 STATE_FILE = "state.json"
 SOLUTION_FILE = "solution.csv"  # the competition folder's answers: never shown to kernels or the CLI

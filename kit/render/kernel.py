@@ -4,7 +4,7 @@ In:  an `Experiment`, the Kaggle owner name, an output root.
 Out: `build/kernels/<slug>/` holding the kernel (``kernel.py``, or ``kernel.ipynb`` for the notebook
      form) and ``kernel-metadata.json``; returned as a `RenderedKernel`.
 
-The script is the `kernels/` modules inlined in `kit.kernel_source.MODULE_ORDER`, with their ``from kernels.x import``
+The script is the `kernels/` modules inlined in `kit.render.source.MODULE_ORDER`, with their ``from kernels.x import``
 lines removed (everything shares one namespace) and ``from __future__`` hoisted. The experiment
 arrives as ``CONFIG``, a JSON literal parsed at start-up: values are serialised, never pasted into
 code. Top-level names must be unique across kernel modules; a clash fails the render.
@@ -14,15 +14,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from kernels.accelerators import ACCELERATORS, NO_ACCELERATOR, accelerator_problem
 from kernels.config import Experiment
 from kernels.contracts import atomic_write_text
 from kit.errors import KitError
-from kit.kernel_source import (
+from kit.render.source import (
     BACKEND_CALL,
     MAIN_CALL,
     config_literal,
@@ -36,7 +38,8 @@ TITLE_PREFIX = "kit "
 MAX_TITLE = 50
 MIN_TITLE = 5
 SLUG_RE = re.compile(r"^[A-Za-z0-9_-]+/[A-Za-z0-9_.-]+$")
-ACCELERATORS = ("TpuV5E8", "NvidiaTeslaT4", "none")
+DEFAULT_OWNER_ENV = "KAGGLE_USERNAME"
+DEFAULT_OWNER = "kit-user"
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,11 @@ class RenderedKernel:
     slug: str
     content_hash: str
     experiment: Experiment
+
+
+def default_owner() -> str:
+    """Owner used in rendered ids when no Kaggle client is involved (the push fills in the real one)."""
+    return os.environ.get(DEFAULT_OWNER_ENV) or DEFAULT_OWNER
 
 
 def kernel_title(exp: Experiment) -> str:
@@ -89,8 +97,9 @@ def render_script(exp: Experiment) -> str:
 def kernel_metadata(exp: Experiment, owner: str, fmt: str, accelerator: str | None = None) -> dict[str, Any]:
     """The kernel-metadata.json content for this experiment."""
     acc = accelerator or exp.kaggle.accelerator
-    if acc not in ACCELERATORS:
-        raise KitError(f"accelerator {acc!r}: expected one of {', '.join(ACCELERATORS)}")
+    problem = accelerator_problem(acc)
+    if problem:
+        raise KitError(f"accelerator: {problem}")
     datasets = [s for s in (exp.data.dataset, exp.data.external, *exp.kaggle.dataset_sources) if SLUG_RE.match(s)]
     meta: dict[str, Any] = {
         "id": f"{owner}/{kernel_slug(exp)}",
@@ -99,8 +108,8 @@ def kernel_metadata(exp: Experiment, owner: str, fmt: str, accelerator: str | No
         "language": "python",
         "kernel_type": KERNEL_TYPE[fmt],
         "is_private": exp.kaggle.private,
-        "enable_gpu": acc.startswith("Nvidia"),
-        "enable_tpu": acc.startswith("Tpu"),
+        "enable_gpu": ACCELERATORS[acc].kind == "gpu",
+        "enable_tpu": ACCELERATORS[acc].kind == "tpu",
         "enable_internet": exp.kaggle.internet,
         "dataset_sources": list(dict.fromkeys(datasets)),
         "competition_sources": [exp.kaggle.competition],
@@ -108,7 +117,7 @@ def kernel_metadata(exp: Experiment, owner: str, fmt: str, accelerator: str | No
         "model_sources": list(exp.kaggle.model_sources),
         "keywords": [],
     }
-    if acc != "none":
+    if acc != NO_ACCELERATOR:
         meta["machine_shape"] = acc
     return meta
 
@@ -117,7 +126,7 @@ def render_text(exp: Experiment, fmt: str) -> str:
     """The kernel file's text in the given form ('script' or 'notebook')."""
     if fmt == "script":
         return render_script(exp)
-    from kit.notebook import render_notebook  # the notebook form lives in its own module
+    from kit.render.notebook import render_notebook  # the notebook form lives in its own module
 
     return render_notebook(exp)
 

@@ -76,7 +76,7 @@ def kernel_env(
 def kernel_command(code_file: Path) -> list[str]:
     """The command that runs a kernel file (script, or notebook through nbclient)."""
     if code_file.suffix == ".ipynb":
-        return [sys.executable, "-m", "kit.notebook_runner", str(code_file)]
+        return [sys.executable, "-m", "kit.run.notebook_runner", str(code_file)]
     return [sys.executable, "-c", SCRIPT_RUNNER, str(code_file)]
 
 

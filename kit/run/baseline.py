@@ -53,7 +53,7 @@ BASELINE_NAME = "baseline"  # the experiment name of the baseline run folder (ru
 ROLE_KEY = MANIFEST_ROLE_KEY  # manifest key telling the baseline run from model runs
 ROLE_BASELINE = "baseline"
 MODEL_FILE = "baseline_model.json"  # per fold: standardisation and coefficients (what `kit predict` applies)
-MODEL_SCHEMA = "kit.baseline/1"
+MODEL_SCHEMA = "kit.run.baseline/1"
 BASELINE_BACKBONE = "baseline-logreg"  # config model.backbone of the baseline (no kernel builds it)
 HIST_BINS = 8  # histogram bins per channel
 CENTRE_FRACTION = 0.5  # the centre window: the middle half of each side (where the lesion usually is)
@@ -333,7 +333,7 @@ def run_baseline(like: Experiment, data: str, runs_root: Path, metadata: bool = 
 
     with native_stderr_silenced():  # TensorFlow's start-up chatter
         from kernels.data import discover_files
-    from kit.runs import next_version_dir, write_run_record
+    from kit.run.folders import next_version_dir, write_run_record
 
     start = time.monotonic()
     exp = baseline_experiment(dataclasses.replace(like, data=dataclasses.replace(like.data, dataset=data)))

@@ -24,8 +24,8 @@ from pathlib import Path
 
 from kernels.config import from_dict
 from kit.kaggle.emulator import Emulator, EmulatorSettings, Realism
-from kit.kaggle.faults import FaultConfig
-from kit.render import RenderedKernel
+from kit.kaggle.emulator.faults import FaultConfig
+from kit.render.kernel import RenderedKernel
 
 FAKE_USER = "kit-user"
 FAKE_KEY = "f4k3k3y0123456789abcdefdeadbeef"

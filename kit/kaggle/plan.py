@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kernels.accelerators import ACCELERATORS, accelerator_kind, accelerator_problem
 from kernels.config import ConfigError, Experiment, from_dict
 from kernels.schema import count_from_name
 
@@ -76,9 +77,9 @@ KERNEL_OVERHEAD_S: dict[str, float] = {"cpu": 5.0, "tpu": 300.0, "gpu": 240.0}  
 COMPILE_S: dict[str, float] = {"cpu": 21.0, "tpu": 120.0, "gpu": 60.0}  # graph tracing / XLA compile, once a run
 # per fold: resetting the model, starting its datasets, writing its outputs (no compile: the run's model is kept)
 FOLD_OVERHEAD_S: dict[str, float] = {"cpu": 3.0, "tpu": 20.0, "gpu": 10.0}
-ACCELERATOR_KIND = {"TpuV5E8": "tpu", "NvidiaTeslaT4": "gpu", "NvidiaTeslaT4Highmem": "gpu", "none": "cpu"}
-WEEKLY_QUOTA_H: dict[str, float] = {"tpu": 20.0, "gpu": 30.0}  # Kaggle's weekly accelerator quotas
-SESSION_LIMIT_H: dict[str, float] = {"tpu": 9.0, "gpu": 12.0, "cpu": 12.0}  # Kaggle's longest session
+# Per hardware kind, from the one accelerator table (kernels/accelerators.py)
+WEEKLY_QUOTA_H: dict[str, float] = {a.kind: a.weekly_hours for a in ACCELERATORS.values() if a.weekly_hours}
+SESSION_LIMIT_H: dict[str, float] = {a.kind: a.session_hours for a in ACCELERATORS.values()}  # longest session
 SECONDS_PER_HOUR = 3600.0
 
 # Image counts of the Kaggle datasets the recipes use (train, test), by slug prefix: Chris Deotte's re-packs
@@ -92,7 +93,6 @@ KNOWN_DATASETS: dict[str, tuple[int, int]] = {
 # the public TFRecords notebook reads them as train%.2i with 2x / 2x+1). malignant-v2: not known (0: all per fold).
 KNOWN_TRAIN_FILES: dict[str, int] = {"cdeotte/melanoma-": 15, "cdeotte/isic2019-": 30}
 COMPETITION_COUNTS = KNOWN_DATASETS["cdeotte/melanoma-"]
-KIND_DEVICES: dict[str, int] = {"tpu": 8, "gpu": 2, "cpu": 1}  # TPU v5e-8 chips, 2 x T4, one CPU: global batch factor
 
 
 @dataclass(frozen=True)
@@ -152,22 +152,18 @@ class Calibration:
     runs: tuple[str, ...]
 
 
-def accelerator_kind(exp: Experiment) -> str:
-    """tpu | gpu | cpu, from kaggle.accelerator."""
-    return ACCELERATOR_KIND.get(exp.kaggle.accelerator, "cpu")
-
-
 def on_accelerator(exp: Experiment, accelerator: str) -> Experiment:
     """The experiment planned for another kaggle.accelerator (e.g. "none": this machine's CPU)."""
-    if accelerator not in ACCELERATOR_KIND:
-        raise ConfigError(f"--accelerator: got {accelerator!r}, expected one of {', '.join(ACCELERATOR_KIND)}")
+    problem = accelerator_problem(accelerator)
+    if problem:
+        raise ConfigError(f"--accelerator: {problem}")
     return dataclasses.replace(exp, kaggle=dataclasses.replace(exp.kaggle, accelerator=accelerator))
 
 
 def forward_gflops(backbone: str, image_size: int) -> float:
     """Forward GFLOPs per image of ``backbone`` at ``image_size`` px."""
     if backbone not in BACKBONE_GFLOPS:
-        raise ConfigError(f"model.backbone: {backbone!r} has no cost entry in kit.plan.BACKBONE_GFLOPS")
+        raise ConfigError(f"model.backbone: {backbone!r} has no cost entry in kit.kaggle.plan.BACKBONE_GFLOPS")
     gflops, native = BACKBONE_GFLOPS[backbone]
     return gflops * (image_size / native) ** 2
 
@@ -227,9 +223,10 @@ def fold_images(exp: Experiment, counts: ImageCounts) -> list[FoldImages]:
     return out
 
 
-def trained_per_epoch(exp: Experiment, folds: Sequence[FoldImages], kind: str) -> int:
-    """Images trained per epoch in every fold (kernels.main.run_steps x the global batch)."""
-    batch = exp.train.batch_size * KIND_DEVICES[kind]
+def trained_per_epoch(exp: Experiment, folds: Sequence[FoldImages]) -> int:
+    """Images trained per epoch in every fold (kernels.main.run_steps x the global batch: train.batch_size x the
+    devices of kaggle.accelerator)."""
+    batch = exp.train.batch_size * ACCELERATORS[exp.kaggle.accelerator].devices
     steps = min(max(1, (f.train + f.external) // batch) for f in folds)
     return min(steps, exp.train.max_steps_per_epoch or steps) * batch
 
@@ -242,10 +239,10 @@ def tta_views(exp: Experiment) -> int:
 def estimate_seconds(exp: Experiment, counts: ImageCounts, kind: str | None = None) -> tuple[float, float, float, int]:
     """(train s, predict s, overhead s, images trained per epoch) for every fold the kernel runs, uncalibrated;
     train s includes the per-epoch validation passes."""
-    kind = kind or accelerator_kind(exp)
+    kind = kind or accelerator_kind(exp.kaggle.accelerator)
     d, t = exp.data, exp.train
     folds = fold_images(exp, counts)
-    per_epoch = trained_per_epoch(exp, folds, kind)
+    per_epoch = trained_per_epoch(exp, folds)
     validation = sum(f.validation for f in folds)
     g = forward_gflops(exp.model.backbone, d.image_size) * 1e9
     speed = EFFECTIVE_TFLOPS[kind] * 1e12
@@ -257,7 +254,7 @@ def estimate_seconds(exp: Experiment, counts: ImageCounts, kind: str | None = No
 
 def estimate(exp: Experiment, calibration: Mapping[str, Calibration] | None = None) -> KernelCost:
     """The calibrated cost of one kernel."""
-    kind = accelerator_kind(exp)
+    kind = accelerator_kind(exp.kaggle.accelerator)
     counts = image_counts(exp)
     train, predict, overhead, per_epoch = estimate_seconds(exp, counts, kind)
     factor = calibration[kind].factor if calibration and kind in calibration else 1.0
@@ -395,6 +392,6 @@ def plan_summary(costs: Sequence[KernelCost], calibration: Mapping[str, Calibrat
             lines.append(f"{kind} calibration: x{cal.factor:.2f} (median measured/estimated over "
                          f"{len(cal.runs)} run(s): {', '.join(cal.runs[:4])}{' ...' if len(cal.runs) > 4 else ''})")
         else:
-            lines.append(f"{kind} calibration: none (no completed {kind} run with timings); kit.plan's documented "
+            lines.append(f"{kind} calibration: none (no completed {kind} run with timings); kit.kaggle.plan's documented "
                          "constants as they are")
     return lines

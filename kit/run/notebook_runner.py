@@ -1,7 +1,7 @@
 """Run a notebook top to bottom with a real Jupyter kernel, as Kaggle runs a notebook kernel.
 
-In:  ``python -m kit.notebook_runner NOTEBOOK [--executed OUT.ipynb] [--cell-timeout S]``, run with
-     the output folder as the working directory (`kit.localrun.kernel_command` does this).
+In:  ``python -m kit.run.notebook_runner NOTEBOOK [--executed OUT.ipynb] [--cell-timeout S]``, run with
+     the output folder as the working directory (`kit.run.local.kernel_command` does this).
 Out: every cell's output streamed to stdout as it arrives (so the local runner can log it), the
      executed notebook written to OUT.ipynb when asked, and the exit code: 0 when every cell ran,
      1 when a cell failed (its traceback and a one-line summary are printed), 2 for a usage error.
@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from kit.errors import KitError
-from kit.localrun import IMPORT_BLOCKER
+from kit.run.local import IMPORT_BLOCKER
 
 KERNEL_NAME = "python3"
 EXIT_CELL_FAILED = 1
@@ -168,7 +168,7 @@ def _terminate(signum: int, frame: Any) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m kit.notebook_runner", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m kit.run.notebook_runner", description=__doc__.splitlines()[0])
     parser.add_argument("notebook", type=Path)
     parser.add_argument("--executed", type=Path, default=None, help="also write the executed notebook here")
     parser.add_argument("--cell-timeout", type=int, default=None, help="seconds per cell (default: none)")

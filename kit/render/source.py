@@ -4,7 +4,7 @@ In:  the `kernels/` package on disk and an `Experiment`.
 Out: `MODULE_ORDER` and the notebook's `STAGES`; `load_modules()` -> the processed `ModuleSource`s (their
      ``from kernels.x import`` and ``from __future__`` lines removed: everything shares one namespace once
      rendered; a top-level name defined twice fails); `config_literal(exp)` -> the ``CONFIG = json.loads(...)``
-     line; the two calls that start a kernel. `kit.render` (script) and `kit.notebook` (notebook) both build
+     line; the two calls that start a kernel. `kit.render.kernel` (script) and `kit.render.notebook` (notebook) both build
      on this module, so neither imports the other's internals.
 """
 
@@ -23,6 +23,7 @@ from kit.errors import KitError
 
 MODULE_ORDER = (
     "bootstrap",
+    "accelerators",
     "config",
     "schema",
     "contracts",
@@ -32,6 +33,7 @@ MODULE_ORDER = (
     "rehearsal",
     "augment",
     "data",
+    "backbones",
     "models",
     "train",
     "foldstart",
@@ -40,12 +42,12 @@ MODULE_ORDER = (
 )
 # Notebook stages: (title, what it does, modules). Every module appears exactly once, in order.
 STAGES = (
-    ("Setup", "Choose the Keras backend, then the config schema, file contracts, metrics and paths.",
-     ("bootstrap", "config", "schema", "contracts", "metrics", "paths")),
+    ("Setup", "Choose the Keras backend, then the accelerator table, config schema, file contracts, metrics and paths.",
+     ("bootstrap", "accelerators", "config", "schema", "contracts", "metrics", "paths")),
     ("Hardware", "Detect TPU / GPUs / CPU and pick the distribution strategy and precision.", ("strategy", "rehearsal")),
     ("Augmentation", "The augmentation registry: host (tf.data) and on-device (Keras layer) forms.", ("augment",)),
     ("Data", "TFRecord discovery, patient-safe folds and the tf.data input pipeline.", ("data",)),
-    ("Model", "Backbone registry, from-scratch CNN builder and heads.", ("models",)),
+    ("Model", "Backbone registry, from-scratch CNN builder and heads.", ("backbones", "models")),
     ("Training", "Losses, optimisers, LR schedule, checkpointing and TTA prediction; one compiled model for every fold.",
      ("train", "foldstart")),
     ("Predictions and plots", "OOF / test predictions, manifest, history and plots.", ("outputs",)),
@@ -76,7 +78,7 @@ def load_module_source(name: str, root: Path = KERNELS_DIR) -> ModuleSource:
     """Read a kernel module and strip what cannot live in a single shared namespace."""
     path = root / f"{name}.py"
     if not path.is_file():
-        raise KitError(f"{path}: kernel module missing (listed in kit.kernel_source.MODULE_ORDER)")
+        raise KitError(f"{path}: kernel module missing (listed in kit.render.source.MODULE_ORDER)")
     text = path.read_text(encoding="utf-8")
     tree = ast.parse(text, filename=str(path))
     drop: set[int] = set()

@@ -29,11 +29,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from kernels.accelerators import ACCELERATORS, accelerator_problem
 from kernels.config import Experiment
 from kernels.contracts import MANIFEST_FILE, ContractError, read_manifest, read_oof, verify_files
 from kit.errors import KitError
 
-PREFLIGHT_TARGETS = {"TpuV5E8": "tpu", "NvidiaTeslaT4": "gpu", "NvidiaTeslaT4Highmem": "gpu", "none": ""}
 PREFLIGHT_IMAGE_SIZE = 32  # px: the smallest size every registered backbone accepts
 PREFLIGHT_BATCH = 1  # images per device
 # Global images per training step at least: a global batch of 1 (the 1-device CPU target at 1 per device) is
@@ -72,9 +72,10 @@ class PreflightResult:
 def preflight_target(exp: Experiment, accelerator: str | None) -> tuple[str, str]:
     """(accelerator, KIT_REHEARSE value) for the push target."""
     acc = accelerator or exp.kaggle.accelerator
-    if acc not in PREFLIGHT_TARGETS:
-        raise KitError(f"--accelerator {acc!r}: expected one of {', '.join(PREFLIGHT_TARGETS)}")
-    return acc, PREFLIGHT_TARGETS[acc]
+    problem = accelerator_problem(acc)
+    if problem:
+        raise KitError(f"--accelerator: {problem}")
+    return acc, ACCELERATORS[acc].rehearse
 
 
 def preflight_folds(exp: Experiment, all_folds: bool = False) -> list[int]:
@@ -176,9 +177,9 @@ def preflight(exp: Experiment, accelerator: str | None = None, fmt: str | None =
               workdir: Path | None = None, timeout_s: float = PREFLIGHT_TIMEOUT_S,
               all_folds: bool = False) -> PreflightResult:
     """Render, make data, run on the simulated target, check every output; never raises for a failed run."""
-    from kit.localrun import run_kernel
     from kit.quiet import quiet_tensorflow
-    from kit.render import render_experiment
+    from kit.render.kernel import render_experiment
+    from kit.run.local import run_kernel
 
     quiet_tensorflow()  # the synthetic data is written with TensorFlow in this process: no banner in the output
     acc, target = preflight_target(exp, accelerator)

@@ -1,14 +1,14 @@
 """Render an experiment as a Jupyter notebook (nbformat 4.5) built from the same kernel modules.
 
 In:  an `Experiment`.
-Out: the notebook's JSON text: a title cell, then for every stage in `kit.kernel_source.STAGES` a markdown
+Out: the notebook's JSON text: a title cell, then for every stage in `kit.render.source.STAGES` a markdown
      cell (what the stage does, the experiment's settings that matter to it, the modules it holds)
-     followed by one code cell per module (`kit.kernel_source.load_modules()`: the very code the script
+     followed by one code cell per module (`kit.render.source.load_modules()`: the very code the script
      form inlines), the config cell first, then `kernel_main(CONFIG)` and a cell that shows the
      history plot the run wrote.
 
 The notebook runs top to bottom on Kaggle (``kernel_type: notebook``), on Colab and locally through
-`kit.notebook_runner`; it gives the same predictions as the script form for the same seed. The
+`kit.run.notebook_runner`; it gives the same predictions as the script form for the same seed. The
 output is deterministic (fixed cell ids, sorted keys), so re-rendering an unchanged experiment
 gives the same content hash. Only the standard library is used here (nbformat is not needed to
 write a notebook, only to validate one in the tests).
@@ -24,7 +24,7 @@ from typing import Any
 
 from kernels.config import Experiment, to_dict
 from kit.errors import KitError
-from kit.kernel_source import BACKEND_CALL, MAIN_CALL, STAGES, ModuleSource, config_literal, load_modules, slugify
+from kit.render.source import BACKEND_CALL, MAIN_CALL, STAGES, ModuleSource, config_literal, load_modules, slugify
 
 NBFORMAT = 4
 NBFORMAT_MINOR = 5  # cells carry ids
@@ -140,7 +140,7 @@ def setting_rows(exp: Experiment, keys: Iterable[str]) -> list[tuple[str, Any, A
         obj, value, default = exp, plain, defaults
         for part in key.split("."):
             if not dataclasses.is_dataclass(obj) or part not in value:
-                raise KitError(f"kit/notebook.py: STAGE_SETTINGS: {key!r} is not a config key")
+                raise KitError(f"kit/render/notebook.py: STAGE_SETTINGS: {key!r} is not a config key")
             obj, value, default = getattr(obj, part), value[part], default.get(part)
         for row in _leaf_rows(obj, value, default, key, exp):
             if row[0] not in seen:
@@ -203,7 +203,7 @@ def build_notebook(exp: Experiment, sources: list[ModuleSource]) -> dict[str, An
     staged = [name for _, _, modules in STAGES for name in modules]
     if sorted(staged) != sorted(by_name):
         missing = sorted(set(by_name) - set(staged)) or sorted(set(staged) - set(by_name))
-        raise KitError(f"kit/kernel_source.py: STAGES and MODULE_ORDER disagree on {', '.join(missing)}")
+        raise KitError(f"kit/render/source.py: STAGES and MODULE_ORDER disagree on {', '.join(missing)}")
     cells = [markdown_cell("title", title_markdown(exp))]
     for index, (title, description, modules) in enumerate(STAGES, start=1):
         slug = slugify(title)
