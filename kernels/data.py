@@ -11,9 +11,11 @@ Out: `train_dataset` -> (endless shuffled, augmented batches, steps per epoch); 
 
 Images come out float32 0..255, [size, size, 3] (the model normalises for its backbone); in device-
 augmentation mode they stay uint8 and the model's float32 Input casts them on the accelerator. Labels: head
-"sigmoid" -> float32 [1] = target; head "diagnosis" -> float32 one-hot over ``schema.DIAGNOSES`` (unknown
-codes -> "unknown"; a malignant record is always "melanoma", a benign one never). Inputs are the image,
-or {"image", "meta"} with ``data.metadata`` (`metadata_vector`, ``META_DIM`` floats).
+"sigmoid" -> float32 [1] = target; head "diagnosis" -> float32 one-hot over the 9 classes of
+``schema.DIAGNOSIS_CLASSES`` (2020 codes through the 2020 -> 2019 table; external records by their row of the
+external dataset's CSV, ``data.external_labels``, joined by image name, or their dataset's known code list; a
+malignant record is always "melanoma", a benign one never). Inputs are the image, or {"image", "meta"} with
+``data.metadata`` (`metadata_vector`, `meta_dim` floats; external rows' fields from the CSV).
 
 Speed (measured in ``make bench``): records are read in chunks per file (several files interleaved)
 and parsed in vectorised chunks, only the features the experiment uses (which is also where malignant

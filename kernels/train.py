@@ -38,10 +38,11 @@ AUC_THRESHOLDS = 400  # resolution of the streaming AUC metric (the manifest use
 
 
 class MaskedCategoricalLoss(keras.losses.Loss):
-    """The diagnosis head's loss with rows whose diagnosis is unknown masked (see `kernels.data.data_labels`).
+    """The diagnosis head's loss, with any label row whose diagnosis is not given masked.
 
-    A label row's sum is the share of it whose diagnosis is known (1; 0 for an external benign row whose code
-    has no 2020 class; in between after mixup). The known share trains the categorical loss (cross-entropy
+    A label row's sum is the share of it whose diagnosis is known: 1 for every row the pipeline makes
+    (`kernels.data.data_labels`: every record has a class of the 9-class head, or the run stops), and after
+    mixup too; 0 marks a benign row of unknown kind (a label source that gives none). The known share trains the categorical loss (cross-entropy
     or focal, label smoothing applied to the known share only); the rest is benign of an unknown kind and
     trains the binary target alone: -log(1 - P(melanoma)).
     """
