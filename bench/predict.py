@@ -38,7 +38,7 @@ def _fake_run(root: Path, exp: Any) -> Path:
 
     from kernels.config import to_dict
     from kernels.contracts import MANIFEST_SCHEMA, WEIGHTS_PATTERN
-    from kernels.data import META_DIM
+    from kernels.data import meta_dim
     from kernels.models import build_model, save_model_weights
     from kit.predict import cpu_hardware, predict_experiment
 
@@ -47,7 +47,7 @@ def _fake_run(root: Path, exp: Any) -> Path:
     folds = list(range(exp.data.folds))
     for fold in folds:
         keras.utils.set_random_seed(SEED + fold)
-        model = build_model(predict_experiment(exp), cpu_hardware(), META_DIM)
+        model = build_model(predict_experiment(exp), cpu_hardware(), meta_dim(exp))
         save_model_weights(model, str(folder / WEIGHTS_PATTERN.format(fold=fold)))
     manifest = {
         "schema": MANIFEST_SCHEMA, "experiment": exp.name, "config": to_dict(exp), "versions": {}, "seed": exp.seed,

@@ -88,7 +88,8 @@ class DataSection:
     train_glob: str = "train*.tfrec"  # train files inside the dataset
     test_glob: str = "test*.tfrec"  # test files inside the dataset
     external_glob: str = "train*.tfrec"  # files taken from the external dataset
-    external_diagnoses: tuple[str, ...] = ()  # the external set's diagnosis names in code order ((): known or masked)
+    external_diagnoses: tuple[str, ...] = ()  # the external set's diagnosis names in code order ((): known list or CSV)
+    external_labels: str = ""  # external images' CSV joined by image_name: diagnosis (+ patient_id, sex, age, site); a file of data.external or a path
     gcs_path: str = ""  # bucket holding the dataset when the runtime needs one (Colab)
     image_size: int = 256  # model input; a multiple of 32
     folds: int = 5  # folds = groups of whole files (patients never straddle folds)
@@ -98,6 +99,7 @@ class DataSection:
     cache: bool = False  # cache decoded records in memory
     shuffle_buffer: int = 2048
     metadata: bool = False  # sex, age, site, images-per-patient as a second input
+    metadata_file_size: bool = False  # add log(JPEG bytes) to the metadata (1st place's image-size feature)
     decode_ratio: int = 0  # 0 = auto (1/2/4/8 from stored vs model size)
     parallel_calls: int = 0  # 0 = number of CPU cores (fixed: autotune stalls at epoch end)
     shades_of_gray: int = 0  # colour constancy: Shades of Gray Minkowski p (6 = ISIC winners' choice); 0 = off
@@ -130,7 +132,8 @@ class TrainSection:
     weight_decay: float = 1e-5  # adamw
     momentum: float = 0.9  # sgd
     schedule: Literal["cosine", "exponential", "constant"] = "cosine"
-    warmup_epochs: float = 1.0  # linear warm-up from min_lr, per step
+    warmup_epochs: float = 1.0  # linear warm-up, per step, from warmup_start x peak (or min_lr)
+    warmup_start: float = 0.0  # where warm-up starts, as a fraction of the peak lr (0 = at min_lr; 1st place 0.1)
     exp_decay: float = 0.8  # per epoch, for schedule = exponential
     loss: Literal["bce", "focal"] = "bce"
     label_smoothing: float = 0.05  # for the BCE / categorical losses
@@ -141,6 +144,7 @@ class TrainSection:
     swa_epochs: int = 3  # keep = "swa": how many final epochs are averaged (fewer when fewer ran)
     ema: float = 0.0  # weight EMA momentum per step (0 = off); validation, checkpoint and predictions use the average
     monitor: Literal["val_auc", "val_loss"] = "val_auc"
+    val_auc: Literal["exact", "streaming"] = "exact"  # exact: AUC of the whole fold's gathered predictions each epoch; streaming: Keras' 400-threshold AUC
     tta: int = 0  # augmented passes for OOF and test (0 = none)
     tta_dihedral: bool = True  # average the 8 flips/transposes
     mixed_precision: Literal["auto", "on", "off"] = "auto"  # auto: bf16 TPU, fp16 GPU, off CPU
@@ -326,6 +330,8 @@ def _config_check_values(exp: Experiment, where: str, known: Known | None) -> No
     _config_check(t.lr > 0, where, "train.lr", t.lr, "a number > 0")
     _config_check(0 <= t.min_lr <= t.lr, where, "train.min_lr", t.min_lr, "a number in [0, train.lr]")
     _config_check(t.warmup_epochs >= 0, where, "train.warmup_epochs", t.warmup_epochs, "a number >= 0")
+    _config_check(0 <= t.warmup_start <= 1, where, "train.warmup_start", t.warmup_start,
+                  "a fraction of the peak in [0, 1]")
     _config_check(0 < t.exp_decay <= 1, where, "train.exp_decay", t.exp_decay, "a number in (0, 1]")
     _config_check(0 <= t.label_smoothing < 1, where, "train.label_smoothing", t.label_smoothing, "a number in [0, 1)")
     _config_check(t.early_stopping >= 0, where, "train.early_stopping", t.early_stopping, "an integer >= 0")

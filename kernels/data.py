@@ -11,9 +11,11 @@ Out: `train_dataset` -> (endless shuffled, augmented batches, steps per epoch); 
 
 Images come out float32 0..255, [size, size, 3] (the model normalises for its backbone); in device-
 augmentation mode they stay uint8 and the model's float32 Input casts them on the accelerator. Labels: head
-"sigmoid" -> float32 [1] = target; head "diagnosis" -> float32 one-hot over ``schema.DIAGNOSES`` (unknown
-codes -> "unknown"; a malignant record is always "melanoma", a benign one never). Inputs are the image,
-or {"image", "meta"} with ``data.metadata`` (`metadata_vector`, ``META_DIM`` floats).
+"sigmoid" -> float32 [1] = target; head "diagnosis" -> float32 one-hot over the 9 classes of
+``schema.DIAGNOSIS_CLASSES`` (2020 codes through the 2020 -> 2019 table; external records by their row of the
+external dataset's CSV, ``data.external_labels``, joined by image name, or their dataset's known code list; a
+malignant record is always "melanoma", a benign one never). Inputs are the image, or {"image", "meta"} with
+``data.metadata`` (`metadata_vector`, `meta_dim` floats; external rows' fields from the CSV).
 
 Speed (measured in ``make bench``): records are read in chunks per file (several files interleaved)
 and parsed in vectorised chunks, only the features the experiment uses (which is also where malignant
@@ -27,6 +29,7 @@ every finite pass ends in a multi-second stall on a small CPU (../shared/notes/c
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import os
@@ -43,13 +46,19 @@ from kernels.config import ConfigError, Experiment
 from kernels.paths import DataLocationError, resolve_dataset
 from kernels.schema import (
     DIAGNOSES,
+    DIAGNOSIS_CLASSES,
+    ISIC2019_DIAGNOSES,
+    KNOWN_EXTERNAL_CODES,
     MELANOMA_INDEX,
     MISSING_AGE,
     SEXES,
     SITES,
+    code_classes,
     count_from_name,
+    diagnosis_class,
     external_code_map,
     feature_spec,
+    site_2020,
 )
 from kernels.strategy import Hardware, eval_batch_size, global_batch_size
 
@@ -66,9 +75,12 @@ DATA_CC_EPS = 1e-6  # guards the Shades of Gray division on an all-black image
 DATA_EVAL_SEED_STREAM = 7919  # keeps TTA augmentation draws apart from training draws
 META_AGE_SCALE = 90.0  # age / 90 (the oldest age bucket)
 META_LOG_COUNT_SCALE = 5.0  # log(images per patient) / 5 (~1 for the largest patients)
+META_LOG_BYTES_SCALE = 16.0  # log(JPEG bytes) / 16 (~1 for an 8.9 MB file; the re-packs' images are 10-300 kB)
 META_GROUP_STRIDE = 1 << 32  # patient key = group * stride + patient_id (main files 0, external 1)
 META_FEATURES = ("sex", "age_approx", "anatom_site_general_challenge")  # record fields metadata_vector reads
 META_DIM = len(SEXES) + 2 + len(SITES) + 1  # sex one-hot, age, age missing, site one-hot, log count
+EXTERNAL_NAME_COLUMNS = ("image_name", "image")  # Deotte's train.csv / the ISIC 2019 ground-truth CSV
+EXTERNAL_SITE_COLUMNS = ("anatom_site_general_challenge", "anatom_site_general")  # 2020 / 2019 metadata CSV
 
 
 @dataclass(frozen=True)
@@ -246,37 +258,46 @@ def prepare_image(image: Any, exp: Experiment) -> tf.Tensor:
 # ---------------------------------------------------------------------------------------------
 # Labels and metadata
 # ---------------------------------------------------------------------------------------------
-def data_labels(target: Any, diagnosis: Any, head: str, groups: Any = None,
-                external_map: Sequence[int] = ()) -> tf.Tensor:
-    """Vectorised labels: [n, 1] target, or [n, len(DIAGNOSES)] one-hot diagnosis kept consistent
-    with the target (malignant -> melanoma; a benign "melanoma" -> unknown).
-
-    External rows (``groups`` == 1) read their code through ``external_map`` (`schema.external_code_map`:
-    code -> 2020 index, -1 = no 2020 class, every code masked when empty). A masked benign row gets an
-    all-zero label (the diagnosis part of the loss is masked; `kernels.train` trains its binary target
-    only); a masked malignant row is "melanoma" (known from the target)."""
+def data_labels(target: Any, classes: Any, head: str) -> tf.Tensor:
+    """Vectorised labels: [n, 1] target, or [n, len(DIAGNOSIS_CLASSES)] one-hot head class (`data_classes`)
+    kept consistent with the target (malignant -> melanoma; a benign "melanoma" -> unknown)."""
     target = tf.cast(target, tf.int64)
     if head != "diagnosis":
         return tf.cast(target, tf.float32)[:, None]
-    code = tf.cast(diagnosis, tf.int64)
-    masked = tf.zeros_like(code, tf.bool)
-    if groups is not None:
-        external = tf.cast(groups, tf.int64) == 1
-        table = tf.constant(list(external_map) + [-1], tf.int64)  # the last entry: codes beyond the list
-        mapped = tf.gather(table, tf.clip_by_value(code, 0, len(external_map)))
-        mapped = tf.where(code < 0, tf.constant(-1, tf.int64), mapped)
-        code = tf.where(external, mapped, code)
-        masked = external & (code < 0)
-    code = tf.where((code < 0) | (code >= len(DIAGNOSES)), tf.zeros_like(code), code)
+    code = tf.cast(classes, tf.int64)
+    code = tf.where((code < 0) | (code >= len(DIAGNOSIS_CLASSES)), tf.zeros_like(code), code)
     code = tf.where(target == 1, tf.fill(tf.shape(code), tf.constant(MELANOMA_INDEX, tf.int64)), code)
     code = tf.where((target == 0) & (code == MELANOMA_INDEX), tf.zeros_like(code), code)
-    onehot = tf.one_hot(code, len(DIAGNOSES), dtype=tf.float32)
-    return tf.where((masked & (target == 0))[:, None], tf.zeros_like(onehot), onehot)
+    return tf.one_hot(code, len(DIAGNOSIS_CLASSES), dtype=tf.float32)
 
 
-def metadata_vector(sex: Any, age: Any, site: Any, n_images: Any) -> tf.Tensor:
-    """float32 [..., META_DIM]: sex one-hot (male, female, missing), age/90, age-missing flag, site
-    one-hot (``schema.SITES``, missing last), log(images per patient)/5. Codes out of range = missing."""
+def data_classes(diagnosis: Any, groups: Any = None, external_map: Sequence[int] = (),
+                 external_class: Any = None) -> tf.Tensor:
+    """Head class per record: a 2020 record's code through the 2020 -> 2019 table (`schema.code_classes`); an
+    external record's (``groups`` == 1) from its CSV row (``external_class``, when given) or through its
+    dataset's own code list (``external_map``)."""
+    code = tf.cast(diagnosis, tf.int64)
+    table = tf.constant(code_classes() + [0], tf.int64)  # codes beyond the 2020 list: unknown
+    classes = tf.gather(table, tf.clip_by_value(code, 0, len(DIAGNOSES)))
+    if groups is None:
+        return classes
+    if external_class is not None:
+        ext = tf.cast(external_class, tf.int64)
+    else:
+        ext_table = tf.constant(list(external_map) + [0], tf.int64)
+        ext = tf.gather(ext_table, tf.clip_by_value(code, 0, len(external_map)))
+    return tf.where(tf.cast(groups, tf.int64) == 1, ext, classes)
+
+
+def meta_dim(exp: Experiment) -> int:
+    """Length of the metadata vector of ``exp``: `META_DIM`, + 1 with ``data.metadata_file_size``."""
+    return META_DIM + int(exp.data.metadata_file_size)
+
+
+def metadata_vector(sex: Any, age: Any, site: Any, n_images: Any, file_bytes: Any = None) -> tf.Tensor:
+    """float32 [..., META_DIM (+1)]: sex one-hot (male, female, missing), age/90, age-missing flag, site
+    one-hot (``schema.SITES``, missing last), log(images per patient)/5 and, when ``file_bytes`` is given,
+    log(JPEG bytes)/16 (0 when unknown). Codes out of range = missing."""
     sex = tf.cast(sex, tf.int64)
     site = tf.cast(site, tf.int64)
     age = tf.cast(age, tf.float32)
@@ -288,13 +309,181 @@ def metadata_vector(sex: Any, age: Any, site: Any, n_images: Any) -> tf.Tensor:
     return tf.concat([
         tf.one_hot(sex, len(SEXES), dtype=tf.float32), scaled_age[..., None], missing_age[..., None],
         tf.one_hot(site, len(SITES), dtype=tf.float32), count[..., None],
-    ], axis=-1)
+    ] + ([] if file_bytes is None else [data_log_bytes(file_bytes)[..., None]]), axis=-1)
 
 
-def missing_metadata_vector() -> np.ndarray:
-    """The metadata vector of an image with every field missing (one image per patient)."""
-    missing = metadata_vector([len(SEXES) - 1], [MISSING_AGE], [len(SITES) - 1], [1])
+def data_log_bytes(file_bytes: Any) -> tf.Tensor:
+    """log(JPEG bytes) / `META_LOG_BYTES_SCALE`; 0 for an unknown size (<= 0)."""
+    size = tf.cast(file_bytes, tf.float32)
+    return tf.where(size > 0, tf.math.log(tf.maximum(size, 1.0)) / META_LOG_BYTES_SCALE, tf.zeros_like(size))
+
+
+def missing_metadata_vector(exp: Experiment | None = None) -> np.ndarray:
+    """The metadata vector of an image with every field missing (one image per patient, size unknown)."""
+    size = [0] if exp is not None and exp.data.metadata_file_size else None
+    missing = metadata_vector([len(SEXES) - 1], [MISSING_AGE], [len(SITES) - 1], [1], size)
     return np.asarray(missing[0], dtype=np.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# External images' labels and metadata, from the external dataset's own CSV
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ExternalRows:
+    """Per external image, from its dataset's CSV (one row each): the head class (`schema.DIAGNOSIS_CLASSES`)
+    and metadata codes. A patient is the CSV's ``patient_id`` when it names one, else the image alone."""
+
+    names: tuple[str, ...]
+    classes: np.ndarray  # int64 head class
+    sex: np.ndarray  # int64 index into SEXES
+    age: np.ndarray  # int64, MISSING_AGE when missing
+    site: np.ndarray  # int64 index into SITES (2019's torso parts -> torso)
+    n_images: np.ndarray  # int64 images of the row's patient in the CSV (1: its own patient)
+    source: str  # the CSV's path
+
+
+def data_column(frame: pd.DataFrame, names: Sequence[str]) -> str | None:
+    """The first of ``names`` that is a column of ``frame``."""
+    return next((n for n in names if n in frame.columns), None)
+
+
+def external_diagnoses(frame: pd.DataFrame, where: str, head: str) -> np.ndarray:
+    """Head class per CSV row: from a ``diagnosis`` column of names, or the ISIC 2019 one-hot columns (MEL,
+    NV, ...). The diagnosis head stops (`ConfigError`, one line naming the row) on a label it cannot map;
+    the binary head needs none (-1)."""
+    if "diagnosis" in frame.columns:
+        labels = frame["diagnosis"].tolist()
+    elif set(ISIC2019_DIAGNOSES[:-1]) <= set(frame.columns):
+        columns = [c for c in ISIC2019_DIAGNOSES if c in frame.columns]
+        onehot = frame[columns].apply(pd.to_numeric, errors="coerce").fillna(0.0).to_numpy()
+        labels = [columns[i] if row.max() > 0 else "" for i, row in zip(onehot.argmax(1), onehot, strict=True)]
+    elif head == "diagnosis":
+        raise ConfigError(f"{where}: no diagnosis column (expected 'diagnosis' or the ISIC 2019 columns "
+                          f"{', '.join(ISIC2019_DIAGNOSES)}): the diagnosis head needs every external label")
+    else:
+        return np.full(len(frame), -1, np.int64)
+    out = np.full(len(frame), -1, np.int64)
+    for i, label in enumerate(labels):
+        try:
+            out[i] = diagnosis_class(label, f"{where}: row {i + 2}")
+        except ValueError as exc:
+            if head == "diagnosis":
+                raise ConfigError(f"{exc}; the diagnosis head stops rather than mask it") from None
+    return out
+
+
+def read_external_rows(path: str, head: str) -> ExternalRows:
+    """Read an external dataset's CSV (`ExternalRows`); `ConfigError` (one line) for a missing file or column."""
+    if not tf.io.gfile.exists(path):
+        raise ConfigError(f"data.external_labels: {path}: no such file (expected the external dataset's CSV)")
+    with tf.io.gfile.GFile(path, "r") as handle:
+        frame = pd.read_csv(handle, dtype=str, keep_default_na=False)
+    name_col = data_column(frame, EXTERNAL_NAME_COLUMNS)
+    if name_col is None:
+        raise ConfigError(f"{path}: no image name column (expected one of {', '.join(EXTERNAL_NAME_COLUMNS)})")
+    names = frame[name_col].str.strip()
+    if names.duplicated().any():
+        raise ConfigError(f"{path}: image {names[names.duplicated()].iloc[0]!r} has more than one row")
+    sex = frame["sex"].str.strip().str.lower() if "sex" in frame.columns else pd.Series([""] * len(frame))
+    age = pd.to_numeric(frame["age_approx"], errors="coerce") if "age_approx" in frame.columns else \
+        pd.Series([math.nan] * len(frame))
+    site_col = data_column(frame, EXTERNAL_SITE_COLUMNS)
+    sites = frame[site_col].tolist() if site_col else [""] * len(frame)
+    patient = frame["patient_id"].str.strip() if "patient_id" in frame.columns else pd.Series([""] * len(frame))
+    named = (patient != "") & (patient != "-1")
+    n_images = np.where(named, patient.map(patient[named].value_counts()).fillna(1), 1).astype(np.int64)
+    return ExternalRows(
+        names=tuple(names), classes=external_diagnoses(frame, path, head),
+        sex=np.array([SEXES.index(v) if v in SEXES else len(SEXES) - 1 for v in sex], np.int64),
+        age=np.where(age.notna() & (age >= 0), age.fillna(0), MISSING_AGE).astype(np.int64),
+        site=np.array([SITES.index(site_2020(v)) for v in sites], np.int64),
+        n_images=n_images, source=path)
+
+
+def external_labels_path(exp: Experiment) -> str:
+    """``data.external_labels`` resolved: a path as given, or a file of the external dataset."""
+    given = exp.data.external_labels
+    if given.startswith(("/", "gs://")) or os.path.isabs(given):
+        return given
+    return f"{resolve_dataset(exp.data.external, 'KIT_EXTERNAL_DIR').rstrip('/')}/{given}"
+
+
+def external_codes_known(exp: Experiment) -> bool:
+    """Whether the external records' own diagnosis codes, patient ids and sites can be read (a known list)."""
+    return bool(exp.data.external_diagnoses) or any(exp.data.external.startswith(p) for p in KNOWN_EXTERNAL_CODES)
+
+
+def external_rows(exp: Experiment, files: DataFiles) -> ExternalRows | None:
+    """The external images' CSV rows (None without ``data.external_labels``), checked against the records:
+    every external image has its row. The diagnosis head without a CSV nor known codes stops (one line)."""
+    if not files.external:
+        return None
+    if not exp.data.external_labels:
+        if exp.model.head == "diagnosis" and not external_codes_known(exp):
+            raise ConfigError(f"{exp.data.external}: its diagnosis codes are undocumented and data.external_labels "
+                              "is empty: the diagnosis head needs every external label (expected the dataset's CSV, "
+                              "e.g. data.external_labels = \"train.csv\")")
+        return None
+    rows = read_external_rows(external_labels_path(exp), exp.model.head)
+    known = set(rows.names)
+    for path in files.external:
+        for name in read_record_names(path):
+            if name not in known:
+                raise ConfigError(f"{rows.source}: no row for external image {name!r} (in {path}); "
+                                  "expected one row per external image")
+    return rows
+
+
+@functools.cache
+def read_record_names(path: str) -> tuple[str, ...]:
+    """The image names of one TFRecord file, in record order (read once per file)."""
+    spec = {"image_name": tf.io.FixedLenFeature([], tf.string)}
+    ds = tf.data.TFRecordDataset(path, buffer_size=DATA_READ_BUFFER).batch(DATA_META_BATCH)
+    return tuple(b.decode("utf-8") for chunk in ds.map(lambda r: tf.io.parse_example(r, spec)["image_name"])
+                 for b in chunk.numpy())
+
+
+@dataclass(frozen=True)
+class ExternalTables:
+    """`ExternalRows` as tensors: image name -> row index, and the rows' class and metadata codes."""
+
+    index: tf.lookup.StaticHashTable
+    classes: tf.Tensor
+    sex: tf.Tensor
+    age: tf.Tensor
+    site: tf.Tensor
+    n_images: tf.Tensor
+
+
+def external_tables(rows: ExternalRows | None) -> ExternalTables | None:
+    """Lookup tables for the pipeline (None for None)."""
+    if rows is None:
+        return None
+    init = tf.lookup.KeyValueTensorInitializer(tf.constant(list(rows.names), tf.string),
+                                               tf.range(len(rows.names), dtype=tf.int64))
+    return ExternalTables(tf.lookup.StaticHashTable(init, default_value=0), tf.constant(rows.classes),
+                          tf.constant(rows.sex), tf.constant(rows.age), tf.constant(rows.site),
+                          tf.constant(rows.n_images))
+
+
+def train_class_counts(train_meta: pd.DataFrame, rows: ExternalRows | None,
+                       external_files: Sequence[str] = ()) -> dict[str, int]:
+    """Training images per head class, as `data_labels` labels them: the 2020 records (``train_meta``:
+    `read_records_meta` of the fold's training files) and, with a CSV, the external images of
+    ``external_files`` by their CSV rows (a CSV "melanoma" counts as melanoma)."""
+    counts = dict.fromkeys(DIAGNOSIS_CLASSES, 0)
+    for name, target in zip(train_meta["diagnosis"], train_meta["target"], strict=True):
+        k = diagnosis_class(str(name), "train records")
+        k = MELANOMA_INDEX if int(target) == 1 else (0 if k == MELANOMA_INDEX else k)
+        counts[DIAGNOSIS_CLASSES[k]] += 1
+    if rows is not None:
+        where = {name: i for i, name in enumerate(rows.names)}
+        for path in external_files:
+            for name in read_record_names(path):
+                k = int(rows.classes[where[name]])
+                if k >= 0:
+                    counts[DIAGNOSIS_CLASSES[k]] += 1
+    return counts
 
 
 DATA_COUNT_TABLES: dict[tuple[tuple[str, ...], tuple[int, ...]], tf.lookup.StaticHashTable] = {}
@@ -377,28 +566,59 @@ def data_records(files: Sequence[str], groups: Sequence[int] | None, exp: Experi
                          deterministic=par == 1)  # data.parallel_calls = 1: a fixed training order
 
 
-def data_parse_spec(labelled: bool, head: str, metadata: bool) -> dict[str, Any]:
-    """The part of the record schema this pipeline reads (every other feature is skipped unparsed)."""
+def data_parse_spec(labelled: bool, head: str, metadata: bool, names: bool = False,
+                    file_size: bool = False) -> dict[str, Any]:
+    """The part of the record schema this pipeline reads (every other feature is skipped unparsed); ``names``:
+    the image name too (external rows join their CSV row by it)."""
     wanted = {"image"}
     if labelled:
         wanted |= {"target", "diagnosis"} if head == "diagnosis" else {"target"}
     if metadata:
         wanted |= {"patient_id", *META_FEATURES}
+    if names:
+        wanted.add("image_name")
     return {key: value for key, value in feature_spec(labelled).items() if key in wanted}
 
 
+def data_external_meta(parsed: dict[str, tf.Tensor], groups: Any, n_images: Any, exp: Experiment,
+                       tables: ExternalTables | None) -> tf.Tensor:
+    """The metadata vectors of a chunk. External rows (``groups`` == 1) take their CSV row's sex, age, site and
+    patient size (``tables``); without a CSV, a dataset with undocumented codes gives them missing fields, each
+    image its own patient. The JPEG's byte length is the file-size feature (``data.metadata_file_size``)."""
+    sex, age, site = parsed["sex"], parsed["age_approx"], parsed["anatom_site_general_challenge"]
+    external = tf.cast(groups, tf.int64) == 1
+    if tables is not None:
+        row = tables.index.lookup(parsed["image_name"])
+        sex = tf.where(external, tf.gather(tables.sex, row), sex)
+        age = tf.where(external, tf.gather(tables.age, row), age)
+        site = tf.where(external, tf.gather(tables.site, row), site)
+        n_images = tf.where(external, tf.gather(tables.n_images, row), n_images)
+    elif not external_codes_known(exp):
+        sex = tf.where(external, tf.cast(len(SEXES) - 1, tf.int64), sex)
+        age = tf.where(external, tf.cast(MISSING_AGE, tf.int64), age)
+        site = tf.where(external, tf.cast(len(SITES) - 1, tf.int64), site)
+        n_images = tf.where(external, tf.ones_like(n_images), n_images)
+    size = tf.strings.length(parsed["image"]) if exp.data.metadata_file_size else None
+    return metadata_vector(sex, age, site, n_images, size)
+
+
 def data_parse_chunk(records: Any, groups: Any, exp: Experiment, labelled: bool, upsample: int,
-                     counts: tf.lookup.StaticHashTable | None) -> dict[str, tf.Tensor]:
+                     counts: tf.lookup.StaticHashTable | None,
+                     tables: ExternalTables | None = None) -> dict[str, tf.Tensor]:
     """A chunk of serialized records -> {"jpeg", "label"?, "meta"?}, malignant rows repeated."""
-    parsed = tf.io.parse_example(records, data_parse_spec(labelled, exp.model.head, counts is not None))
+    names = tables is not None and groups is not None
+    parsed = tf.io.parse_example(records, data_parse_spec(labelled, exp.model.head, counts is not None, names))
     out: dict[str, tf.Tensor] = {"jpeg": parsed["image"]}
     if labelled:
-        out["label"] = data_labels(parsed["target"], parsed.get("diagnosis"), exp.model.head, groups,
-                                   external_code_map(exp.data.external_diagnoses, exp.data.external))
+        classes = None
+        if exp.model.head == "diagnosis":
+            ext = tf.gather(tables.classes, tables.index.lookup(parsed["image_name"])) if names else None
+            classes = data_classes(parsed["diagnosis"], groups,
+                                   external_code_map(exp.data.external_diagnoses, exp.data.external), ext)
+        out["label"] = data_labels(parsed["target"], classes, exp.model.head)
     if counts is not None:
         n_images = counts.lookup(groups * META_GROUP_STRIDE + parsed["patient_id"])
-        out["meta"] = metadata_vector(parsed["sex"], parsed["age_approx"], parsed["anatom_site_general_challenge"],
-                                      n_images)
+        out["meta"] = data_external_meta(parsed, groups, n_images, exp, tables)
     if labelled and upsample > 1:
         repeats = tf.where(parsed["target"] == 1, upsample, 1)
         out = {k: tf.repeat(v, repeats, axis=0) for k, v in out.items()}
@@ -406,7 +626,7 @@ def data_parse_chunk(records: Any, groups: Any, exp: Experiment, labelled: bool,
 
 
 def data_examples(files: Sequence[str], groups: Sequence[int], exp: Experiment, labelled: bool,
-                  training: bool) -> tf.data.Dataset:
+                  training: bool, tables: ExternalTables | None = None) -> tf.data.Dataset:
     """Parsed examples {"jpeg", "label"?, "meta"?}, one per record (malignant ones repeated in training)."""
     counts = data_patient_counts(files, groups) if exp.data.metadata else None
     upsample = exp.data.upsample_malignant if training else 1
@@ -417,8 +637,9 @@ def data_examples(files: Sequence[str], groups: Sequence[int], exp: Experiment, 
         ds = ds.map(lambda r: data_parse_chunk(r, None, exp, labelled, upsample, None), num_parallel_calls=par,
                     deterministic=not training)
     else:
-        ds = ds.map(lambda r, g: data_parse_chunk(r, g, exp, labelled, upsample, counts), num_parallel_calls=par,
-                    deterministic=not training)
+        tables = tables if any(groups) else None
+        ds = ds.map(lambda r, g: data_parse_chunk(r, g, exp, labelled, upsample, counts, tables),
+                    num_parallel_calls=par, deterministic=not training)
     return ds.unbatch()
 
 
@@ -462,8 +683,8 @@ def epoch_steps(files: Sequence[str], exp: Experiment, hw: Hardware) -> int:
     return max(1, count_examples(files) // global_batch_size(exp, hw))
 
 
-def train_dataset(files: Sequence[str], exp: Experiment, hw: Hardware,
-                  external: Sequence[str] = ()) -> tuple[tf.data.Dataset, int]:
+def train_dataset(files: Sequence[str], exp: Experiment, hw: Hardware, external: Sequence[str] = (),
+                  rows: ExternalRows | None = None) -> tuple[tf.data.Dataset, int]:
     """Endless training batches of the global batch size, and the steps of one epoch (examples in
     ``files`` + ``external`` by their names // global batch; upsampled copies do not lengthen it).
 
@@ -476,7 +697,7 @@ def train_dataset(files: Sequence[str], exp: Experiment, hw: Hardware,
     batch = global_batch_size(exp, hw)
     steps = epoch_steps(all_files, exp, hw)
     decoder = data_decoder(all_files, exp)
-    ds = data_examples(all_files, groups, exp, labelled=True, training=True)
+    ds = data_examples(all_files, groups, exp, labelled=True, training=True, tables=external_tables(rows))
     if exp.data.cache:
         ds = data_decoded(ds, decoder, exp, deterministic=False).cache().repeat()
         ds = ds.shuffle(exp.data.shuffle_buffer, seed=exp.seed, reshuffle_each_iteration=True)
@@ -564,6 +785,15 @@ def eval_rows(n_examples: int, exp: Experiment, hw: Hardware) -> int:
     batch = eval_batch_size(exp, hw)
     rest = n_examples % batch
     return n_examples + (batch - rest if rest and eval_full_batches(hw) else 0)
+
+
+def eval_labels(meta: pd.DataFrame, head: str) -> np.ndarray:
+    """float32 labels of `read_records_meta` rows (2020 records), as `data_labels` makes them in the pipeline."""
+    target = meta["target"].to_numpy(np.int64)
+    if head != "diagnosis":
+        return target.astype(np.float32)[:, None]
+    classes = [diagnosis_class(str(name), "validation records") for name in meta["diagnosis"]]
+    return np.asarray(data_labels(target, np.asarray(classes, np.int64), head), np.float32)
 
 
 def read_records_meta(files: Sequence[str], labelled: bool) -> pd.DataFrame:

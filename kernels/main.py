@@ -28,8 +28,8 @@ import tensorflow as tf
 
 from kernels.config import ConfigError, Experiment, from_dict
 from kernels.data import (
-    META_DIM,
     DataFiles,
+    ExternalRows,
     check_records,
     count_examples,
     data_stored_shapes,
@@ -37,14 +37,17 @@ from kernels.data import (
     epoch_steps,
     eval_dataset,
     eval_rows,
+    external_rows,
     fold_splits,
+    meta_dim,
     read_records_meta,
+    train_class_counts,
     train_dataset,
 )
 from kernels.foldstart import FoldStart, restore_start, seed_fold, snapshot_start
 from kernels.models import build_model, count_params
 from kernels.outputs import FoldOutput, finished_folds, oof_frame, save_weights, write_outputs
-from kernels.paths import output_dir
+from kernels.paths import DataLocationError, output_dir
 from kernels.rehearsal import install_rehearsal_ops, quicken_gpu_rehearsal
 from kernels.strategy import (
     Hardware,
@@ -56,7 +59,14 @@ from kernels.strategy import (
     scaled_lr,
     strategy_scope,
 )
-from kernels.train import NonFiniteLoss, compile_model, predict_tta, train_fold, with_known_batches
+from kernels.train import (
+    NonFiniteLoss,
+    compile_model,
+    exact_validation,
+    predict_tta,
+    train_fold,
+    with_known_batches,
+)
 
 CONFIG_LABEL = "CONFIG"
 RESUME_ENV = "KIT_RESUME"  # "1": keep the folds a previous session finished in the output folder
@@ -131,15 +141,27 @@ def build_run_model(exp: Experiment, hw: Hardware, steps: int) -> RunModel:
     keras.utils.set_random_seed(exp.seed)
     peak_lr = scaled_lr(exp, hw)
     with strategy_scope(hw):
-        model = build_model(exp, hw, META_DIM, total_steps=steps * exp.train.epochs)
+        model = build_model(exp, hw, meta_dim(exp), total_steps=steps * exp.train.epochs)
         compile_model(model, exp, hw, peak_lr, steps)
         start = snapshot_start(model)
     return RunModel(model=model, start=start, steps=steps, peak_lr=peak_lr)
 
 
+def fold_class_line(exp: Experiment, train_files: Sequence[str], external: Sequence[str],
+                    rows: ExternalRows | None) -> dict[str, int]:
+    """The diagnosis head's training images per class (printed; {} for the binary head)."""
+    if exp.model.head != "diagnosis":
+        return {}
+    counts = train_class_counts(read_records_meta(train_files, labelled=True), rows, external if rows else ())
+    text = ", ".join(f"{k} {v}" for k, v in counts.items())
+    source = f"external labels from {rows.source}" if rows else ("external codes" if external else "no external data")
+    print(f"[kit] diagnosis head: training images per class ({source}): {text}", flush=True)
+    return counts
+
+
 def run_fold(
     exp: Experiment, hw: Hardware, files: DataFiles, fold: int, train_idx: Sequence[int], val_idx: Sequence[int],
-    out_dir: str, run_model: RunModel,
+    out_dir: str, run_model: RunModel, rows: ExternalRows | None = None,
 ) -> FoldOutput:
     """Train one fold (the run's model, reset to its start) and predict its validation files and the test files."""
     train_files, val_files, external = fold_files(files, train_idx, val_idx)
@@ -147,7 +169,8 @@ def run_fold(
     model, steps = run_model.model, run_model.steps
     with strategy_scope(hw):
         restore_start(model, run_model.start, fold)
-    train_ds, _ = train_dataset(train_files, exp, hw, external=external)
+    train_ds, _ = train_dataset(train_files, exp, hw, external=external, rows=rows)
+    classes = fold_class_line(exp, train_files, external, rows)
     n_val = count_examples(val_files)
     val_ds = with_known_batches(eval_dataset(val_files, exp, hw, labelled=True), n_val, eval_batch_size(exp, hw))
     print(
@@ -156,7 +179,7 @@ def run_fold(
         flush=True,
     )
     trained = train_fold(model, exp, train_ds, steps, val_ds, label=f"fold {fold} ",
-                         val_rows=(n_val, eval_rows(n_val, exp, hw)))
+                         val_rows=(n_val, eval_rows(n_val, exp, hw)), exact=exact_validation(exp, hw, val_files))
     print(f"[kit] fold {fold}: best epoch {trained.best_epoch} of {trained.epochs_run} "
           f"({exp.train.monitor} {'n/a' if trained.best_value is None else f'{trained.best_value:.4f}'}); "
           f"predicting with {trained.kept}", flush=True)
@@ -169,7 +192,10 @@ def run_fold(
         fold=fold, oof=oof_frame(read_records_meta(val_files, labelled=True), oof.tta, fold),
         oof_pred_no_tta=oof.plain, test_pred=test_pred, history=trained.history, best_epoch=trained.best_epoch,
         epochs_run=trained.epochs_run, train_s=trained.train_s, predict_s=predict_s, weights_file=weights,
-        extra={"tta_views": oof.views, "kept": trained.kept},
+        extra={"tta_views": oof.views, "kept": trained.kept, "train_classes": classes, "images": {
+            "train_per_epoch": count_examples([*train_files, *external]), "trained_per_epoch": steps * global_batch_size(exp, hw),
+            "validation": n_val, "validation_passes": trained.epochs_run, "test": count_examples(files.test),
+            "predicted": oof.views * n_val + (oof.views * count_examples(files.test) if files.test else 0)}},
     )
     return result
 
@@ -194,7 +220,11 @@ def kernel_main(config: dict[str, Any]) -> dict[str, Any]:
         print("[kit] rehearsal: TensorFlow's graph optimiser (Grappler) off: the same ops, unfused; a real GPU keeps it "
               "(see kernels/rehearsal.py)", flush=True)
     files = discover_files(exp)
-    check_data(exp, files)
+    try:
+        check_data(exp, files)
+        rows = external_rows(exp, files)
+    except (ConfigError, DataLocationError) as exc:  # one line, before any training
+        raise SystemExit(f"error: {exc}") from None
     out_dir = output_dir()
     splits = fold_splits(len(files.train), exp.data.folds, exp.data.fold_seed)
     run = list(exp.data.run_folds) or list(range(exp.data.folds))
@@ -215,7 +245,7 @@ def kernel_main(config: dict[str, Any]) -> dict[str, Any]:
         if run_model is None:  # built once, when the first fold that trains needs it
             run_model = build_run_model(exp, hw, run_steps(exp, hw, files, splits, run))
         try:
-            results.append(run_fold(exp, hw, files, fold, train_idx, val_idx, out_dir, run_model))
+            results.append(run_fold(exp, hw, files, fold, train_idx, val_idx, out_dir, run_model, rows))
         except NonFiniteLoss as exc:  # one line, a non-zero exit; finished folds' outputs stay as written
             raise SystemExit(str(exc)) from None
         timings = {

@@ -3,7 +3,7 @@
 In:  an `Experiment` (model.*, data.image_size, data.metadata, train.* for BN momentum), the
      detected `Hardware` (device augmentation, mixed precision) and the metadata width.
 Out: an uncompiled `keras.Model` taking 0..255 float32 images (or {"image", "meta"}) and giving
-     float32 probabilities: shape [B, 1] for the sigmoid head, [B, len(DIAGNOSES)] for the
+     float32 probabilities: shape [B, 1] for the sigmoid head, [B, len(DIAGNOSIS_CLASSES)] for the
      diagnosis head (`model_prediction` reads P(melanoma) off either).
 
 Layout: [device augmentation] -> core, where the core (a nested model named "core", whose weights
@@ -35,7 +35,7 @@ from kernels.effnetlite import (
     lite_backbone,
     lite_imagenet_weights,
 )
-from kernels.schema import DIAGNOSES, MELANOMA_INDEX
+from kernels.schema import DIAGNOSIS_CLASSES, MELANOMA_INDEX
 
 PIXEL_MAX = 255.0
 TORCH_MEAN = (0.485, 0.456, 0.406)
@@ -333,7 +333,7 @@ def set_bn_momentum(model: keras.Model, momentum: float) -> int:
 
 def head_units(exp: Experiment) -> int:
     """Output width: 1 for the sigmoid head, one per diagnosis for the diagnosis head."""
-    return 1 if exp.model.head == "sigmoid" else len(DIAGNOSES)
+    return 1 if exp.model.head == "sigmoid" else len(DIAGNOSIS_CLASSES)
 
 
 def model_prediction(outputs: Any, exp: Experiment) -> np.ndarray:

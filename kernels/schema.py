@@ -37,22 +37,43 @@ DIAGNOSES = (
     "cafe-au-lait macule",
     "atypical melanocytic proliferation",
 )
-MELANOMA_INDEX = DIAGNOSES.index("melanoma")
-# External data: a diagnosis code is an index into THAT dataset's own list, never into DIAGNOSES unless the
-# dataset is known to use the 2020 list. `EXTERNAL_TO_2020` maps every name an external list may hold to a
-# 2020 class, or to None where 2020 has none (the ISIC 2019 classes AK, BCC, SCC, DF, VASC, BKL, UNK):
-# such rows train the binary melanoma target only (the diagnosis part of the loss is masked for them).
-ISIC2019_DIAGNOSES = ("MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC", "UNK")  # the 2019 ground-truth columns
-EXTERNAL_TO_2020: dict[str, str | None] = {
-    **{name: name for name in DIAGNOSES},  # a 2020 name means the 2020 class ("unknown": benign, unspecified)
-    "MEL": "melanoma", "NV": "nevus",
-    "AK": None, "BCC": None, "SCC": None, "DF": None, "VASC": None,
-    "BKL": None,  # benign keratosis: seborrheic keratosis, solar lentigo or lichenoid keratosis (not one 2020 class)
-    "UNK": None,
+# The diagnosis head's 9 classes: the ISIC 2019 taxonomy (MEL, NV, BCC, AK, BKL, DF, VASC, SCC) with 2020's
+# "unknown" (benign, unspecified) in place of 2019's UNK. This is the 1st place's 9-class target (their
+# dataset.py: 2020 diagnoses renamed into the 2019 classes, 2019 MEL/NV renamed melanoma/nevus, the classes
+# sorted; Ha, Liu & Liu 2020, arXiv:2010.05351). The order here keeps 2020's first three codes (unknown,
+# nevus, melanoma) in place, so MELANOMA_INDEX is the melanoma column of the head AND the 2020 code.
+DIAGNOSIS_CLASSES = ("unknown", "nevus", "melanoma", "BKL", "BCC", "AK", "SCC", "DF", "VASC")
+MELANOMA_INDEX = DIAGNOSIS_CLASSES.index("melanoma")
+assert MELANOMA_INDEX == DIAGNOSES.index("melanoma")
+# Every diagnosis name a label source may hold -> its head class. Sources: the 2020 train.csv names (the 1st
+# place's table: seborrheic keratosis, lichenoid keratosis, solar lentigo and lentigo NOS are benign keratosis-
+# like lesions, BKL, as HAM10000 / ISIC 2019 define BKL; cafe-au-lait macule and atypical melanocytic
+# proliferation -> unknown), the ISIC 2019 ground-truth abbreviations (as Chris Deotte's isic2019 train.csv and
+# ISIC_2019_Training_GroundTruth.csv spell them; UNK -> unknown), and the 2019 long names.
+DIAGNOSIS_TO_CLASS: dict[str, str] = {
+    # ISIC 2020 (train.csv "diagnosis")
+    "unknown": "unknown", "nevus": "nevus", "melanoma": "melanoma",
+    "seborrheic keratosis": "BKL", "lentigo NOS": "BKL", "lichenoid keratosis": "BKL", "solar lentigo": "BKL",
+    "cafe-au-lait macule": "unknown", "atypical melanocytic proliferation": "unknown",
+    # ISIC 2019 ground truth (and the HAM10000 / 2018 codes, lower case)
+    "MEL": "melanoma", "NV": "nevus", "BCC": "BCC", "AK": "AK", "BKL": "BKL", "DF": "DF", "VASC": "VASC",
+    "SCC": "SCC", "UNK": "unknown",
+    "mel": "melanoma", "nv": "nevus", "bcc": "BCC", "akiec": "AK", "bkl": "BKL", "df": "DF", "vasc": "VASC",
+    # ISIC 2019 long names
+    "melanocytic nevus": "nevus", "basal cell carcinoma": "BCC", "actinic keratosis": "AK",
+    "benign keratosis": "BKL", "dermatofibroma": "DF", "vascular lesion": "VASC", "squamous cell carcinoma": "SCC",
 }
-# Datasets whose diagnosis codes are known, by slug prefix: the 2020 re-packs use the 2020 list. The
-# isic2019-NxN re-packs do not document their integer codes: set data.external_diagnoses to use them.
-KNOWN_EXTERNAL_CODES: dict[str, tuple[str, ...]] = {"cdeotte/melanoma-": DIAGNOSES}
+ISIC2019_DIAGNOSES = ("MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC", "UNK")  # the 2019 ground-truth columns
+# Anatomical sites: 2019 (and the ISIC archive) split the torso; the 2020 challenge column does not.
+SITE_TO_2020: dict[str, str] = {
+    **{name: name for name in ("head/neck", "upper extremity", "lower extremity", "torso", "palms/soles",
+                               "oral/genital", "missing")},
+    "anterior torso": "torso", "posterior torso": "torso", "lateral torso": "torso",
+}
+# External data: a record's integer diagnosis code is an index into THAT dataset's own list. Datasets whose
+# codes are known, by slug prefix: the 2020 re-packs use the 2020 list. The isic2019-NxN re-packs do not
+# document theirs: their labels come from the dataset's own CSV (data.external_labels, joined by image name).
+KNOWN_EXTERNAL_CODES: dict[str, tuple[str, ...]] = {"cdeotte/melanoma-": DIAGNOSES, "cdeotte/malignant-v2-": DIAGNOSES}
 MISSING_AGE = -1
 
 TRAIN_INT_FEATURES = ("patient_id", "sex", "age_approx", "anatom_site_general_challenge", "diagnosis", "target")
@@ -65,21 +86,31 @@ TEST_CSV_COLUMNS = ("image_name", "patient_id", "sex", "age_approx", "anatom_sit
 TFREC_COUNT_RE = re.compile(r"-(\d+)\.tfrec$")
 
 
-def external_code_map(names: tuple[str, ...] | list[str], dataset: str) -> list[int]:
-    """Index into `DIAGNOSES` per external diagnosis code (-1: no 2020 class, the diagnosis loss is masked).
+def diagnosis_class(name: str, where: str) -> int:
+    """The head class index of a diagnosis name (`DIAGNOSIS_TO_CLASS`); ValueError naming ``where`` otherwise."""
+    if name not in DIAGNOSIS_TO_CLASS:
+        raise ValueError(f"{where}: diagnosis {name!r} has no class of the 9-class head "
+                         f"(expected one of {', '.join(DIAGNOSIS_TO_CLASS)})")
+    return DIAGNOSIS_CLASSES.index(DIAGNOSIS_TO_CLASS[name])
 
-    ``names``: the external dataset's diagnosis names in code order (``data.external_diagnoses``); empty =
-    the known list for ``dataset`` (`KNOWN_EXTERNAL_CODES`), else every code is masked (an empty map)."""
+
+def code_classes(names: tuple[str, ...] | list[str] = DIAGNOSES, where: str = "diagnosis codes") -> list[int]:
+    """Head class per integer code of a record list whose code k means ``names[k]`` (default: the 2020 list)."""
+    return [diagnosis_class(name, where) for name in names]
+
+
+def external_code_map(names: tuple[str, ...] | list[str], dataset: str) -> list[int]:
+    """Head class per external diagnosis code, or [] when the codes are unknown (then the labels must come
+    from the dataset's CSV, ``data.external_labels``). ``names``: ``data.external_diagnoses`` (the codes' names
+    in code order); empty = the known list of ``dataset`` (`KNOWN_EXTERNAL_CODES`)."""
     if not names:
         names = next((known for prefix, known in KNOWN_EXTERNAL_CODES.items() if dataset.startswith(prefix)), ())
-    out = []
-    for name in names:
-        if name not in EXTERNAL_TO_2020:
-            raise ValueError(f"data.external_diagnoses: {name!r} is not a known diagnosis name "
-                             f"(expected one of {', '.join(EXTERNAL_TO_2020)})")
-        mapped = EXTERNAL_TO_2020[name]
-        out.append(DIAGNOSES.index(mapped) if mapped is not None else -1)
-    return out
+    return code_classes(names, "data.external_diagnoses") if names else []
+
+
+def site_2020(name: str) -> str:
+    """A site name (2020, or 2019's anterior/posterior/lateral torso) as the 2020 site; unknown -> "missing"."""
+    return SITE_TO_2020.get(name.strip().lower() if isinstance(name, str) else "", "missing")
 
 
 def feature_spec(labelled: bool) -> dict[str, Any]:

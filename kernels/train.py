@@ -24,7 +24,8 @@ import tensorflow as tf
 
 from kernels.augment import dihedral_view
 from kernels.config import Experiment
-from kernels.data import count_examples, eval_dataset, eval_rows
+from kernels.data import count_examples, eval_dataset, eval_labels, eval_rows, read_records_meta
+from kernels.metrics import auc
 from kernels.models import model_prediction
 from kernels.schema import MELANOMA_INDEX
 from kernels.strategy import eval_batch_size
@@ -37,10 +38,11 @@ AUC_THRESHOLDS = 400  # resolution of the streaming AUC metric (the manifest use
 
 
 class MaskedCategoricalLoss(keras.losses.Loss):
-    """The diagnosis head's loss with rows whose diagnosis is unknown masked (see `kernels.data.data_labels`).
+    """The diagnosis head's loss, with any label row whose diagnosis is not given masked.
 
-    A label row's sum is the share of it whose diagnosis is known (1; 0 for an external benign row whose code
-    has no 2020 class; in between after mixup). The known share trains the categorical loss (cross-entropy
+    A label row's sum is the share of it whose diagnosis is known: 1 for every row the pipeline makes
+    (`kernels.data.data_labels`: every record has a class of the 9-class head, or the run stops), and after
+    mixup too; 0 marks a benign row of unknown kind (a label source that gives none). The known share trains the categorical loss (cross-entropy
     or focal, label smoothing applied to the known share only); the rest is benign of an unknown kind and
     trains the binary target alone: -log(1 - P(melanoma)).
     """
@@ -104,7 +106,9 @@ def make_loss(exp: Experiment) -> keras.losses.Loss:
 
 
 class WarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
-    """Per-step LR: linear warm-up from min_lr to peak, then cosine / exponential / constant towards min_lr.
+    """Per-step LR: linear warm-up to peak (from ``warmup_start`` x peak, or from min_lr when that is 0), then
+    cosine / exponential / constant towards min_lr. The 1st place's schedule: 1 warm-up epoch from peak/10
+    (``warmup_start`` 0.1), then cosine to ~0 (their GradualWarmupSchedulerV2 x10 + cosine annealing).
 
     exponential: lr = min + (peak - min) * decay_per_epoch ** (steps after warm-up / steps_per_epoch).
     cosine: lr = min + (peak - min) * (1 + cos(pi * progress)) / 2, progress 0 -> 1 over the rest of the run.
@@ -112,7 +116,7 @@ class WarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
 
     def __init__(
         self, peak_lr: float, min_lr: float, warmup_steps: int, total_steps: int, steps_per_epoch: int,
-        kind: str = "cosine", decay_per_epoch: float = 1.0,
+        kind: str = "cosine", decay_per_epoch: float = 1.0, warmup_start: float = 0.0,
     ) -> None:
         super().__init__()
         if kind not in SCHEDULES:
@@ -124,13 +128,15 @@ class WarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
         self.steps_per_epoch = int(max(1, steps_per_epoch))
         self.kind = kind
         self.decay_per_epoch = float(decay_per_epoch)
+        self.warmup_start = float(warmup_start)
 
     def __call__(self, step: Any) -> Any:
         ops = keras.ops
         step = ops.cast(step, "float32")
         span = self.peak_lr - self.min_lr
         warm = float(max(1, self.warmup_steps))
-        warmup_lr = self.min_lr + span * ops.minimum((step + 1.0) / warm, 1.0)
+        start = self.peak_lr * self.warmup_start if self.warmup_start > 0 else self.min_lr
+        warmup_lr = start + (self.peak_lr - start) * ops.minimum((step + 1.0) / warm, 1.0)
         after = ops.maximum(step - float(self.warmup_steps), 0.0)
         decayed = SCHEDULES[self.kind](self, after)
         lr = self.min_lr + span * decayed
@@ -140,7 +146,7 @@ class WarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
         return {
             "peak_lr": self.peak_lr, "min_lr": self.min_lr, "warmup_steps": self.warmup_steps,
             "total_steps": self.total_steps, "steps_per_epoch": self.steps_per_epoch, "kind": self.kind,
-            "decay_per_epoch": self.decay_per_epoch,
+            "decay_per_epoch": self.decay_per_epoch, "warmup_start": self.warmup_start,
         }
 
 
@@ -171,6 +177,7 @@ def make_schedule(exp: Experiment, peak_lr: float, steps_per_epoch: int) -> Warm
     return WarmupDecay(
         peak_lr=peak_lr, min_lr=t.min_lr, warmup_steps=int(round(t.warmup_epochs * steps_per_epoch)),
         total_steps=total, steps_per_epoch=steps_per_epoch, kind=t.schedule, decay_per_epoch=t.exp_decay,
+        warmup_start=t.warmup_start,
     )
 
 
@@ -422,6 +429,38 @@ def kept_description(exp: Experiment, best: BestCheckpoint, average: WeightAvera
     return f"epoch {best.epochs_run} (last)"
 
 
+class ExactValidation(keras.callbacks.Callback):
+    """The epoch's validation, exactly (``train.val_auc = "exact"``): at each epoch end the whole validation fold
+    is predicted (the unlabelled evaluation pass the OOF prediction uses, padding rows dropped), and
+    ``val_auc`` = the exact ROC AUC of P(melanoma) against the target (`kernels.metrics.auc`, ties half; NaN
+    for a one-class fold) and ``val_loss`` = the training loss's mean over the real rows are written into the
+    epoch's logs, in place of Keras' validation pass (its ``val_auc`` is a streaming 400-threshold estimate,
+    coarse where label smoothing squeezes the scores into a narrow band). It must come after the EMA swap (the
+    average is judged) and before `EpochRecorder` and `BestCheckpoint` in the callback list."""
+
+    def __init__(self, exp: Experiment, inputs: Any, labels: np.ndarray, targets: np.ndarray) -> None:
+        super().__init__()
+        self.exp, self.inputs, self.labels, self.targets = exp, inputs, labels, targets
+        self.loss = make_loss(exp)
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        n = len(self.targets)
+        out = np.asarray(keras.ops.convert_to_numpy(self.model.predict(self.inputs, verbose=0)), np.float32)[:n]
+        if logs is not None:
+            logs["val_auc"] = auc(self.targets, model_prediction(out, self.exp)) if n else float("nan")
+            per_row = self.loss.call(keras.ops.convert_to_tensor(self.labels), keras.ops.convert_to_tensor(out))
+            logs["val_loss"] = float(np.mean(keras.ops.convert_to_numpy(per_row)))
+
+
+def exact_validation(exp: Experiment, hw: Any, files: Sequence[str]) -> ExactValidation | None:
+    """The `ExactValidation` of a fold's validation ``files`` (None with ``train.val_auc = "streaming"``)."""
+    if exp.train.val_auc != "exact":
+        return None
+    meta = read_records_meta(files, labelled=True)
+    inputs = with_known_batches(eval_dataset(list(files), exp, hw, labelled=False), len(meta), eval_batch_size(exp, hw))
+    return ExactValidation(exp, inputs, eval_labels(meta, exp.model.head), meta["target"].to_numpy())
+
+
 def ema_callbacks(exp: Experiment) -> list[keras.callbacks.Callback]:
     """With train.ema: Keras' SwapEMAWeights, swapping the averaged weights into the model for each
     validation pass and at each epoch end (back to the raw weights at the next epoch's start). It must come
@@ -466,20 +505,23 @@ def compile_model(model: keras.Model, exp: Experiment, hw: Any, peak_lr: float, 
 
 def train_fold(
     model: keras.Model, exp: Experiment, train_ds: Any, steps_per_epoch: int, val_ds: Any, label: str = "",
-    val_rows: tuple[int, int] | None = None,
+    val_rows: tuple[int, int] | None = None, exact: ExactValidation | None = None,
 ) -> FoldTraining:
     """Fit a compiled model; end with the weights train.keep names (`keep_callbacks`).
     ``val_rows``: (validation examples, rows the padded pass yields), to report the true ``val_loss``
-    (`UnpaddedValLoss`). Raises `NonFiniteLoss` at the first NaN/inf training loss."""
-    unpad = [UnpaddedValLoss(*val_rows)] if val_rows else []
+    (`UnpaddedValLoss`). ``exact``: the exact validation (`exact_validation`) in place of Keras' pass over
+    ``val_ds``. Raises `NonFiniteLoss` at the first NaN/inf training loss."""
+    unpad = [UnpaddedValLoss(*val_rows)] if val_rows and exact is None else []
     recorder = EpochRecorder(label)
     best, average = keep_callbacks(exp)
     guard = NonFiniteGuard(label)
     start = time.monotonic()
     if exp.train.epochs > 0:
         model.fit(
-            train_ds, epochs=exp.train.epochs, steps_per_epoch=steps_per_epoch, validation_data=val_ds,
-            callbacks=[*unpad, guard, recorder, *ema_callbacks(exp), best, *([average] if average else [])],
+            train_ds, epochs=exp.train.epochs, steps_per_epoch=steps_per_epoch,
+            validation_data=val_ds if exact is None else None,
+            callbacks=[*unpad, guard, *ema_callbacks(exp), *([exact] if exact else []), recorder, best,
+                       *([average] if average else [])],
             verbose=exp.train.verbose,
             shuffle=False,  # tf.data shuffles
         )

@@ -40,7 +40,7 @@ import pandas as pd
 from kernels.augment import dihedral_view, host_augment_fn
 from kernels.config import ConfigError, Experiment, from_dict
 from kernels.contracts import MANIFEST_FILE, TEST_PRED_FILE, WEIGHTS_PATTERN, atomic_write_text, file_digest, write_csv
-from kernels.data import DATA_EVAL_SEED_STREAM, META_DIM, missing_metadata_vector, prepare_image
+from kernels.data import DATA_EVAL_SEED_STREAM, meta_dim, missing_metadata_vector, prepare_image
 from kernels.models import build_model, load_model_weights, model_prediction
 from kernels.strategy import Hardware
 from kernels.train import tta_plan
@@ -246,7 +246,7 @@ def load_fold_model(member: Member, fold: int) -> Any:
     """Build fold `fold`'s model (float32, kernel builder) and load its weights file."""
     keras.config.set_dtype_policy("float32")
     exp = predict_experiment(member.exp)
-    model = build_model(exp, cpu_hardware(), META_DIM)
+    model = build_model(exp, cpu_hardware(), meta_dim(exp))
     path = member.weights_path(fold)
     try:
         load_model_weights(model, str(path))
@@ -261,7 +261,7 @@ def metadata_inputs(n: int, exp: Experiment) -> np.ndarray | None:
     """The metadata input for `n` user images (all fields missing), or None when the model has none."""
     if not exp.data.metadata:
         return None
-    return np.repeat(np.asarray(missing_metadata_vector(), dtype=np.float32)[None, :], n, axis=0)
+    return np.repeat(np.asarray(missing_metadata_vector(exp), dtype=np.float32)[None, :], n, axis=0)
 
 
 def tta_inputs(images: np.ndarray, exp: Experiment) -> list[np.ndarray]:

@@ -315,7 +315,7 @@ def test_plan_reads_this_weeks_quota_live_and_says_which_figures_are_constants(w
     quota = client.quota()
     assert quota.allowed_h == {"gpu": 30.0, "tpu": 20.0} and 0 < quota.used_h["tpu"] < 0.1
     monkeypatch.chdir(tmp_path)
-    target = str(Path(__file__).resolve().parents[1] / "experiments" / "kaggle-b5-256-meta.toml")
+    target = str(Path(__file__).resolve().parents[1] / "experiments" / "kaggle-b5-384-meta.toml")
     assert main(["plan", target, "--runs", str(tmp_path / "runs")]) == 0
     out = " ".join(capsys.readouterr().out.split())
     assert "h left of 20 h this week (live, from `kaggle quota`" in out

@@ -19,6 +19,7 @@ format = "{fmt}"
 [data]
 dataset = "someone/melanoma-32"
 external = "someone/external-32"
+external_labels = "train.csv"
 image_size = 64
 folds = 3
 metadata = true

@@ -302,3 +302,46 @@ def write_synth(out: Path, spec: SynthSpec, force: bool = False,
     (out / SYNTHETIC_MARKER).write_text(f"synthetic data from `kit data synth` (seed {spec.seed}): a planted "
                                         "signal, not real lesions\n")
     return summary
+
+
+# ISIC 2019 training ground truth, images per class (ISIC_2019_Training_GroundTruth.csv, 25,331 images).
+ISIC2019_CLASS_COUNTS = {"NV": 12875, "MEL": 4522, "BCC": 3323, "BKL": 2624, "AK": 867, "SCC": 628, "VASC": 253,
+                         "DF": 239}
+ISIC2019_TORSO = ("anterior torso", "posterior torso", "lateral torso")  # 2019 splits the 2020 "torso"
+EXTERNAL_NAMED_PATIENT_RATE = 0.3  # share of external rows whose CSV names a patient (the rest: blank)
+EXTERNAL_STREAM = 2  # rng stream for the external CSV's labels and blanks
+
+
+def external_labels_frame(spec: SynthSpec) -> pd.DataFrame:
+    """An external dataset's own CSV for the train records of ``spec``, in the ISIC 2019 style: diagnosis as
+    the 2019 ground-truth abbreviations (MEL for every malignant image; every benign 2019 class in each shard
+    that has 7+ benign images, the rest by the 2019 frequencies), sites with the torso split into anterior /
+    posterior / lateral, and a patient_id only for about `EXTERNAL_NAMED_PATIENT_RATE` of the rows (blank
+    otherwise, as in the 2019 data)."""
+    train, _ = synth_records(spec)
+    rng = np.random.default_rng([spec.seed, EXTERNAL_STREAM])
+    benign = {k: v for k, v in ISIC2019_CLASS_COUNTS.items() if k != "MEL"}
+    drawn = _choice(rng, benign, len(train))
+    for shard in sorted(set(train["shard"])):  # every benign class in every shard that has room for it
+        rows = np.flatnonzero((train["target"].to_numpy() == 0) & (train["shard"].to_numpy() == shard))[: len(benign)]
+        drawn[rows] = list(benign)[: len(rows)]
+    torso = rng.choice(np.array(ISIC2019_TORSO, dtype=object), len(train))
+    site = train["anatom_site_general_challenge"].to_numpy(dtype=object)
+    named = rng.random(len(train)) < EXTERNAL_NAMED_PATIENT_RATE
+    return pd.DataFrame({
+        "image_name": train["image_name"],
+        "patient_id": np.where(named, train["patient_id"], ""),
+        "sex": train["sex"].replace("missing", ""),
+        "age_approx": [str(a) if a >= 0 else "" for a in train["age_approx"]],
+        "anatom_site_general_challenge": np.where(site == "torso", torso, np.where(site == "missing", "", site)),
+        "diagnosis": np.where(train["target"] == 1, "MEL", drawn),
+        "target": train["target"],
+    })
+
+
+def write_external_labels(path: Path, spec: SynthSpec) -> Path:
+    """Write `external_labels_frame` of ``spec`` to ``path`` (temp file + rename)."""
+    from kernels.contracts import write_csv
+
+    write_csv(external_labels_frame(spec), path)
+    return path

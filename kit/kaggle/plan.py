@@ -6,17 +6,23 @@ In:  experiments (`kernels.config.Experiment`, sweeps expanded), the completed r
 Out: one `KernelCost` per kernel (hours for training and for prediction, total, share of the session limit)
      and a `Calibration` per hardware kind; `plan_table` renders them against the weekly quota.
 
-The cost model (every constant named below, each with where it comes from):
+The cost model (every constant named below, each with where it comes from) counts what the kernel does:
     forward GFLOPs per image  g = BACKBONE_GFLOPS[backbone] (published, at the backbone's native size)
                                   x (image_size / native size)^2            (conv FLOPs scale with pixels)
-    training FLOPs            = TRAIN_FLOPS_PER_FORWARD x g x images per epoch x epochs         (per fold)
+    training FLOPs            = TRAIN_FLOPS_PER_FORWARD x g x images trained per epoch x epochs   (per fold)
+                                + g x validation images x epochs     (the per-epoch validation pass)
     prediction FLOPs          = g x (validation + test images) x TTA views                        (per fold)
     seconds                   = FLOPs / EFFECTIVE_TFLOPS[kind] + FOLD_OVERHEAD_S[kind] per fold
-                                + COMPILE_S[kind] + KERNEL_OVERHEAD_S[kind] per kernel
-                                (one compiled model serves every fold: kernels/foldstart.py)
+                                + COMPILE_S[kind] + KERNEL_OVERHEAD_S[kind] per kernel (start-up; the train and
+                                predict steps compiled once: one compiled model serves every fold, kernels/foldstart.py)
     hours                     = seconds x calibration[kind] / 3600
-Images per epoch = the training folds' share of the train images plus of the external images; upsampled
-malignant copies do not lengthen an epoch (kernels.data.train_dataset). TTA views = 1 + 7 dihedral + train.tta.
+Images trained per epoch = what the kernel trains (kernels.main.run_steps): the fold's train files plus its external
+files (kernels.main.fold_files: ALL external files in every fold, unless there are exactly as many external as train
+files, then those of the training indices), // the global batch (batch_size x the kind's devices), the smallest
+run fold's count, capped by train.max_steps_per_epoch; x the global batch. Upsampled malignant copies do not
+lengthen an epoch (kernels.data.train_dataset). TTA views = 1 + 7 dihedral + train.tta. Per-fold counts are exact
+for a local folder (its files' -COUNT names, the kernel's seeded KFold over files); for a known Kaggle slug the
+files are taken as equal.
 Calibration: for every completed run with timings on the same kind of hardware, the ratio of its measured
 ``timings.total_s`` to the model's estimate for its own config and data; the median ratio scales every estimate
 of that kind (1.0, "uncalibrated", when there is none).
@@ -83,6 +89,9 @@ KNOWN_DATASETS: dict[str, tuple[int, int]] = {
     "cdeotte/isic2019-": (25331, 0),
     "cdeotte/malignant-v2-": (60487, 0),
 }
+# Train files of those re-packs: 15 "triple stratified" 2020 files; the isic2019 re-pack's 30 (2018 even, 2019 odd:
+# the public TFRecords notebook reads them as train%.2i with 2x / 2x+1). malignant-v2: not known (0: all per fold).
+KNOWN_TRAIN_FILES: dict[str, int] = {"cdeotte/melanoma-": 15, "cdeotte/isic2019-": 30}
 COMPETITION_COUNTS = KNOWN_DATASETS["cdeotte/melanoma-"]
 
 
@@ -94,6 +103,17 @@ class ImageCounts:
     test: int
     external: int
     source: str  # "files" (counted from -COUNT.tfrec names) | "known" | "assumed"
+    train_files: tuple[int, ...] = ()  # images per train file, in the kernel's (sorted) order; () = unknown
+    external_files: tuple[int, ...] = ()  # images per external file; () = unknown
+
+
+@dataclass(frozen=True)
+class FoldImages:
+    """What one fold of the kernel reads: images of its train files, of its external files, of its validation."""
+
+    train: int
+    external: int
+    validation: int
 
 
 @dataclass(frozen=True)
@@ -107,7 +127,7 @@ class KernelCost:
     folds: int
     epochs: int
     views: int
-    images_per_epoch: int
+    images_per_epoch: int  # images trained per epoch (steps x global batch)
     counts: ImageCounts
     train_h: float
     predict_h: float
@@ -148,8 +168,13 @@ def forward_gflops(backbone: str, image_size: int) -> float:
     return gflops * (image_size / native) ** 2
 
 
-def _plan_count_files(folder: Path, pattern: str) -> int:
-    return sum(count_from_name(str(p)) for p in folder.glob(pattern))
+def _plan_file_counts(folder: Path, pattern: str) -> tuple[int, ...]:
+    return tuple(count_from_name(str(p)) for p in sorted(folder.glob(pattern)))
+
+
+def _plan_even_files(total: int, n_files: int) -> tuple[int, ...]:
+    """``total`` images spread over ``n_files`` files as evenly as whole images allow."""
+    return tuple(total // n_files + (i < total % n_files) for i in range(n_files)) if n_files else ()
 
 
 def image_counts(exp: Experiment) -> ImageCounts:
@@ -159,16 +184,51 @@ def image_counts(exp: Experiment) -> ImageCounts:
     local = Path(d.dataset)
     if local.is_dir():
         ext = Path(d.external)
-        external = _plan_count_files(ext, d.external_glob) if d.external and ext.is_dir() else 0
-        return ImageCounts(_plan_count_files(local, d.train_glob), _plan_count_files(local, d.test_glob), external,
-                           "files")
-    known = [v for prefix, v in KNOWN_DATASETS.items() if d.dataset.startswith(prefix)]
-    train, test = known[0] if known else COMPETITION_COUNTS
-    external = 0
-    if d.external:
-        ext_known = [v for prefix, v in KNOWN_DATASETS.items() if d.external.startswith(prefix)]
-        external = ext_known[0][0] if ext_known else 0
-    return ImageCounts(train, test, external, "known" if known else "assumed")
+        ext_files = _plan_file_counts(ext, d.external_glob) if d.external and ext.is_dir() else ()
+        train_files = _plan_file_counts(local, d.train_glob)
+        return ImageCounts(sum(train_files), sum(_plan_file_counts(local, d.test_glob)), sum(ext_files), "files",
+                           train_files, ext_files)
+
+    def known(slug: str) -> tuple[tuple[int, int] | None, int]:
+        hit = next((prefix for prefix in KNOWN_DATASETS if slug.startswith(prefix)), None)
+        return (KNOWN_DATASETS[hit], KNOWN_TRAIN_FILES.get(hit, 0)) if hit else (None, 0)
+
+    main, main_files = known(d.dataset)
+    train, test = main or COMPETITION_COUNTS
+    main_files = main_files or KNOWN_TRAIN_FILES["cdeotte/melanoma-"]
+    external, ext_files = (known(d.external) if d.external else (None, 0))
+    n_ext = external[0] if external else 0
+    return ImageCounts(train, test, n_ext, "known" if main else "assumed", _plan_even_files(train, main_files),
+                       _plan_even_files(n_ext, ext_files))
+
+
+def fold_images(exp: Experiment, counts: ImageCounts) -> list[FoldImages]:
+    """Per run fold (``data.run_folds``, else all), the images the kernel reads (kernels.main.fold_files over
+    kernels.data.fold_splits: the seeded KFold over whole train files)."""
+    from sklearn.model_selection import KFold
+
+    d = exp.data
+    train_files = counts.train_files or _plan_even_files(counts.train, max(d.folds, 1))
+    n = len(train_files)
+    if n < d.folds:
+        raise ConfigError(f"data.folds: {d.folds} folds need at least {d.folds} train files, found {n}")
+    splits = list(KFold(n_splits=d.folds, shuffle=True, random_state=d.fold_seed).split(list(range(n))))
+    paired = len(counts.external_files) == n
+    out = []
+    for fold in list(d.run_folds) or list(range(d.folds)):
+        train_idx, val_idx = splits[fold]
+        external = (sum(counts.external_files[i] for i in train_idx) if paired else counts.external)
+        out.append(FoldImages(sum(train_files[i] for i in train_idx), external,
+                              sum(train_files[i] for i in val_idx)))
+    return out
+
+
+def trained_per_epoch(exp: Experiment, folds: Sequence[FoldImages]) -> int:
+    """Images trained per epoch in every fold (kernels.main.run_steps x the global batch: train.batch_size x the
+    devices of kaggle.accelerator)."""
+    batch = exp.train.batch_size * ACCELERATORS[exp.kaggle.accelerator].devices
+    steps = min(max(1, (f.train + f.external) // batch) for f in folds)
+    return min(steps, exp.train.max_steps_per_epoch or steps) * batch
 
 
 def tta_views(exp: Experiment) -> int:
@@ -177,17 +237,18 @@ def tta_views(exp: Experiment) -> int:
 
 
 def estimate_seconds(exp: Experiment, counts: ImageCounts, kind: str | None = None) -> tuple[float, float, float, int]:
-    """(train s, predict s, overhead s, images per epoch) for every fold the kernel runs, uncalibrated."""
+    """(train s, predict s, overhead s, images trained per epoch) for every fold the kernel runs, uncalibrated;
+    train s includes the per-epoch validation passes."""
     kind = kind or accelerator_kind(exp.kaggle.accelerator)
     d, t = exp.data, exp.train
-    folds_run = len(d.run_folds) or d.folds
-    share = (d.folds - 1) / d.folds
-    per_epoch = int(round((counts.train + counts.external) * share))
+    folds = fold_images(exp, counts)
+    per_epoch = trained_per_epoch(exp, folds)
+    validation = sum(f.validation for f in folds)
     g = forward_gflops(exp.model.backbone, d.image_size) * 1e9
     speed = EFFECTIVE_TFLOPS[kind] * 1e12
-    train = folds_run * TRAIN_FLOPS_PER_FORWARD * g * per_epoch * t.epochs / speed
-    predict = folds_run * g * (counts.train / d.folds + counts.test) * tta_views(exp) / speed
-    overhead = KERNEL_OVERHEAD_S[kind] + COMPILE_S[kind] + folds_run * FOLD_OVERHEAD_S[kind]
+    train = len(folds) * TRAIN_FLOPS_PER_FORWARD * g * per_epoch * t.epochs / speed + g * validation * t.epochs / speed
+    predict = g * (validation + len(folds) * counts.test) * tta_views(exp) / speed
+    overhead = KERNEL_OVERHEAD_S[kind] + COMPILE_S[kind] + len(folds) * FOLD_OVERHEAD_S[kind]
     return train, predict, overhead, per_epoch
 
 
@@ -214,7 +275,10 @@ def _plan_run_counts(folder: Path, manifest: Mapping[str, Any], exp: Experiment)
     n_oof = int(manifest.get("n_oof") or sum(int(f.get("n_val", 0)) for f in manifest.get("folds", [])))
     test_file = folder / "test_pred.csv"
     n_test = max(0, sum(1 for _ in test_file.open()) - 1) if test_file.exists() else counts.test
-    return ImageCounts(n_oof or counts.train, n_test, counts.external, "run")
+    every_fold = not exp.data.run_folds or len(exp.data.run_folds) == exp.data.folds
+    train = n_oof if n_oof and every_fold else counts.train
+    return dataclasses.replace(counts, train=train, test=n_test, source="run",
+                               train_files=_plan_even_files(train, len(counts.train_files) or exp.data.folds))
 
 
 def run_ratio(folder: Path) -> tuple[str, float] | None:

@@ -143,9 +143,14 @@ def preflight_data(exp: Experiment, root: Path, target: str) -> tuple[Path, Path
     external = None
     if exp.data.external:
         external = root / "external"
-        write_synth(external, SynthSpec(n_train=folds * PREFLIGHT_EXTERNAL_PER_FILE, n_test=2, size=PREFLIGHT_IMAGE_SIZE, shards=folds,
-                                        test_shards=1, seed=PREFLIGHT_SEED + 1,
-                                        malignant_rate=PREFLIGHT_MALIGNANT_RATE))
+        spec = SynthSpec(n_train=folds * PREFLIGHT_EXTERNAL_PER_FILE, n_test=2, size=PREFLIGHT_IMAGE_SIZE, shards=folds,
+                         test_shards=1, seed=PREFLIGHT_SEED + 1, malignant_rate=PREFLIGHT_MALIGNANT_RATE)
+        write_synth(external, spec)
+        labels = exp.data.external_labels
+        if labels and not Path(labels).is_absolute():  # the external dataset's own CSV, 2019 style
+            from kit.data.synth import write_external_labels
+
+            write_external_labels(external / labels, spec)
     return main, external
 
 
