@@ -27,7 +27,7 @@ from kernels.contracts import MANIFEST_FILE, read_manifest, read_oof, verify_fil
 from kernels.main import kernel_main
 from kernels.strategy import HardwareMismatch, detect_hardware, hw_check_target, on_kaggle
 from kernels.train import NonFiniteGuard, NonFiniteLoss
-from kit.data.synth import SynthSpec, write_synth
+from kit.data.synth import SynthSpec, write_external_labels, write_synth
 from kit.render.kernel import render_script
 from kit.run.local import run_kernel
 
@@ -43,8 +43,8 @@ def shrunk_recipe(**sections: dict[str, Any]) -> dict[str, Any]:
         "name": "shrunk",
         "seed": 4,
         "kaggle": {"accelerator": "NvidiaTeslaT4"},
-        "data": {"dataset": "synthetic", "external": "external", "image_size": 32, "folds": 3,
-                 "upsample_malignant": 2, "shuffle_buffer": 32},
+        "data": {"dataset": "synthetic", "external": "external", "external_labels": "train.csv", "image_size": 32,
+                 "folds": 3, "upsample_malignant": 2, "shuffle_buffer": 32},
         "augment": {"ops": ["dihedral", "affine", "color", "cutout"]},
         "model": {"backbone": "scratch", "weights": "none", "head": "diagnosis", "dropout": 0.2,
                   "scratch": {"stages": 2, "width": 8}},
@@ -61,6 +61,7 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("acc")
     write_synth(root / "main", TINY)
     write_synth(root / "external", TINY_EXTERNAL)
+    write_external_labels(root / "external" / "train.csv", TINY_EXTERNAL)  # the diagnosis head's external labels
     return root / "main", root / "external"
 
 

@@ -233,4 +233,6 @@ def test_report_lists_the_largest_weights_when_there_are_many_runs() -> None:
 
     assert _weights_text([0.5, 0.5], ["a", "b"]) == "0.50 0.50"
     many = _weights_text([0.0] * 7 + [0.2, 0.5, 0.3], [f"r{i}" for i in range(10)])
-    assert many == "r8 0.50, r9 0.30, r7 0.20 … (3 of 10 non-zero)"
+    assert many == "r8 0.50, r9 0.30, r7 0.20 (3 of 10 non-zero)"  # nothing cut, nothing hidden
+    spread = _weights_text([0.1] * 10, [f"r{i}" for i in range(10)])
+    assert spread.endswith("r3 0.10 and 6 more (10 of 10 non-zero)"), spread

@@ -248,7 +248,8 @@ def _weights_text(weights: Sequence[float], run_ids: Sequence[str]) -> str:
     top = sorted(((w, r) for w, r in zip(weights, run_ids, strict=True) if w != 0), key=lambda p: -abs(p[0]))
     top = top[:TOP_WEIGHTS_SHOWN]
     nonzero = sum(1 for w in weights if w != 0)
-    return ", ".join(f"{r} {w:.2f}" for w, r in top) + f" and {nonzero - len(top)} more ({nonzero} of {len(weights)} non-zero)"
+    rest = f" and {nonzero - len(top)} more" if nonzero > len(top) else ""
+    return ", ".join(f"{r} {w:.2f}" for w, r in top) + f"{rest} ({nonzero} of {len(weights)} non-zero)"
 
 
 def _blend(report: Report) -> list[Section]:
