@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         if code:
             raise KitError(f"blending failed (exit {code})")
     except KitError as exc:
-        console.print(f"[red]error:[/] {exc}")
+        console.print(f"[red]error:[/] {exc}", no_wrap=True)  # one line, never wrapped
         return 2
     summary([baseline, *runs], out, data, time.monotonic() - start)
     return 0

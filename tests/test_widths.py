@@ -152,8 +152,8 @@ def test_plan_fits_every_width_and_a_pipe(at_width, monkeypatch, tmp_path: Path,
     args = ["plan", "ensembles/kaggle-top.toml", "--runs", str(tmp_path / "none")]
     shown = dict(at_width(lambda: kit_main(args)))
     for out in shown.values():
-        assert "kaggle-b4-256-sog" in out and "13.3 / 20" in out
-    assert "efficientnetv2_m" in shown[80] and "A terminal" in shown[80]
+        assert "kaggle-b7-384-meta" in out and "18.4 / 20" in out  # the last member and the week
+    assert "efficientnet_b7" in shown[80] and "A terminal" in shown[80]
     piped = _in_a_pipe(*args)
     assert headers and not problems(piped, PIPE_WIDTH, headers), problems(piped, PIPE_WIDTH, headers)
 

@@ -41,7 +41,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             except Interrupted:
                 raise
             except KitError as exc:
-                console.print(f"[red]error:[/] {escape(str(exc))}")
+                console.print(f"[red]error:[/] {escape(str(exc))}", no_wrap=True)  # one line, never wrapped
                 failed += 1
     return 1 if failed else 0
 
