@@ -25,7 +25,7 @@ from pathlib import Path
 import pandas as pd
 
 from kernels.config import Experiment
-from kernels.contracts import MANIFEST_FILE, OOF_FILE, TEST_PRED_FILE, read_test_pred
+from kernels.contracts import MANIFEST_FILE, OOF_FILE, TEST_PRED_FILE, atomic_write_text, read_test_pred
 from kernels.metrics import AucInterval, PairedResult, bootstrap_auc_ci, paired_bootstrap_test
 from kit.cli import main as kit_main
 from kit.config import load_experiment
@@ -234,9 +234,9 @@ def summary(runs: list[Path], out: Path, data: Path, seconds: float) -> dict:
         console.print(f"{a} minus {b}, out of fold: {margin_text(margin)}")
         figures["oof_margins"].append({"a": a, "b": b, "diff": margin.diff, "low": margin.low, "high": margin.high,
                                        "p": margin.p, "patients": margin.n_groups})
+    held_out = len(pd.read_csv(data / "solution.csv"))
     if base:
         margin = held_out_margin(out / "submission.csv", base[0] / TEST_PRED_FILE, data)
-        held_out = len(pd.read_csv(data / "solution.csv"))
         console.print(f"blend minus baseline on the held-out split ({held_out} images: noisy, see the OOF margins): "
                       f"{margin_text(margin)}")
         figures["margin"] = {"diff": margin.diff, "low": margin.low, "high": margin.high, "p": margin.p,
@@ -247,11 +247,11 @@ def summary(runs: list[Path], out: Path, data: Path, seconds: float) -> dict:
     if image.exists():  # a held-out image of the real sample
         console.print(f"predict a held-out lesion: .venv/bin/kit predict {image.relative_to(REPO)} --ensemble {DEMO_ENSEMBLE}")
     console.print(f"demo finished in {seconds / 60:.1f} min")
-    figures["held_out_images"] = int(len(pd.read_csv(data / "solution.csv")))
+    figures["held_out_images"] = held_out
     figures["cpus"] = os.cpu_count()
     figures["load_1min"] = round(os.getloadavg()[0], 1)  # a shared machine makes the minutes longer: said with them
     figures["date"] = time.strftime("%Y-%m-%d", time.gmtime())
-    (out / FIGURES_FILE).write_text(json.dumps(figures, indent=1) + "\n", encoding="utf-8")
+    atomic_write_text(out / FIGURES_FILE, json.dumps(figures, indent=1) + "\n")
     return figures
 
 
