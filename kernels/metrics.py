@@ -33,6 +33,7 @@ DEFAULT_N_BOOT = 2000
 DEFAULT_BOOT_SEED = 0
 BOOT_BLOCK_CELLS = 4_000_000  # replicate x case cells held at once by the vectorised bootstrap
 GROUP_BATCH_CELLS = 4_000_000  # replicate x group cells per matrix product of the group engine
+FLOAT32_EXACT_INTEGERS = float(2**24)  # float32 holds every integer up to this exactly
 GROUP_ENGINE_MAX_RATIO = 64  # group engine while (minority groups x groups) <= this x cases (bench/blend.py)
 AGE_BAND_EDGES = (30, 45, 60, 75)  # bands: <30, 30-44, 45-59, 60-74, 75+
 AGE_BAND_LABELS = ("<30", "30-44", "45-59", "60-74", "75+")
@@ -166,6 +167,23 @@ def auc_presorted(minority: np.ndarray, majority_sorted: np.ndarray, minority_po
         twice_u = int(left.sum()) + int(right.sum())  # twice the pairs the minority case wins, ties once
         out[r] = (twice_u if minority_positive else pairs - twice_u) / pairs
     return out
+
+
+def roc_points(y_true: ArrayLike, y_score: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    """The ROC curve's corners (fpr, tpr), one per distinct score from the highest down, starting at (0, 0):
+    scikit-learn's ``roc_curve(..., drop_intermediate=False)`` without its thresholds (and without
+    importing scikit-learn, whose metrics load SciPy's statistics: a second a blend need not spend)."""
+    y, s = _metrics_labels_scores(y_true, y_score, "roc_points")
+    order = np.argsort(-s, kind="stable")
+    s_sorted, y_sorted = s[order], y[order]
+    last_of_value = np.r_[np.flatnonzero(np.diff(s_sorted)), s_sorted.size - 1]  # the end of each run of ties
+    tps = np.cumsum(y_sorted)[last_of_value]
+    fps = (last_of_value + 1) - tps
+    n_pos, n_neg = (tps[-1], fps[-1]) if tps.size else (0, 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tpr = np.r_[0.0, tps / n_pos] if n_pos else np.full(tps.size + 1, np.nan)
+        fpr = np.r_[0.0, fps / n_neg] if n_neg else np.full(fps.size + 1, np.nan)
+    return fpr, tpr
 
 
 def auc_columns(y_true: ArrayLike, scores: ArrayLike) -> np.ndarray:
@@ -314,7 +332,14 @@ def group_pairs_block_aucs(pairs: Sequence[GroupPairs], counts: np.ndarray) -> n
     c = np.asarray(counts, dtype=float)
     first = pairs[0]
     wins = np.vstack([gp.wins for gp in pairs])  # (k * minority groups, n_groups)
-    per_row = (c @ wins.T).reshape(c.shape[0], len(pairs), first.rows.size)
+    # every entry of c @ wins.T is a sum of non-negative multiples of 1/2 no larger than the bound below:
+    # under 2^24 / 2 each partial sum is exact in float32 too (whatever order BLAS adds in), at twice the speed
+    bound = 2.0 * float(c.max(initial=0.0)) * float(wins.sum(axis=1).max(initial=0.0))
+    if bound < FLOAT32_EXACT_INTEGERS:
+        per_row = (c.astype(np.float32) @ wins.T.astype(np.float32)).astype(float)
+    else:
+        per_row = c @ wins.T
+    per_row = per_row.reshape(c.shape[0], len(pairs), first.rows.size)
     numerator = np.einsum("bkr,br->bk", per_row, c[:, first.rows])
     total = ((c @ first.n_pos) * (c @ first.n_neg))[:, None]
     with np.errstate(invalid="ignore", divide="ignore"):

@@ -4,7 +4,9 @@
 (`kit preflight`, minutes of CPU). Tests that push through the CLI test the Kaggle path, not the
 rehearsal, so the suite turns it off by default (`KIT_PREFLIGHT=0`, inherited by subprocesses);
 the preflight tests turn it back on explicitly. The preflight's JAX compilation cache goes to a folder of
-this test session (``KIT_CACHE_DIR``), never to the user's ~/.cache/kit.
+this test session (``KIT_CACHE_DIR``), never to the user's ~/.cache/kit. The blend cache is off
+(``KIT_BLEND_CACHE=off``) so that every blend test computes what it checks; tests/test_blend_speed.py
+turns it on and checks a cached blend writes the same files as a fresh one.
 
 `world`: the Kaggle tests' emulator on 127.0.0.1 and the ledger (tests/test_kaggle_*.py).
 """
@@ -26,6 +28,7 @@ def _kit_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
 def _no_preflight_on_push(monkeypatch: pytest.MonkeyPatch, _kit_cache_dir: str) -> None:
     monkeypatch.setenv("KIT_PREFLIGHT", "0")
     monkeypatch.setenv("KIT_CACHE_DIR", _kit_cache_dir)
+    monkeypatch.setenv("KIT_BLEND_CACHE", "off")  # each blend test computes its figures; test_blend_speed turns it on
 
 
 @pytest.fixture()

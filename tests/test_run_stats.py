@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers.blend_fixtures import make_cohort, make_run, signal_preds
 from scipy.stats import binom, norm
 
 import kernels.metrics as metrics
@@ -31,7 +32,6 @@ from kernels.metrics import (
 from kit.blend import analysis
 from kit.blend.run_stats import STATS_FILE, compare_stats, run_stats
 from kit.run.folders import load_run
-from tests.helpers.blend_fixtures import make_cohort, make_run, signal_preds
 
 LEVEL = 0.95
 N_SIM = 400

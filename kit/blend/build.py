@@ -52,7 +52,8 @@ from kernels.metrics import (
 from kit.blend import analysis, plots
 from kit.blend.calibrate import CalibrationReport, apply_calibration, calibrate
 from kit.blend.inputs import SAMPLE_SUBMISSION, BlendInputs, align_runs, read_expected_test
-from kit.blend.methods import METHODS, apply_blend
+from kit.blend.memo import Memo
+from kit.blend.methods import GREEDY_PATHS, METHODS, apply_blend
 from kit.blend.nested import BlendScore, score_method
 from kit.blend.recipe import NO_CALIBRATION, Recipe
 from kit.blend.report import BlendSection, MethodRow, Report, Versus, print_console, to_html, to_markdown
@@ -86,6 +87,7 @@ class BlendOutcome:
     out_dir: Path
     report: Report
     blend: dict[str, Any] | None
+    reused: str = ""  # what came from kit's cache (`Memo.summary`), '' when nothing did
 
 
 def _progress(console: Console) -> Progress:
@@ -245,7 +247,7 @@ def method_overrides(method: str, params: dict[str, Any] | None, baseline: int) 
 
 
 def _subgroups(inputs: BlendInputs, scores: np.ndarray, ok: np.ndarray, dataset: str | None,
-               n_boot: int, seed: int) -> tuple[dict[str, Any], str]:
+               n_boot: int, seed: int, memo: Memo) -> tuple[dict[str, Any], str]:
     labels = analysis.subgroup_labels(inputs.meta)
     source = "OOF metadata columns"
     if not labels and dataset:
@@ -256,8 +258,9 @@ def _subgroups(inputs: BlendInputs, scores: np.ndarray, ok: np.ndarray, dataset:
     if not labels:
         return {}, "the OOF files carry no sex/age/site columns and no dataset train.csv was found"
     groups = analysis.patient_groups(inputs.meta)
-    return analysis.subgroup_aucs(inputs.y[ok], scores[ok], {k: v[ok] for k, v in labels.items()},
-                                  None if groups is None else groups[ok], n_boot, seed), source
+    args = (inputs.y[ok], scores[ok], {k: v[ok] for k, v in labels.items()}, None if groups is None else groups[ok],
+            n_boot, seed)
+    return memo.get("figures", ("subgroups", args), lambda: analysis.subgroup_aucs(*args)), source
 
 
 def read_histories(runs: Sequence[Run], order: Sequence[str]) -> dict[str, dict[str, Any]]:
@@ -298,12 +301,13 @@ def calibration_curves(chosen: BlendScore, run_ids: Sequence[str], oof: np.ndarr
 
 def _write_plots(out: Path, runs: Sequence[Run], inputs: BlendInputs | None, rows: Sequence[analysis.RunRow],
                  scores: Sequence[BlendScore], final_oof: np.ndarray | None, calibrated: bool,
-                 subgroups: dict[str, Any], blend_ci: AucInterval | None) -> dict[str, str]:
+                 subgroups: dict[str, Any], blend_ci: AucInterval | None, memo: Memo) -> dict[str, str]:
     written: dict[str, str] = {}
 
-    def path(key: str) -> Path:
+    def draw(key: str, plot: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        """`plot(out / PLOT_FILES[key], *args, **kwargs)`, or the same PNG from kit's cache."""
         written[key] = PLOT_FILES[key]
-        return out / PLOT_FILES[key]
+        memo.file("plot", (plot.__name__, args, kwargs), out / PLOT_FILES[key], lambda p: plot(p, *args, **kwargs))
 
     extra = None
     if scores and blend_ci is not None:
@@ -311,10 +315,10 @@ def _write_plots(out: Path, runs: Sequence[Run], inputs: BlendInputs | None, row
         extra = {f"blend ({scores[0].method}, {kind})": (blend_ci.auc, blend_ci.low, blend_ci.high)}
     colors = plots.run_colors([(r.run_id, r.role) for r in sorted(rows, key=lambda r: r.run_id)])
     if rows:
-        plots.plot_leaderboard(path("leaderboard"), rows, extra, colors)
+        draw("leaderboard", plots.plot_leaderboard, rows, extra, colors)
     histories = read_histories(runs, [r.run_id for r in rows])
     if histories:
-        plots.plot_learning_curves(path("learning"), histories, colors)
+        draw("learning", plots.plot_learning_curves, histories, colors)
     if inputs is None or not scores:
         return written
     chosen = scores[0]
@@ -326,20 +330,21 @@ def _write_plots(out: Path, runs: Sequence[Run], inputs: BlendInputs | None, row
     kind = "nested CV" if chosen.learned else "in-sample"
     label = f"blend {chosen.method} ({kind})"
     curves[label] = (chosen.headline_scores, chosen.headline_auc)
-    plots.plot_roc(path("roc"), inputs.y, curves, highlight=label, colors=colors)
-    plots.plot_histogram(path("histogram"), inputs.y, chosen.headline_scores,
-                         f"Blend {chosen.method}: OOF scores by class ({kind})")
-    plots.plot_correlation(path("correlation"), list(inputs.run_ids), analysis.spearman(inputs.oof))
+    draw("roc", plots.plot_roc, inputs.y, curves, highlight=label, colors=colors)
+    draw("histogram", plots.plot_histogram, inputs.y, chosen.headline_scores,
+         f"Blend {chosen.method}: OOF scores by class ({kind})")
+    draw("correlation", plots.plot_correlation, list(inputs.run_ids),
+         memo.get("figures", ("spearman", inputs.oof), lambda: analysis.spearman(inputs.oof)))
     shares = {s.method: s.fitted.weights for s in scores if s.fitted.link != "sigmoid"}
     coefs = {s.method: s.fitted.weights for s in scores if s.fitted.link == "sigmoid"}
     if shares:
-        plots.plot_weights(path("weights"), list(inputs.run_ids), shares)
+        draw("weights", plots.plot_weights, list(inputs.run_ids), shares)
     if coefs:
-        plots.plot_coefficients(path("coefficients"), list(inputs.run_ids), coefs)
-    plots.plot_subgroups(path("subgroups"), subgroups)
+        draw("coefficients", plots.plot_coefficients, list(inputs.run_ids), coefs)
+    draw("subgroups", plots.plot_subgroups, subgroups)
     cal_curves = calibration_curves(chosen, inputs.run_ids, inputs.oof, final_oof if calibrated else None)
     if cal_curves:
-        plots.plot_calibration(path("calibration"), inputs.y, cal_curves)
+        draw("calibration", plots.plot_calibration, inputs.y, cal_curves)
     return written
 
 
@@ -372,18 +377,23 @@ class BlendPart:
 
 
 def _blend_part(recipe: Recipe, inputs: BlendInputs, expected: list[str] | None, data: str | None, out: Path,
-                progress: Progress) -> BlendPart:
+                progress: Progress, memo: Memo) -> BlendPart:
     """Fit the recipe's method (and the compared ones), calibrate, build and validate the submission."""
     methods = [recipe.method, *recipe.compare]
     baseline = baseline_column(inputs.runs)
-    scores = _each(progress, "fitting blends (in-sample + nested CV)", methods,
-                   lambda m: score_method(m, inputs.oof, inputs.y, inputs.folds,
-                                          method_overrides(m, recipe.params if m == recipe.method else None,
-                                                           baseline)))
+    def fit(m: str) -> BlendScore:
+        params = method_overrides(m, recipe.params if m == recipe.method else None, baseline)
+        return memo.get("fit", (m, params, inputs.oof, inputs.y, inputs.folds),
+                        lambda: score_method(m, inputs.oof, inputs.y, inputs.folds, params))
+
+    scores = _each(progress, "fitting blends (in-sample + nested CV)", methods, fit)
     chosen = scores[0]
     groups = analysis.patient_groups(inputs.meta)
     columns = (best_model_column(inputs), baseline)
-    figures = [headline_figures(s, inputs, groups, columns, recipe.bootstrap, recipe.seed) for s in scores]
+    figures = [memo.get("figures", ("headline", s.method, s.fitted, s.headline_scores, inputs.y, inputs.oof,
+                                    inputs.run_ids, groups, columns, recipe.bootstrap, recipe.seed),
+                        lambda s=s: headline_figures(s, inputs, groups, columns, recipe.bootstrap, recipe.seed))
+               for s in scores]
     ci = figures[0][0]
     test_scores = apply_blend(chosen.fitted, inputs.test)
     cal_json, cal_report, final_oof = None, None, chosen.in_sample
@@ -395,7 +405,8 @@ def _blend_part(recipe: Recipe, inputs: BlendInputs, expected: list[str] | None,
     submission = pd.DataFrame({SUBMISSION_COLUMNS[0]: inputs.test_names, SUBMISSION_COLUMNS[1]: test_scores})
     validate_test_pred(submission, f"{out / SUBMISSION_FILE}", expected)
     ok = ~np.isnan(chosen.headline_scores)
-    subgroups, subgroup_source = _subgroups(inputs, chosen.headline_scores, ok, data, recipe.bootstrap, recipe.seed)
+    subgroups, subgroup_source = _subgroups(inputs, chosen.headline_scores, ok, data, recipe.bootstrap, recipe.seed,
+                                            memo)
     section = BlendSection(recipe.name, chosen.method, inputs.run_ids,
                            tuple(_method_row(s, i == 0, c, (v[0], v[1]))
                                  for i, (s, (c, v)) in enumerate(zip(scores, figures, strict=True))),
@@ -423,9 +434,21 @@ def run_blend(
     write_blend: bool = True,
     console: Console | None = None,
     title: str | None = None,
+    cache: bool = True,
 ) -> BlendOutcome:
-    """Select, load, check, blend, score, calibrate, report; write outputs atomically (see module doc)."""
+    """Select, load, check, blend, score, calibrate, report; write outputs atomically (see module doc).
+    `cache`: reuse fits, figures and plots stored by an earlier blend of identical inputs (`kit.blend.memo`)."""
     console = console or Console(quiet=True)
+    memo = Memo.open(enabled=cache)
+    token = GREEDY_PATHS.set(memo if memo.root is not None else None)
+    try:
+        return _run_blend(recipe, root, dataset, out_dir, write_blend, console, title, memo)
+    finally:
+        GREEDY_PATHS.reset(token)
+
+
+def _run_blend(recipe: Recipe, root: str | None, dataset: str | None, out_dir: str | os.PathLike[str] | None,
+               write_blend: bool, console: Console, title: str | None, memo: Memo) -> BlendOutcome:
     out = Path(out_dir) if out_dir else recipe.out_dir
     infos = select_runs(root or recipe.root, recipe.names, recipe.tags, recipe.globs, recipe.latest)
     with _progress(console) as progress:
@@ -446,7 +469,7 @@ def run_blend(
         answers = (analysis.pretrained_answer(rows, by_id, n_boot=recipe.bootstrap, seed=recipe.seed),
                    *(analysis.answer(f, rows, by_id, n_boot=recipe.bootstrap, seed=recipe.seed)
                      for f in analysis.FAMILIES))
-        part = _blend_part(recipe, inputs, expected, data, out, progress) if inputs is not None else None
+        part = _blend_part(recipe, inputs, expected, data, out, progress, memo) if inputs is not None else None
         notes = list(inputs.notes) if inputs else [
             "The runs cover different images or targets, so they are not blended; leaderboard and answers only."]
         if inputs is not None and expected is None:
@@ -465,7 +488,7 @@ def run_blend(
             task = progress.add_task("plots and report", total=None)
             plot_files = _write_plots(tmp, runs, inputs, rows, part.scores if part else (),
                                       part.final_oof if part else None, recipe.calibration != NO_CALIBRATION,
-                                      part.subgroups if part else {}, part.ci if part else None)
+                                      part.subgroups if part else {}, part.ci if part else None, memo)
             report = Report(
                 title=title or f"Ensemble {recipe.name}",
                 created_at=dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
@@ -478,4 +501,4 @@ def run_blend(
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     print_console(report, console, str(out / REPORT_MD))
-    return BlendOutcome(out, report, part.blend_json if part and write_blend else None)
+    return BlendOutcome(out, report, part.blend_json if part and write_blend else None, memo.summary())

@@ -16,11 +16,13 @@ Weights`` where X is already transformed; declare its transform, link and defaul
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -83,12 +85,18 @@ def sigmoid(z: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(z, dtype=float)))
 
 
-def rank01(P: np.ndarray) -> np.ndarray:
-    """Each column's midranks (scipy.stats.rankdata) mapped into (0, 1): (rank - 0.5) / n."""
-    from scipy.stats import rankdata
+def midranks(P: np.ndarray) -> np.ndarray:
+    """Each column's 1-based midranks (ties share their mean rank; pandas' ``rank(method="average")``, which
+    equals scipy.stats.rankdata and is already loaded where blends run)."""
+    import pandas as pd
 
+    return pd.DataFrame(np.asarray(P, dtype=float)).rank(method="average").to_numpy()
+
+
+def rank01(P: np.ndarray) -> np.ndarray:
+    """Each column's midranks mapped into (0, 1): (rank - 0.5) / n."""
     P = np.asarray(P, dtype=float)
-    return np.ascontiguousarray((rankdata(P, axis=0) - 0.5) / P.shape[0])
+    return np.ascontiguousarray((midranks(P) - 0.5) / P.shape[0])
 
 
 def _logit(P: np.ndarray, params: Mapping[str, Any]) -> np.ndarray:
@@ -157,14 +165,29 @@ def _int_ranks(X: np.ndarray, headroom: int) -> np.ndarray:
     ``rank`` transform gives), 2r is read back exactly instead of ranking again.
     """
     n = X.shape[0]
-    dtype = np.int32 if headroom * 2 * (n + 1) < np.iinfo(np.int32).max else np.int64
+    dtype = np.uint32 if headroom * 2 * (n + 1) < np.iinfo(np.uint32).max else np.uint64  # unsigned sorts fastest
     twice = 2.0 * n * X.T + 1.0
     rounded = np.rint(twice)
     if np.all(np.abs(twice - rounded) < RANK_READBACK_TOL) and np.all((rounded >= 2) & (rounded <= 2 * n)):
         return rounded.astype(dtype)
-    from scipy.stats import rankdata
+    return np.rint(2.0 * midranks(X).T).astype(dtype)
 
-    return np.rint(2.0 * rankdata(X, axis=0).T).astype(dtype)
+
+class PathStore(Protocol):
+    """Where greedy keeps the paths it walked (`kit.blend.memo.Memo` is one): load/save by key parts."""
+
+    def load(self, namespace: str, parts: Any) -> Any: ...
+
+    def save(self, namespace: str, parts: Any, value: Any) -> None: ...
+
+
+GREEDY_PATHS: ContextVar[PathStore | None] = ContextVar("greedy_paths", default=None)  # set by a blend while it runs
+GREEDY_PATH_NAMESPACE = "greedy-path"
+
+
+def _column_keys(R: np.ndarray) -> list[bytes]:
+    """sha256 of each candidate's integer ranks: a column's identity in a stored path, whatever its position."""
+    return [hashlib.sha256(row.tobytes()).digest() for row in R]
 
 
 def fit_greedy(X: np.ndarray, y: np.ndarray, folds: np.ndarray, params: Mapping[str, Any]) -> Weights:
@@ -173,6 +196,12 @@ def fit_greedy(X: np.ndarray, y: np.ndarray, folds: np.ndarray, params: Mapping[
     Start from the `init` best single runs, then repeatedly add (again) the run whose addition
     gives the best AUC; stop after `max_steps` additions or `patience` additions without a new
     best; keep the best prefix. Weights = how often each run was picked / total picks.
+
+    Replay (exact): when a blend has set `GREEDY_PATHS`, the AUC of every candidate at every step of an
+    earlier fit on the same rows is stored by the candidate's content (its ranks' sha256). While this fit
+    walks the same picks as that one, a candidate seen there is not scored again: only new candidates are
+    (a run that landed since). From the first step where the picks differ, every candidate is scored.
+    The AUCs are the same numbers a fresh fit computes, so the result is identical; only the work differs.
     """
     m = X.shape[1]
     max_steps, patience, init = int(params["max_steps"]), int(params["patience"]), int(params["init"])
@@ -182,23 +211,51 @@ def fit_greedy(X: np.ndarray, y: np.ndarray, folds: np.ndarray, params: Mapping[
     Rmin = np.ascontiguousarray(R[:, y] if minority_positive else R[:, ~y])
     Rmaj = np.ascontiguousarray(R[:, ~y] if minority_positive else R[:, y])
 
+    store = GREEDY_PATHS.get()
+    keys = _column_keys(R) if store is not None else []
+    path_key = ("greedy", hashlib.sha256(np.packbits(y).tobytes()).hexdigest(), int(y.size), max_steps, patience, init)
+    prior = store.load(GREEDY_PATH_NAMESPACE, path_key) if store is not None else None
+    # scores by the number of picks made before them (the state is the picks so far: same picks, same AUCs)
+    usable = isinstance(prior, dict) and isinstance(prior.get("steps"), dict) and isinstance(prior.get("picks"), list)
+    prior_steps: dict[int, dict[bytes, float]] = prior["steps"] if usable else {}
+    prior_picks: list[bytes] = prior["picks"] if usable else []
+    walked: dict[int, dict[bytes, float]] = {}
+    picked: list[bytes] = []
+
     parts = min((os.cpu_count() or 1) if Rmaj.size >= GREEDY_PARALLEL_MIN_CELLS else 1, m)
-    blocks = [slice(rows[0], rows[-1] + 1) for rows in np.array_split(np.arange(m), parts)]
     majority = np.empty_like(Rmaj)  # every candidate's blended majority scores, sorted in place each step
 
     def scores_of(s_min: np.ndarray, s_maj: np.ndarray) -> np.ndarray:
-        def block_scores(rows: slice) -> np.ndarray:  # NumPy's sort and search release the GIL
-            np.add(Rmaj[rows], s_maj, out=majority[rows])
-            majority[rows].sort(axis=1)
-            return auc_presorted(Rmin[rows] + s_min, majority[rows], minority_positive)
+        """Every candidate's AUC now: stored ones (after the same picks) reused, the others computed."""
+        done = len(picked)
+        known = prior_steps.get(done, {}) if picked == prior_picks[:done] and len(prior_picks) >= done else {}
+        out = np.array([known.get(k, np.nan) for k in keys]) if known else np.full(m, np.nan)
+        todo = np.flatnonzero(np.array([k not in known for k in keys])) if known else np.arange(m)
 
-        return np.concatenate(list(pool.map(block_scores, blocks)))
+        def block_scores(index: np.ndarray) -> np.ndarray:  # NumPy's sort and search release the GIL
+            rows = slice(int(index[0]), int(index[-1]) + 1)  # a run of candidates: sorted in the shared buffer
+            if index.size == rows.stop - rows.start:
+                block = majority[rows]
+                np.add(Rmaj[rows], s_maj, out=block)
+            else:
+                block = Rmaj[index] + s_maj
+            block.sort(axis=1)
+            return auc_presorted(Rmin[index] + s_min, block, minority_positive)
+
+        if todo.size:
+            chunks = [c for c in np.array_split(todo, min(parts, todo.size)) if c.size]
+            out[todo] = np.concatenate(list(pool.map(block_scores, chunks)) if len(chunks) > 1
+                                       else [block_scores(chunks[0])])
+        if store is not None:
+            walked[done] = dict(zip(keys, out.tolist(), strict=True))
+        return out
 
     with ThreadPoolExecutor(max_workers=parts) as pool:
         singles = scores_of(np.zeros(Rmin.shape[1], R.dtype), np.zeros(Rmaj.shape[1], R.dtype))
         counts = np.zeros(m, dtype=int)
         for j in np.argsort(-singles, kind="stable")[: max(1, min(init, m))]:
             counts[j] += 1
+            picked.append(keys[j] if keys else b"")
         s_min, s_maj = (counts @ Rmin).astype(R.dtype), (counts @ Rmaj).astype(R.dtype)
         best_auc = float(auc_presorted(s_min[None], np.sort(s_maj)[None], minority_positive)[0])
         best_counts, since_best = counts.copy(), 0
@@ -207,6 +264,7 @@ def fit_greedy(X: np.ndarray, y: np.ndarray, folds: np.ndarray, params: Mapping[
             scores = scores_of(s_min, s_maj)
             j = int(np.nanargmax(scores))
             counts[j] += 1
+            picked.append(keys[j] if keys else b"")
             s_min, s_maj = s_min + Rmin[j], s_maj + Rmaj[j]
             history.append(float(scores[j]))
             if scores[j] > best_auc + IMPROVE_TOL:
@@ -215,7 +273,9 @@ def fit_greedy(X: np.ndarray, y: np.ndarray, folds: np.ndarray, params: Mapping[
                 since_best += 1
                 if since_best >= patience:
                     break
-        return Weights(best_counts / best_counts.sum(), info={"picks": best_counts.tolist(), "auc_path": history})
+    if store is not None:
+        store.save(GREEDY_PATH_NAMESPACE, path_key, {"steps": walked, "picks": picked})
+    return Weights(best_counts / best_counts.sum(), info={"picks": best_counts.tolist(), "auc_path": history})
 
 
 def fit_cv_weighted(X: np.ndarray, y: np.ndarray, folds: np.ndarray, params: Mapping[str, Any]) -> Weights:

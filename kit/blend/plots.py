@@ -7,7 +7,8 @@ Out: PNG files written atomically: ROC curves of runs and blend, Spearman correl
      predictions by class, learning curves per fold of each run (history.json), and the
      leaderboard as AUCs with their intervals, the baseline as a floor line.
 
-Curves and bins come from scikit-learn (`roc_curve`, `calibration_curve`). Colours: `run_colors` gives
+ROC corners come from `kernels.metrics.roc_points` (as scikit-learn's `roc_curve`), reliability bins from
+scikit-learn's `calibration_curve`. Colours: `run_colors` gives
 each run one colour used by every plot (the baseline always red, the blend always black). The plots that
 a caller may inspect return their `Figure` (already written).
 """
@@ -105,9 +106,11 @@ def _short(label: str) -> str:
 
 
 def _save(fig: Figure, path: str | os.PathLike[str], tight: bool = True) -> None:
+    """PNG of `fig`, cropped to its artists (``bbox_inches="tight"``); `tight` also spaces several panels
+    apart (``tight_layout``: a second layout pass, which one panel does not need)."""
     FigureCanvasAgg(fig)
     buf = io.BytesIO()
-    if tight:
+    if tight and len(fig.axes) > 1:
         fig.tight_layout()
     fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight", pad_inches=0.15)
     atomic_write_bytes(path, buf.getvalue())
@@ -115,10 +118,10 @@ def _save(fig: Figure, path: str | os.PathLike[str], tight: bool = True) -> None
 
 def plot_roc(path: str | os.PathLike[str], y: np.ndarray, curves: Mapping[str, tuple[np.ndarray, float]],
              highlight: str | None = None, colors: Mapping[str, str] | None = None) -> Figure:
-    """ROC curve per run / blend (scikit-learn's roc_curve); `curves` maps a label to (scores,
+    """ROC curve per run / blend (`kernels.metrics.roc_points`); `curves` maps a label to (scores,
     AUC); rows with a NaN score (no nested-CV score) are left out of that curve. Each run in `colors`
     (from `run_colors`) gets its colour; the highlighted blend is black."""
-    from sklearn.metrics import roc_curve
+    from kernels.metrics import roc_points
 
     fig = Figure(figsize=SQUARE)
     ax = fig.add_subplot()
@@ -128,7 +131,7 @@ def plot_roc(path: str | os.PathLike[str], y: np.ndarray, curves: Mapping[str, t
         ok = ~np.isnan(s)
         if np.unique(y[ok]).size < 2:  # no nested-CV scores (fewer than two folds): no curve
             continue
-        fpr, tpr, _ = roc_curve(y[ok], s[ok])
+        fpr, tpr = roc_points(y[ok], s[ok])
         bold = label == highlight
         ax.plot(fpr, tpr, lw=2.5 if bold else 1.2, color=BLEND_COLOR if bold else (colors or {}).get(label),
                 label=f"{_short(label)} ({value:.3f})")

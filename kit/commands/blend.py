@@ -26,13 +26,20 @@ def cmd_blend(args: argparse.Namespace) -> int:
     from kit.blend.recipe import load_recipe
 
     recipe = load_recipe(args.recipe, args.ensembles)
-    outcome = run_blend(recipe, root=args.runs, dataset=args.dataset, out_dir=args.out, console=console)
+    outcome = run_blend(recipe, root=args.runs, dataset=args.dataset, out_dir=args.out, console=console,
+                        cache=not args.no_cache)
     blend = outcome.blend or {}
     console.print(f"\n[bold]{recipe.name}[/]: {blend.get('method')} over {len(blend.get('runs', []))} run(s): "
                   + headline_text(blend))
     console.print(f"wrote {outcome.out_dir / SUBMISSION_FILE}, {outcome.out_dir / REPORT_MD}, "
                   f"{outcome.out_dir / REPORT_HTML} and the plots")
+    _reused(outcome.reused)
     return 0
+
+
+def _reused(line: str) -> None:
+    if line:
+        console.print(f"[dim]{escape(line)}[/]")
 
 
 def headline_text(blend: dict) -> str:
@@ -53,7 +60,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.recipe:
         recipe = load_recipe(args.recipe, args.ensembles)
         outcome = run_blend(recipe, root=args.runs, dataset=args.dataset, out_dir=args.out, write_blend=False,
-                            console=console)
+                            console=console, cache=not args.no_cache)
     else:
         from kit.run.folders import incomplete_runs
 
@@ -62,8 +69,9 @@ def cmd_report(args: argparse.Namespace) -> int:
         recipe = default_recipe(root=args.runs or "runs", dataset=args.dataset or "",
                                 path=Path(args.ensembles) / "all-runs.toml")
         outcome = run_blend(recipe, dataset=args.dataset, out_dir=args.out or DEFAULT_REPORT_DIR, write_blend=False,
-                            console=console, title="Runs report")
+                            console=console, title="Runs report", cache=not args.no_cache)
     console.print(f"\nwrote {outcome.out_dir / REPORT_MD} and {outcome.out_dir / REPORT_HTML}")
+    _reused(outcome.reused)
     return 0
 
 
@@ -72,6 +80,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default=None, help="dataset folder with sample_submission.csv (and train.csv)")
     p.add_argument("--out", default=None, help="output folder (default ensembles/<name>/)")
     p.add_argument("--ensembles", default=ENSEMBLES_DIR, help=f"where recipes live (default {ENSEMBLES_DIR})")
+    p.add_argument("--no-cache", action="store_true",
+                   help="recompute every fit, figure and plot (default: reuse those stored for identical inputs)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -58,6 +58,19 @@ EXCLUDE_PREFIX = "!"
 RESUME_HINT = "finish it with `kit run EXP --resume`, delete it, or exclude it from the selection"
 
 
+CACHE_DIR_ENV = "KIT_CACHE_DIR"  # kit's per-user cache (compiled rehearsal steps, blend results)
+CACHE_DIR_DEFAULT = Path("~/.cache/kit")  # ($XDG_CACHE_HOME/kit when that is set)
+
+
+def user_cache_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """kit's per-user cache folder: ``$KIT_CACHE_DIR``, else ``$XDG_CACHE_HOME/kit``, else ``~/.cache/kit``."""
+    env = os.environ if environ is None else environ
+    if env.get(CACHE_DIR_ENV):
+        return Path(env[CACHE_DIR_ENV]).expanduser()
+    if env.get("XDG_CACHE_HOME"):
+        return Path(env["XDG_CACHE_HOME"]).expanduser() / "kit"
+    return CACHE_DIR_DEFAULT.expanduser()
+
 @dataclass(frozen=True)
 class RunInfo:
     """A complete run folder: who it is and what its manifest says (frames not loaded)."""

@@ -35,6 +35,7 @@ from kernels.backbones import BACKBONES
 from kernels.config import Experiment
 from kernels.contracts import MANIFEST_FILE, ContractError, read_manifest, read_oof, verify_files
 from kit.errors import KitError
+from kit.run.folders import user_cache_dir
 
 PREFLIGHT_IMAGE_SIZE = 32  # px: the smallest size every registered backbone accepts
 PREFLIGHT_BATCH = 1  # images per device
@@ -57,8 +58,6 @@ PREFLIGHT_SEED = 11
 PREFLIGHT_MALIGNANT_RATE = 0.34  # every validation file holds both classes (AUC defined)
 LOG_TAIL = 3
 PREFLIGHT_ENV = "KIT_PREFLIGHT"  # "0": `kit push` skips the rehearsal (the test suite sets it)
-PREFLIGHT_CACHE_ENV = "KIT_CACHE_DIR"  # where compiled JAX steps are kept between preflights
-PREFLIGHT_CACHE_DEFAULT = Path("~/.cache/kit")  # (XDG_CACHE_HOME/kit when that is set)
 
 
 @dataclass(frozen=True)
@@ -158,10 +157,7 @@ def preflight_cache_dir(environ: dict[str, str] | None = None) -> Path:
     """The JAX compilation cache shared by every preflight of this user: the TPU rehearsal compiles the same
     steps (same backbone, 32 px, 8 devices) each time, so a second preflight of a recipe skips its compiles.
     ``KIT_CACHE_DIR``, else ``$XDG_CACHE_HOME/kit``, else ``~/.cache/kit``; then ``/jax``."""
-    env = os.environ if environ is None else environ
-    root = env.get(PREFLIGHT_CACHE_ENV) or (Path(env["XDG_CACHE_HOME"]) / "kit" if env.get("XDG_CACHE_HOME")
-                                             else PREFLIGHT_CACHE_DEFAULT)
-    return Path(root).expanduser() / "jax"
+    return user_cache_dir(environ) / "jax"
 
 
 def preflight_failure(log: str, returncode: int) -> str:
