@@ -11,9 +11,12 @@ Out: {"blend_greedy_100x33126_s": wall seconds of one greedy fit (default params
       "auc_speedup_vs_sklearn": sklearn time / engine time for those 101 AUCs,
       "blend_greedy_steps": additions the greedy fit made,
       "blend_end_to_end_50x33126_s": wall seconds of `kit blend` (greedy, defaults) over 50 run
-          folders in a fresh process, no run statistics cached yet (cold),
-      "blend_end_to_end_50x33126_warm_s": the same command again (each run's statistics cached),
-      "blend_end_to_end_50x33126_warm_plus1_s": again after adding a 51st run,
+          folders in a fresh process, nothing cached yet (cold: no run statistics, an empty blend cache
+          of its own, so an earlier bench never warms it),
+      "blend_end_to_end_50x33126_warm_s": the same command again (run statistics, fits, figures and
+          plots read from their caches),
+      "blend_end_to_end_50x33126_warm_plus1_s": again after adding a 51st run (run statistics of the 50
+          cached, greedy replaying its stored paths, the rest computed),
       "..._cpu_s" of each: the process's user + system CPU seconds (robust to other load),
       "blend_end_to_end_50x33126_peak_mb": the largest peak RSS of the three processes,
       "blend_bootstrap_group_vs_row_speedup": one run's 1,000 patient replicates, the row engine's
@@ -130,10 +133,10 @@ name = "greedy"
 """
 
 
-def _timed_command(argv: list[str]) -> tuple[float, float, float]:
+def _timed_command(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, float, float]:
     """(wall s, user + system CPU s, peak RSS MB) of one process running `argv` to completion."""
     start = time.perf_counter()
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
     proc.returncode = os.waitstatus_to_exitcode(status)
@@ -151,10 +154,12 @@ def end_to_end(tmp: Path) -> dict[str, float]:
     recipe.write_text(RECIPE.format(root=runs))
     argv = [sys.executable, "-c", "import sys; from kit.cli import main; sys.exit(main(sys.argv[1:]))",
             "blend", str(recipe), "--out", str(tmp / "out")]
-    cold = _timed_command(argv)
-    warm = _timed_command(argv)
+    env = {**os.environ, "KIT_CACHE_DIR": str(tmp / "kit-cache")}  # a cache of this bench only
+    env.pop("KIT_BLEND_CACHE", None)
+    cold = _timed_command(argv, env)
+    warm = _timed_command(argv, env)
     write_run_folder(runs, f"run-{E2E_RUNS:02d}", data, E2E_RUNS, BACKBONES[0])
-    plus1 = _timed_command(argv)
+    plus1 = _timed_command(argv, env)
     key = f"blend_end_to_end_{E2E_RUNS}x{N_ROWS}"
     out = {}
     for suffix, (wall, cpu, _) in (("", cold), ("_warm", warm), ("_warm_plus1", plus1)):
