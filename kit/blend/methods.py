@@ -27,6 +27,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from kernels.metrics import auc, auc_presorted, auc_split
+from kernels.metrics import midranks as column_midranks
 from kit.errors import KitError
 
 LOGIT_EPS = 1e-6  # probabilities are clipped to [eps, 1 - eps] before the logit
@@ -86,11 +87,10 @@ def sigmoid(z: np.ndarray) -> np.ndarray:
 
 
 def midranks(P: np.ndarray) -> np.ndarray:
-    """Each column's 1-based midranks (ties share their mean rank; pandas' ``rank(method="average")``, which
-    equals scipy.stats.rankdata and is already loaded where blends run)."""
-    import pandas as pd
-
-    return pd.DataFrame(np.asarray(P, dtype=float)).rank(method="average").to_numpy()
+    """Each column's 1-based midranks, ties sharing their mean rank (`kernels.metrics.midranks` column by
+    column: equal to scipy.stats.rankdata, at a third of pandas' ``rank`` time here, without SciPy's import)."""
+    columns = np.ascontiguousarray(np.asarray(P, dtype=float).T)
+    return np.stack([column_midranks(c) for c in columns], axis=1) if columns.size else columns.T.copy()
 
 
 def rank01(P: np.ndarray) -> np.ndarray:
