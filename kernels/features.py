@@ -31,7 +31,7 @@ import numpy as np
 import tensorflow as tf
 
 from kernels.config import Experiment
-from kernels.data import count_examples, data_pad, eval_dataset, eval_full_batches, eval_labels, read_records_meta
+from kernels.data import count_examples, eval_dataset, eval_full_batches, eval_labels, read_records_meta
 from kernels.foldstart import FoldStart, snapshot_start
 from kernels.models import feature_model, head_model, model_prediction
 from kernels.strategy import eval_batch_size, global_batch_size, strategy_scope
@@ -163,17 +163,20 @@ def bank_inputs(bank: FeatureBank, files: Sequence[str], exp: Experiment, hw: An
     elements then carry the sample weight); predictions past views x rows are padding."""
     rows = np.tile(bank.indices(files), len(views))
     which = np.repeat(np.asarray(views, np.int64), len(bank.indices(files)))
-    x = bank.features[which, rows]
-    inputs = x if bank.meta is None else {"features": x, "meta": bank.meta[rows]}
     batch = eval_batch_size(exp, hw)
-    ds = tf.data.Dataset.from_tensor_slices((inputs, bank.labels[rows]) if labelled else inputs).batch(batch)
-    if eval_full_batches(hw):
-        def pad(*element: Any) -> Any:
-            padded, label, weight = data_pad(element[0], element[1] if labelled else None, batch)
-            return (padded, label, weight) if labelled else padded
+    extra = -len(rows) % batch if eval_full_batches(hw) else 0
 
-        ds = ds.map(pad)
-    return ds.prefetch(tf.data.AUTOTUNE)
+    def padded(a: np.ndarray) -> np.ndarray:  # zero rows up to full batches (where evaluation pads)
+        return np.concatenate([a, np.zeros((extra, *a.shape[1:]), a.dtype)]) if extra else a
+
+    x = padded(bank.features[which, rows])
+    inputs = x if bank.meta is None else {"features": x, "meta": padded(bank.meta[rows])}
+    if not labelled:
+        return tf.data.Dataset.from_tensor_slices(inputs).batch(batch).prefetch(tf.data.AUTOTUNE)
+    labels = padded(bank.labels[rows])
+    weight = padded(np.ones(len(rows), np.float32))  # 0 on padding rows
+    elements = (inputs, labels, weight) if eval_full_batches(hw) else (inputs, labels)
+    return tf.data.Dataset.from_tensor_slices(elements).batch(batch).prefetch(tf.data.AUTOTUNE)
 
 
 def bank_predict_tta(head: keras.Model, bank: FeatureBank, files: Sequence[str], exp: Experiment,

@@ -4,6 +4,7 @@ augmentations that cannot be cached, and the kernel runs its folds on the cache.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +13,8 @@ import pytest
 
 from kernels.config import ConfigError, feature_cache_on, from_dict, to_dict
 from kernels.contracts import MANIFEST_FILE, read_manifest, read_oof
-from kernels.data import META_DIM, discover_files, fold_splits
-from kernels.features import bank_predict_tta, bank_train_dataset, feature_bank
+from kernels.data import META_DIM, discover_files, eval_full_batches, fold_splits
+from kernels.features import bank_inputs, bank_predict_tta, bank_train_dataset, feature_bank
 from kernels.main import fold_files, kernel_main
 from kernels.models import build_model, feature_model, head_model
 from kernels.strategy import detect_hardware
@@ -32,7 +33,7 @@ def cached_config(**sections: dict[str, Any]) -> dict[str, Any]:
         "data": {"dataset": "synthetic", "image_size": 32, "folds": 2, "metadata": True, "shades_of_gray": 6},
         "augment": {"ops": ["dihedral"]},
         "model": {"backbone": "efficientnet_lite0", "weights": "none", "freeze_backbone": True, "dropout": 0.2},
-        "train": {"epochs": 2, "batch_size": 8, "lr": 1e-2, "verbose": 0, "tta_dihedral": True,
+        "train": {"epochs": 2, "batch_size": 8, "eval_batch_factor": 3, "lr": 1e-2, "verbose": 0, "tta_dihedral": True,
                   "feature_cache": "on"},
     }
     for key, value in sections.items():
@@ -60,12 +61,19 @@ def test_the_head_on_cached_features_predicts_as_the_model(tiny_data: Path, monk
     assert not model.get_layer("core").get_layer("efficientnet_lite0").trainable
     assert {w.path for w in head.trainable_weights} == {w.path for w in model.trainable_weights}
 
+    padding = dataclasses.replace(hw, jit_compile=True)  # evaluation pads its last batch (as on TPU/GPU)
+    assert eval_full_batches(padding) and not eval_full_batches(hw)
+
     def check() -> None:  # plain pass and the 8-view TTA mean, validation and test files, both paths
         for some in (val_files, files.test):
             plain, cached = predict_tta(model, some, exp, hw), bank_predict_tta(head, bank, some, exp, hw)
             assert cached.views == plain.views == 8
             np.testing.assert_allclose(cached.plain, plain.plain, atol=SAME)
             np.testing.assert_allclose(cached.tta, plain.tta, atol=SAME)
+            np.testing.assert_allclose(bank_predict_tta(head, bank, some, exp, padding).tta, plain.tta, atol=SAME)
+        n, batch = len(bank.indices(val_files)), exp.train.batch_size * exp.train.eval_batch_factor
+        weight = np.concatenate([w for *_, w in bank_inputs(bank, val_files, exp, padding, labelled=True)])
+        assert n % batch and len(weight) == -(-n // batch) * batch and weight.tolist() == [1.0] * n + [0.0] * (len(weight) - n)
 
     check()
     compile_model(head, exp, hw, peak_lr=1e-2, steps_per_epoch=4)
