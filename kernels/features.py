@@ -76,51 +76,47 @@ def _features_images(inputs: Any) -> Any:
     return inputs["image"] if isinstance(inputs, dict) else inputs
 
 
-def _features_group(extractor: keras.Model, files: Sequence[str], exp: Experiment, hw: Any,
-                    labelled: bool) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray]:
-    """(features [views, n, width], meta or None, labels, targets) of ``files`` passed together (so the
-    images-per-patient metadata counts as in the uncached passes)."""
-    n = count_examples(files)
-    views = []
+def _features_group(extractor: keras.Model, files: Sequence[str], exp: Experiment, hw: Any, labelled: bool,
+                    out: np.ndarray) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+    """Fill ``out`` [views, n, width] with the features of ``files`` passed together (so the images-per-patient
+    metadata counts as in the uncached passes); return their (meta or None, labels, targets)."""
+    n = out.shape[1]
     meta = None
-    for k in range(bank_views(exp)):
+    for k in range(out.shape[0]):
         ds = eval_dataset(list(files), exp, hw, labelled=False, view=k or None)
         if exp.data.metadata and k == 0:
             meta = np.concatenate([np.asarray(b["meta"], np.float32) for b in ds.as_numpy_iterator()])[:n]
-        out = extractor.predict(ds.map(_features_images), verbose=0)
-        views.append(np.asarray(keras.ops.convert_to_numpy(out), np.float32)[:n])
-    if labelled:
-        records = read_records_meta(files, labelled=True)
-        labels, targets = eval_labels(records, exp.model.head), records["target"].to_numpy()
-    else:  # test files: no labels (widened with zeros when joined to the labelled files)
-        labels, targets = np.zeros((n, 0), np.float32), np.zeros(n, np.int64)
-    return np.stack(views), meta, labels, targets
+        out[k] = np.asarray(keras.ops.convert_to_numpy(extractor.predict(ds.map(_features_images), verbose=0)))[:n]
+    if not labelled:  # test files: no labels (widened with zeros when joined to the labelled files)
+        return meta, np.zeros((n, 0), np.float32), np.zeros(n, np.int64)
+    records = read_records_meta(files, labelled=True)
+    return meta, eval_labels(records, exp.model.head), records["target"].to_numpy()
 
 
 def feature_bank(extractor: keras.Model, groups: Sequence[tuple[Sequence[str], bool]], exp: Experiment,
                  hw: Any) -> FeatureBank:
     """The bank of every file in ``groups`` ((files, labelled) passed together: the train files, the test
-    files), from ``extractor`` (`kernels.models.feature_model` of the run's model)."""
+    files), from ``extractor`` (`kernels.models.feature_model` of the run's model). The features are written
+    into one array allocated up front (no transient copies of the bank)."""
     start = time.monotonic()
+    groups = [(list(files), labelled) for files, labelled in groups if files]
     rows: dict[str, tuple[int, int]] = {}
+    total = 0
+    for f in (f for files, _ in groups for f in files):
+        rows[f] = (total, count_examples([f]))
+        total += rows[f][1]
+    features = np.empty((bank_views(exp), total, int(extractor.output.shape[-1])), np.float32)
     parts = []
-    offset = 0
     for files, labelled in groups:
-        if not files:
-            continue
-        part = _features_group(extractor, files, exp, hw, labelled)
-        for f in files:
-            n = count_examples([f])
-            rows[f] = (offset, n)
-            offset += n
-        parts.append(part)
-    label_width = max(p[2].shape[1] for p in parts)
-    labels = [np.pad(p[2], [(0, 0), (0, label_width - p[2].shape[1])]) for p in parts]
+        first = rows[files[0]][0]
+        parts.append(_features_group(extractor, files, exp, hw, labelled,
+                                     features[:, first:first + count_examples(files)]))
+    label_width = max(p[1].shape[1] for p in parts)
     return FeatureBank(
-        rows=rows, features=np.concatenate([p[0] for p in parts], axis=1),
-        meta=np.concatenate([p[1] for p in parts]) if exp.data.metadata else None,
-        labels=np.concatenate(labels), targets=np.concatenate([p[3] for p in parts]),
-        seconds=time.monotonic() - start,
+        rows=rows, features=features,
+        meta=np.concatenate([p[0] for p in parts]) if exp.data.metadata else None,
+        labels=np.concatenate([np.pad(p[1], [(0, 0), (0, label_width - p[1].shape[1])]) for p in parts]),
+        targets=np.concatenate([p[2] for p in parts]), seconds=time.monotonic() - start,
     )
 
 
