@@ -26,6 +26,7 @@ IMAGE_SIZE_MULTIPLE = 32
 MIN_FOLDS = 2
 MAX_IMAGE_SIZE = 1024  # the largest re-pack of the competition images
 COMPETITION = "siim-isic-melanoma-classification"
+CACHEABLE_OPS = ("dihedral",)  # augmentations with finitely many fixed views (train.feature_cache)
 
 
 class ConfigError(ValueError):
@@ -153,6 +154,7 @@ class TrainSection:
     max_steps_per_epoch: int = 0  # cap on training steps per epoch (0 = a full pass; kit preflight uses a few)
     verbose: int = 2  # keras fit verbosity (2 = one line per epoch)
     save_weights: bool = True  # write fold{k}.weights.h5
+    feature_cache: Literal["auto", "on", "off"] = "auto"  # frozen backbone: its pooled features per image and dihedral view computed once per run, the head trained on them (auto: on where cacheable, docs/pretrained.md)
 
 
 @dataclass(frozen=True)
@@ -353,6 +355,9 @@ def _config_check_values(exp: Experiment, where: str, known: Known | None) -> No
     _config_check(a.mix_alpha > 0, where, "augment.mix_alpha", a.mix_alpha, "a number > 0")
     for key in a.params:
         _config_check(key in a.ops, where, f"augment.params.{key}", key, f"one of the ops in augment.ops {list(a.ops)}")
+    if t.feature_cache == "on":
+        problem = feature_cache_problem(exp)
+        _config_check(problem is None, where, "train.feature_cache", t.feature_cache, f"'auto' or 'off' ({problem})")
     if known is None:
         return
     if known.backbones:
@@ -377,6 +382,40 @@ def _config_check_values(exp: Experiment, where: str, known: Known | None) -> No
             ok = isinstance(value, type(default)) or (isinstance(default, float) and isinstance(value, int))
             ok = ok and not (isinstance(value, bool) and not isinstance(default, bool))
             _config_check(ok, where, f"augment.params.{op}.{key}", value, f"{_config_type_name(type(default))}")
+
+
+def feature_cache_problem(exp: Experiment) -> str | None:
+    """Why the backbone's features cannot be cached for ``exp`` (None: they can). Cacheable means every
+    image the head sees is one of finitely many fixed views: a frozen keras/Lite backbone (model.freeze_backbone), only
+    the dihedral flips/transposes (all 8, default parameters) as augmentation, no mixing, no augmented TTA
+    passes, a parameter-free pooling (avg or max), no external data."""
+    m, a, t, d = exp.model, exp.augment, exp.train, exp.data
+    extra = [op for op in a.ops if op not in CACHEABLE_OPS]
+    if not m.freeze_backbone:
+        return "model.freeze_backbone is false: a trained backbone's features change every step"
+    if m.backbone == "scratch":
+        return "model.backbone = 'scratch' has no pretrained backbone to freeze"
+    if extra:
+        return (f"augment.ops {list(a.ops)} include {', '.join(extra)}: random warps and colour draws have no fixed "
+                f"views; only {', '.join(CACHEABLE_OPS)} can be cached")
+    if any(a.params.get(op) for op in CACHEABLE_OPS):
+        return "augment.params.dihedral is set: the cache holds all 8 dihedral views"
+    if a.mix != "none":
+        return f"augment.mix = {a.mix!r} mixes images, not features"
+    if t.tta:
+        return f"train.tta = {t.tta}: augmented TTA passes draw fresh augmentations"
+    if m.pooling == "gem":
+        return "model.pooling = 'gem' trains its exponent: the pooled features change"
+    if d.external:
+        return "data.external is set: external images are not cached"
+    return None
+
+
+def feature_cache_on(exp: Experiment) -> bool:
+    """train.feature_cache resolved: "on" (validated cacheable), "auto" = on when `feature_cache_problem` finds
+    nothing, "off" = never."""
+    mode = exp.train.feature_cache
+    return mode == "on" or (mode == "auto" and feature_cache_problem(exp) is None)
 
 
 def from_dict(data: Mapping[str, Any], where: str = "<config>", known: Known | None = None) -> Experiment:

@@ -8,7 +8,9 @@ Steps: build the `Experiment`, seed everything, detect the hardware, find the TF
 train files into folds (whole files, so no patient crosses folds), build and compile the model once
 (`kernels.foldstart`: every fold reuses its compiled steps), then per fold: reset the model to its start
 -> datasets -> fit with checkpointing -> OOF and test predictions with TTA -> weights -> all outputs
-(rewritten after every fold, so finished folds survive a session that dies later). The manifest's
+(rewritten after every fold, so finished folds survive a session that dies later). With a frozen backbone and
+cacheable augmentation (train.feature_cache, `kernels.features`) the backbone's features are computed once per
+run and every fold trains the head on them. The manifest's
 `complete` marker turns true in the last write only. With KIT_RESUME=1 in the environment, the folds
 an interrupted session of the same config left in the output folder are kept and only the rest train.
 """
@@ -26,7 +28,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from kernels.config import ConfigError, Experiment, from_dict
+from kernels.config import ConfigError, Experiment, feature_cache_on, from_dict
 from kernels.data import (
     DataFiles,
     ExternalRows,
@@ -43,6 +45,15 @@ from kernels.data import (
     read_records_meta,
     train_class_counts,
     train_dataset,
+)
+from kernels.features import (
+    CachedRun,
+    FeatureCacheError,
+    bank_exact_validation,
+    bank_inputs,
+    bank_predict_tta,
+    bank_train_dataset,
+    build_cached_run,
 )
 from kernels.foldstart import FoldStart, restore_start, seed_fold, snapshot_start
 from kernels.models import build_model, count_params
@@ -161,38 +172,57 @@ def fold_class_line(exp: Experiment, train_files: Sequence[str], external: Seque
 
 def run_fold(
     exp: Experiment, hw: Hardware, files: DataFiles, fold: int, train_idx: Sequence[int], val_idx: Sequence[int],
-    out_dir: str, run_model: RunModel, rows: ExternalRows | None = None,
+    out_dir: str, run_model: RunModel, rows: ExternalRows | None = None, cached: CachedRun | None = None,
 ) -> FoldOutput:
-    """Train one fold (the run's model, reset to its start) and predict its validation files and the test files."""
+    """Train one fold (the run's model, reset to its start) and predict its validation files and the test files.
+    With ``cached`` (train.feature_cache) the head trains and predicts on the cached backbone features; the
+    model holds the trained weights all the same (the head's layers are the model's)."""
     train_files, val_files, external = fold_files(files, train_idx, val_idx)
     seed_fold(exp.seed + fold)  # a fold's result does not depend on which folds ran before
     model, steps = run_model.model, run_model.steps
     with strategy_scope(hw):
         restore_start(model, run_model.start, fold)
-    train_ds, _ = train_dataset(train_files, exp, hw, external=external, rows=rows)
+        if cached is not None:
+            restore_start(cached.head, cached.start, fold)
     classes = fold_class_line(exp, train_files, external, rows)
     n_val = count_examples(val_files)
-    val_ds = with_known_batches(eval_dataset(val_files, exp, hw, labelled=True), n_val, eval_batch_size(exp, hw))
+    if cached is None:
+        fit_model = model
+        train_ds, _ = train_dataset(train_files, exp, hw, external=external, rows=rows)
+        val_ds = with_known_batches(eval_dataset(val_files, exp, hw, labelled=True), n_val, eval_batch_size(exp, hw))
+        exact = exact_validation(exp, hw, val_files)
+    else:
+        fit_model = cached.head
+        train_ds = bank_train_dataset(cached.bank, train_files, exp, hw)
+        val_ds = with_known_batches(bank_inputs(cached.bank, val_files, exp, hw, labelled=True), n_val,
+                                    eval_batch_size(exp, hw))
+        exact = bank_exact_validation(cached.bank, val_files, exp, hw)
     print(
         f"[kit] fold {fold}: {len(train_files)} train files (+{len(external)} external), {len(val_files)} validation "
-        f"files; {steps} steps/epoch, peak lr {run_model.peak_lr:.2e}, {count_params(model):,} parameters",
+        f"files; {steps} steps/epoch, peak lr {run_model.peak_lr:.2e}, {count_params(model):,} parameters"
+        f"{'; the head on cached features' if cached else ''}",
         flush=True,
     )
-    trained = train_fold(model, exp, train_ds, steps, val_ds, label=f"fold {fold} ",
-                         val_rows=(n_val, eval_rows(n_val, exp, hw)), exact=exact_validation(exp, hw, val_files))
+    trained = train_fold(fit_model, exp, train_ds, steps, val_ds, label=f"fold {fold} ",
+                         val_rows=(n_val, eval_rows(n_val, exp, hw)), exact=exact)
     print(f"[kit] fold {fold}: best epoch {trained.best_epoch} of {trained.epochs_run} "
           f"({exp.train.monitor} {'n/a' if trained.best_value is None else f'{trained.best_value:.4f}'}); "
           f"predicting with {trained.kept}", flush=True)
     start = time.monotonic()
-    oof = predict_tta(model, val_files, exp, hw)  # unlabelled passes: validation and test share one traced step
-    test_pred = predict_tta(model, files.test, exp, hw).tta if files.test else np.zeros(0)
+    if cached is None:
+        oof = predict_tta(model, val_files, exp, hw)  # unlabelled passes: validation and test share one traced step
+        test_pred = predict_tta(model, files.test, exp, hw).tta if files.test else np.zeros(0)
+    else:
+        oof = bank_predict_tta(cached.head, cached.bank, val_files, exp, hw)
+        test_pred = bank_predict_tta(cached.head, cached.bank, files.test, exp, hw).tta if files.test else np.zeros(0)
     predict_s = time.monotonic() - start
     weights = save_weights(model, out_dir, fold) if exp.train.save_weights else None
     result = FoldOutput(
         fold=fold, oof=oof_frame(read_records_meta(val_files, labelled=True), oof.tta, fold),
         oof_pred_no_tta=oof.plain, test_pred=test_pred, history=trained.history, best_epoch=trained.best_epoch,
         epochs_run=trained.epochs_run, train_s=trained.train_s, predict_s=predict_s, weights_file=weights,
-        extra={"tta_views": oof.views, "kept": trained.kept, "train_classes": classes, "images": {
+        extra={"tta_views": oof.views, "kept": trained.kept, "train_classes": classes, "feature_cache": cached is not None,
+               "images": {
             "train_per_epoch": count_examples([*train_files, *external]), "trained_per_epoch": steps * global_batch_size(exp, hw),
             "validation": n_val, "validation_passes": trained.epochs_run, "test": count_examples(files.test),
             "predicted": oof.views * n_val + (oof.views * count_examples(files.test) if files.test else 0)}},
@@ -237,16 +267,19 @@ def kernel_main(config: dict[str, Any]) -> dict[str, Any]:
         print(f"[kit] resuming: fold(s) {[r.fold for r in results]} already finished, kept", flush=True)
     manifest: dict[str, Any] = {}
     run_model: RunModel | None = None
+    cached: CachedRun | None = None
     for fold in run:
         if any(r.fold == fold for r in results):
             continue
         train_idx, val_idx = splits[fold]
         fold_start = time.monotonic()
-        if run_model is None:  # built once, when the first fold that trains needs it
-            run_model = build_run_model(exp, hw, run_steps(exp, hw, files, splits, run))
         try:
-            results.append(run_fold(exp, hw, files, fold, train_idx, val_idx, out_dir, run_model, rows))
-        except NonFiniteLoss as exc:  # one line, a non-zero exit; finished folds' outputs stay as written
+            if run_model is None:  # built once, when the first fold that trains needs it (the feature bank too)
+                run_model = build_run_model(exp, hw, run_steps(exp, hw, files, splits, run))
+                cached = (build_cached_run(run_model.model, exp, hw, files.train, files.test, meta_dim(exp),
+                                           run_model.peak_lr, run_model.steps) if feature_cache_on(exp) else None)
+            results.append(run_fold(exp, hw, files, fold, train_idx, val_idx, out_dir, run_model, rows, cached))
+        except (NonFiniteLoss, FeatureCacheError) as exc:  # one line, a non-zero exit; finished folds stay as written
             raise SystemExit(str(exc)) from None
         timings = {
             "setup_s": setup_s,

@@ -4,7 +4,9 @@ In:  an `Experiment` (model.*, data.image_size, data.metadata, train.* for BN mo
      detected `Hardware` (device augmentation, mixed precision) and the metadata width.
 Out: an uncompiled `keras.Model` taking 0..255 float32 images (or {"image", "meta"}) and giving
      float32 probabilities: shape [B, 1] for the sigmoid head, [B, len(DIAGNOSIS_CLASSES)] for the
-     diagnosis head (`model_prediction` reads P(melanoma) off either).
+     diagnosis head (`model_prediction` reads P(melanoma) off either). For a frozen backbone's cached
+     features (train.feature_cache): `feature_model` (image -> pooled features) and `head_model` (pooled
+     features [+ metadata] -> output, on the model's own layers).
 
 Layout: [device augmentation] -> core, where the core (a nested model named "core", whose weights
 `save_model_weights` writes) is backbone-specific normalisation -> backbone or scratch CNN ->
@@ -61,6 +63,7 @@ class ModelWeightsError(RuntimeError):
 
 SCRATCH_BACKBONE = "scratch"
 CORE_NAME = "core"
+POOL_NAME = "pool"  # the pooling layer of every core (`POOLINGS`): its output is what `feature_model` gives
 
 
 # ---------------------------------------------------------------- normalisation
@@ -289,9 +292,9 @@ class GeMPooling2D(keras.layers.Layer):
 
 
 POOLINGS: dict[str, Callable[[], keras.layers.Layer]] = {
-    "avg": lambda: keras.layers.GlobalAveragePooling2D(name="pool"),
-    "max": lambda: keras.layers.GlobalMaxPooling2D(name="pool"),
-    "gem": lambda: GeMPooling2D(name="pool"),
+    "avg": lambda: keras.layers.GlobalAveragePooling2D(name=POOL_NAME),
+    "max": lambda: keras.layers.GlobalMaxPooling2D(name=POOL_NAME),
+    "gem": lambda: GeMPooling2D(name=POOL_NAME),
 }
 
 
@@ -388,14 +391,36 @@ def freeze_backbone_layers(backbone: keras.Model, exp: Experiment) -> int:
     return len(layers)
 
 
-def metadata_branch(meta: Any, exp: Experiment) -> Any:
-    """A small MLP on the metadata vector: Dense -> BatchNorm -> activation per model.metadata_units."""
+def _models_layer(reuse: keras.Model | None, name: str, make: Callable[[], keras.layers.Layer]) -> keras.layers.Layer:
+    """The layer `name` of a built core (`reuse`: its weights are shared), else a new one from `make`."""
+    return reuse.get_layer(name) if reuse is not None else make()
+
+
+def metadata_branch(meta: Any, exp: Experiment, reuse: keras.Model | None = None) -> Any:
+    """A small MLP on the metadata vector: Dense -> BatchNorm -> activation per model.metadata_units
+    (with `reuse`, that core's layers)."""
     y = meta
     for i, units in enumerate(exp.model.metadata_units):
-        y = keras.layers.Dense(units, name=f"meta_dense{i}")(y)
-        y = keras.layers.BatchNormalization(name=f"meta_bn{i}")(y)
-        y = keras.layers.Activation(METADATA_ACTIVATION, name=f"meta_act{i}")(y)
+        y = _models_layer(reuse, f"meta_dense{i}", lambda u=units, i=i: keras.layers.Dense(u, name=f"meta_dense{i}"))(y)
+        y = _models_layer(reuse, f"meta_bn{i}", lambda i=i: keras.layers.BatchNormalization(name=f"meta_bn{i}"))(y)
+        y = _models_layer(reuse, f"meta_act{i}",
+                          lambda i=i: keras.layers.Activation(METADATA_ACTIVATION, name=f"meta_act{i}"))(y)
     return y
+
+
+def core_top(pooled: Any, meta: Any, exp: Experiment, reuse: keras.Model | None = None) -> Any:
+    """Pooled backbone features (+ the metadata vector when data.metadata) -> the head's output: metadata
+    branch, concatenation, dropout, float32 head. With `reuse` (a built core) its layers are applied, so a
+    model built on cached features (`head_model`) trains the core's own weights."""
+    x = pooled
+    if exp.data.metadata:
+        y = metadata_branch(meta, exp, reuse)
+        x = _models_layer(reuse, "concat_meta", lambda: keras.layers.Concatenate(name="concat_meta"))([x, y])
+    if exp.model.dropout > 0:
+        x = _models_layer(reuse, "head_dropout", lambda: keras.layers.Dropout(exp.model.dropout, name="head_dropout"))(x)
+    activation = "sigmoid" if exp.model.head == "sigmoid" else "softmax"
+    return _models_layer(reuse, "head", lambda: keras.layers.Dense(head_units(exp), activation=activation,
+                                                                    dtype="float32", name="head"))(x)
 
 
 def build_core(exp: Experiment, meta_dim: int) -> keras.Model:
@@ -405,15 +430,32 @@ def build_core(exp: Experiment, meta_dim: int) -> keras.Model:
     image = keras.Input(shape=(size, size, 3), dtype="float32", name="image")
     x = POOLINGS[exp.model.pooling]()(_models_backbone_features(image, exp))
     inputs: Any = image
+    meta = None
     if exp.data.metadata:
         meta = keras.Input(shape=(meta_dim,), dtype="float32", name="meta")
-        x = keras.layers.Concatenate(name="concat_meta")([x, metadata_branch(meta, exp)])
         inputs = {"image": image, "meta": meta}
-    if exp.model.dropout > 0:
-        x = keras.layers.Dropout(exp.model.dropout, name="head_dropout")(x)
-    activation = "sigmoid" if exp.model.head == "sigmoid" else "softmax"
-    out = keras.layers.Dense(head_units(exp), activation=activation, dtype="float32", name="head")(x)
-    return keras.Model(inputs, out, name=CORE_NAME)
+    return keras.Model(inputs, core_top(x, meta, exp), name=CORE_NAME)
+
+
+
+def feature_model(model: keras.Model) -> keras.Model:
+    """The frozen part of a model from `build_model`: its core's 0..255 image -> normalisation -> backbone ->
+    pooling, [B, features] (no device augmentation: the caller chooses the views). For train.feature_cache."""
+    core = model_core(model)
+    image = core.get_layer("image").output
+    return keras.Model(image, core.get_layer(POOL_NAME).output, name="features")
+
+
+def head_model(model: keras.Model, exp: Experiment, meta_dim: int) -> keras.Model:
+    """The trained part of a model from `build_model` as a model of its own, on the core's layers (weights
+    shared: training it trains the model): inputs "features" ([B, pooled width], what `feature_model` gives)
+    and, with data.metadata, "meta"; the same output as the model."""
+    core = model_core(model)
+    width = int(core.get_layer(POOL_NAME).output.shape[-1])
+    features = keras.Input(shape=(width,), dtype="float32", name="features")
+    meta = keras.Input(shape=(meta_dim,), dtype="float32", name="meta") if exp.data.metadata else None
+    inputs: Any = {"features": features, "meta": meta} if meta is not None else features
+    return keras.Model(inputs, core_top(features, meta, exp, reuse=core), name="head_on_features")
 
 
 def build_model(exp: Experiment, hw: Any, meta_dim: int, total_steps: int | None = None) -> keras.Model:

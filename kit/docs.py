@@ -126,8 +126,10 @@ def demo_figures(path: Path = DEMO_FIGURES) -> str:
     when = f" on {fig['date']}" if "date" in fig else ""
     load = (f" with a load average of {fig['load_1min']:.1f} at the end (the machine was "
             f"{'shared' if fig['load_1min'] > fig['cpus'] else 'not busy'})" if "load_1min" in fig else "")
+    cpu = f" ({fig['cpu_s']} CPU seconds)" if "cpu_s" in fig else ""  # not inflated by a shared machine's load
     out = [f"The last demo adopted here (`docs/figures/demo.json`, written by `make demo`{when}): "
-           f"**{fig['minutes']:.1f} min** on {fig['cpus']} CPU cores{load}; {fig['held_out_images']} held-out "
+           f"**{fig['minutes']:.1f} min**{cpu} on "
+           f"{fig['cpus']} CPU cores{load}; {fig['held_out_images']} held-out "
            "images." + (f" Note: {fig['note']}." if fig.get("note") else ""), "",
            "| what | OOF AUC | held-out AUC [95 % interval] |", "|---|---|---|", *rows]
     for m in fig.get("oof_margins", ()):  # out of fold: every training image, the comparison that resolves

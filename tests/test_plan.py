@@ -15,6 +15,8 @@ from kit.cli import main as kit_main
 from kit.config import load_experiment
 from kit.console import console
 from kit.kaggle.plan import (
+    EFFECTIVE_TFLOPS,
+    ImageCounts,
     calibrate,
     estimate,
     estimate_seconds,
@@ -133,3 +135,15 @@ def test_a_finished_run_calibrates_the_estimate(tmp_path: Path, kit: Callable) -
 def test_an_unknown_target_is_one_line(tmp_path: Path, kit: Callable) -> None:
     code, _, err = kit("plan", "no-such-thing", "--runs", str(tmp_path))
     assert code == 2 and err.count("\n") == 1 and "no-such-thing" in err
+
+
+def test_a_cached_frozen_backbone_costs_its_feature_passes_once() -> None:
+    exp = load_experiment(REPO / "experiments" / "demo-lite0.toml")  # frozen Lite0, feature_cache = "on"
+    counts = ImageCounts(train=447, test=110, external=0, source="assumed")
+    train, predict, _, _ = estimate_seconds(exp, counts)
+    g = forward_gflops("efficientnet_lite0", 224) * 1e9
+    assert predict == 0.0 and train == pytest.approx(g * 557 * 8 / (EFFECTIVE_TFLOPS["tpu"] * 1e12))
+    longer = dataclasses.replace(exp, train=dataclasses.replace(exp.train, epochs=4 * exp.train.epochs))
+    assert estimate_seconds(longer, counts)[0] == train  # the head's epochs on cached features are free
+    off = dataclasses.replace(exp, train=dataclasses.replace(exp.train, feature_cache="off"))
+    assert estimate_seconds(off, counts)[0] > 10 * train

@@ -16,6 +16,9 @@ The cost model (every constant named below, each with where it comes from) count
                                 + COMPILE_S[kind] + KERNEL_OVERHEAD_S[kind] per kernel (start-up; the train and
                                 predict steps compiled once: one compiled model serves every fold, kernels/foldstart.py)
     hours                     = seconds x calibration[kind] / 3600
+With train.feature_cache on (a frozen backbone, kernels/features.py) training is g x (train + test images) x the
+cached views (8 with dihedral augmentation or TTA, else 1), once per kernel: the backbone's only passes; the head's
+epochs and predictions on the cached features are counted as free.
 Images trained per epoch = what the kernel trains (kernels.main.run_steps): the fold's train files plus its external
 files (kernels.main.fold_files: ALL external files in every fold, unless there are exactly as many external as train
 files, then those of the training indices), // the global batch (batch_size x the kind's devices), the smallest
@@ -41,13 +44,14 @@ from pathlib import Path
 from typing import Any
 
 from kernels.accelerators import ACCELERATORS, accelerator_kind, accelerator_problem
-from kernels.config import ConfigError, Experiment, from_dict
+from kernels.config import ConfigError, Experiment, feature_cache_on, from_dict
 from kernels.schema import count_from_name
 
 # Forward GFLOPs (multiply-adds x 1, as the papers report them) at the native input size.
 # EfficientNet B0-B7: Tan & Le 2019, Table 2. EfficientNetV2: Tan & Le 2021, Table 7 (B0-B3 from the
 # keras.applications model cards). MobileNetV3: Howard et al. 2019. ResNet-v2, DenseNet, Inception, Xception,
-# ConvNeXt: their papers / the keras.applications tables. "scratch": the demo's 4-stage SE CNN, measured
+# ConvNeXt: their papers / the keras.applications tables. EfficientNet-Lite0/1/2: 407M / 631M / 899M multiply-adds
+# (the lite README of tensorflow/tpu's models/official/efficientnet). "scratch": the demo's 4-stage SE CNN, measured
 # against EfficientNet-B0 on this CPU (~5x faster per image, cpu-facts.md).
 BACKBONE_GFLOPS: dict[str, tuple[float, int]] = {
     "efficientnet_b0": (0.39, 224), "efficientnet_b1": (0.70, 240), "efficientnet_b2": (1.0, 260),
@@ -61,6 +65,7 @@ BACKBONE_GFLOPS: dict[str, tuple[float, int]] = {
     "inception_v3": (5.7, 299), "xception": (8.4, 299),
     "convnext_tiny": (4.5, 224), "convnext_small": (8.7, 224), "convnext_base": (15.4, 224),
     "mobilenet_v3_small": (0.06, 224), "mobilenet_v3_large": (0.22, 224),
+    "efficientnet_lite0": (0.41, 224), "efficientnet_lite1": (0.63, 240), "efficientnet_lite2": (0.90, 260),
     "scratch": (0.08, 224),
 }
 TRAIN_FLOPS_PER_FORWARD = 3.0  # forward + backward ~ 3x the forward pass (Kaplan et al. 2020, sec. 2.1)
@@ -246,8 +251,12 @@ def estimate_seconds(exp: Experiment, counts: ImageCounts, kind: str | None = No
     validation = sum(f.validation for f in folds)
     g = forward_gflops(exp.model.backbone, d.image_size) * 1e9
     speed = EFFECTIVE_TFLOPS[kind] * 1e12
-    train = len(folds) * TRAIN_FLOPS_PER_FORWARD * g * per_epoch * t.epochs / speed + g * validation * t.epochs / speed
-    predict = g * (validation + len(folds) * counts.test) * tta_views(exp) / speed
+    if feature_cache_on(exp):  # kernels.features: one forward pass per image and cached view, the head is ~free
+        views = DIHEDRAL_VIEWS if ("dihedral" in exp.augment.ops or t.tta_dihedral) else 1
+        train, predict = g * (counts.train + counts.test) * views / speed, 0.0
+    else:
+        train = len(folds) * TRAIN_FLOPS_PER_FORWARD * g * per_epoch * t.epochs / speed + g * validation * t.epochs / speed
+        predict = g * (validation + len(folds) * counts.test) * tta_views(exp) / speed
     overhead = KERNEL_OVERHEAD_S[kind] + COMPILE_S[kind] + len(folds) * FOLD_OVERHEAD_S[kind]
     return train, predict, overhead, per_epoch
 

