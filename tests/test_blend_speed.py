@@ -9,6 +9,8 @@ lighter substitutes for SciPy / scikit-learn calls on the blend path.
   new key; a corrupt entry or an unwritable cache folder costs only the time; the cache is bounded.
 - `midranks`, `spearman` and `roc_points` equal scipy.stats.rankdata, scipy.stats.spearmanr and
   sklearn.metrics.roc_curve on tied and untied data.
+- The patient bootstrap's float32 product gives the float64 replicates bit for bit, and where float32
+  would round (patients winning millions of pairs) the guard keeps float64.
 """
 
 from __future__ import annotations
@@ -218,3 +220,32 @@ def test_lighter_substitutes_equal_scipy_and_scikit_learn(decimals: int) -> None
         ours = roc_points(y, P[:, j])
         np.testing.assert_allclose(ours[0], fpr)
         np.testing.assert_allclose(ours[1], tpr)
+
+
+def _bootstrap(y: np.ndarray, s: np.ndarray, groups: np.ndarray, monkeypatch: pytest.MonkeyPatch,
+               limit: float | None) -> np.ndarray:
+    import kernels.metrics as metrics
+
+    with monkeypatch.context() as m:
+        if limit is not None:
+            m.setattr(metrics, "FLOAT32_EXACT_INTEGERS", limit)
+        return metrics.bootstrap_aucs(y, s, groups, n_boot=300, seed=4)
+
+
+def test_the_bootstrap_product_runs_in_float32_only_where_it_stays_exact(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(5)
+    # competition-like: many patients of a few images: float32 and float64 give the same replicates
+    groups = np.repeat(np.arange(300), 4)
+    y = (rng.random(groups.size) < 0.1).astype(int)
+    s = np.round(rng.normal(size=groups.size) + y, 2)
+    exact64 = _bootstrap(y, s, groups, monkeypatch, 0.0)  # the float64 product everywhere
+    np.testing.assert_array_equal(_bootstrap(y, s, groups, monkeypatch, None), exact64)
+    # two huge patients: one positive-holding patient wins millions of pairs against the other, so a
+    # replicate's sums pass 2^24 and float32 would round them; the guard keeps float64 there
+    groups = np.r_[np.zeros(2500, int), np.ones(3500, int), np.arange(2, 40)]
+    y = np.r_[np.ones(2500, int), np.zeros(3500, int), rng.integers(0, 2, 38)]
+    s = np.r_[rng.normal(1.0, 1.0, 2500), rng.normal(0.0, 1.0, 3500), rng.normal(size=38)]
+    exact64 = _bootstrap(y, s, groups, monkeypatch, 0.0)
+    np.testing.assert_array_equal(_bootstrap(y, s, groups, monkeypatch, None), exact64)
+    forced32 = _bootstrap(y, s, groups, monkeypatch, float("inf"))  # the guard switched off
+    assert not np.array_equal(forced32, exact64, equal_nan=True)
