@@ -71,7 +71,7 @@ SCOPES: dict[str, Scope] = {
         modules=("kit/kaggle/push.py", "kit/kaggle/reconcile.py", "kit/kaggle/pull.py", "kit/kaggle/submit.py",
                  "kit/kaggle/status.py"),
         tests=("tests/test_kaggle_units.py", "tests/test_kaggle_emulator.py", "tests/test_kaggle_realism.py",
-               "tests/test_kaggle_answers.py", "tests/test_kaggle_next_steps.py", "tests/test_guards_push.py",
+               "tests/test_kaggle_answers.py", "tests/test_guards_push.py",
                "tests/test_guards_reconcile.py", "tests/test_guards_pull.py", "tests/test_guards_submit.py",
                "tests/test_guards_status.py"),
         # The first reaches kit only through a subprocess; the second (9 s, 30 % random faults over threads)
