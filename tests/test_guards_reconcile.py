@@ -20,6 +20,7 @@ from kit.kaggle.reconcile import (
     DEFAULT_SETTLE_S,
     PollPolicy,
     consistency_s,
+    landed,
     reconcile_pending,
     settle_s,
     source_fingerprint,
@@ -35,8 +36,8 @@ def _client():
                                       rate_max_s=30))
 
 
-def _pending(ledger, name: str, kernel: str, body_sha256: str, started_at: str | None) -> None:
-    pending = {"content_hash": f"hash-of-{name}", "body_sha256": body_sha256, "since_version": 0,
+def _pending(ledger, name: str, kernel: str, body_sha256: str, started_at: str | None, since: int = 0) -> None:
+    pending = {"content_hash": f"hash-of-{name}", "body_sha256": body_sha256, "since_version": since,
                "accelerator": SHAPE}
     if started_at is not None:
         pending["started_at"] = started_at
@@ -157,3 +158,43 @@ def test_a_landed_push_is_recorded_as_reconciled_and_the_wait_is_announced(world
     assert any(n.startswith(f"{kernel.kernel_id}: waiting up to 30 s for Kaggle to show whether the push landed")
                for n in notes), notes
     assert emulator.stats()["versions"] == 1
+
+
+def test_a_repush_of_unchanged_source_is_not_mistaken_for_the_version_already_there(world, tmp_path: Path,
+                                                                                   monkeypatch) -> None:
+    """`kit push --force` of unchanged source whose reply was lost, and that never landed: Kaggle shows the
+    version that was there before the push (v1, the very same source). Only a version newer than the one
+    before the push can be ours, so nothing is adopted and the pending record is cleared."""
+    make, ledger = world
+    make(lag_s=0.0)
+    monkeypatch.setenv("KIT_CONSISTENCY_S", "0")
+    client = _client()
+    kernel = quick_rendered(tmp_path / "build", "guard-forced")
+    assert client.push(kernel.directory).version == 1
+    _pending(ledger, "guard-forced", kernel.kernel_id, source_fingerprint(kernel.code_file.read_text()), now_iso(),
+             since=1)
+    assert reconcile_pending(client, ledger, "guard-forced", sleep=lambda s: None) is None
+    entry = ledger.read()["experiments"]["guard-forced"]
+    assert entry["pending"] is None and entry["versions"] == []
+
+
+def test_the_callers_window_bounds_the_wait_for_a_push_to_show(world, tmp_path: Path, monkeypatch) -> None:
+    """`landed(window_s=...)` waits that long, not $KIT_CONSISTENCY_S, and says so; Kaggle showing nothing
+    for the whole window leaves the answer unknown (not seen)."""
+    make, ledger = world
+    make()
+    monkeypatch.setenv("KIT_CONSISTENCY_S", "30")
+    client = _client()
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        assert sum(slept) <= 1.0 + 1e-6, f"waited {sum(slept)} s, past the 1 s window"
+        time.sleep(seconds)
+
+    notes: list[str] = []
+    pending = {"body_sha256": "0" * 64, "since_version": 0}
+    landing = landed(client, "kit-user/guard-never-pushed", pending, sleep, notes.append, window_s=1.0)
+    assert (landing.version, landing.seen) == (None, False)
+    assert notes == ["kit-user/guard-never-pushed: waiting up to 1 s for Kaggle to show whether the push landed "
+                     "(it lags behind writes; nothing is pushed again before)"]
