@@ -82,7 +82,8 @@ SCOPES: dict[str, Scope] = {
     "kernels": Scope(
         modules=("kernels/contracts.py", "kernels/metrics.py", "kernels/main.py"),
         tests=("tests/test_metrics.py", "tests/test_significance.py", "tests/test_runs.py",
-               "tests/test_guards_runs.py", "tests/test_guards_folds.py", "tests/test_guards_contracts.py"),
+               "tests/test_guards_runs.py", "tests/test_guards_folds.py", "tests/test_guards_contracts.py",
+               "tests/test_guards_metrics.py"),
         only=("kernels.contracts.*", "kernels.metrics.*", "kernels.main.x_fold_files__mutmut_*"),
     ),
     "kernels-data": Scope(

@@ -14,6 +14,7 @@ from helpers.kaggle_support import quick_rendered
 from kit.kaggle.client import connect
 from kit.kaggle.ledger import now_iso
 from kit.kaggle.reconcile import (
+    CONSISTENCY_POLLS,
     DEFAULT_CONSISTENCY_S,
     DEFAULT_POLL_MAX_S,
     DEFAULT_POLL_S,
@@ -179,8 +180,9 @@ def test_a_repush_of_unchanged_source_is_not_mistaken_for_the_version_already_th
 
 
 def test_the_callers_window_bounds_the_wait_for_a_push_to_show(world, tmp_path: Path, monkeypatch) -> None:
-    """`landed(window_s=...)` waits that long, not $KIT_CONSISTENCY_S, and says so; Kaggle showing nothing
-    for the whole window leaves the answer unknown (not seen)."""
+    """`landed(window_s=...)` waits that long, not $KIT_CONSISTENCY_S, and says so, asking Kaggle again every
+    sixth of the window (a push that shows early is seen early, not at the end); Kaggle showing nothing for
+    the whole window leaves the answer unknown (not seen)."""
     make, ledger = world
     make()
     monkeypatch.setenv("KIT_CONSISTENCY_S", "30")
@@ -196,5 +198,6 @@ def test_the_callers_window_bounds_the_wait_for_a_push_to_show(world, tmp_path: 
     pending = {"body_sha256": "0" * 64, "since_version": 0}
     landing = landed(client, "kit-user/guard-never-pushed", pending, sleep, notes.append, window_s=1.0)
     assert (landing.version, landing.seen) == (None, False)
+    assert len(slept) >= 2 and max(slept) <= 1.0 / CONSISTENCY_POLLS + 1e-9, slept
     assert notes == ["kit-user/guard-never-pushed: waiting up to 1 s for Kaggle to show whether the push landed "
                      "(it lags behind writes; nothing is pushed again before)"]
