@@ -173,7 +173,7 @@ def test_pull_refuses_output_names_escaping_the_run_folder(world, tmp_path: Path
     push_one(client, ledger, quick_rendered(tmp_path / "build", "quick-escape"), SHAPE)
     _wait_terminal(client, ledger)
     runs = tmp_path / "runs"
-    with pytest.raises(KitError, match=r"output name '\.\./\.\./escaped-by-emulator\.txt' escapes the run folder"):
+    with pytest.raises(KitError, match=r"^kit-user/quick-escape/1: output name '\.\./\.\./escaped-by-emulator\.txt' escapes the run folder"):
         pull_version(client, "kit-user/quick-escape", 1, "quick-escape", "h", runs)
     assert not runs.exists()  # refused before anything was written
     assert not list(tmp_path.rglob("escaped-by-emulator.txt"))
