@@ -162,7 +162,7 @@ def plot_correlation(path: str | os.PathLike[str], labels: Sequence[str], matrix
                         color="white" if abs(v) > 0.6 else "black")
     ax.set_title("Spearman correlation\nof OOF predictions", fontsize="medium")
     fig.colorbar(im, ax=ax, shrink=0.8)
-    _save(fig, path)
+    _save(fig, path, tight=False)  # one panel and its colour bar: the crop to the artists is layout enough
 
 
 def _bars(ax: object, labels: Sequence[str], values: Mapping[str, Sequence[float]]) -> None:
@@ -307,9 +307,16 @@ def plot_leaderboard(path: str | os.PathLike[str], rows: Sequence[RunRow],
     items += [(label, a, lo, hi, BLEND_COLOR, False) for label, (a, lo, hi) in (extra or {}).items()]
     fig = Figure(figsize=(8.5, 1.6 + ROW_INCH * max(len(items), 1)))
     ax = fig.add_subplot()
-    for i, (_, a, lo, hi, color, flagged) in enumerate(items):
-        err = [[max(a - lo, 0.0)], [max(hi - a, 0.0)]] if np.isfinite(lo) and np.isfinite(hi) else None
-        ax.errorbar([a], [i], xerr=err, fmt="x" if flagged else "o", ms=8 if flagged else 6, color=color, capsize=3)
+    groups: dict[tuple[str, bool], list[int]] = {}  # one errorbar call per colour and marker, not per run
+    for i, item in enumerate(items):
+        groups.setdefault((item[4], item[5]), []).append(i)
+    for (color, flagged), rows_ in groups.items():
+        a = np.array([items[i][1] for i in rows_], dtype=float)
+        lo = np.array([items[i][2] for i in rows_], dtype=float)
+        hi = np.array([items[i][3] for i in rows_], dtype=float)
+        known = np.isfinite(lo) & np.isfinite(hi)  # no interval: the point alone
+        err = np.vstack([np.where(known, np.maximum(a - lo, 0.0), 0.0), np.where(known, np.maximum(hi - a, 0.0), 0.0)])
+        ax.errorbar(a, rows_, xerr=err, fmt="x" if flagged else "o", ms=8 if flagged else 6, color=color, capsize=3)
     base = next((r for r in rows if r.is_baseline), None)
     if base is not None and np.isfinite(base.auc):
         ax.axvline(base.auc, color=BASELINE_COLOR, ls="--", lw=1)
