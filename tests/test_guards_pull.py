@@ -20,6 +20,15 @@ from kit.kaggle.retry import RetryPolicy
 from kit.kaggle.status import PollPolicy, wait_until_done
 
 SHAPE = "TpuV5E8"
+QUICK_RETRY = RetryPolicy(attempts=4, base_s=0.01, cap_s=0.05, rate_base_s=0.05, rate_cap_s=0.3, rate_max_s=30)
+DONE_TIMEOUT_S = 300  # generous: a loaded machine starts kernels slowly
+
+
+def _until_done(client: object, ledger: object) -> None:
+    """Wait, polling fast, until every run the ledger holds has finished on the emulator."""
+    wait_until_done(client, ledger, None, poll=PollPolicy(first_s=0.1, max_s=0.3), timeout_s=DONE_TIMEOUT_S)
+
+
 KERNEL = "kit-user/guard-corrupt"
 
 
@@ -32,10 +41,9 @@ def _same_size_corruption(data: bytes) -> bytes:
 def test_same_size_corruption_is_never_kept(world, tmp_path: Path) -> None:
     make, ledger = world
     emulator = make()
-    client = connect(policy=RetryPolicy(attempts=4, base_s=0.01, cap_s=0.05, rate_base_s=0.05, rate_cap_s=0.3,
-                                        rate_max_s=30))
+    client = connect(policy=QUICK_RETRY)
     push_one(client, ledger, quick_rendered(tmp_path / "build", "guard-corrupt"), SHAPE)
-    wait_until_done(client, ledger, None, poll=PollPolicy(first_s=0.1, max_s=0.3), timeout_s=300)  # generous: a loaded machine starts kernels slowly
+    _until_done(client, ledger)
     runs = tmp_path / "runs"
     source = emulator.version_dir(KERNEL, 1) / "output"
     oof = source / "oof.csv"
@@ -67,10 +75,9 @@ def test_same_size_corruption_is_never_kept(world, tmp_path: Path) -> None:
 def test_a_run_folder_holding_something_else_is_never_overwritten(world, tmp_path: Path) -> None:
     make, ledger = world
     make()
-    client = connect(policy=RetryPolicy(attempts=4, base_s=0.01, cap_s=0.05, rate_base_s=0.05, rate_cap_s=0.3,
-                                        rate_max_s=30))
+    client = connect(policy=QUICK_RETRY)
     push_one(client, ledger, quick_rendered(tmp_path / "build", "guard-held"), SHAPE)
-    wait_until_done(client, ledger, None, poll=PollPolicy(first_s=0.1, max_s=0.3), timeout_s=300)  # generous: a loaded machine starts kernels slowly
+    _until_done(client, ledger)
     runs = tmp_path / "runs"
     assert pull_version(client, "kit-user/guard-held", 1, "guard-held", "h", runs).action == "pulled"
     again = pull_version(client, "kit-user/guard-held", 1, "guard-held", "h", runs)
@@ -98,10 +105,9 @@ def test_pull_all_reports_each_runs_own_outcome(world, tmp_path: Path) -> None:
     by one, the folder recorded in the ledger), still running, or never pushed; unselected ones untouched."""
     make, ledger = world
     make()
-    client = connect(policy=RetryPolicy(attempts=4, base_s=0.01, cap_s=0.05, rate_base_s=0.05, rate_cap_s=0.3,
-                                        rate_max_s=30))
+    client = connect(policy=QUICK_RETRY)
     push_one(client, ledger, quick_rendered(tmp_path / "build", "guard-done"), SHAPE)
-    wait_until_done(client, ledger, None, poll=PollPolicy(first_s=0.1, max_s=0.3), timeout_s=300)
+    _until_done(client, ledger)
     push_one(client, ledger, quick_rendered(tmp_path / "build", "guard-slow", sleep_s=120.0), SHAPE)
     push_one(client, ledger, quick_rendered(tmp_path / "build", "guard-other", sleep_s=120.0), SHAPE)
     with ledger.transaction() as data:
@@ -144,7 +150,7 @@ def test_outputs_kaggle_does_not_show_yet_leave_the_run_not_ready_not_failed(wor
     (early,) = pull_all(client, ledger, None, runs, on_note=notes.append)  # right after the push: not shown yet
     assert (early.action, early.version) == ("not-ready", 1)
     assert any(n.startswith("guard-lagging: Kaggle does not show kit-user/guard-lagging/1 yet") for n in notes), notes
-    wait_until_done(client, ledger, None, poll=PollPolicy(first_s=0.1, max_s=0.3), timeout_s=300)
+    _until_done(client, ledger)
     emulator.answers.push("kernels.KernelsApiService/ListKernelSessionOutput", ["404"] * 4)
     (hidden,) = pull_all(client, ledger, None, runs)
     assert (hidden.experiment, hidden.action, hidden.version, hidden.folder) == ("guard-lagging", "not-ready", 1, None)
@@ -171,11 +177,10 @@ def test_a_resumed_pull_downloads_only_what_is_missing_and_says_how_many(world, 
     interruption, a file already complete and verified in the staging folder is kept, not fetched again."""
     make, ledger = world
     emulator = make()
-    client = connect(policy=RetryPolicy(attempts=4, base_s=0.01, cap_s=0.05, rate_base_s=0.05, rate_cap_s=0.3,
-                                        rate_max_s=30))
+    client = connect(policy=QUICK_RETRY)
     for name in ("guard-count", "guard-resume"):
         push_one(client, ledger, quick_rendered(tmp_path / "build", name), SHAPE)
-    wait_until_done(client, ledger, None, poll=PollPolicy(first_s=0.1, max_s=0.3), timeout_s=300)
+    _until_done(client, ledger)
     runs = tmp_path / "runs"
     first = pull_version(client, "kit-user/guard-count", 1, "guard-count", "h", runs)
     outputs = sorted(p for p in (first.folder).rglob("*") if p.is_file() and p.name not in ("run.json", "kernel.log"))
@@ -194,11 +199,10 @@ def test_an_older_version_is_pulled_with_its_own_files_at_any_depth_and_its_prov
     folders deep included, and writes run.json naming the kernel, version, content hash and a UTC finish time."""
     make, ledger = world
     emulator = make()
-    client = connect(policy=RetryPolicy(attempts=4, base_s=0.01, cap_s=0.05, rate_base_s=0.05, rate_cap_s=0.3,
-                                        rate_max_s=30))
+    client = connect(policy=QUICK_RETRY)
     push_one(client, ledger, quick_rendered(tmp_path / "build", "guard-two", seed=1), SHAPE)
     push_one(client, ledger, quick_rendered(tmp_path / "build2", "guard-two", seed=2), SHAPE)
-    wait_until_done(client, ledger, None, poll=PollPolicy(first_s=0.1, max_s=0.3), timeout_s=300)
+    _until_done(client, ledger)
     v1 = emulator.version_dir("kit-user/guard-two", 1) / "output"
     v2 = emulator.version_dir("kit-user/guard-two", 2) / "output"
     assert (v1 / "oof.csv").read_bytes() != (v2 / "oof.csv").read_bytes()
@@ -227,11 +231,10 @@ def test_outputs_that_disagree_with_their_manifest_are_refused_by_name(world, tm
     named (the first of them); either way one line naming kernel/version, and no run folder."""
     make, ledger = world
     emulator = make()
-    client = connect(policy=RetryPolicy(attempts=4, base_s=0.01, cap_s=0.05, rate_base_s=0.05, rate_cap_s=0.3,
-                                        rate_max_s=30))
+    client = connect(policy=QUICK_RETRY)
     for name in ("guard-nomanifest", "guard-missing"):
         push_one(client, ledger, quick_rendered(tmp_path / "build", name), SHAPE)
-    wait_until_done(client, ledger, None, poll=PollPolicy(first_s=0.1, max_s=0.3), timeout_s=300)
+    _until_done(client, ledger)
     runs = tmp_path / "runs"
     bare = emulator.version_dir("kit-user/guard-nomanifest", 1) / "output"
     (bare / "manifest.json").unlink()
@@ -255,11 +258,10 @@ def test_a_run_that_ended_without_output_is_failed_with_kaggles_reason(world, tm
     name, version and Kaggle's failure message, or the status itself when Kaggle gave no message."""
     make, ledger = world
     make()
-    client = connect(policy=RetryPolicy(attempts=4, base_s=0.01, cap_s=0.05, rate_base_s=0.05, rate_cap_s=0.3,
-                                        rate_max_s=30))
+    client = connect(policy=QUICK_RETRY)
     push_one(client, ledger, quick_rendered(tmp_path / "build", "guard-broken", fail="boom"), SHAPE)
     push_one(client, ledger, quick_rendered(tmp_path / "build", "guard-cancelled"), SHAPE)
-    wait_until_done(client, ledger, None, poll=PollPolicy(first_s=0.1, max_s=0.3), timeout_s=300)
+    _until_done(client, ledger)
     with ledger.transaction() as data:  # cancelled on kaggle.com: a terminal status without a message
         data["experiments"]["guard-cancelled"]["versions"][0].update(status="CANCEL_ACKNOWLEDGED", failure="")
     failure = ledger.read()["experiments"]["guard-broken"]["versions"][0]["failure"]
