@@ -75,7 +75,7 @@ PLOT_FILES = {
     "subgroups": "subgroups.png",
     "calibration": "calibration.png",
 }
-RUN_THREADS = 2  # runs read, or their own statistics computed, at once (`_each_threaded`)
+RUN_THREADS = 2  # runs read, or their own statistics computed, at once (`_each`)
 MAX_ROC_RUNS = 10  # the ROC plot draws the best runs (and the baseline) beside the blend, not all fifty
 HEADLINE_KEYS = {True: "nested_cv", False: "in_sample"}  # blend.json oof_auc_headline, by "method learns"
 REPORT_FILES = (REPORT_MD, REPORT_HTML, *PLOT_FILES.values())
@@ -96,33 +96,24 @@ def _progress(console: Console) -> Progress:
                     console=console, transient=True)
 
 
-def _each(progress: Progress, label: str, items: Sequence[Any], fn: Callable[[Any], Any]) -> list[Any]:
-    task = progress.add_task(label, total=len(items))
-    out = []
-    for item in items:
-        progress.update(task, description=f"{label}: {getattr(item, 'run_id', item)}")
-        out.append(fn(item))
-        progress.advance(task)
-    progress.update(task, description=label)
-    return out
-
-
-def _each_threaded(progress: Progress, label: str, items: Sequence[Any], fn: Callable[[Any], Any]) -> list[Any]:
-    """`_each` on `RUN_THREADS` threads, results in the items' order (the first error raised is the first
-    item's that fails). Reading a run (hashing, CSV parsing) and its statistics (sorts, searches, BLAS
-    products) release the GIL for much of their time, so two runs at once fill two cores better than one
-    (measured on 2 cores: 50 runs read about 20 % sooner, their first statistics about 15 %)."""
+def _each(progress: Progress, label: str, items: Sequence[Any], fn: Callable[[Any], Any], threads: int = 1) -> list[Any]:
+    """``[fn(item) for item in items]`` behind a progress bar, in the items' order (the first error raised is
+    the first failing item's). ``threads`` > 1 runs that many items at once: reading a run (hashing, CSV
+    parsing) and its statistics (sorts, searches, BLAS products) release the GIL for much of their time, so
+    two runs at once fill two cores better than one (measured on 2 cores: 50 runs read about 20 % sooner,
+    their first statistics about 15 %)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    workers = max(1, min(RUN_THREADS, os.cpu_count() or 1, len(items)))
-    if workers == 1:
-        return _each(progress, label, items, fn)
     task = progress.add_task(label, total=len(items))
+    workers = max(1, min(threads, os.cpu_count() or 1, len(items)))
     out = []
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        for result in pool.map(fn, items):
-            out.append(result)
+        ahead = pool.map(fn, items) if workers > 1 else None  # started at once; read back in order below
+        for item in items:
+            progress.update(task, description=f"{label}: {getattr(item, 'run_id', item)}")
+            out.append(next(ahead) if ahead is not None else fn(item))
             progress.advance(task)
+    progress.update(task, description=label)
     return out
 
 
@@ -472,7 +463,7 @@ def _run_blend(recipe: Recipe, root: str | None, dataset: str | None, out_dir: s
     out = Path(out_dir) if out_dir else recipe.out_dir
     infos = select_runs(root or recipe.root, recipe.names, recipe.tags, recipe.globs, recipe.latest)
     with _progress(console) as progress:
-        runs = _each_threaded(progress, "loading runs", infos, load_run)
+        runs = _each(progress, "loading runs", infos, load_run, RUN_THREADS)
         data = resolve_dataset(dataset, recipe, runs)
         expected = read_expected_test(data) if data else None
         try:
@@ -481,8 +472,8 @@ def _run_blend(recipe: Recipe, root: str | None, dataset: str | None, out_dir: s
             if write_blend:
                 raise
             inputs = None  # kit report over runs that cannot be blended: leaderboard and answers only
-        rows = sorted(_each_threaded(progress, "bootstrap intervals per run", runs,
-                                     lambda r: analysis.run_row(r, recipe.bootstrap, recipe.seed)),
+        rows = sorted(_each(progress, "bootstrap intervals per run", runs,
+                            lambda r: analysis.run_row(r, recipe.bootstrap, recipe.seed), RUN_THREADS),
                       key=analysis.leaderboard_order)
         by_id = {r.run_id: r for r in runs}
         rows = analysis.with_baseline(rows, by_id, recipe.bootstrap, recipe.seed)
