@@ -44,6 +44,11 @@ KILLED = frozenset({"killed", "caught by type check"})
 # shared machine it may be load, not a mutant that hangs; the report lists them to look at.
 TIMEOUT_MULTIPLIER = 40
 TIMEOUT_CONSTANT_S = 20
+# A mutant that makes a test hang (a loop whose step was mutated to zero, a read loop whose end marker never
+# comes) would otherwise run until mutmut's limit above, about 14 minutes each. pytest-timeout fails the hanging
+# test after this many wall seconds instead: the test goes red, as it would in CI (pytest.ini's timeout), so the
+# mutant counts as killed. Every test of every scope takes under 15 s unloaded, so a healthy one never reaches it.
+TEST_TIMEOUT_S = 180
 # mutmut's exit codes of a mutant's test run (mutmut.stats.status_by_exit_code), by what they mean here.
 STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped",
           36: "timeout", 24: "timeout", -24: "timeout", 152: "timeout", 255: "timeout", 37: "caught by type check",
@@ -126,7 +131,8 @@ def _setup_cfg(scope: Scope) -> str:
 
     return ("[mutmut]\n" + block("source_paths", ("kit", "kernels")) + block("only_mutate", scope.modules)
             + block("also_copy", ALSO_COPY) + block("pytest_add_cli_args_test_selection", scope.tests)
-            + (block("pytest_add_cli_args", tuple(f"--deselect={t}" for t in scope.deselect)) if scope.deselect else "")
+            + block("pytest_add_cli_args", (f"--timeout={TEST_TIMEOUT_S}",
+                                            *(f"--deselect={t}" for t in scope.deselect)))
             + f"timeout_multiplier = {TIMEOUT_MULTIPLIER}\ntimeout_constant = {TIMEOUT_CONSTANT_S}\n")
 
 
