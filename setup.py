@@ -14,6 +14,7 @@ INSTALL_REQUIRES = [
     "matplotlib==3.11.2",
     "scikit-learn==1.9.1",
     "scipy==1.17.1",
+    "threadpoolctl==3.8.0",  # one BLAS thread inside `kit blend`, which runs its own threads (scikit-learn's dependency)
     "rich==15.0.0",
     "pillow==13.0.0",
     "psutil==7.2.2",

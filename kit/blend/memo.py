@@ -1,6 +1,7 @@
 """Blend work that depends only on its inputs, kept once computed: the same inputs give the stored result.
 
-In:  a namespace (``fit``, ``figures``, ``plot``), the key parts (anything picklable: method names,
+In:  a namespace (``fit``, ``figures``, ``plot``, ``greedy-path``, ``frames``: a run's parsed CSVs by their
+     sha256, `kit.run.folders.load_run`), the key parts (anything picklable: method names,
      params, the OOF matrix, labels, folds, a plot's arguments) and the function that computes the
      result (or, for a plot, writes the file).
 Out: the result, read from ``<cache>/blend/<namespace>/<sha256>.pkl`` when an earlier blend stored it
@@ -28,6 +29,7 @@ import io
 import os
 import pickle
 import shutil
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +41,7 @@ MEMO_SCHEMA = "kit.blend-memo/1"
 MEMO_FOLDER = "blend"
 MAX_ENTRIES = 256  # files kept per namespace (a 50-run fit is about 0.6 MB; a plot about 100 kB)
 CACHE_SWITCH_ENV = "KIT_BLEND_CACHE"  # "off" disables the cache
-CODE_MODULES = ("kernels.metrics", "kit.blend.methods", "kit.blend.nested", "kit.blend.analysis",
+CODE_MODULES = ("kernels.contracts", "kernels.metrics", "kit.blend.methods", "kit.blend.nested", "kit.blend.analysis",
                 "kit.blend.calibrate", "kit.blend.plots", "kit.blend.memo")
 LIBRARIES = ("numpy", "scipy", "scikit-learn", "pandas", "matplotlib")
 PICKLE_PROTOCOL = 5
@@ -112,6 +114,7 @@ class Memo:
     hits: dict[str, int] = field(default_factory=dict)
     misses: dict[str, int] = field(default_factory=dict)
     _code: str | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)  # runs load in threads
 
     @classmethod
     def open(cls, environ: Mapping[str, str] | None = None, enabled: bool = True) -> Memo:
@@ -123,8 +126,9 @@ class Memo:
 
     @property
     def code(self) -> str:
-        if self._code is None:
-            self._code = _code_digest()
+        with self._lock:
+            if self._code is None:
+                self._code = _code_digest()
         return self._code
 
     def _path(self, namespace: str, parts: Any, suffix: str) -> Path | None:
@@ -133,7 +137,8 @@ class Memo:
         return self.root / namespace / f"{key_of(namespace, parts, self.code)}{suffix}"
 
     def _count(self, table: dict[str, int], namespace: str) -> None:
-        table[namespace] = table.get(namespace, 0) + 1
+        with self._lock:
+            table[namespace] = table.get(namespace, 0) + 1
 
     def load(self, namespace: str, parts: Any) -> Any:
         """The value stored for these key parts, or None (none stored, unreadable, or the cache is off)."""
@@ -173,17 +178,27 @@ class Memo:
 
     def file(self, namespace: str, parts: Any, target: Path, write: Callable[[Path], None]) -> None:
         """`target` copied from the stored file for these key parts, else written by `write(target)` and stored."""
+        if not self.fetch_file(namespace, parts, target):
+            write(target)
+            self.store_file(namespace, parts, target)
+
+    def fetch_file(self, namespace: str, parts: Any, target: Path) -> bool:
+        """Copy the file stored for these key parts to `target`; False (and a miss) when there is none."""
         path = self._path(namespace, parts, target.suffix)
         if path is not None and path.is_file():
             try:
                 shutil.copyfile(path, target)
                 os.utime(path)
                 self._count(self.hits, namespace)
-                return
+                return True
             except OSError:
                 pass
-        write(target)
         self._count(self.misses, namespace)
+        return False
+
+    def store_file(self, namespace: str, parts: Any, target: Path) -> None:
+        """Store the file `target` (just written) for these key parts."""
+        path = self._path(namespace, parts, target.suffix)
         if path is not None:
             try:
                 self._store(path, target.read_bytes())
@@ -191,7 +206,7 @@ class Memo:
                 pass
 
     def _store(self, path: Path, data: bytes) -> None:
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp.write_bytes(data)
@@ -208,7 +223,8 @@ class Memo:
         if not self.hits:
             return ""
         names = {"fit": ("blend fit", "blend fits"), "figures": ("set of figures", "sets of figures"),
-                 "plot": ("plot", "plots"), "greedy-path": ("greedy path", "greedy paths")}
+                 "plot": ("plot", "plots"), "greedy-path": ("greedy path", "greedy paths"),
+                 "frames": ("parsed run file", "parsed run files")}
         items = [f"{n} {names.get(k, (k, k))[n > 1]}" for k, n in sorted(self.hits.items())]
         return f"reused {', '.join(items)} from kit's cache (identical inputs; --no-cache recomputes)"
 

@@ -34,11 +34,11 @@ LOGIT_EPS = 1e-6  # probabilities are clipped to [eps, 1 - eps] before the logit
 NM_SIMPLEX_STEP = 1.0  # Nelder-Mead: first simplex moves each weight by this share of the mean
 IMPROVE_TOL = 1e-12  # an AUC change smaller than this is no improvement
 CHANCE_AUC = 0.5  # cv_weighted's floor when no baseline run is blended
-RANK_READBACK_TOL = 1e-6  # how close 2nX + 1 must be to an integer to be read back as a rank
 STACK_C_GRID = (0.01, 0.1, 1.0, 10.0, 100.0)  # inverse regularisation strengths tried by stacking
 LOGREG_SOLVER = "newton-cholesky"  # few features (runs), many rows: exact Newton steps, ~10x faster than lbfgs here
 LOGREG_MAX_ITER = 1_000  # Newton iterations allowed (about ten are used)
 LOGREG_TOL = 1e-8  # stopping tolerance
+MAX_RANK_ROWS = 1 << 26  # ranks read back by counting (`_rank_keys`) for sets of at most this many rows
 GREEDY_PARALLEL_MIN_CELLS = 1_000_000  # candidates x majority rows from which greedy sorts on every core
 
 
@@ -161,16 +161,50 @@ def fit_auc_weights(X: np.ndarray, y: np.ndarray, folds: np.ndarray, params: Map
 def _int_ranks(X: np.ndarray, headroom: int) -> np.ndarray:
     """Twice the midranks of each column as integers, rows = runs (exact sums, fast sorts).
 
-    Fast path: when X already holds normalised ranks of these rows ((r - 0.5) / n, what the
-    ``rank`` transform gives), 2r is read back exactly instead of ranking again.
+    Fast path: when X holds ``rank01`` values, of these rows (the submitted fit) or of a larger set that
+    holds them (a nested fold's training rows), each value is read back as an exact integer key and the
+    rows are ranked by counting instead of sorting (`_rank_keys`); any other X is ranked by sorting.
     """
     n = X.shape[0]
     dtype = np.uint32 if headroom * 2 * (n + 1) < np.iinfo(np.uint32).max else np.uint64  # unsigned sorts fastest
-    twice = 2.0 * n * X.T + 1.0
-    rounded = np.rint(twice)
-    if np.all(np.abs(twice - rounded) < RANK_READBACK_TOL) and np.all((rounded >= 2) & (rounded <= 2 * n)):
-        return rounded.astype(dtype)
+    keys = _rank_keys(X)
+    if keys is not None:
+        return _twice_midranks(keys).astype(dtype)
     return np.rint(2.0 * midranks(X).T).astype(dtype)
+
+
+def _rank_keys(X: np.ndarray) -> np.ndarray | None:
+    """Integer keys k (columns as rows) with X == (k / 2 - 0.5) / N exactly, when X holds ``rank01`` values of
+    N rows (these rows, or a larger set that holds them); else None.
+
+    N is tried as the number of rows, then as read off the smallest value (0.5 / N, the first rank, present in
+    practice among 50 runs' columns). A key is accepted only when every value is *exactly* what ``rank01``
+    computes from it, and (k / 2 - 0.5) / N is strictly increasing in k, so the keys order and tie the rows
+    exactly as X does: ranks counted from them are X's ranks, whether or not X was ranked over these rows."""
+    if X.size == 0:
+        return None
+    low = float(X.min())
+    if not low > 0:
+        return None
+    for big in dict.fromkeys((X.shape[0], round(0.5 / low))):
+        if big < X.shape[0] or big > MAX_RANK_ROWS:
+            continue
+        keys = np.rint(2.0 * big * X.T + 1.0)
+        if np.array_equal((keys / 2.0 - 0.5) / big, X.T):
+            return keys.astype(np.int64)
+    return None
+
+
+def _twice_midranks(keys: np.ndarray) -> np.ndarray:
+    """Twice the midranks, within each row of `keys` (small non-negative integers), by counting: a value's
+    midrank is (values below it) + (its ties + 1) / 2, so twice that is an integer (no sort, O(n + range))."""
+    size = int(keys.max()) + 1
+    out = np.empty(keys.shape, dtype=np.int64)
+    for c, key in enumerate(keys):
+        counts = np.bincount(key, minlength=size)
+        below = np.cumsum(counts) - counts
+        out[c] = 2 * below[key] + counts[key] + 1
+    return out
 
 
 class PathStore(Protocol):

@@ -21,7 +21,10 @@ models (a stacker's intercept moves between folds); the fold mean avoids that.
 
 from __future__ import annotations
 
+import contextvars
+import os
 from collections.abc import Callable, Mapping
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +34,7 @@ from kernels.metrics import auc, auc_by_group
 from kit.blend.methods import FittedBlend, combine, fit_transformed, learns_from_labels, method_params, transform
 
 MIN_FOLDS_FOR_NESTED = 2
+FIT_THREADS = 2  # fits run at once in `score_method`: the submitted fit and the nested folds' (sorts release the GIL)
 
 
 @dataclass(frozen=True)
@@ -96,41 +100,52 @@ def fold_aucs(y: np.ndarray, scores: np.ndarray, folds: np.ndarray) -> dict[int,
     return {int(k): g.auc for k, g in auc_by_group(y[ok], scores[ok], folds[ok]).items()}
 
 
-def cross_fit(y: np.ndarray, folds: np.ndarray, fit_apply: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> np.ndarray:
+def cross_fit(y: np.ndarray, folds: np.ndarray, fit_apply: Callable[[np.ndarray, np.ndarray], np.ndarray],
+              pool: Executor | None = None) -> np.ndarray:
     """The fold loop shared by nested blending and cross-fitted calibration: for each fold k,
     ``fit_apply(train_mask, held_mask)`` learns on the other folds and returns fold k's scores.
-    NaN where fewer than two folds exist or the other folds lack a class."""
+    NaN where fewer than two folds exist or the other folds lack a class. With `pool`, the folds are
+    fitted there at once (each in a copy of this context: greedy's stored paths come along)."""
     out = np.full(len(y), np.nan)
     fold_ids = np.unique(folds)
     if fold_ids.size < MIN_FOLDS_FOR_NESTED:
         return out
-    for k in fold_ids:
-        train, held = folds != k, folds == k
-        if np.unique(y[train]).size < 2:
-            continue
-        out[held] = fit_apply(train, held)
+    todo = [k for k in fold_ids if np.unique(y[folds != k]).size >= 2]
+    if pool is None:
+        results = [fit_apply(folds != k, folds == k) for k in todo]
+    else:
+        futures = [pool.submit(contextvars.copy_context().run, fit_apply, folds != k, folds == k) for k in todo]
+        results = [f.result() for f in futures]
+    for k, scores in zip(todo, results, strict=True):
+        out[folds == k] = scores
     return out
 
 
-def nested_scores(name: str, X: np.ndarray, y: np.ndarray, folds: np.ndarray, params: Mapping[str, Any]) -> np.ndarray:
+def nested_scores(name: str, X: np.ndarray, y: np.ndarray, folds: np.ndarray, params: Mapping[str, Any],
+                  pool: Executor | None = None) -> np.ndarray:
     """Held-out blend scores: fold k blended with weights learned on the other folds (NaN where
     fewer than two folds exist or the other folds lack a class)."""
     return cross_fit(
         y, folds,
         lambda train, held: combine(fit_transformed(name, X[train], y[train], folds[train], params), X[held]),
+        pool,
     )
 
 
 def score_method(
     name: str, P: np.ndarray, y: np.ndarray, folds: np.ndarray, params: Mapping[str, Any] | None = None
 ) -> BlendScore:
-    """Fit `name` on all OOF rows (the blend that is submitted) and score it in-sample and nested."""
+    """Fit `name` on all OOF rows (the blend that is submitted) and score it in-sample and nested.
+    The submitted fit and the nested folds' fits run `FIT_THREADS` at a time; each is deterministic, so the
+    result is the one a sequential loop gives."""
     merged = method_params(name, params)
     y = np.asarray(y, dtype=bool)
     folds = np.asarray(folds)
     X = transform(name, P, merged)
-    fitted = fit_transformed(name, X, y, folds, merged)
+    with ThreadPoolExecutor(max_workers=max(1, min(FIT_THREADS, os.cpu_count() or 1))) as pool:
+        submitted = pool.submit(contextvars.copy_context().run, fit_transformed, name, X, y, folds, merged)
+        nested = nested_scores(name, X, y, folds, merged, pool)
+        fitted = submitted.result()
     in_sample = combine(fitted, X)
-    nested = nested_scores(name, X, y, folds, merged)
     return BlendScore(name, fitted, auc(y, in_sample), fold_aucs(y, in_sample, folds),
                       fold_aucs(y, nested, folds), y, in_sample, nested, learns_from_labels(name))

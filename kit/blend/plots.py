@@ -18,13 +18,15 @@ from __future__ import annotations
 import io
 import os
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
 from kernels.contracts import atomic_write_bytes
 from kit.blend.analysis import RunRow, SubgroupRow
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 DPI = 110
 LABEL_MAX = 32  # characters of a run id shown on an axis
@@ -105,9 +107,19 @@ def _short(label: str) -> str:
     return label if len(label) <= LABEL_MAX else "…" + label[-(LABEL_MAX - 1):]
 
 
+def _figure(**kwargs: Any) -> Figure:
+    """A new matplotlib Figure (matplotlib is imported on the first plot, not with this module: a blend's
+    plots are drawn in worker processes, `kit.blend.painter`, and the blend itself never needs it)."""
+    from matplotlib.figure import Figure
+
+    return Figure(**kwargs)
+
+
 def _save(fig: Figure, path: str | os.PathLike[str], tight: bool = True) -> None:
     """PNG of `fig`, cropped to its artists (``bbox_inches="tight"``); `tight` also spaces several panels
     apart (``tight_layout``: a second layout pass, which one panel does not need)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
     FigureCanvasAgg(fig)
     buf = io.BytesIO()
     if tight and len(fig.axes) > 1:
@@ -123,7 +135,7 @@ def plot_roc(path: str | os.PathLike[str], y: np.ndarray, curves: Mapping[str, t
     (from `run_colors`) gets its colour; the highlighted blend is black."""
     from kernels.metrics import roc_points
 
-    fig = Figure(figsize=SQUARE)
+    fig = _figure(figsize=SQUARE)
     ax = fig.add_subplot()
     y = np.asarray(y, dtype=int)
     for label, (scores, value) in curves.items():
@@ -148,7 +160,7 @@ def plot_correlation(path: str | os.PathLike[str], labels: Sequence[str], matrix
     n = len(labels)
     side = min(max(4.5, 2.5 + CELL_INCH * n), MAX_HEATMAP_INCH)
     points = min(LABEL_POINTS, 0.5 * POINTS_PER_INCH * (side - 2.5) / max(n, 1))  # half a cell tall at most
-    fig = Figure(figsize=(side + 1.2, side))
+    fig = _figure(figsize=(side + 1.2, side))
     ax = fig.add_subplot()
     im = ax.imshow(matrix, vmin=-1, vmax=1, cmap="RdBu_r")
     ax.set_xticks(range(n), [_short(x) for x in labels], rotation=45 if n <= MAX_CELL_TEXT else 90,
@@ -178,7 +190,7 @@ def _bars(ax: object, labels: Sequence[str], values: Mapping[str, Sequence[float
 
 def plot_weights(path: str | os.PathLike[str], labels: Sequence[str], weights: Mapping[str, Sequence[float]]) -> None:
     """Grouped bars: each method's weight per run (shares of the blend, summing to 1)."""
-    fig = Figure(figsize=(max(5.5, 1.5 + 0.9 * len(labels)), 4.5))
+    fig = _figure(figsize=(max(5.5, 1.5 + 0.9 * len(labels)), 4.5))
     ax = fig.add_subplot()
     _bars(ax, labels, weights)
     ax.set(ylabel="weight (share of the blend)", title="Blend weights per run")
@@ -187,7 +199,7 @@ def plot_weights(path: str | os.PathLike[str], labels: Sequence[str], weights: M
 
 def plot_coefficients(path: str | os.PathLike[str], labels: Sequence[str], coefs: Mapping[str, Sequence[float]]) -> None:
     """Stacking's logistic-regression coefficients per run (on rank features; not shares)."""
-    fig = Figure(figsize=(max(5.5, 1.5 + 0.9 * len(labels)), 4.5))
+    fig = _figure(figsize=(max(5.5, 1.5 + 0.9 * len(labels)), 4.5))
     ax = fig.add_subplot()
     _bars(ax, labels, coefs)
     ax.set(ylabel="coefficient (logit per unit rank)", title="Stacking coefficients per run")
@@ -197,7 +209,7 @@ def plot_coefficients(path: str | os.PathLike[str], labels: Sequence[str], coefs
 def plot_subgroups(path: str | os.PathLike[str], groups: Mapping[str, Sequence[SubgroupRow]]) -> None:
     """AUC per subgroup with its 95 % interval, one panel per dimension (n and positives annotated)."""
     dims = list(groups) or ["(no metadata)"]
-    fig = Figure(figsize=(7.5, 1.2 + sum(0.38 * max(len(groups.get(d, [])), 1) + 0.7 for d in dims)))
+    fig = _figure(figsize=(7.5, 1.2 + sum(0.38 * max(len(groups.get(d, [])), 1) + 0.7 for d in dims)))
     heights = [max(len(groups.get(d, [])), 1) for d in dims]
     axes = fig.subplots(len(dims), 1, gridspec_kw={"height_ratios": heights}, squeeze=False)[:, 0]
     for ax, dim in zip(axes, dims, strict=True):
@@ -226,7 +238,7 @@ def plot_calibration(path: str | os.PathLike[str], y: np.ndarray, curves: Mappin
     (`kit.blend.build.calibration_curves`); values outside 0..1 are a ValueError, never clipped."""
     from sklearn.calibration import calibration_curve
 
-    fig = Figure(figsize=SQUARE)
+    fig = _figure(figsize=SQUARE)
     ax = fig.add_subplot()
     for label, p in curves.items():
         probs = np.asarray(p, dtype=float)
@@ -247,7 +259,7 @@ def plot_histogram(path: str | os.PathLike[str], y: np.ndarray, scores: np.ndarr
     s = np.asarray(scores, dtype=float)
     ok = ~np.isnan(s)
     y, s = y[ok], s[ok]
-    fig = Figure(figsize=WIDE)
+    fig = _figure(figsize=WIDE)
     ax = fig.add_subplot()
     bins = np.linspace(float(s.min()), float(s.max()), HIST_BINS + 1) if s.size else HIST_BINS
     for mask, color, name in ((~y, "tab:blue", "benign"), (y, "tab:red", "malignant")):
@@ -266,7 +278,7 @@ def plot_learning_curves(path: str | os.PathLike[str], histories: Mapping[str, M
     legend sits outside the panels; y-limits are robust (`robust_limits`), a spike beyond them drawn
     clipped at the edge with its value. `histories` maps a run id to its history.json dict."""
     items = list(histories.items())[:MAX_LEARNING_RUNS]
-    fig = Figure(figsize=(11.5, 0.6 + 2.6 * max(len(items), 1)))
+    fig = _figure(figsize=(11.5, 0.6 + 2.6 * max(len(items), 1)))
     axes = fig.subplots(max(len(items), 1), 2, squeeze=False)
     for row, ((run_id, hist), (ax_loss, ax_auc)) in enumerate(zip(items, axes, strict=False)):
         folds = hist.get("folds", []) if isinstance(hist, Mapping) else []
@@ -305,7 +317,7 @@ def plot_leaderboard(path: str | os.PathLike[str], rows: Sequence[RunRow],
     items = [(r.run_id, r.auc, r.ci.low, r.ci.high, colors.get(r.run_id, "grey"), r.beats_baseline is False)
              for r in rows]
     items += [(label, a, lo, hi, BLEND_COLOR, False) for label, (a, lo, hi) in (extra or {}).items()]
-    fig = Figure(figsize=(8.5, 1.6 + ROW_INCH * max(len(items), 1)))
+    fig = _figure(figsize=(8.5, 1.6 + ROW_INCH * max(len(items), 1)))
     ax = fig.add_subplot()
     groups: dict[tuple[str, bool], list[int]] = {}  # one errorbar call per colour and marker, not per run
     for i, item in enumerate(items):

@@ -24,7 +24,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from kernels.contracts import (
     MANIFEST_FILE,
@@ -320,14 +320,50 @@ def write_run_record(
     return record
 
 
-def _check_digests(folder: Path, manifest: Mapping[str, Any]) -> None:
+def _check_digests(folder: Path, manifest: Mapping[str, Any]) -> dict[str, str]:
+    """{name: sha256} of the CSVs the manifest lists, each checked against it (ContractError if changed)."""
     files = manifest["files"]
+    seen: dict[str, str] = {}
     for name in CHECKED_CSVS:
         meta = files.get(name)
         if meta is None or not (folder / name).exists():
             continue
-        if file_digest(folder / name)["sha256"] != meta["sha256"]:
+        seen[name] = file_digest(folder / name)["sha256"]
+        if seen[name] != meta["sha256"]:
             raise ContractError(f"{folder / name}: sha256 differs from the manifest (file changed after the run)")
+    return seen
+
+
+class FrameStore(Protocol):
+    """Where parsed, validated run CSVs are kept between commands (`kit.blend.memo.Memo` is one)."""
+
+    def load(self, namespace: str, parts: Any) -> Any: ...
+
+    def save(self, namespace: str, parts: Any, value: Any) -> None: ...
+
+
+FRAME_NAMESPACE = "frames"
+
+
+def _read_checked(path: Path, reader: Any, sha256: str | None, frames: FrameStore | None) -> pd.DataFrame:
+    """`reader(path)` (parse + validate), or the frame stored for a file of the same sha256 and reader.
+
+    A stored frame is the reader's result for exactly these bytes: the key is the file's sha256 (taken
+    before parsing), and a frame is stored only when the file's sha256 after parsing is the same one.
+    """
+    import pandas as pd
+
+    if frames is None:
+        return reader(path)
+    sha256 = sha256 or file_digest(path)["sha256"]
+    key = (reader.__module__, reader.__qualname__, sha256)
+    stored = frames.load(FRAME_NAMESPACE, key)
+    if isinstance(stored, pd.DataFrame):
+        return stored
+    frame = reader(path)
+    if file_digest(path)["sha256"] == sha256:  # not rewritten while it was parsed
+        frames.save(FRAME_NAMESPACE, key, frame)
+    return frame
 
 
 def run_from_folder(folder: str | os.PathLike[str]) -> RunInfo:
@@ -339,16 +375,18 @@ def run_from_folder(folder: str | os.PathLike[str]) -> RunInfo:
     return _info(path.parent.name, version, path)
 
 
-def load_run(folder: str | os.PathLike[str] | RunInfo, verify: bool = False) -> Run:
+def load_run(folder: str | os.PathLike[str] | RunInfo, verify: bool = False, frames: FrameStore | None = None
+             ) -> Run:
     """Load a run: manifest, OOF and test predictions, each validated by `kernels.contracts`.
 
     The two CSVs are checked against the manifest's sha256; `verify` checks every listed file.
+    `frames`: a store of parsed CSVs by content (a blend keeps them in kit's cache: reading 50 runs' CSVs
+    is most of loading them), so an unchanged file is hashed and checked but not parsed again.
     """
     info = folder if isinstance(folder, RunInfo) else run_from_folder(folder)
     if verify:
         verify_files(info.folder, info.manifest)
-    else:
-        _check_digests(info.folder, info.manifest)
-    oof = read_oof(info.folder / OOF_FILE)
-    test = read_test_pred(info.folder / TEST_PRED_FILE)
+    digests = _check_digests(info.folder, info.manifest)
+    oof = _read_checked(info.folder / OOF_FILE, read_oof, digests.get(OOF_FILE), frames)
+    test = _read_checked(info.folder / TEST_PRED_FILE, read_test_pred, digests.get(TEST_PRED_FILE), frames)
     return Run(info, oof, test)

@@ -1,0 +1,196 @@
+"""A blend after a run lands, in seconds (issue #27): the work split over processes, threads and stored parses
+must never change a figure or a file.
+
+- Plots drawn in forked worker processes (`kit.blend.painter`) are byte for byte the plots drawn in the blend's
+  own process; a plot that fails in a worker fails the blend with its own error; drawn plots are stored in and
+  copied from kit's cache as before.
+- Parsed run CSVs stored by content (`load_run(frames=...)`) give the frame a fresh parse gives; a changed file
+  is parsed again; an unreadable stored entry is parsed again.
+- Greedy's ranks of a nested fold's rows, read back by counting from the ranks over all rows, equal the ranks a
+  sort gives, ties included; the fits of `score_method` run in threads and give what a sequential loop gives.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from helpers.blend_fixtures import make_cohort, make_run, signal_preds
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from kernels.contracts import MANIFEST_FILE, OOF_FILE, file_digest, read_oof, write_csv
+from kernels.metrics import AucInterval
+from kit.blend import plots
+from kit.blend.analysis import SubgroupRow
+from kit.blend.memo import Memo
+from kit.blend.methods import GREEDY_PATHS, _int_ranks, _rank_keys, method_params, midranks, rank01, transform
+from kit.blend.nested import nested_scores, score_method
+from kit.blend.painter import Painter, painter_count
+from kit.run.folders import FRAME_NAMESPACE, load_run
+
+needs_fork = pytest.mark.skipif(painter_count() == 0, reason="plot workers are forked on Linux with 2+ cores only")
+
+
+def _plot_jobs() -> list[tuple]:
+    rng = np.random.default_rng(3)
+    y = (rng.random(400) < 0.2).astype(int)
+    scores = rng.random(400) + 0.5 * y
+    labels = [f"run-{j:02d}" for j in range(12)]
+    matrix = np.corrcoef(rng.normal(size=(12, 50)))
+    groups: dict[str, list[SubgroupRow]] = {"sex": [("male", 200, 40, AucInterval(0.7, 0.6, 0.8, 0.95, 1000, 50)),
+                                                    ("female", 200, 40, AucInterval(0.65, 0.55, 0.75, 0.95, 1000, 50))]}
+    return [
+        ("correlation", "correlation.png", plots.plot_correlation, (labels, matrix), {}),
+        ("roc", "roc.png", plots.plot_roc, (y, {"a": (scores, 0.7), "b": (scores[::-1], 0.5)}), {"highlight": "a"}),
+        ("histogram", "histogram.png", plots.plot_histogram, (y, scores, "scores by class"), {}),
+        ("weights", "weights.png", plots.plot_weights, (labels, {"greedy": list(rng.dirichlet(np.ones(12)))}), {}),
+        ("subgroups", "subgroups.png", plots.plot_subgroups, (groups,), {}),
+    ]
+
+
+def _paint(folder: Path, memo: Memo, workers: int) -> dict[str, str]:
+    folder.mkdir(parents=True)
+    paint = Painter(folder, memo, workers)
+    try:
+        for key, name, plot, args, kwargs in _plot_jobs():
+            paint.draw(key, name, plot, *args, **kwargs)
+        return paint.finish()
+    finally:
+        paint.close()
+
+
+@needs_fork
+def test_plots_drawn_in_worker_processes_equal_plots_drawn_here(tmp_path: Path) -> None:
+    off = Memo(None)
+    here = _paint(tmp_path / "here", off, 0)
+    there = _paint(tmp_path / "workers", off, 2)
+    assert here == there and len(here) == len(_plot_jobs())
+    for name in here.values():
+        assert (tmp_path / "workers" / name).read_bytes() == (tmp_path / "here" / name).read_bytes(), name
+
+
+@needs_fork
+def test_plots_drawn_in_workers_are_cached_and_copied_back(tmp_path: Path) -> None:
+    memo = Memo(tmp_path / "cache")
+    _paint(tmp_path / "first", memo, 2)
+    assert memo.misses.get("plot") == len(_plot_jobs()) and not memo.hits
+    again = Memo(tmp_path / "cache")
+    _paint(tmp_path / "second", again, 2)
+    assert again.hits.get("plot") == len(_plot_jobs()) and not again.misses
+    for path in (tmp_path / "first").iterdir():
+        assert (tmp_path / "second" / path.name).read_bytes() == path.read_bytes()
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_plot_that_fails_fails_with_its_own_error_wherever_it_is_drawn(tmp_path: Path, workers: int) -> None:
+    if workers and painter_count() == 0:
+        pytest.skip("no plot workers on this machine")
+    paint = Painter(tmp_path, Memo(None), workers)
+    try:
+        with pytest.raises(IndexError):  # three labels, a 2 x 2 matrix
+            paint.draw("correlation", "c.png", plots.plot_correlation, ["a", "b", "c"], np.eye(2))
+            paint.finish()
+    finally:
+        paint.close()
+
+
+def _run(tmp_path: Path) -> Path:
+    cohort = make_cohort(n=200, n_test=40, prevalence=0.2, images_per_patient=4)
+    return make_run(tmp_path / "runs", "exp-a", cohort, *signal_preds(cohort, 0.8, seed=1))
+
+
+def _rewrite_oof(folder: Path, frame: pd.DataFrame) -> None:
+    """A new oof.csv and the manifest's record of it (as a rerun of the run would leave them)."""
+    write_csv(frame, folder / OOF_FILE)
+    manifest = json.loads((folder / MANIFEST_FILE).read_text())
+    manifest["files"][OOF_FILE] = file_digest(folder / OOF_FILE)
+    (folder / MANIFEST_FILE).write_text(json.dumps(manifest))
+
+
+def test_parsed_run_files_are_reused_by_content_and_never_stale(tmp_path: Path) -> None:
+    folder = _run(tmp_path)
+    memo = Memo(tmp_path / "cache")
+    first = load_run(folder, frames=memo)
+    assert not memo.hits and len(list((tmp_path / "cache" / FRAME_NAMESPACE).iterdir())) == 2  # oof + test stored
+    again = load_run(folder, frames=memo)
+    assert memo.hits.get(FRAME_NAMESPACE) == 2
+    plain = load_run(folder)
+    for run in (first, again):
+        pd.testing.assert_frame_equal(run.oof, plain.oof)
+        pd.testing.assert_frame_equal(run.test, plain.test)
+
+    changed = plain.oof.assign(pred=plain.oof["pred"][::-1].to_numpy())  # same size and names, new predictions
+    _rewrite_oof(folder, changed)
+    after = load_run(folder, frames=memo)
+    pd.testing.assert_frame_equal(after.oof, read_oof(folder / OOF_FILE))
+    assert not np.array_equal(after.oof["pred"].to_numpy(), plain.oof["pred"].to_numpy())
+
+    for entry in (tmp_path / "cache" / FRAME_NAMESPACE).iterdir():
+        entry.write_bytes(b"not a pickle")
+    pd.testing.assert_frame_equal(load_run(folder, frames=memo).oof, after.oof)
+
+
+def _twice_sorted_midranks(X: np.ndarray) -> np.ndarray:
+    return np.rint(2.0 * midranks(X).T).astype(np.int64)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 10_000), n=st.integers(4, 300), m=st.integers(1, 6), levels=st.sampled_from([2, 5, 0]),
+       share=st.floats(0.3, 0.95))
+def test_ranks_of_a_folds_rows_read_back_by_counting_equal_a_sort(seed: int, n: int, m: int, levels: int,
+                                                                   share: float) -> None:
+    """The ranks over all rows (`rank01`, ties as midranks) restricted to a nested fold's training rows:
+    ranked again within those rows by counting, they equal a sort's midranks, whatever the ties."""
+    rng = np.random.default_rng(seed)
+    P = rng.integers(0, levels, size=(n, m)).astype(float) if levels else rng.random((n, m))
+    X = rank01(P)
+    rows = rng.random(n) < share
+    rows[int(np.argmin(X[:, 0]))] = True  # the first rank among the rows, as among 50 runs' columns in practice
+    subset = X[rows]
+    got = _int_ranks(subset, headroom=4).astype(np.int64)
+    assert np.array_equal(got, _twice_sorted_midranks(subset))
+    if levels == 0:
+        assert _rank_keys(subset) is not None  # untied ranks of a larger set: the counting path was taken
+
+
+def test_ranks_of_anything_else_are_sorted() -> None:
+    rng = np.random.default_rng(0)
+    for X in (rng.random((50, 3)), np.zeros((5, 2)), rank01(rng.random((40, 2)))[::2] + 1e-9):
+        assert _rank_keys(X) is None or np.array_equal(_int_ranks(X, 4).astype(np.int64), _twice_sorted_midranks(X))
+        assert np.array_equal(_int_ranks(X, 4).astype(np.int64), _twice_sorted_midranks(X))
+
+
+class _Store:
+    """A greedy path store in memory that records what each thread saved."""
+
+    def __init__(self) -> None:
+        self.saved: list[object] = []
+
+    def load(self, namespace: str, parts: object) -> object:
+        return None
+
+    def save(self, namespace: str, parts: object, value: object) -> None:
+        self.saved.append(parts)
+
+
+def test_threaded_fits_equal_sequential_fits_and_keep_the_blends_context() -> None:
+    rng = np.random.default_rng(5)
+    n, m = 900, 6
+    y = (rng.random(n) < 0.15).astype(bool)
+    P = np.column_stack([rng.normal(size=n) + (0.3 + 0.2 * j) * y for j in range(m)])
+    folds = rng.integers(0, 5, n)
+    params = method_params("greedy", None)
+    X = transform("greedy", P, params)
+    store = _Store()
+    token = GREEDY_PATHS.set(store)
+    try:
+        threaded = score_method("greedy", P, y, folds)
+    finally:
+        GREEDY_PATHS.reset(token)
+    assert len(store.saved) == 1 + 5  # the submitted fit and each fold's, though fitted in worker threads
+    sequential = nested_scores("greedy", X, y, folds, params)
+    assert np.array_equal(threaded.nested, sequential)
