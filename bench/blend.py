@@ -17,8 +17,9 @@ Out: {"blend_greedy_100x33126_s": wall seconds of one greedy fit (default params
           plots read from their caches),
       "blend_end_to_end_50x33126_warm_plus1_s": again after adding a 51st run (run statistics of the 50
           cached, greedy replaying its stored paths, the rest computed),
-      "..._cpu_s" of each: the process's user + system CPU seconds (robust to other load),
-      "blend_end_to_end_50x33126_peak_mb": the largest peak RSS of the three processes,
+      "..._cpu_s" of each: user + system CPU seconds of the process and its plot workers (robust to
+          other load; more than the wall time where the work ran on both cores),
+      "blend_end_to_end_50x33126_peak_mb": the largest peak RSS of any of those processes,
       "blend_bootstrap_group_vs_row_speedup": one run's 1,000 patient replicates, the row engine's
           time / the group engine's (same replicates; measured side by side here)}
 """
