@@ -6,6 +6,7 @@ must never change a figure or a file.
   copied from kit's cache as before.
 - Parsed run CSVs stored by content (`load_run(frames=...)`) give the frame a fresh parse gives; a changed file
   is parsed again; an unreadable stored entry is parsed again.
+- Greedy's AUC by counting equals the AUC a sort gives, to the last bit, on any integer scores with ties.
 - Greedy's ranks of a nested fold's rows, read back by counting from the ranks over all rows, equal the ranks a
   sort gives, ties included; the fits of `score_method` run in threads and give what a sequential loop gives.
 """
@@ -23,11 +24,20 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kernels.contracts import MANIFEST_FILE, OOF_FILE, file_digest, read_oof, write_csv
-from kernels.metrics import AucInterval
+from kernels.metrics import AucInterval, auc, auc_presorted
 from kit.blend import plots
 from kit.blend.analysis import SubgroupRow
 from kit.blend.memo import Memo
-from kit.blend.methods import GREEDY_PATHS, _int_ranks, _rank_keys, method_params, midranks, rank01, transform
+from kit.blend.methods import (
+    GREEDY_PATHS,
+    _int_ranks,
+    _rank_keys,
+    counted_auc,
+    method_params,
+    midranks,
+    rank01,
+    transform,
+)
 from kit.blend.nested import nested_scores, score_method
 from kit.blend.painter import Painter, painter_count
 from kit.run.folders import FRAME_NAMESPACE, load_run
@@ -132,6 +142,26 @@ def test_parsed_run_files_are_reused_by_content_and_never_stale(tmp_path: Path) 
     for entry in (tmp_path / "cache" / FRAME_NAMESPACE).iterdir():
         entry.write_bytes(b"not a pickle")
     pd.testing.assert_frame_equal(load_run(folder, frames=memo).oof, after.oof)
+
+
+@settings(max_examples=300, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n_min=st.integers(0, 60), n_maj=st.integers(0, 600),
+       top=st.sampled_from([2, 7, 300, 70_000, 5_000_000, 2**40]), wide=st.booleans())
+def test_greedys_counted_auc_equals_a_sorts_to_the_last_bit(seed: int, n_min: int, n_maj: int, top: int,
+                                                              wide: bool) -> None:
+    """Coarse bins, shared bins, the minority above every majority score, ties in and across bins."""
+    rng = np.random.default_rng(seed)
+    dtype = np.uint64 if wide or top > 2**31 else np.uint32
+    minority, majority = (rng.integers(0, top, size).astype(dtype) for size in (n_min, n_maj))
+    for minority_positive in (True, False):
+        got = counted_auc(minority, majority, minority_positive)
+        if n_min == 0 or n_maj == 0:
+            assert np.isnan(got)
+            continue
+        want = auc_presorted(minority[None].astype(float), np.sort(majority)[None].astype(float), minority_positive)
+        assert got == want[0]
+        labels = np.r_[np.full(n_min, minority_positive), np.full(n_maj, not minority_positive)]
+        assert got == auc(labels, np.r_[minority, majority].astype(float))
 
 
 def _twice_sorted_midranks(X: np.ndarray) -> np.ndarray:
