@@ -2,8 +2,9 @@
 must never change a figure or a file.
 
 - Plots drawn in forked worker processes (`kit.blend.painter`) are byte for byte the plots drawn in the blend's
-  own process; a plot that fails in a worker fails the blend with its own error; drawn plots are stored in and
-  copied from kit's cache as before.
+  own process; a plot that fails in a worker fails the blend with its own error; a plot a worker never
+  delivers (dead or hung) is drawn in the blend's process; drawn plots are stored in and copied from kit's
+  cache as before.
 - Parsed run CSVs stored by content (`load_run(frames=...)`) give the frame a fresh parse gives; a changed file
   is parsed again; an unreadable stored entry is parsed again.
 - Greedy's AUC by counting equals the AUC a sort gives, to the last bit, on any integer scores with ties.
@@ -14,6 +15,8 @@ must never change a figure or a file.
 from __future__ import annotations
 
 import json
+import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -106,6 +109,28 @@ def test_a_plot_that_fails_fails_with_its_own_error_wherever_it_is_drawn(tmp_pat
             paint.finish()
     finally:
         paint.close()
+
+
+PARENT = os.getpid()
+
+
+def _hangs_in_a_worker(path: str, text: str) -> None:
+    """A plot that never finishes in a worker process (as one killed or deadlocked would) but draws here."""
+    if os.getpid() != PARENT:
+        time.sleep(3600)
+    Path(path).write_text(text)
+
+
+@needs_fork
+def test_plots_a_worker_never_delivers_are_drawn_here(tmp_path: Path) -> None:
+    paint = Painter(tmp_path, Memo(None), 2)
+    try:
+        paint.draw("histogram", "h.png", _hangs_in_a_worker, "drawn")
+        paint.draw("correlation", "c.png", plots.plot_correlation, ["a", "b"], np.eye(2))
+        assert paint.finish(wait_s=1.0) == {"histogram": "h.png", "correlation": "c.png"}
+    finally:
+        paint.close()
+    assert (tmp_path / "h.png").read_text() == "drawn" and (tmp_path / "c.png").stat().st_size > 0
 
 
 def _run(tmp_path: Path) -> Path:
