@@ -212,6 +212,22 @@ def test_ranks_of_a_folds_rows_read_back_by_counting_equal_a_sort(seed: int, n: 
         assert _rank_keys(subset) is not None  # untied ranks of a larger set: the counting path was taken
 
 
+@settings(max_examples=200, deadline=None)
+@given(n=st.integers(2, 40), m=st.integers(1, 4), headroom=st.integers(1, 2**31))
+def test_greedys_integer_ranks_hold_every_sum_of_picks(n: int, m: int, headroom: int) -> None:
+    """Twice a midrank is at most 2n, and greedy sums at most `headroom` of them: 64 bits whenever such a sum
+    could pass 2^32 - 1 (a uint32 sum would wrap around and reorder the blend), 32 bits (faster sorts and
+    counts) whenever it fits with a rank to spare."""
+    X = rank01(np.arange(n * m, dtype=float).reshape(n, m))
+    got = _int_ranks(X, headroom)
+    limit = np.iinfo(np.uint32).max
+    if headroom * 2 * n > limit:
+        assert got.dtype == np.uint64
+    if headroom * 2 * (n + 1) < limit:
+        assert got.dtype == np.uint32
+    assert np.array_equal(got.astype(np.int64), _twice_sorted_midranks(X))
+
+
 def test_ranks_of_anything_else_are_sorted() -> None:
     rng = np.random.default_rng(0)
     for X in (rng.random((50, 3)), np.zeros((5, 2)), rank01(rng.random((40, 2)))[::2] + 1e-9):

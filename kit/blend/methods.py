@@ -199,10 +199,9 @@ def _rank_keys(X: np.ndarray) -> np.ndarray | None:
 def _twice_midranks(keys: np.ndarray) -> np.ndarray:
     """Twice the midranks, within each row of `keys` (small non-negative integers), by counting: a value's
     midrank is (values below it) + (its ties + 1) / 2, so twice that is an integer (no sort, O(n + range))."""
-    size = int(keys.max()) + 1
-    out = np.empty(keys.shape, dtype=np.int64)
+    out = np.empty_like(keys)
     for c, key in enumerate(keys):
-        counts = np.bincount(key, minlength=size)
+        counts = np.bincount(key)
         below = np.cumsum(counts) - counts
         out[c] = 2 * below[key] + counts[key] + 1
     return out
