@@ -213,26 +213,25 @@ def counted_auc(minority: np.ndarray, majority: np.ndarray, minority_positive: b
     The majority class's scores are counted into about 2^COUNT_BIN_BITS coarse bins (a bin is a run of
     2^shift consecutive values): every majority score in a lower bin than a minority score is below it.
     Only the majority scores that share a bin with some minority score (a few per cent: the minority is
-    small) are sorted and searched exactly. Twice the pairs the minority case wins, ties once, is an exact
+    small) are sorted and searched exactly; the width of the bins changes the work, never the count. Twice the pairs the minority case wins, ties once, is an exact
     integer, so the AUC equals a sort's (`kernels.metrics.auc_presorted`) to the last bit, at about a
     third of its time on 50 runs x 33,126 rows.
     """
     n_min, n_maj = minority.size, majority.size
     if n_min == 0 or n_maj == 0:
-        return float("nan")
-    top = int(majority.max()) + 1
-    shift = max(0, top.bit_length() - COUNT_BIN_BITS)
+        return np.nan
+    shift = max(0, int(majority.max()).bit_length() - COUNT_BIN_BITS)  # the bin width: speed only, never the count
     coarse = majority >> shift
-    hist = np.bincount(coarse, minlength=(top >> shift) + 2)  # the last bin is empty: above every majority score
+    hist = np.bincount(coarse)
     below = np.cumsum(hist)
     below -= hist
     queries = np.sort(minority)  # sorted queries: the searches below stay in cache
-    bins = np.minimum(queries >> shift, hist.size - 1)
+    bins = np.minimum(queries >> shift, hist.size - 1)  # past the top bin: counted in it (all its scores are below)
     shared = np.zeros(hist.size, dtype=bool)
     shared[bins] = True
     near = np.sort(majority[shared[coarse]])
     start = np.searchsorted(near, bins.astype(majority.dtype) << shift)
-    twice_u = (2 * int(below[bins].sum()) + int(np.searchsorted(near, queries, side="left").sum())
+    twice_u = (2 * int(below[bins].sum()) + int(np.searchsorted(near, queries).sum())
                + int(np.searchsorted(near, queries, side="right").sum()) - 2 * int(start.sum()))
     pairs = 2 * n_min * n_maj
     return (twice_u if minority_positive else pairs - twice_u) / pairs
