@@ -7,12 +7,28 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import socket
+import time
 from pathlib import Path
 
+import pytest
+import requests
 from helpers.kaggle_support import quick_rendered
+from urllib3.connection import HTTPConnection
+from urllib3.exceptions import MaxRetryError, NewConnectionError
 
+from kernels.accelerators import ACCELERATORS, NO_ACCELERATOR
+from kit.errors import KitError
 from kit.kaggle.client import connect
-from kit.kaggle.push import push_one
+from kit.kaggle.ledger import Ledger
+from kit.kaggle.push import (
+    DEFAULT_CONCURRENCY,
+    PushUncertain,
+    _never_sent,
+    busy_sessions,
+    default_concurrency,
+    push_one,
+)
 from kit.kaggle.reconcile import source_fingerprint
 from kit.kaggle.retry import RetryPolicy
 
@@ -100,3 +116,131 @@ def test_a_refused_push_says_why_and_what_to_do(tmp_path: Path) -> None:
                         "Maximum batch accelerator session count of 2 reached")
     other = _refused(kernel, "Invalid machine shape 'X'")
     assert type(other) is KitError and str(other) == "push kit-user/guard-refused: Kaggle refused it: Invalid machine shape 'X'"
+
+
+SAVE = "kernels.KernelsApiService/SaveKernel"
+GET_KERNEL = "kernels.KernelsApiService/GetKernel"
+
+
+def test_a_failure_before_the_request_left_is_told_from_a_lost_reply() -> None:
+    """A refused connection or a connect timeout cannot have reached Kaggle: the push is simply sent again.
+    Anything else (a read timeout, a reset, a 5xx) may have done the work, so kit asks Kaggle first."""
+    with socket.socket() as probe:  # a port nothing listens on: the real refusal, as requests raises it
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(requests.ConnectionError) as refused:
+        requests.get(f"http://127.0.0.1:{port}/", timeout=5, proxies={"http": "", "https": ""})
+    conn = HTTPConnection("10.255.255.1", 80)
+    unreachable = requests.ConnectionError(MaxRetryError(None, "/", NewConnectionError(  # type: ignore[arg-type]
+        conn, "Failed to establish a new connection: [Errno 101] Network is unreachable")))
+    never = [refused.value, requests.exceptions.ConnectTimeout("connect timed out"), unreachable,
+             ConnectionRefusedError(111, "Connection refused")]
+    assert [_never_sent(exc) for exc in never] == [True] * len(never)
+    maybe = [requests.exceptions.ReadTimeout("read timed out"),
+             requests.ConnectionError("('Connection aborted.', RemoteDisconnected('closed'))"),
+             requests.ConnectionError("Connection reset by peer"), requests.HTTPError("500 Server Error"),
+             ValueError("Expecting value: line 1 column 1 (char 0)")]
+    assert [_never_sent(exc) for exc in maybe] == [False] * len(maybe)
+
+
+def test_sources_kaggle_names_as_missing_are_all_listed_in_one_line(world, tmp_path: Path) -> None:
+    """Kaggle pushes a kernel whose sources do not exist and names them in its reply: kit records the version
+    and stops with one line naming every missing source by kind, and what to do."""
+    make, ledger = world
+    emulator = make()
+    client = _client()
+    kernel = quick_rendered(tmp_path / "build", "guard-missing", datasets=["kit/gone-a", "kit/gone-b"])
+    meta = {**kernel.metadata, "kernel_sources": ["kit-user/no-such-kernel"]}
+    (kernel.directory / "kernel-metadata.json").write_text(json.dumps(meta, indent=1))
+    kernel = dataclasses.replace(kernel, metadata=meta)
+    with pytest.raises(KitError) as info:
+        push_one(client, ledger, kernel, SHAPE)
+    assert str(info.value) == (
+        "push kit-user/guard-missing: Kaggle says these sources do not exist (datasets: kit/gone-a, kit/gone-b; "
+        "kernels: kit-user/no-such-kernel); it pushed v1 anyway, which will fail without them: fix the sources "
+        "and push again")
+    assert emulator.stats()["versions"] == 1
+    assert [v["version"] for v in ledger.read()["experiments"]["guard-missing"]["versions"]] == [1]
+
+
+def test_a_lost_reply_is_settled_by_asking_kaggle_and_the_wait_is_announced(world, tmp_path: Path,
+                                                                            monkeypatch) -> None:
+    """The push's reply is lost after Kaggle did the work: kit says it waits for Kaggle to show the push,
+    then records the version it shows as a reconciled push (no second push)."""
+    make, ledger = world
+    emulator = make()  # a new kernel answers 404 for a moment after the push (read-after-write lag)
+    monkeypatch.setenv("KIT_CONSISTENCY_S", "30")
+    emulator.answers.push(SAVE, ["lost"])
+    client = _client()
+    notes: list[str] = []
+    outcome = push_one(client, ledger, quick_rendered(tmp_path / "build", "guard-lost"), SHAPE,
+                       sleep=lambda s: time.sleep(min(s, 0.1)), on_note=notes.append)
+    assert (outcome.action, outcome.version) == ("reconciled", 1)
+    assert notes and notes[0].startswith("kit-user/guard-lost: waiting up to 30 s for Kaggle to show whether the "
+                                         "push landed"), notes
+    assert emulator.stats()["versions"] == 1
+
+
+def test_a_lost_reply_kaggle_cannot_be_asked_about_keeps_the_push_pending(world, tmp_path: Path,
+                                                                         monkeypatch) -> None:
+    """The reply is lost and then Kaggle does not answer the question 'did it land?' either (5xx on every
+    try): kit stops with one line saying both, pushes nothing again, and keeps the pending record so the
+    next `kit push` settles it first."""
+    make, ledger = world
+    emulator = make()
+    monkeypatch.setenv("KIT_CONSISTENCY_S", "30")
+    emulator.answers.push(SAVE, ["lost"])
+    emulator.answers.push(GET_KERNEL, ["404"] + ["500"] * 12)  # before the push: none yet; after: failing
+    client = connect(policy=RetryPolicy(attempts=3, base_s=0.01, cap_s=0.02, rate_base_s=0.05, rate_cap_s=0.3,
+                                        rate_max_s=30))
+    with pytest.raises(PushUncertain) as info:
+        push_one(client, ledger, quick_rendered(tmp_path / "build", "guard-unasked"), SHAPE, sleep=lambda s: None)
+    line = str(info.value)
+    assert line.startswith("push kit-user/guard-unasked: the reply was lost (") and "\n" not in line
+    assert ", and asking Kaggle whether it landed failed (" in line
+    assert line.endswith("); nothing was pushed again: run `kit push` again later to settle it")
+    assert emulator.stats()["versions"] == 1
+    assert ledger.read()["experiments"]["guard-unasked"]["pending"]["since_version"] == 0
+
+
+def test_a_sweep_keeps_as_many_sessions_busy_as_kaggle_allows_for_its_machines() -> None:
+    """The default concurrency is Kaggle's smallest session cap among the sweep's accelerators; machines
+    without a known cap (none, CPU, an unknown shape) leave the default of two."""
+    assert DEFAULT_CONCURRENCY == 2
+    assert default_concurrency([]) == DEFAULT_CONCURRENCY
+    assert default_concurrency([NO_ACCELERATOR, NO_ACCELERATOR]) == DEFAULT_CONCURRENCY
+    assert default_concurrency(["NvidiaTeslaA100-next"]) == DEFAULT_CONCURRENCY
+    assert default_concurrency(["NvidiaTeslaT4", NO_ACCELERATOR, "unknown"]) == 2
+    assert default_concurrency(["NvidiaTeslaT4", "TpuV5E8"]) == 1 == ACCELERATORS["TpuV5E8"].sessions_at_once
+    assert ACCELERATORS[NO_ACCELERATOR].sessions_at_once != DEFAULT_CONCURRENCY  # so "none" is really left out
+
+
+def test_busy_sessions_are_pushes_in_flight_and_runs_still_going_on_an_accelerator(tmp_path: Path) -> None:
+    """A queue counts as busy what may hold an accelerator session: a run QUEUED or RUNNING on one, or a push
+    in flight (pending) to one, judged by the machine of that push, not of the run before it. Finished runs,
+    runs on no accelerator and experiments never pushed hold none."""
+    def run(version: int, status: str, accelerator: str) -> dict:
+        return {"version": version, "status": status, "accelerator": accelerator}
+
+    def pending(accelerator: str) -> dict:
+        return {"content_hash": "h", "body_sha256": "b", "since_version": 1, "accelerator": accelerator,
+                "started_at": "2024-01-01T00:00:00Z"}
+
+    ledger = Ledger(tmp_path / "ledger.json")
+    experiments = {
+        "queued-tpu": ([run(1, "COMPLETE", SHAPE), run(2, "QUEUED", SHAPE)], None),
+        "running-gpu": ([run(1, "RUNNING", "NvidiaTeslaT4")], None),
+        "done-tpu": ([run(2, "COMPLETE", SHAPE), run(1, "RUNNING", SHAPE)], None),  # the latest counts
+        "failed-tpu": ([run(1, "ERROR", SHAPE)], None),
+        "running-cpu": ([run(1, "RUNNING", "none")], None),
+        "never-pushed": ([], None),
+        "first-push-in-flight": ([], pending(SHAPE)),
+        "tpu-push-after-a-cpu-run": ([run(1, "COMPLETE", "none")], pending(SHAPE)),
+        "cpu-push-after-a-tpu-run": ([run(1, "COMPLETE", SHAPE)], pending("none")),
+        "cpu-push-while-cpu-runs": ([run(1, "RUNNING", "none")], pending("none")),
+    }
+    with ledger.transaction() as data:
+        for name, (versions, push) in experiments.items():
+            data["experiments"][name] = {"kernel": f"kit-user/{name}", "versions": versions, "pending": push}
+    assert busy_sessions(ledger) == ["first-push-in-flight", "queued-tpu", "running-gpu",
+                                     "tpu-push-after-a-cpu-run"]
