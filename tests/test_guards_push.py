@@ -244,3 +244,132 @@ def test_busy_sessions_are_pushes_in_flight_and_runs_still_going_on_an_accelerat
             data["experiments"][name] = {"kernel": f"kit-user/{name}", "versions": versions, "pending": push}
     assert busy_sessions(ledger) == ["first-push-in-flight", "queued-tpu", "running-gpu",
                                      "tpu-push-after-a-cpu-run"]
+
+
+def _with_meta(kernel, **changes):
+    """The quick kernel with its metadata changed (the file rewritten, as render would write it)."""
+    meta = {**kernel.metadata, **changes}
+    (kernel.directory / "kernel-metadata.json").write_text(json.dumps(meta, indent=1))
+    return dataclasses.replace(kernel, metadata=meta, kernel_id=meta["id"])
+
+
+def test_sources_are_checked_before_anything_is_sent_each_once_and_named_by_kind(world, tmp_path: Path) -> None:
+    """Before a sweep sends anything, every source of every kernel is checked: datasets must be owner/slug and
+    visible, competitions joinable, kernel and model sources well formed (owner/slug, and the five parts of a
+    model). Each source is asked about once however many kernels use it; the first problem is one line naming
+    the kernel, the kind of source and the source; titles whose slug is not the id's are refused first."""
+    from kit.kaggle.push import check_sources
+
+    make, _ = world
+    emulator = make()
+    (tmp_path / "datasets" / "real-data").mkdir()
+    client = _client()
+    good = dict(dataset_sources=["kit/real-data"], kernel_sources=["kit-user/features"],
+                model_sources=["kit/effnet/tensorFlow2/b0/1"])
+    kernels = [_with_meta(quick_rendered(tmp_path / "build", f"guard-src-{i}", seed=i), **good) for i in range(3)]
+    before = emulator.stats()["calls"]
+    check_sources(client, kernels)
+    assert emulator.stats()["calls"] - before == 2  # the dataset and the competition, once each
+
+    def problem(**sources) -> str:
+        kernel = _with_meta(quick_rendered(tmp_path / "bad", "guard-src-bad"), **{**good, **sources})
+        with pytest.raises(KitError) as info:
+            check_sources(client, [kernels[0], kernel])
+        return str(info.value)
+
+    head = "push kit-user/guard-src-bad: "
+    shape = "expected owner/dataset-slug; nothing was pushed"
+    for dataset in ("kit", "kit/", "/real-data", "kit/real-data/v2"):
+        assert problem(dataset_sources=[dataset]) == f"{head}dataset source {dataset!r}: {shape}"
+    assert problem(dataset_sources=["kit/real-data", "kit/reel-data"]) == (
+        f"{head}dataset source 'kit/reel-data': Kaggle has no such dataset (or you cannot see it); nothing was pushed")
+    assert problem(competition_sources=["no-such-competition"]) == (
+        f"{head}competition source 'no-such-competition': competition 'no-such-competition' not found; "
+        "nothing was pushed")
+    for ref in ("features", "kit-user/", "kit-user/features/v2"):
+        assert problem(kernel_sources=[ref]) == (
+            f"{head}kernel source {ref!r}: expected owner/kernel-slug; nothing was pushed")
+    for ref in ("kit/effnet/tensorFlow2/b0", "kit/effnet/tensorFlow2//1", "kit/effnet/tensorFlow2/b0/1/x"):
+        assert problem(model_sources=[ref]) == (
+            f"{head}model source {ref!r}: expected owner/model/framework/variation/version; nothing was pushed")
+
+    titled = _with_meta(quick_rendered(tmp_path / "titled", "guard-src-title"), title="Guard Source Title!")
+    with pytest.raises(KitError) as info:  # the slug is checked for every kernel before any source
+        check_sources(client, [_with_meta(kernels[1], dataset_sources=["kit/reel-data"]), titled])
+    assert str(info.value) == (
+        "push kit-user/guard-src-title: Kaggle makes the slug 'guard-source-title' from the title "
+        "'Guard Source Title!', not the id's 'guard-src-title', and would file the kernel where kit does not look: "
+        f"make the title's slug equal the id in {titled.directory / 'kernel-metadata.json'}; nothing was sent")
+
+
+def _pending_push(ledger, kernel, body_sha256: str = "0" * 64) -> None:
+    """What kit writes just before it sends a push (its reply then lost)."""
+    from kit.kaggle.ledger import now_iso
+
+    with ledger.transaction() as data:
+        data["experiments"][kernel.experiment.name] = {"kernel": kernel.kernel_id, "versions": [], "pending": {
+            "content_hash": kernel.content_hash, "body_sha256": body_sha256, "since_version": 0,
+            "accelerator": SHAPE, "started_at": now_iso()}}
+
+
+def test_an_earlier_push_still_unknown_stops_the_next_one_unless_forced(world, tmp_path: Path, monkeypatch) -> None:
+    """A push whose reply was lost is settled before the experiment is pushed again. Kaggle shows nothing of
+    it yet: kit stops with the one line that says what it knows, keeps the record and pushes nothing; with
+    --force the earlier push is dropped (said so) and the new one sent."""
+    from kit.kaggle.push import unchanged
+
+    make, ledger = world
+    emulator = make()
+    monkeypatch.setenv("KIT_CONSISTENCY_S", "0")
+    monkeypatch.setenv("KIT_PENDING_SETTLE_S", "900")
+    client = _client()
+    kernel = quick_rendered(tmp_path / "build", "guard-unknown")
+    _pending_push(ledger, kernel)
+    with pytest.raises(PushUncertain) as info:
+        push_one(client, ledger, kernel, SHAPE)
+    assert str(info.value) == (
+        "push kit-user/guard-unknown: an earlier push's reply was lost, and Kaggle showed nothing of "
+        "kit-user/guard-unknown for 0 s, so kit cannot tell whether the push made a new version; nothing was pushed "
+        "again. Check with `kit status guard-unknown` (or `kaggle kernels status kit-user/guard-unknown`) in a few "
+        "minutes; `kit push` again settles it (a push Kaggle shows nothing of after 900 s is deemed lost), "
+        "`kit push --force` pushes now anyway")
+    assert ledger.read()["experiments"]["guard-unknown"]["pending"] and emulator.stats()["versions"] == 0
+
+    notes: list[str] = []
+    assert unchanged(client, ledger, kernel, sleep=lambda s: None, on_note=notes.append, force=True) is None
+    assert notes == ["guard-unknown: --force: the earlier push Kaggle shows nothing of is dropped; pushing again"]
+    assert ledger.read()["experiments"]["guard-unknown"]["pending"] is None
+    outcome = push_one(client, ledger, kernel, SHAPE, force=True)
+    assert (outcome.action, outcome.version) == ("pushed", 1)
+    skipped = push_one(client, ledger, kernel, SHAPE)
+    assert (skipped.action, skipped.kernel, skipped.version) == ("skipped", "kit-user/guard-unknown", 1)
+    assert skipped.note == "unchanged since v1 (QUEUED); --force pushes it again"
+
+
+def test_an_earlier_push_kaggle_cannot_be_asked_about_stops_the_next_one(world, tmp_path: Path,
+                                                                        monkeypatch) -> None:
+    """Asking Kaggle whether an earlier push landed fails (5xx on every try): nothing is pushed, the record stays,
+    and the line says so; rejected credentials are not dressed up as that: they stop with their own fix."""
+    from kit.kaggle.retry import CredentialsRejected
+
+    make, ledger = world
+    emulator = make()
+    monkeypatch.setenv("KIT_CONSISTENCY_S", "30")
+    client = connect(policy=RetryPolicy(attempts=3, base_s=0.01, cap_s=0.02, rate_base_s=0.05, rate_cap_s=0.3,
+                                        rate_max_s=30))
+    kernel = quick_rendered(tmp_path / "build", "guard-unasked-before")
+    _pending_push(ledger, kernel)
+    emulator.answers.push(GET_KERNEL, ["500"] * 6)
+    with pytest.raises(PushUncertain) as info:
+        push_one(client, ledger, kernel, SHAPE, sleep=lambda s: None)
+    line = str(info.value)
+    assert line.startswith("push kit-user/guard-unasked-before: an earlier push's reply was lost and asking Kaggle "
+                           "whether it landed failed (") and "\n" not in line
+    assert line.endswith("); nothing was pushed: run `kit push` again later")
+    assert ledger.read()["experiments"]["guard-unasked-before"]["pending"] and emulator.stats()["versions"] == 0
+
+    emulator.answers.clear()
+    emulator.behaviours.realism = dataclasses.replace(emulator.realism, key_revoked=True)
+    with pytest.raises(CredentialsRejected):
+        push_one(client, ledger, kernel, SHAPE, sleep=lambda s: None)
+    assert ledger.read()["experiments"]["guard-unasked-before"]["pending"]

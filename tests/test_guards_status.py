@@ -12,7 +12,19 @@ import pytest
 from kit.errors import KitError
 from kit.kaggle.ledger import empty_ledger
 from kit.kaggle.reconcile import DEFAULT_POLL_MAX_S, DEFAULT_POLL_S, PollPolicy, source_fingerprint
-from kit.kaggle.status import LOG_TAIL_LINES, STATUS_STYLE, log_tail, log_text, status_rows, status_table
+from kit.kaggle.status import (
+    DEFAULT_WAIT_TIMEOUT_S,
+    LOG_TAIL_LINES,
+    STATUS_STYLE,
+    is_done,
+    log_tail,
+    log_text,
+    next_steps,
+    selected,
+    status_rows,
+    status_table,
+    wait_timeout_s,
+)
 
 
 def _ledger() -> dict:
@@ -87,3 +99,57 @@ def test_a_notebook_is_recognised_by_its_cells_not_its_layout() -> None:
     assert source_fingerprint(json.dumps(empty)) == source_fingerprint(json.dumps({"cells": [{"cell_type": "code"}]}))
     assert source_fingerprint("x = 1\r\nprint(x)   \n\n") == source_fingerprint("x = 1\nprint(x)")  # scripts too
     assert source_fingerprint("x = 1\n") != source_fingerprint("x = 2\n")
+
+
+def _row(name: str, status: str, pulled: str = "") -> dict:
+    return {"experiment": name, "kernel": f"kit-user/{name}", "version": 1, "status": status, "pushed_at": "",
+            "pulled": pulled, "failure": "", "log_tail": [], "accelerator": "TpuV5E8"}
+
+
+def test_the_next_command_is_named_for_each_kind_of_run() -> None:
+    """After the table, one line per kind of run says what to run next: runs still going (`kit status --wait`),
+    finished ones not pulled (`kit pull`), pulled ones (`kit blend`, `kit report`), failed ones (`kit
+    preflight`, `kit push`), each naming its runs in the table's order; no line for a kind with no run."""
+    rows = [_row("queued", "QUEUED"), _row("done", "COMPLETE"), _row("pushing", "PUSHING"),
+            _row("pulled", "COMPLETE", "runs/pulled/v1"), _row("broke", "ERROR"), _row("gone", "NOT_FOUND"),
+            _row("cancelled", "CANCEL_ACKNOWLEDGED"), _row("running", "RUNNING"), _row("done-too", "COMPLETE")]
+    assert next_steps(rows) == [
+        "still going on Kaggle (queued, pushing, running): `kit status --wait` follows them; Ctrl-C there stops "
+        "only the waiting, never the kernels",
+        "finished (done, done-too): `kit pull` downloads and verifies their outputs into runs/",
+        "pulled (pulled): `kit blend NAME` blends them by ensembles/NAME.toml; `kit report` ranks every run",
+        "failed (broke, gone, cancelled): the log tail is above; `kit preflight EXP` reproduces most failures "
+        "locally in seconds; after the fix `kit push EXP` (--force re-pushes it unchanged)",
+    ]
+    assert next_steps([_row("pulled", "COMPLETE", "runs/pulled/v1")]) == [
+        "pulled (pulled): `kit blend NAME` blends them by ensembles/NAME.toml; `kit report` ranks every run"]
+    assert next_steps([_row("q", "QUEUED")]) == [
+        "still going on Kaggle (q): `kit status --wait` follows them; Ctrl-C there stops only the waiting, never "
+        "the kernels"]
+    assert next_steps([]) == []
+    assert [is_done(_row("x", s)) for s in ("COMPLETE", "ERROR", "CANCEL_ACKNOWLEDGED", "NOT_FOUND", "QUEUED",
+                                            "RUNNING", "CANCEL_REQUESTED", "PUSHING", "-")] == [True] * 4 + [False] * 5
+
+
+def test_the_wait_is_bounded_by_the_option_else_the_environment_else_13_hours(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`kit status --wait` gives up after --timeout, else $KIT_WAIT_TIMEOUT_S, else 13 h (Kaggle's 12-hour session
+    limit plus queueing); an option of 0 is a real bound, not 'unset'."""
+    monkeypatch.delenv("KIT_WAIT_TIMEOUT_S", raising=False)
+    assert wait_timeout_s(None) == DEFAULT_WAIT_TIMEOUT_S == 13 * 3600.0
+    assert wait_timeout_s(0.0) == 0.0 and wait_timeout_s(90.0) == 90.0
+    monkeypatch.setenv("KIT_WAIT_TIMEOUT_S", "45")
+    assert wait_timeout_s(None) == 45.0 and wait_timeout_s(7.0) == 7.0
+
+
+def test_runs_are_chosen_by_name_and_an_unknown_name_is_one_line() -> None:
+    """No names: every experiment of the ledger, sorted; names: those, in the order given; a name the ledger does
+    not hold is one line naming it and what the ledger has."""
+    data = _ledger()
+    assert selected(data, None) == selected(data, []) == ["effnet-b0", "never", "pushing"]
+    assert selected(data, ["pushing", "effnet-b0"]) == ["pushing", "effnet-b0"]
+    with pytest.raises(KitError) as info:
+        selected(data, ["effnet-b0", "effnet-b9", "other"])
+    assert str(info.value) == "ledger: no pushed experiment named 'effnet-b9' (have: effnet-b0, never, pushing)"
+    with pytest.raises(KitError) as info:
+        selected(empty_ledger(), ["x"])
+    assert str(info.value) == "ledger: no pushed experiment named 'x' (have: none)"
