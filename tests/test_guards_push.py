@@ -373,3 +373,37 @@ def test_an_earlier_push_kaggle_cannot_be_asked_about_stops_the_next_one(world, 
     with pytest.raises(CredentialsRejected):
         push_one(client, ledger, kernel, SHAPE, sleep=lambda s: None)
     assert ledger.read()["experiments"]["guard-unasked-before"]["pending"]
+
+
+def test_a_push_refused_for_the_session_cap_waits_for_a_slot_as_long_as_the_environment_says(
+        world, tmp_path: Path, monkeypatch) -> None:
+    """Kaggle refuses a push because the account's sessions are all busy (one started elsewhere): the queue says
+    so once and waits for a free slot, up to $KIT_SLOT_WAIT_S (default 6 h), then pushes; with no time to wait
+    it stops with Kaggle's refusal and how long it waited."""
+    from kit.kaggle.push import push_queue
+    from kit.kaggle.reconcile import PollPolicy
+
+    make, ledger = world
+    emulator = make(max_sessions=1, external_sessions=1, external_session_s=1.0)
+    client = _client()
+    kernel = quick_rendered(tmp_path / "build", "guard-cap")
+    fast = PollPolicy(first_s=0.1, max_s=0.2)
+    notes: list[str] = []
+
+    def on_event(kind: str, payload: object) -> None:
+        if kind == "note":
+            notes.append(str(payload))
+
+    monkeypatch.setenv("KIT_SLOT_WAIT_S", "0")
+    with pytest.raises(KitError) as info:
+        push_queue(client, ledger, [kernel], lambda k: SHAPE, poll=fast, on_event=on_event)
+    line = str(info.value)
+    assert line.startswith("push kit-user/guard-cap: Kaggle refused it: ") and "session" in line
+    assert line.endswith(" (waited 0 s for a free slot; $KIT_SLOT_WAIT_S sets how long)")
+    assert emulator.stats()["versions"] == 0 and ledger.read()["experiments"]["guard-cap"]["pending"] is None
+
+    monkeypatch.delenv("KIT_SLOT_WAIT_S")
+    (outcome,) = push_queue(client, ledger, [kernel], lambda k: SHAPE, poll=fast, on_event=on_event)
+    assert (outcome.action, outcome.version) == ("pushed", 1)
+    assert notes == ["guard-cap: Kaggle's accelerator session cap is reached (sessions kit did not start count too; "
+                     "kit's busy: none); waiting up to 21600 s for a free slot"]

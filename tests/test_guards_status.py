@@ -6,6 +6,7 @@ whatever Kaggle does to its layout (so a lost push reply is matched to the right
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -153,3 +154,71 @@ def test_runs_are_chosen_by_name_and_an_unknown_name_is_one_line() -> None:
     with pytest.raises(KitError) as info:
         selected(empty_ledger(), ["x"])
     assert str(info.value) == "ledger: no pushed experiment named 'x' (have: none)"
+
+
+STATUS_CALL = "kernels.KernelsApiService/GetKernelSessionStatus"
+
+
+def test_refresh_writes_kaggles_answer_for_each_run_still_going(world, tmp_path, monkeypatch) -> None:
+    """`refresh` asks Kaggle about each run not finished yet and writes its status: a failed run's message and log
+    tail; a version Kaggle does not show stays QUEUED (said so) within $KIT_VISIBLE_GRACE_S of its push, NOT_FOUND
+    after; a status call Kaggle does not answer leaves the ledger's status (said so); finished runs are not asked
+    about again; a pending push is settled only once it is old enough not to be a push still in flight."""
+    from helpers.kaggle_support import quick_rendered
+
+    from kit.kaggle.client import connect
+    from kit.kaggle.ledger import now_iso
+    from kit.kaggle.push import push_one
+    from kit.kaggle.retry import RetryPolicy
+    from kit.kaggle.status import refresh
+
+    make, ledger = world
+    emulator = make(lag_s=0.0, new_script_s=0.0)
+    client = connect(policy=RetryPolicy(attempts=2, base_s=0.01, cap_s=0.02, rate_base_s=0.05, rate_cap_s=0.3,
+                                        rate_max_s=30))
+    for name, fail in (("guard-ok", ""), ("guard-boom", "out of memory (boom)")):
+        push_one(client, ledger, quick_rendered(tmp_path / "build", name, fail=fail), "TpuV5E8")
+    with ledger.transaction() as data:
+        for name, pushed in (("guard-young", now_iso()), ("guard-old", "2024-01-01T00:00:00Z")):
+            data["experiments"][name] = {"kernel": f"kit-user/{name}", "pending": None, "versions": [
+                {"version": 1, "status": "QUEUED", "pushed_at": pushed, "accelerator": "TpuV5E8"}]}
+        data["experiments"]["guard-in-flight"] = {"kernel": "kit-user/guard-in-flight", "versions": [], "pending": {
+            "content_hash": "h", "body_sha256": "0" * 64, "since_version": 0, "accelerator": "TpuV5E8",
+            "started_at": now_iso()}}
+        data["experiments"]["guard-stale"] = {"kernel": "kit-user/guard-stale", "versions": [], "pending": {
+            "content_hash": "h", "body_sha256": "0" * 64, "since_version": 0, "accelerator": "TpuV5E8",
+            "started_at": "2024-01-01T00:00:00Z"}}
+    monkeypatch.setenv("KIT_VISIBLE_GRACE_S", "50")
+    monkeypatch.setenv("KIT_CONSISTENCY_S", "0")
+    notes: list[str] = []
+    deadline = time.monotonic() + 60
+    while True:
+        notes.clear()
+        refresh(client, ledger, on_note=notes.append)
+        rows = {r["experiment"]: r for r in status_rows(ledger.read())}
+        if rows["guard-ok"]["status"] == "COMPLETE" and rows["guard-boom"]["status"] == "ERROR":
+            break
+        assert time.monotonic() < deadline, rows
+        time.sleep(0.2)
+    assert rows["guard-ok"]["failure"] == "" and rows["guard-ok"]["log_tail"] == []
+    assert rows["guard-boom"]["failure"] and any("boom" in line for line in rows["guard-boom"]["log_tail"])
+    assert ledger.read()["experiments"]["guard-ok"]["versions"][0]["checked_at"]
+    assert (rows["guard-young"]["status"], rows["guard-old"]["status"]) == ("QUEUED", "NOT_FOUND")
+    (young,) = [n for n in notes if n.startswith("guard-young")]
+    assert young.startswith("guard-young: Kaggle does not show kit-user/guard-young/1 yet (HTTP 40")
+    assert young.endswith(" s ago); waiting up to 50 s for it")
+    assert not any(n.startswith("guard-old") for n in notes)
+    assert ledger.read()["experiments"]["guard-in-flight"]["pending"]  # young: maybe still being sent
+    assert ledger.read()["experiments"]["guard-stale"]["pending"] is None  # old and never shown: settled
+
+    calls = emulator.stats()["calls"]
+    refresh(client, ledger, ["guard-ok", "guard-boom"])  # finished: Kaggle is not asked again
+    assert emulator.stats()["calls"] == calls
+
+    with ledger.transaction() as data:
+        data["experiments"]["guard-young"]["versions"][0]["pushed_at"] = now_iso()
+    emulator.answers.push(STATUS_CALL, ["500"] * 4)
+    notes.clear()
+    refresh(client, ledger, ["guard-young"], on_note=notes.append)
+    assert status_rows(ledger.read(), ["guard-young"])[0]["status"] == "QUEUED"
+    assert len(notes) == 1 and notes[0].startswith("guard-young: not refreshed, the ledger's QUEUED is shown (")
