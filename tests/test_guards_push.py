@@ -407,3 +407,41 @@ def test_a_push_refused_for_the_session_cap_waits_for_a_slot_as_long_as_the_envi
     assert (outcome.action, outcome.version) == ("pushed", 1)
     assert notes == ["guard-cap: Kaggle's accelerator session cap is reached (sessions kit did not start count too; "
                      "kit's busy: none); waiting up to 21600 s for a free slot"]
+
+
+def test_a_sweep_pushes_each_kernel_on_its_machine_forced_if_asked_with_every_wait_and_note_passed_on(
+        world, tmp_path: Path, monkeypatch) -> None:
+    """What a sweep asks of each push reaches it: the kernel's own machine (recorded with the version), --force
+    (an unchanged kernel is pushed again, not skipped), the caller's sleep (a 429's Retry-After is waited through
+    it) and the caller's notes (what kit waits for after a lost reply)."""
+    from kit.kaggle.push import push_queue
+    from kit.kaggle.reconcile import PollPolicy
+
+    make, ledger = world
+    emulator = make()
+    monkeypatch.setenv("KIT_CONSISTENCY_S", "30")
+    client = _client()
+    cpu = quick_rendered(tmp_path / "build", "guard-sweep-cpu", shape=None)
+    tpu = quick_rendered(tmp_path / "build", "guard-sweep-tpu", seed=1)
+    assert push_one(client, ledger, cpu, "none").action == "pushed"
+    emulator.answers.push(SAVE, ["429:7", "lost"])
+    waits: list[float] = []
+    notes: list[str] = []
+
+    def on_event(kind: str, payload: object) -> None:
+        if kind == "note":
+            notes.append(str(payload))
+
+    def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        time.sleep(min(seconds, 0.05))
+
+    outcomes = push_queue(client, ledger, [cpu, tpu], lambda k: "none" if k is cpu else SHAPE, force=True,
+                          poll=PollPolicy(first_s=0.1, max_s=0.2), on_event=on_event, sleep=sleep)
+    assert [(o.action, o.version) for o in outcomes] == [("reconciled", 2), ("pushed", 1)]
+    assert waits[0] == 7.0  # Retry-After, through the caller's sleep
+    assert any(n.startswith("kit-user/guard-sweep-cpu: waiting up to 30 s for Kaggle to show") for n in notes), notes
+    experiments = ledger.read()["experiments"]
+    assert [v["accelerator"] for v in experiments["guard-sweep-cpu"]["versions"]] == ["none", "none"]
+    assert [v["accelerator"] for v in experiments["guard-sweep-tpu"]["versions"]] == [SHAPE]
+    assert emulator.stats()["versions"] == 3
