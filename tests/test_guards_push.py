@@ -445,3 +445,47 @@ def test_a_sweep_pushes_each_kernel_on_its_machine_forced_if_asked_with_every_wa
     assert [v["accelerator"] for v in experiments["guard-sweep-cpu"]["versions"]] == ["none", "none"]
     assert [v["accelerator"] for v in experiments["guard-sweep-tpu"]["versions"]] == [SHAPE]
     assert emulator.stats()["versions"] == 3
+
+
+def test_a_push_kaggle_refuses_or_never_takes_ends_in_one_line_with_nothing_left_pending(
+        world, tmp_path: Path, monkeypatch) -> None:
+    """A push Kaggle refuses (4xx: not retried; 401: the credentials' own fix), keeps rate-limiting past the
+    budget, or keeps failing while it shows the kernel without the push (retried, then given up) ends in one
+    line saying nothing was pushed, and no pending record is left to block the next push."""
+    from kit.kaggle.retry import CredentialsRejected, KaggleCallError, KaggleUnreachable
+
+    make, ledger = world
+    emulator = make(lag_s=0.0)
+    monkeypatch.setenv("KIT_CONSISTENCY_S", "0")
+    client = connect(policy=RetryPolicy(attempts=3, base_s=0.01, cap_s=0.02, rate_base_s=0.05, rate_cap_s=0.3,
+                                        rate_max_s=30))
+    kernel = quick_rendered(tmp_path / "build", "guard-refusals")
+    name = "guard-refusals"
+
+    def fails(answers: list[str], error: type[Exception], waits: list[float] | None = None) -> str:
+        emulator.answers.push(SAVE, answers)
+        with pytest.raises(error) as info:
+            push_one(client, ledger, kernel, SHAPE, force=True,
+                     sleep=(waits.append if waits is not None else lambda s: None))
+        assert ledger.read()["experiments"][name]["pending"] is None
+        line = str(info.value)
+        assert "\n" not in line and line.startswith("push kit-user/guard-refusals: "), line
+        return line
+
+    line = fails(["400"], KaggleCallError)
+    assert "HTTP 400" in line and "; nothing was pushed; Kaggle refused the request: fix what it names" in line
+    assert "rejected the credentials (HTTP 401" in fails(["401"], CredentialsRejected)
+    line = fails(["429:1000"], KaggleUnreachable)
+    assert line.endswith("Kaggle kept rate-limiting (HTTP 429) for 0 s; nothing was pushed; try again later")
+    assert emulator.stats()["versions"] == 0
+
+    assert push_one(client, ledger, kernel, SHAPE).version == 1  # Kaggle now shows the kernel (at v1)
+    waits: list[float] = []
+    line = fails(["500"] * 3, KaggleUnreachable, waits)
+    assert line.startswith("push kit-user/guard-refusals: still failing after 3 attempts (HTTP 500")
+    assert line.endswith("); nothing was pushed; try again later")
+    assert len(waits) == 2 and all(0 < w <= 0.02 for w in waits), waits
+    emulator.answers.push(SAVE, ["500", "500"])
+    outcome = push_one(client, ledger, kernel, SHAPE, force=True, sleep=lambda s: None)
+    assert (outcome.action, outcome.version) == ("pushed", 2)  # the third try goes through: one new version
+    assert emulator.stats()["versions"] == 2 and ledger.read()["experiments"][name]["pending"] is None
