@@ -222,3 +222,42 @@ def test_refresh_writes_kaggles_answer_for_each_run_still_going(world, tmp_path,
     refresh(client, ledger, ["guard-young"], on_note=notes.append)
     assert status_rows(ledger.read(), ["guard-young"])[0]["status"] == "QUEUED"
     assert len(notes) == 1 and notes[0].startswith("guard-young: not refreshed, the ledger's QUEUED is shown (")
+
+
+def test_the_wait_reports_every_round_never_sleeps_past_its_deadline_and_names_what_is_still_going(
+        world, monkeypatch) -> None:
+    """`wait_until_done` refreshes, hands each round's rows to the caller, and returns them once every run has
+    ended; a run still going at the deadline ends the wait with one line naming it (finished runs are not
+    named), and no sleep runs past the deadline however long the poll schedule's next delay."""
+    from kit.kaggle.client import connect
+    from kit.kaggle.ledger import now_iso
+    from kit.kaggle.status import wait_until_done
+
+    make, ledger = world
+    make(lag_s=0.0)
+    client = connect()
+    with ledger.transaction() as data:
+        data["experiments"]["guard-done"] = {"kernel": "kit-user/guard-done", "pending": None, "versions": [
+            {"version": 2, "status": "COMPLETE", "pushed_at": "2024-01-01T00:00:00Z", "accelerator": "TpuV5E8"}]}
+    rounds: list[list[str]] = []
+    rows = wait_until_done(client, ledger, poll=PollPolicy(first_s=60.0, max_s=60.0), timeout_s=5.0,
+                           on_update=lambda rs: rounds.append([r["status"] for r in rs]), sleep=pytest.fail)
+    assert [r["experiment"] for r in rows] == ["guard-done"] and rounds == [["COMPLETE"]]
+
+    with ledger.transaction() as data:  # a version Kaggle does not show yet: QUEUED within the grace
+        data["experiments"]["guard-going"] = {"kernel": "kit-user/guard-going", "pending": None, "versions": [
+            {"version": 1, "status": "QUEUED", "pushed_at": now_iso(), "accelerator": "TpuV5E8"}]}
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        time.sleep(seconds)
+
+    rounds.clear()
+    with pytest.raises(KitError) as info:
+        wait_until_done(client, ledger, poll=PollPolicy(first_s=60.0, max_s=60.0), timeout_s=0.4,
+                        on_update=lambda rs: rounds.append([r["status"] for r in rs]), sleep=sleep)
+    assert str(info.value) == ("--wait: gave up after 0 s (--timeout or $KIT_WAIT_TIMEOUT_S); still going on Kaggle: "
+                               "guard-going (kit-user/guard-going v1: QUEUED); `kit status` shows them later")
+    assert slept and all(0 <= s <= 0.4 for s in slept), slept
+    assert len(rounds) == len(slept) + 1 and rounds[0] == ["COMPLETE", "QUEUED"]
