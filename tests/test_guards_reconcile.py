@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from helpers.kaggle_support import quick_rendered
 
+from kit.errors import KitError
 from kit.kaggle.client import connect
 from kit.kaggle.ledger import Ledger, now_iso
 from kit.kaggle.reconcile import (
@@ -21,7 +22,9 @@ from kit.kaggle.reconcile import (
     DEFAULT_POLL_S,
     DEFAULT_SETTLE_S,
     PollPolicy,
+    age_s,
     consistency_s,
+    env_seconds,
     landed,
     push_body,
     reconcile_pending,
@@ -268,3 +271,27 @@ def test_a_recorded_version_replaces_one_of_the_same_number_keeps_the_order_and_
     record_version(ledger, "guard-new", "kit-user/guard-new", 1, pending, reconciled=False)
     assert ledger.read()["counters"]["pushes"] == 2
     assert ledger.read()["experiments"]["guard-new"]["kernel"] == "kit-user/guard-new"
+
+
+def test_a_duration_from_the_environment_is_seconds_or_one_clear_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unset or empty: the default; a number (fractions, 0) is taken as is; anything else, or a negative number,
+    is one line naming the variable and its value."""
+    monkeypatch.delenv("KIT_GUARD_S", raising=False)
+    assert env_seconds("KIT_GUARD_S", 12.5) == 12.5
+    for raw, seconds in (("", 12.5), ("0", 0.0), ("2.5", 2.5), ("1e3", 1000.0)):
+        monkeypatch.setenv("KIT_GUARD_S", raw)
+        assert env_seconds("KIT_GUARD_S", 12.5) == seconds, raw
+    for raw, why in (("soon", "expected a number of seconds"), ("-1", "expected seconds >= 0")):
+        monkeypatch.setenv("KIT_GUARD_S", raw)
+        with pytest.raises(KitError) as info:
+            env_seconds("KIT_GUARD_S", 12.5)
+        assert str(info.value) == f"$KIT_GUARD_S={raw!r}: {why}"
+
+
+def test_the_age_of_a_ledger_stamp_is_seconds_since_it_and_unknown_ages_are_infinite() -> None:
+    """A push's age is read from its UTC stamp (an hour ago is 3600 s, whatever the local time zone); a missing or
+    unreadable stamp is infinitely old, so a pending push without one can be settled."""
+    hour_ago = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 3600))
+    assert 3599 <= age_s(hour_ago) <= 3602
+    assert 0 <= age_s(now_iso()) <= 2
+    assert age_s(None) == age_s("") == age_s("yesterday") == age_s("2024-01-01 00:00:00") == float("inf")
