@@ -13,24 +13,29 @@ from pathlib import Path
 
 import pytest
 import requests
-from helpers.kaggle_support import quick_rendered
+from helpers.kaggle_support import COMPETITION, quick_rendered
 from urllib3.connection import HTTPConnection
 from urllib3.exceptions import MaxRetryError, NewConnectionError
 
 from kernels.accelerators import ACCELERATORS, NO_ACCELERATOR
 from kit.errors import KitError
 from kit.kaggle.client import connect
-from kit.kaggle.ledger import Ledger
+from kit.kaggle.ledger import Ledger, now_iso
 from kit.kaggle.push import (
     DEFAULT_CONCURRENCY,
     PushUncertain,
+    SessionCapReached,
     _never_sent,
+    _refused,
     busy_sessions,
+    check_sources,
     default_concurrency,
     push_one,
+    push_queue,
+    unchanged,
 )
-from kit.kaggle.reconcile import source_fingerprint
-from kit.kaggle.retry import RetryPolicy
+from kit.kaggle.reconcile import PollPolicy, source_fingerprint
+from kit.kaggle.retry import CredentialsRejected, KaggleCallError, KaggleUnreachable, RetryPolicy
 
 SHAPE = "TpuV5E8"
 
@@ -97,11 +102,6 @@ def test_a_refused_push_says_why_and_what_to_do(tmp_path: Path) -> None:
     """Kaggle's `{"error": ...}` reply becomes one line naming the kernel, with the way out for the refusals a
     new user meets (the competition's rules page of this kernel's competition); a full session cap is its own
     error, so a queue waits for a free slot instead of stopping."""
-    from helpers.kaggle_support import COMPETITION
-
-    from kit.errors import KitError
-    from kit.kaggle.push import SessionCapReached, _refused
-
     kernel = quick_rendered(tmp_path / "build", "guard-refused")
     rules = _refused(kernel, "You must accept this competition's rules before you'll be able to push")
     assert type(rules) is KitError
@@ -258,8 +258,6 @@ def test_sources_are_checked_before_anything_is_sent_each_once_and_named_by_kind
     visible, competitions joinable, kernel and model sources well formed (owner/slug, and the five parts of a
     model). Each source is asked about once however many kernels use it; the first problem is one line naming
     the kernel, the kind of source and the source; titles whose slug is not the id's are refused first."""
-    from kit.kaggle.push import check_sources
-
     make, _ = world
     emulator = make()
     (tmp_path / "datasets" / "real-data").mkdir()
@@ -304,8 +302,6 @@ def test_sources_are_checked_before_anything_is_sent_each_once_and_named_by_kind
 
 def _pending_push(ledger, kernel, body_sha256: str = "0" * 64) -> None:
     """What kit writes just before it sends a push (its reply then lost)."""
-    from kit.kaggle.ledger import now_iso
-
     with ledger.transaction() as data:
         data["experiments"][kernel.experiment.name] = {"kernel": kernel.kernel_id, "versions": [], "pending": {
             "content_hash": kernel.content_hash, "body_sha256": body_sha256, "since_version": 0,
@@ -316,8 +312,6 @@ def test_an_earlier_push_still_unknown_stops_the_next_one_unless_forced(world, t
     """A push whose reply was lost is settled before the experiment is pushed again. Kaggle shows nothing of
     it yet: kit stops with the one line that says what it knows, keeps the record and pushes nothing; with
     --force the earlier push is dropped (said so) and the new one sent."""
-    from kit.kaggle.push import unchanged
-
     make, ledger = world
     emulator = make()
     monkeypatch.setenv("KIT_CONSISTENCY_S", "0")
@@ -350,8 +344,6 @@ def test_an_earlier_push_kaggle_cannot_be_asked_about_stops_the_next_one(world, 
                                                                         monkeypatch) -> None:
     """Asking Kaggle whether an earlier push landed fails (5xx on every try): nothing is pushed, the record stays,
     and the line says so; rejected credentials are not dressed up as that: they stop with their own fix."""
-    from kit.kaggle.retry import CredentialsRejected
-
     make, ledger = world
     emulator = make()
     monkeypatch.setenv("KIT_CONSISTENCY_S", "30")
@@ -380,9 +372,6 @@ def test_a_push_refused_for_the_session_cap_waits_for_a_slot_as_long_as_the_envi
     """Kaggle refuses a push because the account's sessions are all busy (one started elsewhere): the queue says
     so once and waits for a free slot, up to $KIT_SLOT_WAIT_S (default 6 h), then pushes; with no time to wait
     it stops with Kaggle's refusal and how long it waited."""
-    from kit.kaggle.push import push_queue
-    from kit.kaggle.reconcile import PollPolicy
-
     make, ledger = world
     emulator = make(max_sessions=1, external_sessions=1, external_session_s=1.0)
     client = _client()
@@ -414,9 +403,6 @@ def test_a_sweep_pushes_each_kernel_on_its_machine_forced_if_asked_with_every_wa
     """What a sweep asks of each push reaches it: the kernel's own machine (recorded with the version), --force
     (an unchanged kernel is pushed again, not skipped), the caller's sleep (a 429's Retry-After is waited through
     it) and the caller's notes (what kit waits for after a lost reply)."""
-    from kit.kaggle.push import push_queue
-    from kit.kaggle.reconcile import PollPolicy
-
     make, ledger = world
     emulator = make()
     monkeypatch.setenv("KIT_CONSISTENCY_S", "30")
@@ -452,8 +438,6 @@ def test_a_push_kaggle_refuses_or_never_takes_ends_in_one_line_with_nothing_left
     """A push Kaggle refuses (4xx: not retried; 401: the credentials' own fix), keeps rate-limiting past the
     budget, or keeps failing while it shows the kernel without the push (retried, then given up) ends in one
     line saying nothing was pushed, and no pending record is left to block the next push."""
-    from kit.kaggle.retry import CredentialsRejected, KaggleCallError, KaggleUnreachable
-
     make, ledger = world
     emulator = make(lag_s=0.0)
     monkeypatch.setenv("KIT_CONSISTENCY_S", "0")

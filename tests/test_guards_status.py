@@ -9,10 +9,14 @@ import json
 import time
 
 import pytest
+from helpers.kaggle_support import quick_rendered
 
 from kit.errors import KitError
-from kit.kaggle.ledger import empty_ledger
+from kit.kaggle.client import connect
+from kit.kaggle.ledger import empty_ledger, now_iso
+from kit.kaggle.push import push_one
 from kit.kaggle.reconcile import DEFAULT_POLL_MAX_S, DEFAULT_POLL_S, PollPolicy, source_fingerprint
+from kit.kaggle.retry import RetryPolicy
 from kit.kaggle.status import (
     DEFAULT_WAIT_TIMEOUT_S,
     LOG_TAIL_LINES,
@@ -21,10 +25,12 @@ from kit.kaggle.status import (
     log_tail,
     log_text,
     next_steps,
+    refresh,
     selected,
     status_rows,
     status_table,
     wait_timeout_s,
+    wait_until_done,
 )
 
 
@@ -164,14 +170,6 @@ def test_refresh_writes_kaggles_answer_for_each_run_still_going(world, tmp_path,
     tail; a version Kaggle does not show stays QUEUED (said so) within $KIT_VISIBLE_GRACE_S of its push, NOT_FOUND
     after; a status call Kaggle does not answer leaves the ledger's status (said so); finished runs are not asked
     about again; a pending push is settled only once it is old enough not to be a push still in flight."""
-    from helpers.kaggle_support import quick_rendered
-
-    from kit.kaggle.client import connect
-    from kit.kaggle.ledger import now_iso
-    from kit.kaggle.push import push_one
-    from kit.kaggle.retry import RetryPolicy
-    from kit.kaggle.status import refresh
-
     make, ledger = world
     emulator = make(lag_s=0.0, new_script_s=0.0)
     client = connect(policy=RetryPolicy(attempts=2, base_s=0.01, cap_s=0.02, rate_base_s=0.05, rate_cap_s=0.3,
@@ -229,10 +227,6 @@ def test_the_wait_reports_every_round_never_sleeps_past_its_deadline_and_names_w
     """`wait_until_done` refreshes, hands each round's rows to the caller, and returns them once every run has
     ended; a run still going at the deadline ends the wait with one line naming it (finished runs are not
     named), and no sleep runs past the deadline however long the poll schedule's next delay."""
-    from kit.kaggle.client import connect
-    from kit.kaggle.ledger import now_iso
-    from kit.kaggle.status import wait_until_done
-
     make, ledger = world
     make(lag_s=0.0)
     client = connect()

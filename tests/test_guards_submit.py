@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import time
 from pathlib import Path
 
@@ -14,10 +15,23 @@ import pandas as pd
 import pytest
 from helpers.kaggle_support import COMPETITION
 
+from kernels.contracts import file_digest
+from kit.blend.recipe import load_recipe
 from kit.errors import KitError
 from kit.kaggle.client import connect
-from kit.kaggle.retry import RetryPolicy
-from kit.kaggle.submit import SAMPLE_NAME, find_sample, refresh_submissions, send, validate_submission
+from kit.kaggle.reconcile import PollPolicy
+from kit.kaggle.retry import KaggleCallError, KaggleUnreachable, RetryPolicy
+from kit.kaggle.submit import (
+    NOT_VISIBLE,
+    SAMPLE_NAME,
+    find_sample,
+    recipe_label,
+    refresh_submissions,
+    send,
+    submission_message,
+    validate_submission,
+    wait_for_score,
+)
 
 OTHER_COMPETITION = "another-competition"
 SCORED_WITHIN_S = 30.0
@@ -152,9 +166,6 @@ def test_a_submission_is_named_by_the_recipe_or_run_that_made_it(tmp_path: Path)
     its name, its recipe field or a file of that name agree); else --recipe (a name or a file) names it; else a
     run's prediction file is named by its run, any other file by its name. The message carries the short
     hashes and the submission's own id."""
-    from kit.blend.recipe import load_recipe
-    from kit.kaggle.submit import recipe_label, submission_message
-
     _, csv = _files(tmp_path)
     assert recipe_label(None, csv) == ("submission.csv", None)
     run = tmp_path / "runs" / "effnet-b0" / "v3"
@@ -192,8 +203,6 @@ def test_the_same_file_is_not_submitted_twice_to_one_competition_unless_forced(w
     """Daily submissions are scarce: a file (by sha256) already sent to this competition is refused with one
     line naming the last such submission; one that failed, or went to another competition, does not count;
     --force sends it again."""
-    from kernels.contracts import file_digest
-
     make, ledger = world
     emulator = make()
     client = _client()
@@ -227,8 +236,6 @@ def test_a_submission_kaggle_refuses_or_never_takes_is_recorded_as_failed_with_w
     """A refusal (4xx) is not retried; failures that may be passing (5xx) are retried, each time first asking
     Kaggle whether the submission arrived after all; when the tries run out nothing was submitted. Either way
     the ledger's record says FAILED and why, and the one line names the file."""
-    from kit.kaggle.retry import KaggleCallError, KaggleUnreachable
-
     make, ledger = world
     emulator = make()
     client = connect(policy=RetryPolicy(attempts=3, base_s=0.01, cap_s=0.02, rate_base_s=0.05, rate_cap_s=0.3,
@@ -269,9 +276,6 @@ def test_waiting_for_a_score_is_bounded_by_the_grace_for_404s_and_the_callers_ti
     """Right after a submit Kaggle may answer 404 for it: that counts as 'not visible yet' for
     $KIT_SUBMISSION_GRACE_S, then one line says so; a submission Kaggle shows but has not scored within the
     caller's timeout ends in one line too, and the ledger keeps it pending for `kit submissions`."""
-    from kit.kaggle.reconcile import PollPolicy
-    from kit.kaggle.submit import NOT_VISIBLE, wait_for_score
-
     make, ledger = world
     emulator = make(submission_lag_s=30.0, score_delay_s=30.0)
     client = _client()
@@ -296,3 +300,67 @@ def test_waiting_for_a_score_is_bounded_by_the_grace_for_404s_and_the_callers_ti
     assert str(info.value) == f"submission {record['ref']}: not scored after 0 s; `kit submissions` shows it later"
     assert seen and set(seen) == {"PENDING"}
     assert next(r for r in ledger.read()["submissions"] if r["id"] == record["id"])["status"] == "PENDING"
+
+
+def test_a_sent_submission_is_recorded_whole_and_every_wait_is_announced(world, tmp_path: Path) -> None:
+    """The ledger's record says what was sent (file, hash, message, recipe, competition, time) and that it awaits
+    its score; a 429 is waited out as Retry-After asks (announced, then sent once), and past the budget the record
+    says FAILED with Kaggle's answer; 5xx retries are announced with their count, reason and wait; a refusal kit
+    words itself (not joined) is recorded with those words."""
+    make, ledger = world
+    emulator = make()
+    events: list[tuple] = []
+    client = connect(policy=RetryPolicy(attempts=3, base_s=0.01, cap_s=0.02, rate_base_s=0.05, rate_cap_s=0.3,
+                                        rate_max_s=30), on_retry=lambda *event: events.append(event))
+    sample = tmp_path / "competition" / SAMPLE_NAME
+    csv = _submission(tmp_path, "whole", 0.15)
+    emulator.answers.push(CREATE, ["429:3", "500"])
+    waits: list[float] = []
+    record = send(client, ledger, csv, COMPETITION, sample, note="guard", sleep=waits.append)
+    assert waits[0] == 3.0 and len(waits) == 2 and 0 < waits[1] <= 0.02
+    what = f"submit {csv}"
+    assert events == [(what, 1, "http-429", 3.0), (what, 1, "http-500", waits[1])]
+    stamp = record.pop("submitted_at")
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", stamp)
+    sha = file_digest(csv)["sha256"]
+    assert re.fullmatch(r"[0-9a-f]{8}", record["id"]) and isinstance(record["ref"], int)
+    assert record == {"id": record["id"], "ref": record["ref"], "competition": COMPETITION, "file": str(csv),
+                      "sha256": sha, "message": f"kit: whole.csv file {sha[:12]} [{record['id']}] guard",
+                      "recipe": "whole.csv", "recipe_hash": None, "status": "PENDING", "public_score": "",
+                      "private_score": "", "error": ""}
+    assert ledger.read()["submissions"] == [{**record, "submitted_at": stamp}]
+    assert emulator.stats()["submissions"] == 1
+
+    limited = _submission(tmp_path, "limited", 0.35)
+    emulator.answers.push(CREATE, ["429:1000"])
+    with pytest.raises(KaggleUnreachable) as info:
+        send(client, ledger, limited, COMPETITION, sample, sleep=lambda s: None)
+    assert str(info.value) == (f"submit {limited}: Kaggle kept rate-limiting (HTTP 429) for 0 s; nothing was "
+                               "submitted; try again later")
+    failed = ledger.read()["submissions"][-1]
+    assert failed["status"] == "FAILED" and failed["error"].startswith("HTTP 429")
+
+    emulator.behaviours.realism = dataclasses.replace(emulator.realism, joined=False)
+    refused = _submission(tmp_path, "not-joined", 0.55)
+    with pytest.raises(KaggleCallError) as info:
+        send(client, ledger, refused, COMPETITION, sample)
+    assert ledger.read()["submissions"][-1]["error"] == str(info.value) and "HTTP 403" in str(info.value)
+    assert emulator.stats()["submissions"] == 1
+
+
+def test_a_submission_record_removed_from_the_ledger_meanwhile_is_one_line(world, tmp_path: Path) -> None:
+    """Another kit process rewrites the ledger while this one waits to retry a submit (its record gone): the
+    submit that then goes through stops with one line naming the record, not a traceback."""
+    make, ledger = world
+    emulator = make()
+    client = _client()
+    emulator.answers.push(CREATE, ["500"])
+
+    def someone_else_rewrites_the_ledger(seconds: float) -> None:
+        with ledger.transaction() as data:
+            data["submissions"] = []
+
+    with pytest.raises(KitError) as info:
+        send(client, ledger, _submission(tmp_path, "vanishing", 0.45), COMPETITION,
+             tmp_path / "competition" / SAMPLE_NAME, sleep=someone_else_rewrites_the_ledger)
+    assert re.fullmatch(r"ledger: submission [0-9a-f]{8} vanished", str(info.value))
