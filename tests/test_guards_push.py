@@ -473,3 +473,33 @@ def test_a_push_kaggle_refuses_or_never_takes_ends_in_one_line_with_nothing_left
     outcome = push_one(client, ledger, kernel, SHAPE, force=True, sleep=lambda s: None)
     assert (outcome.action, outcome.version) == ("pushed", 2)  # the third try goes through: one new version
     assert emulator.stats()["versions"] == 2 and ledger.read()["experiments"][name]["pending"] is None
+
+
+def test_waiting_for_a_slot_follows_kits_busy_runs_only_and_passes_their_notes_on(world, tmp_path: Path,
+                                                                                monkeypatch) -> None:
+    """Kaggle refuses a push for its session cap while kit's own runs hold the sessions: the note names them,
+    and while waiting kit refreshes those runs (so it sees them end), passing on what refreshing says, and asks
+    nothing about runs that hold no accelerator."""
+    make, ledger = world
+    make(max_sessions=1, external_sessions=0, lag_s=0.0, new_script_s=0.0)
+    monkeypatch.setenv("KIT_SLOT_WAIT_S", "30")
+    client = _client()
+    assert push_one(client, ledger, quick_rendered(tmp_path / "build", "guard-holder", sleep_s=1.0), SHAPE).version == 1
+    with ledger.transaction() as data:  # runs Kaggle does not show yet (just pushed): one on a TPU, one on CPU
+        for name, machine in (("guard-ghost", SHAPE), ("guard-cpu", "none")):
+            data["experiments"][name] = {"kernel": f"kit-user/{name}", "pending": None, "versions": [
+                {"version": 1, "status": "QUEUED", "pushed_at": now_iso(), "accelerator": machine}]}
+    notes: list[str] = []
+    (outcome,) = push_queue(client, ledger, [quick_rendered(tmp_path / "build", "guard-waiter", seed=1)],
+                            lambda k: SHAPE, concurrency=3, poll=PollPolicy(first_s=0.1, max_s=0.2),
+                            on_event=lambda kind, payload: notes.append(str(payload)) if kind == "note" else None)
+    assert (outcome.action, outcome.version) == ("pushed", 1)
+    assert notes[0] == ("guard-waiter: Kaggle's accelerator session cap is reached (sessions kit did not start count "
+                        "too; kit's busy: guard-ghost, guard-holder); waiting up to 30 s for a free slot")
+    assert any(n.startswith("guard-ghost: Kaggle does not show kit-user/guard-ghost/1 yet") for n in notes), notes
+    assert not any(n.startswith("guard-cpu") for n in notes), notes
+    assert _latest_status(ledger, "guard-holder") == "COMPLETE"
+
+
+def _latest_status(ledger: Ledger, name: str) -> str:
+    return ledger.read()["experiments"][name]["versions"][-1]["status"]
