@@ -503,3 +503,29 @@ def test_waiting_for_a_slot_follows_kits_busy_runs_only_and_passes_their_notes_o
 
 def _latest_status(ledger: Ledger, name: str) -> str:
     return ledger.read()["experiments"][name]["versions"][-1]["status"]
+
+
+def test_a_sweep_needs_a_concurrency_of_at_least_one_and_defaults_its_machines_and_polls(world, tmp_path: Path,
+                                                                                        monkeypatch) -> None:
+    """--concurrency below 1 is one line before anything is sent; without one, the sweep asks each kernel's
+    machine for Kaggle's cap; without a poll schedule it takes $KIT_POLL_S / $KIT_POLL_MAX_S."""
+    make, ledger = world
+    emulator = make()
+    client = _client()
+    kernels = [quick_rendered(tmp_path / "build", f"guard-conc-{i}", seed=i) for i in range(2)]
+    for bad in (0, -2):
+        with pytest.raises(KitError) as info:
+            push_queue(client, ledger, kernels, lambda k: SHAPE, concurrency=bad)
+        assert str(info.value) == f"--concurrency {bad}: expected an integer >= 1"
+    assert emulator.stats()["versions"] == 0
+    monkeypatch.setenv("KIT_POLL_S", "0.1")
+    monkeypatch.setenv("KIT_POLL_MAX_S", "0.2")
+    asked: list[str] = []
+
+    def machine(kernel) -> str:
+        asked.append(kernel.experiment.name)
+        return "none"
+
+    outcomes = push_queue(client, ledger, kernels, machine, poll=None)
+    assert [(o.action, o.version) for o in outcomes] == [("pushed", 1), ("pushed", 1)]
+    assert asked[:2] == ["guard-conc-0", "guard-conc-1"] and set(asked) == {"guard-conc-0", "guard-conc-1"}
