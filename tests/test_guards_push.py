@@ -529,3 +529,23 @@ def test_a_sweep_needs_a_concurrency_of_at_least_one_and_defaults_its_machines_a
     outcomes = push_queue(client, ledger, kernels, machine, poll=None)
     assert [(o.action, o.version) for o in outcomes] == [("pushed", 1), ("pushed", 1)]
     assert asked[:2] == ["guard-conc-0", "guard-conc-1"] and set(asked) == {"guard-conc-0", "guard-conc-1"}
+
+
+def test_an_unchanged_kernel_in_a_full_sweep_is_skipped_at_once_without_waiting_for_a_slot(world, tmp_path: Path) -> None:
+    """A sweep whose sessions are all busy still reports an unchanged kernel as skipped straight away (no wait
+    for a slot it does not need, nothing sent)."""
+    make, ledger = world
+    emulator = make()
+    client = _client()
+    kernel = quick_rendered(tmp_path / "build", "guard-same")
+    assert push_one(client, ledger, kernel, SHAPE).version == 1
+    with ledger.transaction() as data:
+        data["experiments"]["guard-same"]["versions"][0]["status"] = "COMPLETE"
+        data["experiments"]["guard-busy"] = {"kernel": "kit-user/guard-busy", "pending": None, "versions": [
+            {"version": 1, "status": "RUNNING", "pushed_at": now_iso(), "accelerator": SHAPE}]}
+    events: list[tuple[str, object]] = []
+    (outcome,) = push_queue(client, ledger, [kernel], lambda k: SHAPE, concurrency=1, sleep=pytest.fail,
+                            poll=PollPolicy(first_s=0.1, max_s=0.2), on_event=lambda *event: events.append(event))
+    assert (outcome.action, outcome.version) == ("skipped", 1)
+    assert events == [("pushed", outcome)]
+    assert emulator.stats()["versions"] == 1
