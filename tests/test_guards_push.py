@@ -549,3 +549,39 @@ def test_an_unchanged_kernel_in_a_full_sweep_is_skipped_at_once_without_waiting_
     assert (outcome.action, outcome.version) == ("skipped", 1)
     assert events == [("pushed", outcome)]
     assert emulator.stats()["versions"] == 1
+
+
+def test_a_push_that_needs_no_new_slot_does_not_wait_for_one(world, tmp_path: Path) -> None:
+    """With every session busy, a kernel on no accelerator is pushed at once, and so is a kernel whose own
+    earlier run holds the busy slot (pushing it again does not wait for itself); each push is reported, and the
+    queue sleeps only while a kernel really waits ('waiting' with the busy runs)."""
+    make, ledger = world
+    emulator = make()
+    client = _client()
+    own = quick_rendered(tmp_path / "build", "guard-own-slot")
+    assert push_one(client, ledger, own, SHAPE).version == 1
+    with ledger.transaction() as data:
+        data["experiments"]["guard-own-slot"]["versions"][0]["status"] = "RUNNING"
+    cpu = quick_rendered(tmp_path / "build", "guard-on-cpu", shape=None)
+    events: list[tuple[str, object]] = []
+    outcomes = push_queue(client, ledger, [cpu, own], lambda k: "none" if k is cpu else SHAPE, concurrency=1,
+                          force=True, sleep=pytest.fail, poll=PollPolicy(first_s=0.1, max_s=0.2),
+                          on_event=lambda *event: events.append(event))
+    assert [(o.experiment, o.action, o.version) for o in outcomes] == [("guard-on-cpu", "pushed", 1),
+                                                                       ("guard-own-slot", "pushed", 2)]
+    assert events == [("pushed", outcomes[0]), ("pushed", outcomes[1])]
+    assert emulator.stats()["versions"] == 3
+
+    waiter = quick_rendered(tmp_path / "build", "guard-waits", seed=1)
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:  # the busy run ends while the queue waits
+        slept.append(seconds)
+        with ledger.transaction() as data:
+            data["experiments"]["guard-own-slot"]["versions"][-1]["status"] = "COMPLETE"
+
+    events.clear()
+    (outcome,) = push_queue(client, ledger, [waiter], lambda k: SHAPE, concurrency=1, sleep=sleep,
+                            poll=PollPolicy(first_s=0.1, max_s=0.2), on_event=lambda *event: events.append(event))
+    assert outcome.action == "pushed" and slept == [0.1]
+    assert events == [("waiting", ["guard-own-slot"]), ("pushed", outcome)]
