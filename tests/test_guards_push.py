@@ -23,6 +23,7 @@ from kit.kaggle.client import connect
 from kit.kaggle.ledger import Ledger, now_iso
 from kit.kaggle.push import (
     DEFAULT_CONCURRENCY,
+    PushOutcome,
     PushUncertain,
     SessionCapReached,
     _never_sent,
@@ -585,3 +586,34 @@ def test_a_push_that_needs_no_new_slot_does_not_wait_for_one(world, tmp_path: Pa
                             poll=PollPolicy(first_s=0.1, max_s=0.2), on_event=lambda *event: events.append(event))
     assert outcome.action == "pushed" and slept == [0.1]
     assert events == [("waiting", ["guard-own-slot"]), ("pushed", outcome)]
+
+
+def test_a_pushed_version_is_recorded_where_kaggle_filed_it_with_what_the_client_said(world, tmp_path: Path) -> None:
+    """Kaggle's reply URL names where it filed the kernel (here its slug rule differs from the client's): kit
+    records the version there, with what was pushed, and says so; each line the kaggle client printed (a
+    retired accelerator) is passed on as a note. Without a listener the push goes through all the same."""
+    make, ledger = world
+    emulator = make(title_slug="dashes")
+    client = _client()
+    kernel = _with_meta(quick_rendered(tmp_path / "build", "guard-1000-runs", shape="NvidiaTeslaP100"),
+                        title="guard 1,000 runs")
+    notes: list[str] = []
+    outcome = push_one(client, ledger, kernel, "NvidiaTeslaP100", on_note=notes.append)
+    filed = ("Kaggle filed it as kit-user/guard-1-000-runs, not kit-user/guard-1000-runs (its reply's URL says so); "
+             "kit follows kit-user/guard-1-000-runs")
+    assert outcome == PushOutcome("guard-1000-runs", "kit-user/guard-1-000-runs", 1, "pushed", filed)
+    assert notes == ["guard-1000-runs: the kaggle client says: ⚠ Warning: 'NvidiaTeslaP100' is retired.",
+                     "guard-1000-runs: the kaggle client says: Sessions run on the default GPU (NvidiaTeslaT4) "
+                     "instead.", f"guard-1000-runs: {filed}"]
+    entry = ledger.read()["experiments"]["guard-1000-runs"]
+    assert entry["kernel"] == "kit-user/guard-1-000-runs" and entry["pending"] is None
+    (version,) = entry["versions"]
+    assert (version["version"], version["content_hash"], version["accelerator"]) == (
+        1, kernel.content_hash, "NvidiaTeslaP100")
+    assert version["body_sha256"] == source_fingerprint(kernel.code_file.read_text())
+    assert ledger.read()["counters"] == {"pushes": 1}
+
+    plain = quick_rendered(tmp_path / "build", "guard-plain", shape="NvidiaTeslaP100")
+    outcome = push_one(client, ledger, plain, "NvidiaTeslaP100")
+    assert (outcome.kernel, outcome.version, outcome.action) == ("kit-user/guard-plain", 1, "pushed")
+    assert outcome.note.endswith("/code/kit-user/guard-plain") and emulator.stats()["versions"] == 2
