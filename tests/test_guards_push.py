@@ -617,3 +617,32 @@ def test_a_pushed_version_is_recorded_where_kaggle_filed_it_with_what_the_client
     outcome = push_one(client, ledger, plain, "NvidiaTeslaP100")
     assert (outcome.kernel, outcome.version, outcome.action) == ("kit-user/guard-plain", 1, "pushed")
     assert outcome.note.endswith("/code/kit-user/guard-plain") and emulator.stats()["versions"] == 2
+
+
+def test_the_pending_record_holds_what_a_lost_reply_is_settled_by(world, tmp_path: Path) -> None:
+    """While a push is in flight the ledger holds what settling it needs: the content hash, the fingerprint of
+    the text sent, the machine, the start time, and the newest version known before it (Kaggle's or the
+    ledger's, whichever is newer: Kaggle may lag behind)."""
+    make, ledger = world
+    emulator = make(lag_s=0.0)
+    client = _client()
+    kernel = quick_rendered(tmp_path / "build", "guard-inflight")
+    other = quick_rendered(tmp_path / "other", "guard-inflight", seed=5)
+    for _ in range(3):  # three versions on Kaggle, pushed from elsewhere
+        client.push(other.directory)
+    seen: list[dict] = []
+
+    def sleep(seconds: float) -> None:  # the 429's wait: the push is in flight
+        seen.append(dict(ledger.read()["experiments"]["guard-inflight"]["pending"]))
+
+    for ledger_latest, since in ((1, 3), (7, 7)):
+        with ledger.transaction() as data:
+            data["experiments"]["guard-inflight"] = {"kernel": kernel.kernel_id, "pending": None, "versions": [
+                {"version": ledger_latest, "status": "COMPLETE", "content_hash": "older"}]}
+        emulator.answers.push(SAVE, ["429:1"])
+        started = now_iso()
+        assert push_one(client, ledger, kernel, SHAPE, sleep=sleep).action == "pushed"
+        pending = seen.pop()
+        assert started <= pending.pop("started_at") <= now_iso()
+        assert pending == {"content_hash": kernel.content_hash, "since_version": since, "accelerator": SHAPE,
+                           "body_sha256": source_fingerprint(kernel.code_file.read_text())}
