@@ -12,6 +12,7 @@ import time
 import pytest
 from helpers.kaggle_support import quick_rendered
 
+from kit.console import KitConsole, layout, print_grid
 from kit.errors import KitError
 from kit.kaggle.client import connect
 from kit.kaggle.ledger import empty_ledger, now_iso
@@ -258,12 +259,10 @@ def test_the_wait_reports_every_round_never_sleeps_past_its_deadline_and_names_w
     assert len(rounds) == len(slept) + 1 and rounds[0] == ["COMPLETE", "QUEUED"]
 
 
-def test_a_narrow_terminal_drops_the_tables_least_needed_columns_first(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_narrow_terminal_drops_the_tables_least_needed_columns_first() -> None:
     """As the terminal narrows, the table leaves out the pulled folder first, then the Kaggle kernel, the
     machine and the push time, and says which; experiment, version and status always show (below that, one
     record per run). Abbreviated headers are spelt out under the table; the version column is right-aligned."""
-    from kit.console import console, layout, print_grid
-
     data = _ledger()
     data["experiments"]["effnet-b0"]["versions"][1]["version"] = 12
     grid = status_table(status_rows(data))
@@ -275,17 +274,16 @@ def test_a_narrow_terminal_drops_the_tables_least_needed_columns_first(monkeypat
     seen = [shown for shown in dict.fromkeys(shown_at.values())]
     assert seen == [every, every[:-1], ("experiment", "v", "machine", "status", "pushed"),
                     ("experiment", "v", "status", "pushed"), ("experiment", "v", "status"), None]
-    monkeypatch.setattr(console, "width", 120)
-    out = io.StringIO()
-    monkeypatch.setattr(console, "file", out)
-    print_grid(grid)
-    lines = out.getvalue().splitlines()
+
+    def printed(width: int) -> str:
+        out = KitConsole(file=io.StringIO(), width=width, highlight=False, soft_wrap=True)
+        print_grid(grid, out)
+        return out.file.getvalue()
+
+    lines = printed(120).splitlines()
     assert lines[0] == "Kaggle runs" and lines[-1] == "kernel: Kaggle kernel; v: version; pushed: pushed (UTC)"
     twelve, never = lines[3], next(line for line in lines if line.startswith("never"))
     end = twelve.index(" 12 ") + 3
     assert never[end - 2:end] == " -" and lines[1][end - 2:end] == " v"  # numbers and header right-aligned
-    monkeypatch.setattr(console, "width", 60)
-    out.truncate(0)
-    out.seek(0)
-    print_grid(grid)
-    assert "Not shown at 60 columns: Kaggle kernel; pulled into." in " ".join(out.getvalue().split())
+    out = printed(60)
+    assert "Not shown at 60 columns: Kaggle kernel; pulled into." in " ".join(out.split())
