@@ -165,6 +165,7 @@ def test_runs_are_chosen_by_name_and_an_unknown_name_is_one_line() -> None:
 
 
 STATUS_CALL = "kernels.KernelsApiService/GetKernelSessionStatus"
+OUTPUTS_CALL = "kernels.KernelsApiService/ListKernelSessionOutput"
 
 
 def test_refresh_writes_kaggles_answer_for_each_run_still_going(world, tmp_path, monkeypatch) -> None:
@@ -214,6 +215,15 @@ def test_refresh_writes_kaggles_answer_for_each_run_still_going(world, tmp_path,
     calls = emulator.stats()["calls"]
     refresh(client, ledger, ["guard-ok", "guard-boom"])  # finished: Kaggle is not asked again
     assert emulator.stats()["calls"] == calls
+
+    with ledger.transaction() as data:  # a failed run whose log Kaggle does not hand out: still ERROR, no tail
+        boom = data["experiments"]["guard-boom"]["versions"][0]
+        boom["status"] = "RUNNING"
+        del boom["log_tail"]
+    emulator.answers.push(OUTPUTS_CALL, ["500"] * 4)
+    refresh(client, ledger, ["guard-boom"])
+    row = status_rows(ledger.read(), ["guard-boom"])[0]
+    assert (row["status"], row["log_tail"]) == ("ERROR", []) and row["failure"]
 
     with ledger.transaction() as data:
         data["experiments"]["guard-young"]["versions"][0]["pushed_at"] = now_iso()
