@@ -646,3 +646,31 @@ def test_the_pending_record_holds_what_a_lost_reply_is_settled_by(world, tmp_pat
         assert started <= pending.pop("started_at") <= now_iso()
         assert pending == {"content_hash": kernel.content_hash, "since_version": since, "accelerator": SHAPE,
                            "body_sha256": source_fingerprint(kernel.code_file.read_text())}
+
+
+def test_a_sweep_settles_an_earlier_lost_push_first_with_its_own_waits_and_notes(world, tmp_path: Path,
+                                                                                monkeypatch) -> None:
+    """A kernel of the sweep whose earlier push lost its reply (the push landed; Kaggle lags in showing it) is
+    settled before anything else: the sweep's sleep and notes serve the wait, the landed version is adopted and
+    the kernel, unchanged since, is skipped: no second push."""
+    make, ledger = world
+    emulator = make(lag_s=0.5)
+    monkeypatch.setenv("KIT_CONSISTENCY_S", "30")
+    client = _client()
+    kernel = quick_rendered(tmp_path / "build", "guard-settle")
+    assert client.push(kernel.directory).version == 1  # what the lost reply had sent
+    _pending_push(ledger, kernel, source_fingerprint(kernel.code_file.read_text()))
+    slept: list[float] = []
+    events: list[tuple[str, object]] = []
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        time.sleep(min(seconds, 0.1))
+
+    (outcome,) = push_queue(client, ledger, [kernel], lambda k: SHAPE, sleep=sleep,
+                            poll=PollPolicy(first_s=0.1, max_s=0.2), on_event=lambda *event: events.append(event))
+    assert (outcome.action, outcome.version) == ("skipped", 1)
+    assert slept and events[0][0] == "note" and str(events[0][1]).startswith(
+        "kit-user/guard-settle: waiting up to 30 s for Kaggle to show whether the push landed")
+    assert events[-1] == ("pushed", outcome)
+    assert emulator.stats()["versions"] == 1 and ledger.read()["counters"]["reconciled_pushes"] == 1
