@@ -555,7 +555,8 @@ def test_an_unchanged_kernel_in_a_full_sweep_is_skipped_at_once_without_waiting_
 def test_a_push_that_needs_no_new_slot_does_not_wait_for_one(world, tmp_path: Path) -> None:
     """With every session busy, a kernel on no accelerator is pushed at once, and so is a kernel whose own
     earlier run holds the busy slot (pushing it again does not wait for itself); each push is reported, and the
-    queue sleeps only while a kernel really waits ('waiting' with the busy runs)."""
+    queue sleeps only while a kernel really waits ('waiting' with the busy runs, and what refreshing them
+    says)."""
     make, ledger = world
     emulator = make()
     client = _client()
@@ -574,18 +575,25 @@ def test_a_push_that_needs_no_new_slot_does_not_wait_for_one(world, tmp_path: Pa
     assert emulator.stats()["versions"] == 3
 
     waiter = quick_rendered(tmp_path / "build", "guard-waits", seed=1)
+    with ledger.transaction() as data:  # the busy run: one Kaggle does not show yet (just pushed)
+        data["experiments"]["guard-own-slot"]["versions"][-1]["status"] = "COMPLETE"
+        data["experiments"]["guard-ghost"] = {"kernel": "kit-user/guard-ghost", "pending": None, "versions": [
+            {"version": 1, "status": "QUEUED", "pushed_at": now_iso(), "accelerator": SHAPE}]}
     slept: list[float] = []
 
-    def sleep(seconds: float) -> None:  # the busy run ends while the queue waits
+    def sleep(seconds: float) -> None:  # the busy run ends during the queue's second wait
         slept.append(seconds)
-        with ledger.transaction() as data:
-            data["experiments"]["guard-own-slot"]["versions"][-1]["status"] = "COMPLETE"
+        if len(slept) == 2:
+            with ledger.transaction() as data:
+                data["experiments"]["guard-ghost"]["versions"][-1]["status"] = "COMPLETE"
 
     events.clear()
     (outcome,) = push_queue(client, ledger, [waiter], lambda k: SHAPE, concurrency=1, sleep=sleep,
                             poll=PollPolicy(first_s=0.1, max_s=0.2), on_event=lambda *event: events.append(event))
-    assert outcome.action == "pushed" and slept == [0.1]
-    assert events == [("waiting", ["guard-own-slot"]), ("pushed", outcome)]
+    assert outcome.action == "pushed" and slept == pytest.approx([0.1, 0.15])
+    assert [kind for kind, _ in events] == ["waiting", "note", "waiting", "pushed"]
+    assert events[0] == ("waiting", ["guard-ghost"]) and events[-1] == ("pushed", outcome)
+    assert str(events[1][1]).startswith("guard-ghost: Kaggle does not show kit-user/guard-ghost/1 yet")
 
 
 def test_a_pushed_version_is_recorded_where_kaggle_filed_it_with_what_the_client_said(world, tmp_path: Path) -> None:
