@@ -682,3 +682,19 @@ def test_a_sweep_settles_an_earlier_lost_push_first_with_its_own_waits_and_notes
         "kit-user/guard-settle: waiting up to 30 s for Kaggle to show whether the push landed")
     assert events[-1] == ("pushed", outcome)
     assert emulator.stats()["versions"] == 1 and ledger.read()["counters"]["reconciled_pushes"] == 1
+
+
+def test_a_sweep_stops_at_an_earlier_push_still_unknown_and_keeps_it(world, tmp_path: Path, monkeypatch) -> None:
+    """Without --force a sweep never drops an earlier push whose reply was lost while Kaggle still shows nothing
+    of it: it stops with the one line and the record stays for a later `kit push` to settle."""
+    make, ledger = world
+    emulator = make()
+    monkeypatch.setenv("KIT_CONSISTENCY_S", "0")
+    monkeypatch.setenv("KIT_PENDING_SETTLE_S", "900")
+    client = _client()
+    kernel = quick_rendered(tmp_path / "build", "guard-sweep-unknown")
+    _pending_push(ledger, kernel)
+    with pytest.raises(PushUncertain):
+        push_queue(client, ledger, [kernel], lambda k: SHAPE, poll=PollPolicy(first_s=0.1, max_s=0.2),
+                   sleep=lambda s: None)
+    assert ledger.read()["experiments"]["guard-sweep-unknown"]["pending"] and emulator.stats()["versions"] == 0
