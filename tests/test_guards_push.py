@@ -18,6 +18,7 @@ from urllib3.connection import HTTPConnection
 from urllib3.exceptions import MaxRetryError, NewConnectionError
 
 from kernels.accelerators import ACCELERATORS, NO_ACCELERATOR
+from kernels.config import from_dict
 from kit.errors import KitError
 from kit.kaggle.client import connect
 from kit.kaggle.ledger import Ledger, now_iso
@@ -698,3 +699,18 @@ def test_a_sweep_stops_at_an_earlier_push_still_unknown_and_keeps_it(world, tmp_
         push_queue(client, ledger, [kernel], lambda k: SHAPE, poll=PollPolicy(first_s=0.1, max_s=0.2),
                    sleep=lambda s: None)
     assert ledger.read()["experiments"]["guard-sweep-unknown"]["pending"] and emulator.stats()["versions"] == 0
+
+
+def test_the_experiments_session_timeout_goes_with_the_push(world, tmp_path: Path) -> None:
+    """kaggle.timeout_s of the experiment is sent with the push (Kaggle stops the session after it); 0 leaves
+    Kaggle's default."""
+    make, ledger = world
+    emulator = make()
+    client = _client()
+    for name, timeout_s in (("guard-timeout", 1234), ("guard-default-timeout", 0)):
+        kernel = quick_rendered(tmp_path / "build", name)
+        kernel = dataclasses.replace(kernel, experiment=from_dict({"name": name, "kaggle": {"timeout_s": timeout_s}}))
+        assert push_one(client, ledger, kernel, SHAPE).version == 1
+    sent = {ref: kernel["versions"][0]["timeout_s"] for ref, kernel in emulator.state["kernels"].items()}
+    assert sent["kit-user/guard-timeout"] == 1234
+    assert sent["kit-user/guard-default-timeout"] == emulator.settings.session_timeout_s != 1234
