@@ -338,8 +338,8 @@ def test_an_earlier_push_still_unknown_stops_the_next_one_unless_forced(world, t
     outcome = push_one(client, ledger, kernel, SHAPE, force=True)
     assert (outcome.action, outcome.version) == ("pushed", 1)
     skipped = push_one(client, ledger, kernel, SHAPE)
-    assert (skipped.action, skipped.kernel, skipped.version) == ("skipped", "kit-user/guard-unknown", 1)
-    assert skipped.note == "unchanged since v1 (QUEUED); --force pushes it again"
+    assert skipped == PushOutcome("guard-unknown", "kit-user/guard-unknown", 1, "skipped",
+                                  "unchanged since v1 (QUEUED); --force pushes it again")
 
 
 def test_an_earlier_push_kaggle_cannot_be_asked_about_stops_the_next_one(world, tmp_path: Path,
@@ -714,3 +714,18 @@ def test_the_experiments_session_timeout_goes_with_the_push(world, tmp_path: Pat
     sent = {ref: kernel["versions"][0]["timeout_s"] for ref, kernel in emulator.state["kernels"].items()}
     assert sent["kit-user/guard-timeout"] == 1234
     assert sent["kit-user/guard-default-timeout"] == emulator.settings.session_timeout_s != 1234
+
+
+def test_a_kernel_of_another_owner_is_refused_before_anything_is_sent(world, tmp_path: Path) -> None:
+    """Kaggle lets the credentials push only their own kernels: another owner's id is one line naming both and
+    the file to fix, and nothing is sent or recorded."""
+    make, ledger = world
+    emulator = make()
+    theirs = quick_rendered(tmp_path / "build", "guard-theirs", owner="someone-else")
+    with pytest.raises(KitError) as info:
+        push_one(_client(), ledger, theirs, SHAPE)
+    assert str(info.value) == (
+        "push someone-else/guard-theirs: the kernel belongs to 'someone-else' but the Kaggle credentials are "
+        "'kit-user''s; Kaggle only lets you push your own kernels (fix the id in "
+        f"{theirs.directory / 'kernel-metadata.json'})")
+    assert emulator.stats()["versions"] == 0 and ledger.read()["experiments"] == {}
