@@ -4,6 +4,7 @@ differs from what was sent (the real `kaggle` client against the emulator, quick
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import shutil
@@ -198,7 +199,7 @@ def test_a_lost_reply_kaggle_cannot_be_asked_about_keeps_the_push_pending(world,
     with pytest.raises(PushUncertain) as info:
         push_one(client, ledger, quick_rendered(tmp_path / "build", "guard-unasked"), SHAPE, sleep=lambda s: None)
     line = str(info.value)
-    assert line.startswith("push kit-user/guard-unasked: the reply was lost (") and "\n" not in line
+    assert line.startswith("push kit-user/guard-unasked: the reply was lost (HTTP 500: ") and "\n" not in line
     assert ", and asking Kaggle whether it landed failed (" in line
     assert line.endswith("); nothing was pushed again: run `kit push` again later to settle it")
     assert emulator.stats()["versions"] == 1
@@ -729,3 +730,43 @@ def test_a_kernel_of_another_owner_is_refused_before_anything_is_sent(world, tmp
         "'kit-user''s; Kaggle only lets you push your own kernels (fix the id in "
         f"{theirs.directory / 'kernel-metadata.json'})")
     assert emulator.stats()["versions"] == 0 and ledger.read()["experiments"] == {}
+
+
+class _KaggleGoesDownOnceThePushIsPending(Ledger):
+    """The real ledger, and the moment the connection to Kaggle is lost: right after kit records a pending push
+    (before it sends it), the emulator stops, so the push itself meets a refused connection."""
+
+    def __init__(self, path: Path, emulator) -> None:
+        super().__init__(path)
+        self.emulator = emulator
+
+    @contextlib.contextmanager
+    def transaction(self):
+        with super().transaction() as data:
+            yield data
+        if any((e or {}).get("pending") for e in data["experiments"].values()) and self.emulator is not None:
+            self.emulator.stop()
+            self.emulator = None
+
+
+def test_a_push_that_never_left_is_retried_without_asking_kaggle_and_given_up_cleanly(world, tmp_path: Path,
+                                                                                     monkeypatch) -> None:
+    """Kaggle becomes unreachable just before the push is sent (refused connection): the push cannot have
+    reached it, so kit retries without waiting for Kaggle to show it, then gives up with one line saying
+    nothing was pushed, and leaves no pending record behind."""
+    make, ledger = world
+    emulator = make()
+    monkeypatch.setenv("KIT_CONSISTENCY_S", "30")
+    client = connect(policy=RetryPolicy(attempts=3, base_s=0.01, cap_s=0.02, rate_base_s=0.05, rate_cap_s=0.3,
+                                        rate_max_s=30))
+    down = _KaggleGoesDownOnceThePushIsPending(ledger.path, emulator)
+    notes: list[str] = []
+    waits: list[float] = []
+    with pytest.raises(KaggleUnreachable) as info:
+        push_one(client, down, quick_rendered(tmp_path / "build", "guard-never-left"), SHAPE, sleep=waits.append,
+                 on_note=notes.append)
+    line = str(info.value)
+    assert line.startswith("push kit-user/guard-never-left: still failing after 3 attempts (") and "\n" not in line
+    assert line.endswith("); nothing was pushed; try again later")
+    assert len(waits) == 2 and notes == []  # retried at once; never 'waiting for Kaggle to show whether it landed'
+    assert ledger.read()["experiments"]["guard-never-left"]["pending"] is None
