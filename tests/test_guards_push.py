@@ -439,13 +439,14 @@ def test_a_sweep_pushes_each_kernel_on_its_machine_forced_if_asked_with_every_wa
 def test_a_push_kaggle_refuses_or_never_takes_ends_in_one_line_with_nothing_left_pending(
         world, tmp_path: Path, monkeypatch) -> None:
     """A push Kaggle refuses (4xx: not retried; 401: the credentials' own fix), keeps rate-limiting past the
-    budget, or keeps failing while it shows the kernel without the push (retried, then given up) ends in one
-    line saying nothing was pushed, and no pending record is left to block the next push."""
+    budget, or keeps failing while it shows the kernel without the push (retried, each retry announced, then
+    given up) ends in one line saying nothing was pushed, and no pending record is left to block the next push."""
     make, ledger = world
     emulator = make(lag_s=0.0)
     monkeypatch.setenv("KIT_CONSISTENCY_S", "0")
+    retries: list[tuple] = []
     client = connect(policy=RetryPolicy(attempts=3, base_s=0.01, cap_s=0.02, rate_base_s=0.05, rate_cap_s=0.3,
-                                        rate_max_s=30))
+                                        rate_max_s=30), on_retry=lambda *event: retries.append(event))
     kernel = quick_rendered(tmp_path / "build", "guard-refusals")
     name = "guard-refusals"
 
@@ -472,6 +473,8 @@ def test_a_push_kaggle_refuses_or_never_takes_ends_in_one_line_with_nothing_left
     assert line.startswith("push kit-user/guard-refusals: still failing after 3 attempts (HTTP 500")
     assert line.endswith("); nothing was pushed; try again later")
     assert len(waits) == 2 and all(0 < w <= 0.02 for w in waits), waits
+    what = "push kit-user/guard-refusals"
+    assert retries[-2:] == [(what, 1, "http-500", waits[0]), (what, 2, "http-500", waits[1])]  # each announced
     emulator.answers.push(SAVE, ["500", "500"])
     outcome = push_one(client, ledger, kernel, SHAPE, force=True, sleep=lambda s: None)
     assert (outcome.action, outcome.version) == ("pushed", 2)  # the third try goes through: one new version
