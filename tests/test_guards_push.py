@@ -773,3 +773,29 @@ def test_a_push_that_never_left_is_retried_without_asking_kaggle_and_given_up_cl
     assert line.endswith("); nothing was pushed; try again later")
     assert len(waits) == 2 and notes == []  # retried at once; never 'waiting for Kaggle to show whether it landed'
     assert ledger.read()["experiments"]["guard-never-left"]["pending"] is None
+
+
+def test_a_reply_without_a_version_number_is_settled_by_asking_kaggle(world, tmp_path: Path, monkeypatch) -> None:
+    """Kaggle takes a push but its reply names no version: kit asks Kaggle which version holds the push and
+    records that one (said so); when Kaggle shows nothing of it within the window, kit stops with the one line,
+    keeps the pending record and pushes nothing again."""
+    make, ledger = world
+    emulator = make(lag_s=0.0)
+    monkeypatch.setenv("KIT_CONSISTENCY_S", "0")
+    client = _client()
+    emulator.answers.push(SAVE, ["unnumbered"])
+    outcome = push_one(client, ledger, quick_rendered(tmp_path / "build", "guard-unnumbered"), SHAPE)
+    assert outcome == PushOutcome("guard-unnumbered", "kit-user/guard-unnumbered", 1, "reconciled",
+                                  "reply without a version number")
+    entry = ledger.read()["experiments"]["guard-unnumbered"]
+    assert [v["version"] for v in entry["versions"]] == [1] and entry["pending"] is None
+    assert ledger.read()["counters"]["reconciled_pushes"] == 1
+
+    emulator.behaviours.realism = dataclasses.replace(emulator.realism, lag_s=60.0)  # a new kernel stays hidden
+    emulator.answers.push(SAVE, ["unnumbered"])
+    with pytest.raises(PushUncertain) as info:
+        push_one(client, ledger, quick_rendered(tmp_path / "build", "guard-unnumbered-hidden"), SHAPE)
+    assert str(info.value).startswith("push kit-user/guard-unnumbered-hidden: Kaggle's reply had no version number, "
+                                      "and Kaggle showed nothing of kit-user/guard-unnumbered-hidden for 0 s")
+    assert ledger.read()["experiments"]["guard-unnumbered-hidden"]["pending"]
+    assert emulator.stats()["versions"] == 2
