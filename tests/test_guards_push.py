@@ -178,7 +178,9 @@ def test_a_lost_reply_is_settled_by_asking_kaggle_and_the_wait_is_announced(worl
     notes: list[str] = []
     outcome = push_one(client, ledger, quick_rendered(tmp_path / "build", "guard-lost"), SHAPE,
                        sleep=lambda s: time.sleep(min(s, 0.1)), on_note=notes.append)
-    assert (outcome.action, outcome.version) == ("reconciled", 1)
+    assert (outcome.experiment, outcome.kernel, outcome.action, outcome.version) == (
+        "guard-lost", "kit-user/guard-lost", "reconciled", 1)
+    assert outcome.note.startswith("reply lost (HTTP 500: ")
     assert notes and notes[0].startswith("kit-user/guard-lost: waiting up to 30 s for Kaggle to show whether the "
                                          "push landed"), notes
     assert emulator.stats()["versions"] == 1
