@@ -4,6 +4,7 @@ time, and the windows are the ones the environment sets (the real `kaggle` clien
 
 from __future__ import annotations
 
+import calendar
 import json
 import time
 from pathlib import Path
@@ -11,8 +12,9 @@ from pathlib import Path
 import pytest
 from helpers.kaggle_support import quick_rendered
 
+from kit.errors import KitError
 from kit.kaggle.client import connect
-from kit.kaggle.ledger import now_iso
+from kit.kaggle.ledger import Ledger, now_iso
 from kit.kaggle.reconcile import (
     CONSISTENCY_POLLS,
     DEFAULT_CONSISTENCY_S,
@@ -20,9 +22,13 @@ from kit.kaggle.reconcile import (
     DEFAULT_POLL_S,
     DEFAULT_SETTLE_S,
     PollPolicy,
+    age_s,
     consistency_s,
+    env_seconds,
     landed,
+    push_body,
     reconcile_pending,
+    record_version,
     settle_s,
     source_fingerprint,
 )
@@ -201,3 +207,91 @@ def test_the_callers_window_bounds_the_wait_for_a_push_to_show(world, tmp_path: 
     assert len(slept) >= 2 and max(slept) <= 1.0 / CONSISTENCY_POLLS + 1e-9, slept
     assert notes == ["kit-user/guard-never-pushed: waiting up to 1 s for Kaggle to show whether the push landed "
                      "(it lags behind writes; nothing is pushed again before)"]
+
+
+def test_the_body_kit_fingerprints_is_byte_for_byte_what_the_kaggle_client_sends(world, tmp_path: Path) -> None:
+    """kit fingerprints a push by the text the client sends: a script as it is, a notebook with the outputs of
+    its code cells emptied (other cells keep theirs) and list sources joined, re-serialised. Checked against
+    what the real client sent to the emulator."""
+    make, _ = world
+    emulator = make()
+    client = _client()
+    script = quick_rendered(tmp_path / "build", "guard-body")
+    assert client.push(script.directory).version == 1
+    assert (emulator.version_dir(script.kernel_id, 1) / "source.py").read_text() == push_body(script.code_file,
+                                                                                            "script")
+    notebook = {"cells": [
+        {"cell_type": "markdown", "metadata": {}, "source": ["# Guard\n", "body"], "outputs": ["kept"]},
+        {"cell_type": "code", "metadata": {}, "execution_count": 3, "source": ["x = 1\n", "print(x)"],
+         "outputs": [{"output_type": "stream", "name": "stdout", "text": ["1\n"]}]},
+        {"cell_type": "code", "metadata": {}, "source": "print(2)"},
+        {"cell_type": "raw", "metadata": {}, "source": []}],
+        "metadata": {"kernelspec": {"name": "python3"}}, "nbformat": 4, "nbformat_minor": 5}
+    path = script.directory / "kernel.ipynb"
+    path.write_text(json.dumps(notebook, indent=1), encoding="utf-8")
+    meta = {**script.metadata, "code_file": "kernel.ipynb", "kernel_type": "notebook"}
+    (script.directory / "kernel-metadata.json").write_text(json.dumps(meta))
+    script.code_file.unlink()
+    assert client.push(script.directory).version == 2
+    sent = (emulator.version_dir(script.kernel_id, 2) / "source.ipynb").read_text()
+    body = push_body(path, "notebook")
+    assert body == sent
+    cells = json.loads(body)["cells"]
+    assert [c.get("outputs") for c in cells] == [["kept"], [], None, None]
+    assert [c["source"] for c in cells] == ["# Guard\nbody", "x = 1\nprint(x)", "print(2)", ""]
+    assert push_body(path, "script") == path.read_text()  # only a notebook is rewritten
+
+
+def test_a_recorded_version_replaces_one_of_the_same_number_keeps_the_order_and_is_counted(tmp_path: Path) -> None:
+    """Recording a version writes what was pushed (the pending record's hashes and machine), QUEUED and not yet
+    checked or pulled, under the kernel Kaggle filed it as; a version of the same number is replaced, not
+    doubled; versions stay in number order; the pending record is cleared; the push is counted as a plain or a
+    reconciled one."""
+    ledger = Ledger(tmp_path / "ledger.json")
+    with ledger.transaction() as data:
+        data["experiments"]["guard-rec"] = {"kernel": "kit-user/guard-rec", "pending": {"content_hash": "old"},
+                                            "versions": [{"version": 3, "status": "COMPLETE", "content_hash": "c3"},
+                                                         {"version": 5, "status": "RUNNING", "content_hash": "c5"}]}
+    pending = {"content_hash": "c4", "body_sha256": "b4", "since_version": 3, "accelerator": SHAPE,
+               "started_at": OLD}
+    before = time.time()
+    record_version(ledger, "guard-rec", "kit-user/guard-rec-2", 4, pending, reconciled=False)
+    record_version(ledger, "guard-rec", "kit-user/guard-rec-2", 5, {**pending, "content_hash": "c5b"}, reconciled=True)
+    record_version(ledger, "guard-rec", "kit-user/guard-rec-2", 5, {**pending, "content_hash": "c5c"}, reconciled=True)
+    data = ledger.read()
+    entry = data["experiments"]["guard-rec"]
+    assert entry["kernel"] == "kit-user/guard-rec-2" and entry["pending"] is None
+    assert [(v["version"], v["content_hash"]) for v in entry["versions"]] == [(3, "c3"), (4, "c4"), (5, "c5c")]
+    four = entry["versions"][1]
+    stamp = four.pop("pushed_at")
+    assert four == {"version": 4, "content_hash": "c4", "body_sha256": "b4", "accelerator": SHAPE,
+                    "status": "QUEUED", "failure": "", "checked_at": None, "run_dir": None}
+    assert before - 1 <= calendar.timegm(time.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ")) <= time.time() + 1
+    assert (data["counters"]["pushes"], data["counters"]["reconciled_pushes"]) == (1, 2)
+    record_version(ledger, "guard-new", "kit-user/guard-new", 1, pending, reconciled=False)
+    assert ledger.read()["counters"]["pushes"] == 2
+    assert ledger.read()["experiments"]["guard-new"]["kernel"] == "kit-user/guard-new"
+
+
+def test_a_duration_from_the_environment_is_seconds_or_one_clear_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unset or empty: the default; a number (fractions, 0) is taken as is; anything else, or a negative number,
+    is one line naming the variable and its value."""
+    monkeypatch.delenv("KIT_GUARD_S", raising=False)
+    assert env_seconds("KIT_GUARD_S", 12.5) == 12.5
+    for raw, seconds in (("", 12.5), ("0", 0.0), ("2.5", 2.5), ("1e3", 1000.0)):
+        monkeypatch.setenv("KIT_GUARD_S", raw)
+        assert env_seconds("KIT_GUARD_S", 12.5) == seconds, raw
+    for raw, why in (("soon", "expected a number of seconds"), ("-1", "expected seconds >= 0")):
+        monkeypatch.setenv("KIT_GUARD_S", raw)
+        with pytest.raises(KitError) as info:
+            env_seconds("KIT_GUARD_S", 12.5)
+        assert str(info.value) == f"$KIT_GUARD_S={raw!r}: {why}"
+
+
+def test_the_age_of_a_ledger_stamp_is_seconds_since_it_and_unknown_ages_are_infinite() -> None:
+    """A push's age is read from its UTC stamp (an hour ago is 3600 s, whatever the local time zone); a missing or
+    unreadable stamp is infinitely old, so a pending push without one can be settled."""
+    hour_ago = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 3600))
+    assert 3599 <= age_s(hour_ago) <= 3602
+    assert 0 <= age_s(now_iso()) <= 2
+    assert age_s(None) == age_s("") == age_s("yesterday") == age_s("2024-01-01 00:00:00") == float("inf")

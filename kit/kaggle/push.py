@@ -325,12 +325,15 @@ def default_concurrency(accelerators: Sequence[str]) -> int:
 
 
 def busy_sessions(ledger: Ledger) -> list[str]:
-    """Experiments whose latest version may hold an accelerator session (QUEUED or RUNNING)."""
+    """Experiments that may hold an accelerator session: a push in flight (pending) on an accelerator, else a
+    latest version still QUEUED or RUNNING on one. The pending push's machine counts, not the previous
+    version's (a TPU push of an experiment whose last run was on CPU holds a TPU session)."""
     data = ledger.read()
     busy = []
     for name, entry in data["experiments"].items():
         version = latest_version(entry)
-        if (is_active(version) or entry.get("pending")) and (version or {}).get("accelerator") != NO_ACCELERATOR:
+        holder = entry.get("pending") or (version if is_active(version) else None)
+        if holder and holder.get("accelerator") != NO_ACCELERATOR:
             busy.append(name)
     return sorted(busy)
 

@@ -12,6 +12,8 @@ What each class does on the wire (the property tests drive every RPC kit uses wi
   empty truncated          the work is done, then a 200 whose JSON body is empty / cut in half
   stall                    the work is done, then the reply is held for `Realism.stall_s`
   lost                     the work is done, then a 500 (the client never sees the real reply)
+  unnumbered               the work is done, then a 200 whose reply lacks its version number (a push Kaggle
+                           took without saying which version it made); other replies as usual
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from collections import deque
 from collections.abc import Iterable
 
 BEFORE_WORK = ("400", "401", "403", "404", "409", "429", "500", "502-html", "503-html")
-AFTER_WORK = ("empty", "truncated", "stall", "lost")
+AFTER_WORK = ("empty", "truncated", "stall", "lost", "unnumbered")
 ANSWER_CLASSES = BEFORE_WORK + AFTER_WORK
 ANY_CALL = "*"
 MESSAGES = {"400": "Invalid request", "401": "Unauthenticated", "403": "Permission denied",

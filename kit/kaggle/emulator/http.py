@@ -157,6 +157,11 @@ class KaggleRequestHandler(BaseHTTPRequestHandler):
         """A scripted answer that comes after the work: True when it has answered."""
         self.emulator.count_fault(f"scripted_{answer_class(answer)}")
         kind = answer_class(answer)
+        if kind == "unnumbered":  # the reply without its version number; a reply that has none goes as usual
+            if not isinstance(reply, dict) or "versionNumber" not in reply:
+                return False
+            self._json(200, {key: value for key, value in reply.items() if key != "versionNumber"})
+            return True
         if kind == "stall":
             time.sleep(self.emulator.realism.stall_s)
             return False
