@@ -15,7 +15,9 @@ from sklearn.metrics import roc_auc_score
 import kernels.metrics as metrics
 from kernels.metrics import (
     Z_95,
+    bootstrap_auc_ci,
     bootstrap_auc_matrix,
+    bootstrap_aucs,
     bootstrap_counts,
     interval_from_replicates,
     paired_bootstrap_test,
@@ -166,3 +168,279 @@ def test_a_replicate_of_one_positive_and_one_negative_has_an_auc(monkeypatch, en
         assert reps.dtype == float
         for counts, got in zip(bootstrap_counts(2, 30, seed=1), reps, strict=True):
             assert got == value if counts.min() > 0 else math.isnan(got)
+
+
+# --- every replicate, whatever the engine, block and batch sizes ---------------------------------------------
+
+
+def _explicit_replicates(y: np.ndarray, s: np.ndarray, patients: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
+    """Replicate r by hand: the images of the patients drawn in r (each as often as drawn), scored by
+    scikit-learn; NaN when the draw holds one class."""
+    ids = np.unique(patients)
+    out = []
+    for counts in bootstrap_counts(ids.size, n_boot, seed=seed):
+        rows = np.concatenate([np.repeat(np.flatnonzero(patients == p), c) for p, c in zip(ids, counts, strict=True)])
+        out.append(roc_auc_score(y[rows], s[rows]) if np.unique(y[rows]).size == 2 else float("nan"))
+    return np.array(out)
+
+
+@pytest.mark.parametrize("engine_ratio", [0, 10**9], ids=["row-engine", "group-engine"])
+@pytest.mark.parametrize("block_cells,batch_cells", [(1, 1), (3, 5), (7, 2)], ids=["one-by-one", "3x5", "7x2"])
+def test_the_replicates_do_not_depend_on_how_they_are_split_into_blocks(monkeypatch, engine_ratio: int,
+                                                                       block_cells: int, batch_cells: int) -> None:
+    """The bootstrap draws its replicates in blocks (memory) and, with patients, scores them in batches of one
+    matrix product: replicate r is the same resampling of patients, scored exactly, whether blocks and batches
+    hold one replicate, several, or a batch ends inside a block (sizes in replicates; the last batch is short)."""
+    rng = np.random.default_rng(block_cells * 10 + batch_cells)
+    n, n_patients, n_boot = 40, 12, 23
+    patients = np.r_[np.arange(n_patients), rng.integers(0, n_patients, n - n_patients)]
+    y = rng.random(n) < 0.3
+    y[:2] = [True, False]
+    s = np.round(y * 0.5 + rng.random(n), 1)
+    monkeypatch.setattr(metrics, "GROUP_ENGINE_MAX_RATIO", engine_ratio)
+    # block_cells replicates of n_patients counts per block; batch_cells replicates per product
+    monkeypatch.setattr(metrics, "BOOT_BLOCK_CELLS", block_cells * n)
+    monkeypatch.setattr(metrics, "GROUP_BATCH_CELLS", batch_cells * n_patients)
+    got = bootstrap_auc_matrix(y, np.vstack([s, 1 - s]), patients, n_boot=n_boot, seed=9)
+    want = _explicit_replicates(y, s, patients, n_boot, 9)
+    assert got.shape == (n_boot, 2)
+    np.testing.assert_allclose(got, np.c_[want, 1 - want], atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("engine_ratio", [0, 10**9], ids=["row-engine", "group-engine"])
+def test_no_replicates_asked_gives_none(monkeypatch, engine_ratio: int) -> None:
+    """n_boot = 0: an empty (0, k) matrix of replicates, from either engine; the interval has none either."""
+    monkeypatch.setattr(metrics, "GROUP_ENGINE_MAX_RATIO", engine_ratio)
+    y = np.array([0, 1, 0, 1, 1, 0])
+    s = np.array([0.1, 0.7, 0.3, 0.2, 0.9, 0.4])
+    patients = np.array([0, 0, 1, 1, 2, 2])
+    assert bootstrap_auc_matrix(y, np.vstack([s, s, s]), patients, n_boot=0).shape == (0, 3)
+    assert bootstrap_aucs(y, s, patients, n_boot=0).shape == (0,)
+
+
+def test_the_engine_is_the_cheaper_one_by_the_documented_cost_rule(monkeypatch) -> None:
+    """With patients, the group engine (per-patient pair counts) runs while (patients holding a case of the
+    smaller class) x (patients) <= GROUP_ENGINE_MAX_RATIO x (cases); beyond it the row engine does. The smaller
+    class is the positives or the negatives, whichever has fewer cases."""
+    engines: list[str] = []
+    real_pairs, real_prepare = metrics.group_pairs, metrics._metrics_prepare
+    monkeypatch.setattr(metrics, "group_pairs", lambda *a: engines.append("group") or real_pairs(*a))
+    monkeypatch.setattr(metrics, "_metrics_prepare", lambda *a: engines.append("row") or real_prepare(*a))
+    # 12 cases; the smaller class (3 cases) in patients {0, 1}, the larger (9) in {1, 2, 3, 4}: 2 x 5 = 10
+    patients = np.array([0, 0, 1, 1, 1, 2, 2, 3, 3, 4, 4, 4])
+    smaller = np.array([1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0])
+    s = np.linspace(0.0, 1.0, 12)
+    for y in (smaller, 1 - smaller):  # the positives fewer, then the negatives fewer
+        for ratio, engine in ((10 / 12, "group"), (10 / 12 * (1 - 1e-9), "row"), (1e9, "group"), (0, "row")):
+            monkeypatch.setattr(metrics, "GROUP_ENGINE_MAX_RATIO", ratio)
+            engines.clear()
+            bootstrap_auc_matrix(y, s[None, :], patients, n_boot=2)
+            assert engines == [engine], (y.sum(), ratio)
+
+
+# --- the group engine's sufficient statistics -------------------------------------------------------------------
+
+
+def _group_pairs_by_hand(y: np.ndarray, s: np.ndarray, g: np.ndarray, n_groups: int, minority_positive: bool):
+    """(rows, wins, n_pos, n_neg) from every (positive, negative) pair: wins[r, h] sums 1 (positive higher) or
+    1/2 (tie) over the pairs whose smaller-class case is in group rows[r] and whose other case is in group h."""
+    small = y if minority_positive else ~y
+    rows = np.unique(g[small])
+    wins = np.zeros((rows.size, n_groups))
+    for i in np.flatnonzero(y):
+        for j in np.flatnonzero(~y):
+            value = 1.0 if s[i] > s[j] else 0.5 if s[i] == s[j] else 0.0
+            mine, other = (i, j) if minority_positive else (j, i)
+            wins[np.searchsorted(rows, g[mine]), g[other]] += value
+    return rows, wins, np.bincount(g[y], minlength=n_groups), np.bincount(g[~y], minlength=n_groups)
+
+
+def test_group_pair_counts_are_the_pairs_between_patients_counted_by_hand() -> None:
+    """`group_pairs` on small random data (ties, empty groups, one case of a class, one class absent): rows are
+    the groups holding the smaller class (either class on a tie), wins the pair counts between each such group
+    and every group, n_pos / n_neg the classes' cases per group, all as floats."""
+    rng = np.random.default_rng(21)
+    for trial in range(150):
+        n = int(rng.integers(1, 14))
+        n_groups = int(rng.integers(1, 6))
+        y = rng.random(n) < rng.choice([0.0, 0.2, 0.5, 0.8, 1.0])
+        s = rng.integers(0, 4, n).astype(float)
+        g = rng.integers(0, n_groups, n)
+        got = metrics.group_pairs(y, s, g, n_groups)
+        m, k = int(y.sum()), int((~y).sum())
+        choices = [True, False] if m == k else [m < k]
+        wanted = [_group_pairs_by_hand(y, s, g, n_groups, c) for c in choices]
+        assert any(np.array_equal(got.rows, w[0]) and got.wins.shape == w[1].shape
+                   and np.array_equal(got.wins, w[1]) for w in wanted), trial
+        for field, want in ((got.n_pos, wanted[0][2]), (got.n_neg, wanted[0][3])):
+            assert field.dtype == float and np.array_equal(field, want), trial
+
+
+# --- DeLong against its definition ----------------------------------------------------------------------------
+
+
+def _delong_by_pairs(y: np.ndarray, scores: np.ndarray):
+    """(aucs, v_pos, v_neg, covariance) of DeLong et al. (1988) from each score vector's pair matrix psi (1 where
+    the positive scores higher, 1/2 on a tie): v_pos[i] the mean of positive i's row, v_neg[j] of negative j's
+    column; covariance S10 / m + S01 / n with sample covariances over the cases (none from a side of one case)."""
+    psi = [(row[y][:, None] > row[~y][None, :]) + 0.5 * (row[y][:, None] == row[~y][None, :]) for row in scores]
+    v_pos = np.array([p.mean(axis=1) for p in psi])
+    v_neg = np.array([p.mean(axis=0) for p in psi])
+    cov = np.zeros((len(psi), len(psi)))
+    for v in (v_pos, v_neg):
+        size = v.shape[1]
+        if size > 1:
+            d = v - v.mean(axis=1, keepdims=True)
+            cov += d @ d.T / (size - 1) / size
+    return v_pos.mean(axis=1), v_pos, v_neg, cov
+
+
+def test_delong_components_and_covariance_are_the_pairwise_definitions_for_any_class_sizes() -> None:
+    """Small random data, tied and untied, from one case of a class upwards: the structural components, the
+    AUCs and their covariance are those of the 1988 definitions computed pair by pair."""
+    rng = np.random.default_rng(22)
+    for trial in range(80):
+        m, n = int(rng.integers(1, 7)), int(rng.integers(1, 7))
+        y = rng.permutation(np.r_[np.ones(m, bool), np.zeros(n, bool)])
+        scores = np.vstack([rng.integers(0, 3, m + n), rng.integers(0, 6, m + n) + y, rng.normal(size=m + n) + y])
+        aucs, v_pos, v_neg = metrics.delong_components(y, scores)
+        want_aucs, want_pos, want_neg, want_cov = _delong_by_pairs(y, scores)
+        np.testing.assert_allclose(aucs, want_aucs, atol=1e-12, err_msg=str(trial))
+        np.testing.assert_allclose(v_pos, want_pos, atol=1e-12, err_msg=str(trial))
+        np.testing.assert_allclose(v_neg, want_neg, atol=1e-12, err_msg=str(trial))
+        cov_aucs, cov = metrics.delong_covariance(y, scores)
+        np.testing.assert_allclose(cov_aucs, want_aucs, atol=1e-12)
+        np.testing.assert_allclose(cov, want_cov, atol=1e-12, err_msg=str(trial))
+
+
+def test_the_delong_test_is_the_normal_test_of_the_pairwise_variance() -> None:
+    """diff = AUC1 - AUC2, se the square root of var1 + var2 - 2 cov12 from the pairwise definitions, z = diff / se,
+    p = P(|N(0, 1)| > |z|), on small random data with ties."""
+    rng = np.random.default_rng(23)
+    for trial in range(60):
+        m, n = int(rng.integers(2, 8)), int(rng.integers(2, 8))
+        y = rng.permutation(np.r_[np.ones(m, bool), np.zeros(n, bool)])
+        s1, s2 = rng.integers(0, 5, m + n) + y, np.round(rng.normal(size=m + n) + y, 1)
+        aucs, _, _, cov = _delong_by_pairs(y, np.vstack([s1, s2]).astype(float))
+        se = math.sqrt(max(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1], 0.0))
+        got = metrics.delong_test(y, s1, s2)
+        assert (got.auc1, got.auc2, got.diff, got.se) == pytest.approx(
+            (aucs[0], aucs[1], aucs[0] - aucs[1], se), abs=1e-12), trial
+        if se > 1e-6:
+            assert got.z == pytest.approx((aucs[0] - aucs[1]) / se, rel=1e-9), trial
+            assert got.p == pytest.approx(math.erfc(abs(got.z) / math.sqrt(2)), abs=1e-12), trial
+
+
+def test_the_delong_test_without_spread_is_certain_or_says_nothing() -> None:
+    """se = 0: the same ranking twice gives z = 0 and p = 1; a perfect score against its reverse gives
+    z = +inf (or -inf the other way round) and p = 0."""
+    y = np.array([1, 1, 0, 0])
+    perfect, reverse = np.array([2.0, 3.0, 0.0, 1.0]), np.array([0.0, 1.0, 2.0, 3.0])
+    same = metrics.delong_test(y, perfect, 10 * perfect + 3)
+    assert (same.diff, same.se, same.z, same.p) == (0.0, 0.0, 0.0, 1.0)
+    apart = metrics.delong_test(y, perfect, reverse)
+    assert (apart.auc1, apart.auc2, apart.diff, apart.se, apart.z, apart.p) == (1.0, 0.0, 1.0, 0.0, math.inf, 0.0)
+    backwards = metrics.delong_test(y, reverse, perfect)
+    assert (backwards.diff, backwards.z, backwards.p) == (-1.0, -math.inf, 0.0)
+
+
+@pytest.mark.parametrize("z", [Z_95, 1.0])
+def test_the_delong_interval_is_the_normal_interval_clipped_to_0_1(z: float) -> None:
+    """AUC -+ z se (se from the pairwise variance), clipped to [0, 1]; its level P(|N(0,1)| < z); no bootstrap
+    replicates; the cases counted as groups."""
+    rng = np.random.default_rng(24)
+    y = np.array([1, 1, 1, 0, 0, 0, 0])
+    for s in (rng.normal(size=7) + y, np.array([0.9, 0.8, 0.35, 0.5, 0.1, 0.2, 0.3]), -np.array([0.9, 0.8, 0.35, 0.5, 0.1, 0.2, 0.3])):
+        aucs, _, _, cov = _delong_by_pairs(y.astype(bool), s[None, :])
+        se = math.sqrt(cov[0, 0])
+        got = metrics.delong_ci(y, s, z)
+        assert (got.auc, got.low, got.high) == pytest.approx(
+            (aucs[0], max(0.0, aucs[0] - z * se), min(1.0, aucs[0] + z * se)), abs=1e-12)
+        assert got.level == pytest.approx(math.erf(z / math.sqrt(2)), abs=1e-15)
+        assert (got.n_boot, got.n_groups) == (0, 7)
+    clipped = [metrics.delong_ci(y, s, z) for s in (np.array([0.9, 0.8, 0.35, 0.5, 0.1, 0.2, 0.3]),
+                                                   -np.array([0.9, 0.8, 0.35, 0.5, 0.1, 0.2, 0.3]))]
+    assert clipped[0].high == 1.0 and clipped[1].low == 0.0
+
+
+# --- the bootstrap interval -----------------------------------------------------------------------------------
+
+
+def test_the_bootstrap_interval_is_the_percentile_interval_of_its_own_replicates() -> None:
+    """`bootstrap_auc_ci` is `interval_from_replicates` of the AUC and of the replicates of its own patients,
+    seed and level; with no replicates asked (0 or fewer) or one class only, the ends are NaN and the level
+    and patient count are kept; a single replicate is its own interval."""
+    rng = np.random.default_rng(25)
+    n = 60
+    patients = rng.integers(0, 20, n)
+    y = rng.random(n) < 0.4
+    s = np.round(y + rng.normal(size=n), 1)
+    n_patients = np.unique(patients).size
+    got = bootstrap_auc_ci(y, s, patients, n_boot=50, level=0.8, seed=7)
+    want = interval_from_replicates(roc_auc_score(y, s), bootstrap_aucs(y, s, patients, 50, 7), n_patients, 0.8)
+    assert got == pytest.approx(want) and got.n_groups == n_patients < n
+    one = bootstrap_auc_ci(y, s, patients, n_boot=1, level=0.8, seed=7)
+    rep = bootstrap_aucs(y, s, patients, 1, 7)[0]
+    assert (one.low, one.high, one.n_boot) == (rep, rep, 1)
+    for n_boot, labels in ((0, y), (-1, y), (50, np.ones(n, bool))):
+        empty = bootstrap_auc_ci(labels, s, patients, n_boot=n_boot, level=0.8, seed=7)
+        assert (empty.level, empty.n_boot, empty.n_groups) == (0.8, 0, n_patients)
+        assert math.isnan(empty.low) and math.isnan(empty.high) and math.isnan(empty.mc_error)
+        assert empty.auc == pytest.approx(roc_auc_score(y, s)) if n_boot < 50 else math.isnan(empty.auc)
+
+
+# --- refusals -------------------------------------------------------------------------------------------------
+
+ENTRY_POINTS = {  # name in the message: call with labels and one score vector
+    "auc": lambda y, s: metrics.auc(y, s),
+    "weighted_auc": lambda y, s: metrics.weighted_auc(y, s, np.ones(len(s))),
+    "roc_points": lambda y, s: metrics.roc_points(y, s),
+    "auc_by_group": lambda y, s: metrics.auc_by_group(y, s, np.zeros(len(s))),
+    "bootstrap_auc_ci": lambda y, s: bootstrap_auc_ci(y, s, n_boot=3),
+    "bootstrap": lambda y, s: bootstrap_auc_matrix(y, np.vstack([s, np.arange(len(s))]), n_boot=3),
+    "delong": lambda y, s: metrics.delong_test(y, s, np.arange(len(s))),
+}
+LENGTH_MESSAGE = {"bootstrap": "4 labels but scores of length 3", "delong": "4 labels but scores of length 3"}
+
+
+@pytest.mark.parametrize("name", list(ENTRY_POINTS))
+def test_each_entry_point_refuses_bad_input_naming_itself_in_one_line(name: str) -> None:
+    """A label other than 0/1, a NaN score and labels and scores of different lengths are each refused with a
+    one-line ValueError that starts with the function's name and says what is wrong and where."""
+    call = ENTRY_POINTS[name]
+    cases = (([0, 1, 2], [0.1, 0.2, 0.3], "labels must be 0 or 1, got 2"),
+             ([0, 1, 0, 1], [0.1, 0.2, float("nan"), 0.4], r"1 NaN score\(s\) \(at index 2\)"),
+             ([0, 1, 0, 1], [0.1, 0.2, 0.3], LENGTH_MESSAGE.get(name, "4 labels but 3 scores")))
+    for labels, scores, message in cases:
+        with pytest.raises(ValueError, match=rf"^{name}: {message}$"):
+            call(np.array(labels), np.array(scores))
+
+
+def test_delong_needs_both_classes() -> None:
+    for labels in ([1, 1, 1], [0, 0, 0]):
+        with pytest.raises(ValueError, match=r"^delong: needs both positive and negative cases$"):
+            metrics.delong_test(labels, [0.1, 0.2, 0.3], [0.3, 0.2, 0.1])
+
+
+# --- the ROC curve --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("prevalence", [0.1, 0.5, 0.9])
+def test_roc_corners_are_scikit_learns_curve_with_ties(prevalence: float) -> None:
+    """One corner per distinct score from the highest down, from (0, 0) to (1, 1): scikit-learn's
+    roc_curve(drop_intermediate=False); a class that is absent makes its rate NaN, the other rate still rises."""
+    from sklearn.metrics import roc_curve
+
+    rng = np.random.default_rng(int(prevalence * 10))
+    for n, levels in ((2, 2), (9, 3), (60, 5), (300, 1000)):
+        y = (rng.random(n) < prevalence).astype(int)
+        y[:2] = [0, 1]
+        s = rng.integers(0, levels, n) / levels + 0.3 * y
+        fpr, tpr, _ = roc_curve(y, s, drop_intermediate=False)
+        got = metrics.roc_points(y, s)
+        np.testing.assert_allclose(got[0], fpr, atol=1e-15)
+        np.testing.assert_allclose(got[1], tpr, atol=1e-15)
+    fpr, tpr = metrics.roc_points([1, 1, 1], [0.2, 0.5, 0.5])
+    assert np.isnan(fpr).all() and tpr.tolist() == [0.0, 2 / 3, 1.0]
+    fpr, tpr = metrics.roc_points([0, 0, 0], [0.2, 0.5, 0.5])
+    assert np.isnan(tpr).all() and fpr.tolist() == [0.0, 2 / 3, 1.0]
