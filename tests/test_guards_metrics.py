@@ -5,8 +5,11 @@ the exact AUC of its resampled patients, whichever engine computes it, ties and 
 
 from __future__ import annotations
 
+import itertools
+import json
 import math
 import warnings
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -51,10 +54,10 @@ def test_the_paired_test_from_kept_replicates_is_the_documented_formula(level: f
     rng = np.random.default_rng(3)
     reps1 = list(rng.uniform(0.7, 0.9, 40))
     reps2 = list(rng.uniform(0.65, 0.85, 40))
-    reps1[3], reps2[7], reps2[9] = float("nan"), None, float("nan")
+    reps1[3], reps1[5], reps2[7], reps2[9] = float("nan"), None, None, float("nan")
     got = paired_from_replicates(0.81, 0.78, reps1, reps2, 17, level)
     want = _expected_paired(0.81, 0.78, reps1, reps2, 17, level)
-    assert got.n_boot == 37
+    assert got.n_boot == 36
     np.testing.assert_allclose(_fields(got), want, rtol=1e-12, atol=0)
 
 
@@ -91,6 +94,7 @@ def test_an_interval_from_kept_replicates_is_their_percentiles_with_its_monte_ca
     for point, bad in ((float("nan"), reps), (0.8, [float("nan"), None])):
         empty = interval_from_replicates(point, bad, 50, level)
         assert (empty.n_boot, empty.n_groups, empty.level) == (0, 50, level)
+        assert empty.auc == point or math.isnan(point) and math.isnan(empty.auc)
         assert math.isnan(empty.low) and math.isnan(empty.high)
 
 
@@ -110,6 +114,8 @@ def test_the_monte_carlo_error_of_a_quantile_is_its_order_statistics_range_over_
     for q in (0.025, 0.5, 0.975):
         assert quantile_mc_error(uniform, q) == pytest.approx(math.sqrt(q * (1 - q) / b), abs=2.0 / b)
     assert math.isnan(quantile_mc_error(np.array([0.5]), 0.5)) and math.isnan(quantile_mc_error(np.array([]), 0.5))
+    # two replicates are enough: 1 +- 1.39 -> lo = 0, hi = 1
+    assert quantile_mc_error(np.array([0.7, 0.5]), 0.5) == pytest.approx(0.2 / (2 * Z_95), abs=1e-15)
 
 
 def test_the_paired_bootstrap_test_uses_its_seed_level_and_replicates() -> None:
@@ -399,8 +405,10 @@ ENTRY_POINTS = {  # name in the message: call with labels and one score vector
     "bootstrap_auc_ci": lambda y, s: bootstrap_auc_ci(y, s, n_boot=3),
     "bootstrap": lambda y, s: bootstrap_auc_matrix(y, np.vstack([s, np.arange(len(s))]), n_boot=3),
     "delong": lambda y, s: metrics.delong_test(y, s, np.arange(len(s))),
+    "auc_columns": lambda y, s: metrics.auc_columns(y, s[:, None]),
 }
-LENGTH_MESSAGE = {"bootstrap": "4 labels but scores of length 3", "delong": "4 labels but scores of length 3"}
+LENGTH_MESSAGE = {"bootstrap": "4 labels but scores of length 3", "delong": "4 labels but scores of length 3",
+                  "auc_columns": r"scores of shape \(3, 1\) for 4 labels"}
 
 
 @pytest.mark.parametrize("name", list(ENTRY_POINTS))
@@ -444,3 +452,153 @@ def test_roc_corners_are_scikit_learns_curve_with_ties(prevalence: float) -> Non
     assert np.isnan(fpr).all() and tpr.tolist() == [0.0, 2 / 3, 1.0]
     fpr, tpr = metrics.roc_points([0, 0, 0], [0.2, 0.5, 0.5])
     assert np.isnan(tpr).all() and fpr.tolist() == [0.0, 2 / 3, 1.0]
+
+
+def test_each_replicate_draws_as_many_patients_as_there_are_uniformly_with_replacement() -> None:
+    """Replicate r is n_groups draws with replacement: counts that sum to n_groups, every patient drawn about
+    once per replicate on average (over 2000 replicates), the same stream for the same seed whatever the block
+    size (one replicate a block, a few, all), another for another seed; no replicates asked, none given."""
+    def blocks(n_groups: int, n_boot: int, seed: int, cells: int = metrics.BOOT_BLOCK_CELLS) -> list[np.ndarray]:
+        """The generator's blocks, at most n_boot + 1 of them (a generator that never ends fails, not hangs)."""
+        out = list(itertools.islice(metrics.bootstrap_count_blocks(n_groups, n_boot, seed, cells), n_boot + 1))
+        assert all(len(b) for b in out), "an empty block"
+        return out
+
+    n_groups, n_boot = 7, 2000
+    counts = np.vstack(blocks(n_groups, n_boot, 3))
+    assert counts.shape == (n_boot, n_groups) and (counts.sum(axis=1) == n_groups).all() and counts.min() >= 0
+    # each patient's count is Binomial(7, 1/7): mean 1, sd 0.93; its mean over 2000 replicates has sd 0.021
+    np.testing.assert_allclose(counts.mean(axis=0), 1.0, atol=0.1)
+    assert (counts == 0).any() and (counts >= 3).any()
+    for cells in (1, 3 * n_groups, 10**9):
+        split = blocks(n_groups, n_boot, 3, cells)
+        assert max(len(b) for b in split) == min(n_boot, max(1, cells // n_groups))
+        np.testing.assert_array_equal(np.vstack(split), counts)
+    np.testing.assert_array_equal(np.array(list(bootstrap_counts(n_groups, 50, seed=3))), counts[:50])
+    assert not np.array_equal(np.vstack(blocks(n_groups, 50, 4)), counts[:50])
+    assert list(itertools.islice(bootstrap_counts(n_groups, 0), 1)) == [] and blocks(n_groups, 0, 3) == []
+    one = np.vstack(blocks(1, 5, 3))
+    assert one.tolist() == [[1]] * 5
+
+
+@pytest.mark.parametrize("labels,shown", [(["no", "yes", "yes"], "'no'"), ([None, 1, 0], "None"),
+                                          ([0, 1, 2.5], "2.5"), (np.array([0, 7, 1]), "7")])
+def test_a_refused_label_is_quoted_as_given(labels, shown: str) -> None:
+    """The first label that is not 0/1 is shown as the caller gave it: text quoted, None as None, numbers plain."""
+    with pytest.raises(ValueError, match=rf"^auc: labels must be 0 or 1, got {shown}$"):
+        metrics.auc(labels, [0.1, 0.2, 0.3])
+
+
+def test_other_shapes_and_group_counts_are_refused_naming_the_function() -> None:
+    with pytest.raises(ValueError, match=r"^auc_columns: scores of shape \(4,\) for 4 labels$"):
+        metrics.auc_columns([0, 1, 0, 1], [0.1, 0.2, 0.3, 0.4])
+    with pytest.raises(ValueError, match=r"^groups: 3 group ids for 4 cases$"):
+        bootstrap_auc_ci([0, 1, 0, 1], [0.1, 0.2, 0.3, 0.4], [1, 1, 2], n_boot=3)
+    with pytest.raises(ValueError, match=r"^auc_by_group: 3 group ids for 4 cases$"):
+        metrics.auc_by_group([0, 1, 0, 1], [0.1, 0.2, 0.3, 0.4], [1, 1, 2])
+
+
+# --- inputs of every kind and size ------------------------------------------------------------------------------
+
+
+def test_scores_of_any_numeric_type_are_read_as_numbers() -> None:
+    """Boolean scores (a yes/no rule) and small unsigned integers (0-255 image scores) rank as their values: the
+    same AUC, ROC corners and DeLong figures as the same scores given as floats."""
+    y = np.array([0, 1, 0, 1, 1, 0, 0, 1])
+    for scores in (np.array([0, 1, 1, 1, 0, 0, 0, 1], dtype=bool), np.array([0, 200, 3, 255, 9, 1, 3, 128], np.uint8)):
+        as_float = scores.astype(float)
+        assert metrics.auc(y, scores) == metrics.auc(y, as_float)
+        for got, want in zip(metrics.roc_points(y, scores), metrics.roc_points(y, as_float), strict=True):
+            np.testing.assert_array_equal(got, want)
+        assert metrics.delong_test(y, scores, y) == metrics.delong_test(y, as_float, y)
+
+
+@pytest.mark.parametrize("engine_ratio", [0, 10**9], ids=["row-engine", "group-engine"])
+def test_one_class_or_no_cases_give_nan_replicates_and_no_interval(monkeypatch, engine_ratio: int) -> None:
+    """A bootstrap of one class only has no AUC in any replicate (NaN, from either engine); no cases at all give
+    NaN replicates, and an interval without ends over zero patients."""
+    monkeypatch.setattr(metrics, "GROUP_ENGINE_MAX_RATIO", engine_ratio)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for labels in ([1, 1, 1, 1], [0, 0, 0, 0]):
+            reps = bootstrap_aucs(labels, [0.1, 0.2, 0.3, 0.4], [0, 0, 1, 2], n_boot=5)
+            assert reps.shape == (5,) and np.isnan(reps).all()
+        assert np.isnan(bootstrap_aucs([], [], n_boot=4)).all() and bootstrap_aucs([], [], n_boot=4).shape == (4,)
+    none = bootstrap_auc_ci([], [], [], n_boot=4)
+    assert (none.n_boot, none.n_groups) == (0, 0) and math.isnan(none.auc) and math.isnan(none.low)
+
+
+def test_patient_ids_of_mixed_types_are_compared_as_text() -> None:
+    """Ids in an object column (text with a missing value as None or NaN, numbers among them) are grouped by their
+    text: each missing marker is a group of its own, not an error; the same in a per-group AUC."""
+    ids = np.array(["p1", "p1", None, "p2", float("nan"), 3, "p2", None], dtype=object)
+    y = np.array([0, 1, 0, 1, 1, 0, 0, 1])
+    s = np.array([0.1, 0.9, 0.3, 0.8, 0.4, 0.2, 0.6, 0.7])
+    assert bootstrap_auc_ci(y, s, ids, n_boot=20).n_groups == 5  # p1, None, p2, nan, 3
+    assert set(metrics.auc_by_group(y, s, ids)) == {"p1", "None", "p2", "nan", "3"}
+
+
+def test_per_group_aucs_are_keyed_by_plain_python_values() -> None:
+    """Folds given as numpy integers are keyed by Python ints (a report writes them to JSON as they are)."""
+    y = np.array([0, 1, 0, 1, 1, 0])
+    by_fold = metrics.auc_by_group(y, np.arange(6.0), np.array([0, 0, 1, 1, 2, 2], dtype=np.int64))
+    assert all(type(k) is int for k in by_fold)
+    assert json.loads(json.dumps({k: v.auc for k, v in by_fold.items()})) == {"0": 1.0, "1": 1.0, "2": 0.0}
+
+
+def test_an_age_that_is_missing_as_none_is_in_the_missing_band() -> None:
+    assert metrics.age_bands([45, None, 80.0]).tolist() == ["45-59", "missing", "75+"]
+
+
+def test_weighted_auc_counts_each_case_as_often_as_its_weight() -> None:
+    """Random tied data and integer weights (zeros included): the AUC of the cases repeated as often as their
+    weight; one positive of weight 1 is enough; a class without weight has no AUC (NaN, without a warning)."""
+    rng = np.random.default_rng(27)
+    for _ in range(40):
+        n = int(rng.integers(2, 12))
+        y = rng.random(n) < 0.5
+        y[:2] = [True, False]
+        s = rng.integers(0, 4, n).astype(float)
+        w = rng.integers(0, 4, n)
+        w[:2] = 1
+        assert metrics.weighted_auc(y, s, w) == pytest.approx(roc_auc_score(np.repeat(y, w), np.repeat(s, w)),
+                                                               abs=1e-12)
+    y, s = np.array([1, 0, 0]), np.array([0.5, 0.2, 0.9])
+    assert metrics.weighted_auc(y, s, [1, 1, 0]) == 1.0 and metrics.weighted_auc(y, s, [1, 1, 1]) == 0.5
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert math.isnan(metrics.weighted_auc(y, s, [0, 1, 1])) and math.isnan(metrics.weighted_auc(y, s, [1, 0, 0]))
+
+
+def test_a_row_holding_a_nan_or_an_empty_class_has_no_auc() -> None:
+    """Candidates scored side by side: a row with a NaN among its positives or among its negatives, or a class
+    without cases, is NaN; the other rows keep their AUC."""
+    pos = np.array([[0.9, 0.8], [np.nan, 0.8], [0.9, 0.8], [0.9, 0.8]])
+    neg = np.array([[0.1, 0.85, 0.2], [0.1, 0.85, 0.2], [0.1, np.nan, 0.2], [np.nan, np.nan, np.nan]])
+    got = metrics.auc_split(pos, neg)
+    assert got[0] == pytest.approx(5 / 6) and np.isnan(got[1:]).all()
+    got = metrics.auc_split(neg, pos)  # more "positives" than "negatives": the other branch
+    assert got[0] == pytest.approx(1 / 6) and np.isnan(got[1:]).all()
+    assert math.isnan(metrics.auc_split(np.array([]), np.array([0.1, 0.2])))
+
+
+def test_replicate_aucs_stay_exact_where_pair_counts_outgrow_float32() -> None:
+    """Two large patients (2500 positive images against 3500 negative ones) make each replicate's pair sums pass
+    2^24, where float32 rounds: every replicate is still the exact quotient of its integer pair counts (as a
+    float64 product gives), and a replicate without positives is a float NaN."""
+    rng = np.random.default_rng(26)
+    groups = np.r_[np.zeros(2500, int), np.ones(3500, int), np.arange(2, 12)]
+    y = np.r_[np.ones(2500, bool), np.zeros(3500, bool), rng.random(10) < 0.5]
+    s = np.r_[rng.normal(1, 1, 2500), rng.normal(0, 1, 3500), rng.normal(size=10)]
+    s[2500] = s[0]  # a tie: a half pair, so the sums are not all even numbers float32 could still hold
+    pairs = metrics.group_pairs(y, s, groups, 12)
+    counts = np.vstack(list(bootstrap_counts(12, 60, seed=1)))
+    counts[0] = 0
+    counts[0, 1] = 12  # the negative patient only
+    got = metrics.group_pairs_block_aucs([pairs], counts)
+    assert got.shape == (60, 1) and got.dtype == float and math.isnan(got[0, 0])
+    twice_wins = (2 * pairs.wins).astype(np.int64).astype(object)  # exact integers
+    for c, value in zip(counts[1:].astype(object), got[1:, 0], strict=True):
+        twice_numerator = c[pairs.rows] @ (twice_wins @ c)
+        total = (c @ pairs.n_pos.astype(int).astype(object)) * (c @ pairs.n_neg.astype(int).astype(object))
+        assert value == float(Fraction(twice_numerator, 2 * total))
