@@ -449,9 +449,9 @@ def test_roc_corners_are_scikit_learns_curve_with_ties(prevalence: float) -> Non
         np.testing.assert_allclose(got[0], fpr, atol=1e-15)
         np.testing.assert_allclose(got[1], tpr, atol=1e-15)
     fpr, tpr = metrics.roc_points([1, 1, 1], [0.2, 0.5, 0.5])
-    assert np.isnan(fpr).all() and tpr.tolist() == [0.0, 2 / 3, 1.0]
+    assert fpr.shape == (3,) and np.isnan(fpr).all() and tpr.tolist() == [0.0, 2 / 3, 1.0]
     fpr, tpr = metrics.roc_points([0, 0, 0], [0.2, 0.5, 0.5])
-    assert np.isnan(tpr).all() and fpr.tolist() == [0.0, 2 / 3, 1.0]
+    assert tpr.shape == (3,) and np.isnan(tpr).all() and fpr.tolist() == [0.0, 2 / 3, 1.0]
 
 
 def test_each_replicate_draws_as_many_patients_as_there_are_uniformly_with_replacement() -> None:
@@ -477,8 +477,8 @@ def test_each_replicate_draws_as_many_patients_as_there_are_uniformly_with_repla
     np.testing.assert_array_equal(np.array(list(bootstrap_counts(n_groups, 50, seed=3))), counts[:50])
     assert not np.array_equal(np.vstack(blocks(n_groups, 50, 4)), counts[:50])
     assert list(itertools.islice(bootstrap_counts(n_groups, 0), 1)) == [] and blocks(n_groups, 0, 3) == []
-    one = np.vstack(blocks(1, 5, 3))
-    assert one.tolist() == [[1]] * 5
+    one = blocks(1, 5, 3, cells=2)  # one patient: `cells` replicates a block
+    assert [len(b) for b in one] == [2, 2, 1] and np.vstack(one).tolist() == [[1]] * 5
 
 
 @pytest.mark.parametrize("labels,shown", [(["no", "yes", "yes"], "'no'"), ([None, 1, 0], "None"),
