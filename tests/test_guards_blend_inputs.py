@@ -81,7 +81,7 @@ def test_image_set_differences_are_counted_with_the_first_name_in_order() -> Non
 
 def test_a_target_disagreement_names_the_first_image_and_counts_them_all() -> None:
     flipped = _run("b")
-    flipped.oof.loc[[5, 2], "target"] = 1
+    flipped.oof.loc[[4, 2], "target"] = [0, 1]  # image 2: 0 -> 1, image 4: 1 -> 0
     with pytest.raises(KitError, match=r"^run b/v1: oof.csv target of 'ISIC_0000002' is 1 but a/v1 says 0 "
                                        r"\(2 image\(s\) disagree\)$"):
         align_runs([_run("a"), flipped])
@@ -138,3 +138,13 @@ def test_the_test_images_are_those_of_the_datasets_sample_submission(tmp_path: P
                                                                          index=False)
     assert read_expected_test(str(tmp_path)) == TEST_NAMES[::-1]
     assert np.array_equal(align_runs([_run("a")], read_expected_test(tmp_path)).test_names, TEST_NAMES[::-1])
+
+
+def test_whole_number_predictions_give_float_matrices() -> None:
+    """A run whose CSVs hold whole numbers (a 0/1 rule) still gives float OOF and test matrices."""
+    rule = _run("rule", preds=[float(v) for v in TARGETS])
+    rule.oof["pred"] = rule.oof["pred"].astype(int)
+    rule.test["target"] = [0, 1, 0, 1, 1]
+    inputs = align_runs([rule])
+    assert inputs.oof.dtype == float and inputs.test.dtype == float
+    assert inputs.oof[:, 0].tolist() == TARGETS and inputs.test[:, 0].tolist() == [0, 1, 0, 1, 1]
