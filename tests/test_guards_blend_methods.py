@@ -169,6 +169,65 @@ def test_cv_weighted_weights_each_run_by_its_lift_over_the_floor() -> None:
         methods.fit_cv_weighted(X, y.astype(bool), folds, {"baseline": 4})
 
 
+def _auc_weights_by_hand(X: np.ndarray, y: np.ndarray, max_evals: int, xatol: float):
+    """scipy's Nelder-Mead on -AUC(X @ |theta|) from equal weights, its first simplex moving each weight by 1/m,
+    at most max_evals evaluations, xatol as given and fatol 1e-12; the result's |theta| scaled to sum 1, unless
+    it scores below equal weights (then equal weights)."""
+    from scipy.optimize import minimize
+
+    m = X.shape[1]
+    start = np.full(m, 1.0 / m)
+    corners = [start] + [start + np.eye(m)[i] / m for i in range(m)]
+    res = minimize(lambda theta: -auc(y, X @ np.abs(theta)), start, method="Nelder-Mead",
+                   options={"initial_simplex": np.array(corners), "maxfev": max_evals, "xatol": xatol,
+                            "fatol": 1e-12})
+    w = np.abs(res.x) if -res.fun >= auc(y, X @ start) else start
+    return w / w.sum(), res.nfev
+
+
+def test_auc_weights_are_the_documented_nelder_mead_search() -> None:
+    """On small random problems the weights and the evaluation count are those of scipy's Nelder-Mead run as
+    documented (start, first simplex, limits)."""
+    for seed in range(3):
+        P, y, folds = _problem(300 + seed, m=3, decimals=2)
+        params = {"max_evals": 40 + 20 * seed, "xatol": 10.0 ** -(2 + seed)}
+        fitted = fit_blend("auc_weights", P, y, folds, params)
+        w, evaluations = _auc_weights_by_hand(methods.rank01(P), y, **params)
+        assert fitted.weights == pytest.approx(tuple(w), abs=1e-12) and fitted.info == {"evaluations": evaluations}
+
+
+def _stacking_c_by_hand(X: np.ndarray, y: np.ndarray, folds: np.ndarray, grid: list[float]):
+    """For each C (smallest first) the mean, over the folds holding both classes, of the held-out AUC of a
+    logistic regression fitted on every other row (folds with one class are always trained on); the best C,
+    the smaller on a tie."""
+    from sklearn.linear_model import LogisticRegression
+
+    scored = [k for k in np.unique(folds) if np.unique(y[folds == k]).size == 2]
+    by_c = {}
+    for c in sorted(grid):
+        aucs = []
+        for k in scored:
+            model = LogisticRegression(C=c, tol=1e-10, max_iter=10_000).fit(X[folds != k], y[folds != k])
+            aucs.append(auc(y[folds == k], model.decision_function(X[folds == k])))
+        by_c[str(c)] = float(np.mean(aucs))
+    return max(sorted(grid), key=lambda c: (round(by_c[str(c)], 9), -c)), by_c
+
+
+def test_stacking_chooses_c_by_the_held_out_auc_of_the_folds_holding_both_classes() -> None:
+    """C is the grid value (given in any order) with the best mean held-out fold AUC, over the folds that hold
+    both classes; a fold of one class is trained on, never held out."""
+    P, y, folds = _problem(11, n=120, m=3, decimals=2)
+    folds = folds.copy()
+    folds[y == 1] = np.where(folds[y == 1] == 2, 0, folds[y == 1])  # fold 2: negatives only
+    X = methods.rank01(P)
+    grid = [10.0, 0.01, 1.0]
+    fitted = fit_blend("stacking", P, y, folds, {"c_grid": grid})
+    c, by_c = _stacking_c_by_hand(X, y, folds, grid)
+    assert list(fitted.info["cv_auc_by_C"]) == ["0.01", "1.0", "10.0"]
+    assert fitted.info["cv_auc_by_C"] == pytest.approx(by_c, abs=1e-6)
+    assert fitted.info["C"] == c
+
+
 def test_auc_weights_never_do_worse_than_equal_weights() -> None:
     """Non-negative weights summing to 1 whose AUC is at least that of equal weights; a single run needs no
     search (weight 1, no evaluation)."""
