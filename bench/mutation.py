@@ -99,7 +99,8 @@ SCOPES: dict[str, Scope] = {
         modules=("kit/blend/nested.py", "kit/blend/methods.py", "kit/blend/inputs.py"),
         tests=("tests/test_blend_methods.py", "tests/test_blend_honest.py", "tests/test_blend_baseline.py",
                "tests/test_blend_cli.py", "tests/test_guards_blend_nested.py", "tests/test_blend_speed.py",
-               "tests/test_guards_blend_inputs.py", "tests/test_guards_blend_methods.py"),
+               "tests/test_guards_blend_inputs.py", "tests/test_guards_blend_methods.py",
+               "tests/test_blend_workers.py"),
     ),
 }
 
