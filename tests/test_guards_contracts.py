@@ -200,6 +200,14 @@ def test_files_are_verified_by_size_and_sha256(tmp_path: Path) -> None:
         verify_files(tmp_path, _manifest(files={}))
 
 
+@pytest.mark.parametrize("size", [0, 1, (1 << 20) - 1, 1 << 20, (1 << 20) + 1, 5 * (1 << 20) + 123])
+def test_a_files_digest_covers_every_byte_of_any_size(tmp_path: Path, size: int) -> None:
+    """Weights files are tens of megabytes: their size and sha256 count every chunk read, not the last one."""
+    blob = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    (tmp_path / "w.h5").write_bytes(blob)
+    assert file_digest(tmp_path / "w.h5") == {"size": size, "sha256": hashlib.sha256(blob).hexdigest()}
+
+
 def test_writes_are_whole_or_absent(tmp_path: Path) -> None:
     frame = pd.DataFrame({"image_name": ["a", "b"], "target": [0.5, 0.25]})
     target = tmp_path / "test_pred.csv"
