@@ -66,11 +66,15 @@ def test_refresh_writes_each_submissions_own_scores_and_settles_lost_ones(world,
         time.sleep(0.2)
     with ledger.transaction() as data:
         lost = next(r for r in data["submissions"] if r["ref"] == second["ref"])
-        lost.update(ref=None, status="SENDING")  # kit stopped before the reply (the ref) was recorded
-        template = dict(lost)
-        data["submissions"].append({**template, "message": "never reached Kaggle", "sha256": "0" * 64})
-        data["submissions"].append({**template, "message": "still pending elsewhere", "status": "PENDING"})
-        data["submissions"].append({**template, "competition": OTHER_COMPETITION, "message": "other"})
+        lost.update(ref=None, status="SENDING", error="stale")  # kit stopped before the reply (the ref) was recorded
+        template = {**lost, "error": ""}
+        mine = next(r for r in data["submissions"] if r["ref"] == first["ref"])
+        mine.update(message="renamed on Kaggle", error="stale")  # known by its ref, whatever its message
+        first["message"] = "renamed on Kaggle"
+        # records kit does not settle come first: they must not stop the others from being settled
+        data["submissions"][:0] = [{**template, "competition": OTHER_COMPETITION, "message": "other"},
+                                   {**template, "message": "never reached Kaggle", "sha256": "0" * 64},
+                                   {**template, "message": "still pending elsewhere", "status": "PENDING"}]
 
     listed = refresh_submissions(client, ledger, COMPETITION)
     assert sorted(s.ref for s in listed) == sorted([first["ref"], second["ref"]])
@@ -364,3 +368,27 @@ def test_a_submission_record_removed_from_the_ledger_meanwhile_is_one_line(world
         send(client, ledger, _submission(tmp_path, "vanishing", 0.45), COMPETITION,
              tmp_path / "competition" / SAMPLE_NAME, sleep=someone_else_rewrites_the_ledger)
     assert re.fullmatch(r"ledger: submission [0-9a-f]{8} vanished", str(info.value))
+
+
+def test_a_score_is_waited_for_through_404s_and_pending_polls_and_written_whole(world, tmp_path: Path,
+                                                                                 monkeypatch) -> None:
+    """With the defaults ($KIT_POLL_S schedule, the 120 s grace for 404s) and a generous timeout, the wait rides
+    out the 404 right after the submit and the PENDING polls, then writes Kaggle's status, both scores and its
+    error (none: an earlier error is cleared) into the ledger."""
+    make, ledger = world
+    make(submission_lag_s=0.3, score_delay_s=0.8)
+    client = _client()
+    record = send(client, ledger, _submission(tmp_path, "scored", 0.25), COMPETITION,
+                  tmp_path / "competition" / SAMPLE_NAME)
+    with ledger.transaction() as data:
+        data["submissions"][-1]["error"] = "stale"
+    monkeypatch.delenv("KIT_SUBMISSION_GRACE_S", raising=False)
+    monkeypatch.setenv("KIT_POLL_S", "0.1")
+    monkeypatch.setenv("KIT_POLL_MAX_S", "0.1")
+    seen: list[str] = []
+    scored = wait_for_score(client, ledger, record, timeout_s=60, on_poll=seen.append)
+    assert seen[0] == NOT_VISIBLE and "PENDING" in seen and seen[-1] == "COMPLETE"
+    truth = client.submission(int(record["ref"]))
+    assert (scored["status"], scored["public_score"], scored["private_score"], scored["error"]) == (
+        "COMPLETE", truth.public_score, truth.private_score, "") and truth.public_score
+    assert ledger.read()["submissions"][-1] == scored
