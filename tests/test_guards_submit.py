@@ -221,6 +221,7 @@ def test_the_same_file_is_not_submitted_twice_to_one_competition_unless_forced(w
                                           "status": "COMPLETE", "public_score": "0.9"}]
     first = send(client, ledger, csv, COMPETITION, sample)
     assert first["status"] == "PENDING" and first["ref"] is not None
+    assert first["message"] == f"kit: again.csv file {earlier['sha256'][:12]} [{first['id']}]"  # no note: none
 
     def refused() -> str:
         with pytest.raises(KitError) as info:
@@ -320,7 +321,14 @@ def test_a_sent_submission_is_recorded_whole_and_every_wait_is_announced(world, 
     csv = _submission(tmp_path, "whole", 0.15)
     emulator.answers.push(CREATE, ["429:3", "500"])
     waits: list[float] = []
-    record = send(client, ledger, csv, COMPETITION, sample, note="guard", sleep=waits.append)
+    in_flight: list[str] = []
+
+    def sleep(seconds: float) -> None:  # while kit waits to send again, the ledger says the send is in flight
+        waits.append(seconds)
+        in_flight.append(ledger.read()["submissions"][-1]["status"])
+
+    record = send(client, ledger, csv, COMPETITION, sample, note="guard", sleep=sleep)
+    assert in_flight == ["SENDING", "SENDING"]
     assert waits[0] == 3.0 and len(waits) == 2 and 0 < waits[1] <= 0.02
     what = f"submit {csv}"
     assert events == [(what, 1, "http-429", 3.0), (what, 1, "http-500", waits[1])]
@@ -372,23 +380,24 @@ def test_a_submission_record_removed_from_the_ledger_meanwhile_is_one_line(world
 
 def test_a_score_is_waited_for_through_404s_and_pending_polls_and_written_whole(world, tmp_path: Path,
                                                                                  monkeypatch) -> None:
-    """With the defaults ($KIT_POLL_S schedule, the 120 s grace for 404s) and a generous timeout, the wait rides
+    """With the defaults ($KIT_POLL_S schedule, the 120 s grace for 404s) and a generous timeout or none, the wait rides
     out the 404 right after the submit and the PENDING polls, then writes Kaggle's status, both scores and its
     error (none: an earlier error is cleared) into the ledger."""
     make, ledger = world
     make(submission_lag_s=0.3, score_delay_s=0.8)
     client = _client()
-    record = send(client, ledger, _submission(tmp_path, "scored", 0.25), COMPETITION,
-                  tmp_path / "competition" / SAMPLE_NAME)
-    with ledger.transaction() as data:
-        data["submissions"][-1]["error"] = "stale"
     monkeypatch.delenv("KIT_SUBMISSION_GRACE_S", raising=False)
     monkeypatch.setenv("KIT_POLL_S", "0.1")
     monkeypatch.setenv("KIT_POLL_MAX_S", "0.1")
-    seen: list[str] = []
-    scored = wait_for_score(client, ledger, record, timeout_s=60, on_poll=seen.append)
-    assert seen[0] == NOT_VISIBLE and "PENDING" in seen and seen[-1] == "COMPLETE"
-    truth = client.submission(int(record["ref"]))
-    assert (scored["status"], scored["public_score"], scored["private_score"], scored["error"]) == (
-        "COMPLETE", truth.public_score, truth.private_score, "") and truth.public_score
-    assert ledger.read()["submissions"][-1] == scored
+    for name, shift, timeout_s in (("scored", 0.25, 60.0), ("scored-too", 0.65, None)):  # a generous timeout, none
+        record = send(client, ledger, _submission(tmp_path, name, shift), COMPETITION,
+                      tmp_path / "competition" / SAMPLE_NAME)
+        with ledger.transaction() as data:
+            data["submissions"][-1]["error"] = "stale"
+        seen: list[str] = []
+        scored = wait_for_score(client, ledger, record, timeout_s=timeout_s, on_poll=seen.append)
+        assert seen[0] == NOT_VISIBLE and "PENDING" in seen and seen[-1] == "COMPLETE"
+        truth = client.submission(int(record["ref"]))
+        assert (scored["status"], scored["public_score"], scored["private_score"], scored["error"]) == (
+            "COMPLETE", truth.public_score, truth.private_score, "") and truth.public_score
+        assert ledger.read()["submissions"][-1] == scored
