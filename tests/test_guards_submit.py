@@ -251,7 +251,9 @@ def test_a_submission_kaggle_refuses_or_never_takes_is_recorded_as_failed_with_w
     with pytest.raises(KaggleCallError) as info:
         send(client, ledger, refused, COMPETITION, sample, sleep=lambda s: None)
     line = str(info.value)
-    assert line.startswith(f"submit {refused}: HTTP 400") and "; nothing was submitted" in line, line
+    assert line.startswith(f"submit {refused}: HTTP 400"), line
+    assert line.endswith("; nothing was submitted; Kaggle refused the request: fix what it names, then run the command "
+                         "again"), line
     (record,) = ledger.read()["submissions"]
     assert record["status"] == "FAILED" and record["error"].startswith("HTTP 400"), record
 
@@ -268,12 +270,13 @@ def test_a_submission_kaggle_refuses_or_never_takes_is_recorded_as_failed_with_w
     assert record["status"] == "FAILED" and record["error"].startswith("HTTP 500") and record["ref"] is None
     assert emulator.stats()["submissions"] == 0
 
-    lost = _submission(tmp_path, "lost", 0.6)
-    emulator.answers.push(CREATE, ["lost"])
-    adopted = send(client, ledger, lost, COMPETITION, sample, sleep=lambda s: None)
-    assert adopted["status"] == "PENDING" and adopted["ref"] is not None
-    assert ledger.read()["counters"]["reconciled_submissions"] == 1
-    assert emulator.stats()["submissions"] == 1
+    for count, shift in ((1, 0.6), (2, 0.8)):  # each adoption counted
+        emulator.answers.push(CREATE, ["lost"])
+        adopted = send(client, ledger, _submission(tmp_path, f"lost-{count}", shift), COMPETITION, sample,
+                       sleep=lambda s: None)
+        assert adopted["status"] == "PENDING" and adopted["ref"] is not None
+        assert ledger.read()["counters"]["reconciled_submissions"] == count
+    assert emulator.stats()["submissions"] == 2
 
 
 def test_waiting_for_a_score_is_bounded_by_the_grace_for_404s_and_the_callers_timeout(world, tmp_path: Path,
