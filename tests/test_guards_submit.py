@@ -185,9 +185,15 @@ def test_a_submission_is_named_by_the_recipe_or_run_that_made_it(tmp_path: Path)
     blend.write_text(json.dumps({"name": "demo", "recipe_hash": "ab" * 32, "recipe": "ensembles/demo.toml"}))
     for agreeing in (None, "demo", "ensembles/demo.toml", "elsewhere/demo.toml"):
         assert recipe_label(agreeing, csv) == ("demo", "ab" * 32), agreeing
-    with pytest.raises(KitError) as info:
-        recipe_label("other", csv)
-    assert str(info.value) == f"{csv}: made by recipe 'demo' (see {blend}), not 'other'"
+    for other in ("other", "None"):  # a recipe named None is another recipe too
+        with pytest.raises(KitError) as info:
+            recipe_label(other, csv)
+        assert str(info.value) == f"{csv}: made by recipe 'demo' (see {blend}), not {other!r}"
+    blend.write_text(json.dumps({"name": "demo", "recipe_hash": "ab" * 32}))  # no recipe recorded
+    with pytest.raises(KitError, match="not 'None'"):
+        recipe_label("None", csv)
+    blend.write_text(json.dumps({"name": "demo", "recipe_hash": "ab" * 32, "recipe": "recipes/top.toml"}))
+    assert recipe_label("recipes/top.toml", csv) == ("demo", "ab" * 32)  # the recipe kit blend recorded
     for broken in ("{not json", json.dumps({"name": "demo"}), json.dumps(["demo"])):
         blend.write_text(broken)
         with pytest.raises(KitError) as info:
