@@ -246,7 +246,7 @@ def test_the_wait_reports_every_round_never_sleeps_past_its_deadline_and_names_w
         data["experiments"]["guard-done"] = {"kernel": "kit-user/guard-done", "pending": None, "versions": [
             {"version": 2, "status": "COMPLETE", "pushed_at": "2024-01-01T00:00:00Z", "accelerator": "TpuV5E8"}]}
     rounds: list[list[str]] = []
-    rows = wait_until_done(client, ledger, poll=PollPolicy(first_s=60.0, max_s=60.0), timeout_s=5.0,
+    rows = wait_until_done(client, ledger, poll=None, timeout_s=5.0,  # the environment's poll schedule
                            on_update=lambda rs: rounds.append([r["status"] for r in rs]), sleep=pytest.fail)
     assert [r["experiment"] for r in rows] == ["guard-done"] and rounds == [["COMPLETE"]]
 
@@ -297,3 +297,29 @@ def test_a_narrow_terminal_drops_the_tables_least_needed_columns_first() -> None
     assert never[end - 2:end] == " -" and lines[1][end - 2:end] == " v"  # numbers and header right-aligned
     out = printed(60)
     assert "Not shown at 60 columns: Kaggle kernel; pulled into." in " ".join(out.split())
+
+
+def test_long_experiment_names_and_run_folders_wrap_at_spaces_instead_of_crowding_columns_out() -> None:
+    """An experiment named in words and a run folder whose path holds spaces (a Drive folder) wrap at their spaces:
+    a narrow terminal keeps the same columns as for short names, instead of leaving some out for their length."""
+    data = _ledger()
+    entry = data["experiments"].pop("effnet-b0")
+    entry["versions"][1]["run_dir"] = "/content/drive/My Drive/kaggle runs/effnet b0 long/v2"
+    data["experiments"]["effnet b0 with a long descriptive name"] = entry
+    grid = status_table(status_rows(data))
+
+    def shown(width: int) -> list[str] | None:
+        fit = layout(grid, width)
+        return None if fit is None else [grid.cols[i].header for i in fit[0]]
+
+    assert shown(92) == ["experiment", "kernel", "v", "machine", "status", "pushed", "pulled into"]
+    assert shown(40) == ["experiment", "v", "status", "pushed"]
+    assert shown(28) == ["experiment", "v", "status"]
+
+
+def test_a_log_tail_keeps_its_last_lines_as_written() -> None:
+    """Only the line ends after the log's last line are dropped: the last lines keep their text whole, whatever
+    it ends with (letters, blanks)."""
+    assert log_tail("epoch 1\nloss: nan, see FIX\n\n") == ["epoch 1", "loss: nan, see FIX"]
+    assert log_tail("epoch 1\nstep 3   \n") == ["epoch 1", "step 3   "]
+    assert log_tail("a\nXX\n") == ["a", "XX"]

@@ -66,11 +66,15 @@ def test_refresh_writes_each_submissions_own_scores_and_settles_lost_ones(world,
         time.sleep(0.2)
     with ledger.transaction() as data:
         lost = next(r for r in data["submissions"] if r["ref"] == second["ref"])
-        lost.update(ref=None, status="SENDING")  # kit stopped before the reply (the ref) was recorded
-        template = dict(lost)
-        data["submissions"].append({**template, "message": "never reached Kaggle", "sha256": "0" * 64})
-        data["submissions"].append({**template, "message": "still pending elsewhere", "status": "PENDING"})
-        data["submissions"].append({**template, "competition": OTHER_COMPETITION, "message": "other"})
+        lost.update(ref=None, status="SENDING", error="stale")  # kit stopped before the reply (the ref) was recorded
+        template = {**lost, "error": ""}
+        mine = next(r for r in data["submissions"] if r["ref"] == first["ref"])
+        mine.update(message="renamed on Kaggle", error="stale")  # known by its ref, whatever its message
+        first["message"] = "renamed on Kaggle"
+        # records kit does not settle come first: they must not stop the others from being settled
+        data["submissions"][:0] = [{**template, "competition": OTHER_COMPETITION, "message": "other"},
+                                   {**template, "message": "never reached Kaggle", "sha256": "0" * 64},
+                                   {**template, "message": "still pending elsewhere", "status": "PENDING"}]
 
     listed = refresh_submissions(client, ledger, COMPETITION)
     assert sorted(s.ref for s in listed) == sorted([first["ref"], second["ref"]])
@@ -181,9 +185,15 @@ def test_a_submission_is_named_by_the_recipe_or_run_that_made_it(tmp_path: Path)
     blend.write_text(json.dumps({"name": "demo", "recipe_hash": "ab" * 32, "recipe": "ensembles/demo.toml"}))
     for agreeing in (None, "demo", "ensembles/demo.toml", "elsewhere/demo.toml"):
         assert recipe_label(agreeing, csv) == ("demo", "ab" * 32), agreeing
-    with pytest.raises(KitError) as info:
-        recipe_label("other", csv)
-    assert str(info.value) == f"{csv}: made by recipe 'demo' (see {blend}), not 'other'"
+    for other in ("other", "None"):  # a recipe named None is another recipe too
+        with pytest.raises(KitError) as info:
+            recipe_label(other, csv)
+        assert str(info.value) == f"{csv}: made by recipe 'demo' (see {blend}), not {other!r}"
+    blend.write_text(json.dumps({"name": "demo", "recipe_hash": "ab" * 32}))  # no recipe recorded
+    with pytest.raises(KitError, match="not 'None'"):
+        recipe_label("None", csv)
+    blend.write_text(json.dumps({"name": "demo", "recipe_hash": "ab" * 32, "recipe": "recipes/top.toml"}))
+    assert recipe_label("recipes/top.toml", csv) == ("demo", "ab" * 32)  # the recipe kit blend recorded
     for broken in ("{not json", json.dumps({"name": "demo"}), json.dumps(["demo"])):
         blend.write_text(broken)
         with pytest.raises(KitError) as info:
@@ -217,6 +227,7 @@ def test_the_same_file_is_not_submitted_twice_to_one_competition_unless_forced(w
                                           "status": "COMPLETE", "public_score": "0.9"}]
     first = send(client, ledger, csv, COMPETITION, sample)
     assert first["status"] == "PENDING" and first["ref"] is not None
+    assert first["message"] == f"kit: again.csv file {earlier['sha256'][:12]} [{first['id']}]"  # no note: none
 
     def refused() -> str:
         with pytest.raises(KitError) as info:
@@ -246,7 +257,9 @@ def test_a_submission_kaggle_refuses_or_never_takes_is_recorded_as_failed_with_w
     with pytest.raises(KaggleCallError) as info:
         send(client, ledger, refused, COMPETITION, sample, sleep=lambda s: None)
     line = str(info.value)
-    assert line.startswith(f"submit {refused}: HTTP 400") and "; nothing was submitted" in line, line
+    assert line.startswith(f"submit {refused}: HTTP 400"), line
+    assert line.endswith("; nothing was submitted; Kaggle refused the request: fix what it names, then run the command "
+                         "again"), line
     (record,) = ledger.read()["submissions"]
     assert record["status"] == "FAILED" and record["error"].startswith("HTTP 400"), record
 
@@ -263,12 +276,13 @@ def test_a_submission_kaggle_refuses_or_never_takes_is_recorded_as_failed_with_w
     assert record["status"] == "FAILED" and record["error"].startswith("HTTP 500") and record["ref"] is None
     assert emulator.stats()["submissions"] == 0
 
-    lost = _submission(tmp_path, "lost", 0.6)
-    emulator.answers.push(CREATE, ["lost"])
-    adopted = send(client, ledger, lost, COMPETITION, sample, sleep=lambda s: None)
-    assert adopted["status"] == "PENDING" and adopted["ref"] is not None
-    assert ledger.read()["counters"]["reconciled_submissions"] == 1
-    assert emulator.stats()["submissions"] == 1
+    for count, shift in ((1, 0.6), (2, 0.8)):  # each adoption counted
+        emulator.answers.push(CREATE, ["lost"])
+        adopted = send(client, ledger, _submission(tmp_path, f"lost-{count}", shift), COMPETITION, sample,
+                       sleep=lambda s: None)
+        assert adopted["status"] == "PENDING" and adopted["ref"] is not None
+        assert ledger.read()["counters"]["reconciled_submissions"] == count
+    assert emulator.stats()["submissions"] == 2
 
 
 def test_waiting_for_a_score_is_bounded_by_the_grace_for_404s_and_the_callers_timeout(world, tmp_path: Path,
@@ -316,7 +330,14 @@ def test_a_sent_submission_is_recorded_whole_and_every_wait_is_announced(world, 
     csv = _submission(tmp_path, "whole", 0.15)
     emulator.answers.push(CREATE, ["429:3", "500"])
     waits: list[float] = []
-    record = send(client, ledger, csv, COMPETITION, sample, note="guard", sleep=waits.append)
+    in_flight: list[str] = []
+
+    def sleep(seconds: float) -> None:  # while kit waits to send again, the ledger says the send is in flight
+        waits.append(seconds)
+        in_flight.append(ledger.read()["submissions"][-1]["status"])
+
+    record = send(client, ledger, csv, COMPETITION, sample, note="guard", sleep=sleep)
+    assert in_flight == ["SENDING", "SENDING"]
     assert waits[0] == 3.0 and len(waits) == 2 and 0 < waits[1] <= 0.02
     what = f"submit {csv}"
     assert events == [(what, 1, "http-429", 3.0), (what, 1, "http-500", waits[1])]
@@ -364,3 +385,28 @@ def test_a_submission_record_removed_from_the_ledger_meanwhile_is_one_line(world
         send(client, ledger, _submission(tmp_path, "vanishing", 0.45), COMPETITION,
              tmp_path / "competition" / SAMPLE_NAME, sleep=someone_else_rewrites_the_ledger)
     assert re.fullmatch(r"ledger: submission [0-9a-f]{8} vanished", str(info.value))
+
+
+def test_a_score_is_waited_for_through_404s_and_pending_polls_and_written_whole(world, tmp_path: Path,
+                                                                                 monkeypatch) -> None:
+    """With the defaults ($KIT_POLL_S schedule, the 120 s grace for 404s) and a generous timeout or none, the wait rides
+    out the 404 right after the submit and the PENDING polls, then writes Kaggle's status, both scores and its
+    error (none: an earlier error is cleared) into the ledger."""
+    make, ledger = world
+    make(submission_lag_s=0.3, score_delay_s=0.8)
+    client = _client()
+    monkeypatch.delenv("KIT_SUBMISSION_GRACE_S", raising=False)
+    monkeypatch.setenv("KIT_POLL_S", "0.1")
+    monkeypatch.setenv("KIT_POLL_MAX_S", "0.1")
+    for name, shift, timeout_s in (("scored", 0.25, 60.0), ("scored-too", 0.65, None)):  # a generous timeout, none
+        record = send(client, ledger, _submission(tmp_path, name, shift), COMPETITION,
+                      tmp_path / "competition" / SAMPLE_NAME)
+        with ledger.transaction() as data:
+            data["submissions"][-1]["error"] = "stale"
+        seen: list[str] = []
+        scored = wait_for_score(client, ledger, record, timeout_s=timeout_s, on_poll=seen.append)
+        assert seen[0] == NOT_VISIBLE and "PENDING" in seen and seen[-1] == "COMPLETE"
+        truth = client.submission(int(record["ref"]))
+        assert (scored["status"], scored["public_score"], scored["private_score"], scored["error"]) == (
+            "COMPLETE", truth.public_score, truth.private_score, "") and truth.public_score
+        assert ledger.read()["submissions"][-1] == scored
