@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers.blend_fixtures import make_cohort, make_run, signal_preds
+from helpers.blend_fixtures import PathsInMemory, make_cohort, make_run, signal_preds
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -93,19 +93,6 @@ def test_a_new_run_is_blended_afresh_and_matches_an_uncached_blend(tmp_path: Pat
     assert _files(tmp_path / "warm") == _files(tmp_path / "cold")
 
 
-class _Store:
-    """A `PathStore` in memory."""
-
-    def __init__(self) -> None:
-        self.paths: dict[str, object] = {}
-
-    def load(self, namespace: str, parts: object) -> object:
-        return self.paths.get(key_of(namespace, parts, "test"))
-
-    def save(self, namespace: str, parts: object, value: object) -> None:
-        self.paths[key_of(namespace, parts, "test")] = value
-
-
 def _candidates(seed: int, n: int = 600, m: int = 8) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     y = (rng.random(n) < 0.1).astype(int)
@@ -123,7 +110,7 @@ def _candidates(seed: int, n: int = 600, m: int = 8) -> tuple[np.ndarray, np.nda
 def test_greedy_replay_picks_what_a_fresh_fit_picks(seed: int, column_sets: list[list[int]], patience: int) -> None:
     """Runs added, removed, reordered or repeated between blends: the replayed fit equals the fresh one."""
     P, y, folds = _candidates(seed)
-    store = _Store()
+    store = PathsInMemory()
     params = {"max_steps": 12, "patience": patience, "init": 2}
     for cols in column_sets:
         fresh = fit_blend("greedy", P[:, cols], y, folds, params)

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from helpers.blend_fixtures import make_cohort, make_run, signal_preds
+from helpers.blend_fixtures import PathsInMemory, make_cohort, make_run, signal_preds
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -30,7 +30,7 @@ from kernels.contracts import MANIFEST_FILE, OOF_FILE, file_digest, read_oof, wr
 from kernels.metrics import AucInterval, auc, auc_presorted
 from kit.blend import plots
 from kit.blend.analysis import SubgroupRow
-from kit.blend.memo import Memo, key_of
+from kit.blend.memo import Memo
 from kit.blend.methods import (
     GREEDY_PATHS,
     _int_ranks,
@@ -270,19 +270,6 @@ def test_greedy_gives_equal_runs_picks_in_their_listed_order(init: int) -> None:
     assert all(type(p) is int for p in fitted.info["picks"])
 
 
-class _PathsInMemory:
-    """Greedy's path store in memory (`kit.blend.memo.Memo` keeps them on disk)."""
-
-    def __init__(self) -> None:
-        self.paths: dict[str, object] = {}
-
-    def load(self, namespace: str, parts: object) -> object:
-        return self.paths.get(key_of(namespace, parts, "test"))
-
-    def save(self, namespace: str, parts: object, value: object) -> None:
-        self.paths[key_of(namespace, parts, "test")] = value
-
-
 def test_greedy_replays_a_stored_path_without_scoring_a_candidate_again(monkeypatch: pytest.MonkeyPatch) -> None:
     """The same fit again, with its path stored, scores no candidate (only the starting blend's AUC is taken);
     with one run added, only that run is scored until the path changes. The result is the fresh fit's."""
@@ -298,7 +285,7 @@ def test_greedy_replays_a_stored_path_without_scoring_a_candidate_again(monkeypa
     folds, params = np.arange(n) % 4, {"max_steps": 8, "patience": 8, "init": 1}
     fresh = fit_blend("greedy", P[:, :m], y, folds, params)
     scored.clear()
-    store = _PathsInMemory()
+    store = PathsInMemory()
     token = GREEDY_PATHS.set(store)
     try:
         first = fit_blend("greedy", P[:, :m], y, folds, params)

@@ -27,6 +27,7 @@ from kernels.contracts import (
     write_csv,
 )
 from kernels.metrics import auc
+from kit.blend.memo import key_of
 from kit.run.folders import write_run_record
 
 
@@ -172,3 +173,16 @@ def make_sample_submission(folder: Path, cohort: Cohort) -> Path:
         "target": cohort.y,
     }).to_csv(folder / "train.csv", index=False)
     return folder
+
+
+class PathsInMemory:
+    """Greedy's path store (`kit.blend.methods.PathStore`) in memory; `kit.blend.memo.Memo` keeps them on disk."""
+
+    def __init__(self) -> None:
+        self.paths: dict[str, object] = {}
+
+    def load(self, namespace: str, parts: object) -> object:
+        return self.paths.get(key_of(namespace, parts, "test"))
+
+    def save(self, namespace: str, parts: object, value: object) -> None:
+        self.paths[key_of(namespace, parts, "test")] = value
