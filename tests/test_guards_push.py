@@ -313,17 +313,23 @@ def _pending_push(ledger, kernel, body_sha256: str = "0" * 64) -> None:
             "accelerator": SHAPE, "started_at": now_iso()}}
 
 
-def test_an_earlier_push_still_unknown_stops_the_next_one_unless_forced(world, tmp_path: Path, monkeypatch) -> None:
-    """A push whose reply was lost is settled before the experiment is pushed again. Kaggle shows nothing of
-    it yet: kit stops with the one line that says what it knows, keeps the record and pushes nothing; with
-    --force the earlier push is dropped (said so) and the new one sent."""
+def _unknown_earlier_push(world, tmp_path: Path, monkeypatch, name: str):  # noqa: ANN202 - (emulator, ledger, client, kernel)
+    """An experiment whose earlier push's reply was lost, young enough (settle window 900 s) that Kaggle showing
+    nothing of it settles nothing; no wait for Kaggle's consistency."""
     make, ledger = world
     emulator = make()
     monkeypatch.setenv("KIT_CONSISTENCY_S", "0")
     monkeypatch.setenv("KIT_PENDING_SETTLE_S", "900")
-    client = _client()
-    kernel = quick_rendered(tmp_path / "build", "guard-unknown")
+    kernel = quick_rendered(tmp_path / "build", name)
     _pending_push(ledger, kernel)
+    return emulator, ledger, _client(), kernel
+
+
+def test_an_earlier_push_still_unknown_stops_the_next_one_unless_forced(world, tmp_path: Path, monkeypatch) -> None:
+    """A push whose reply was lost is settled before the experiment is pushed again. Kaggle shows nothing of
+    it yet: kit stops with the one line that says what it knows, keeps the record and pushes nothing; with
+    --force the earlier push is dropped (said so) and the new one sent."""
+    emulator, ledger, client, kernel = _unknown_earlier_push(world, tmp_path, monkeypatch, "guard-unknown")
     with pytest.raises(PushUncertain) as info:
         push_one(client, ledger, kernel, SHAPE)
     assert str(info.value) == (
@@ -694,13 +700,7 @@ def test_a_sweep_settles_an_earlier_lost_push_first_with_its_own_waits_and_notes
 def test_a_sweep_stops_at_an_earlier_push_still_unknown_and_keeps_it(world, tmp_path: Path, monkeypatch) -> None:
     """Without --force a sweep never drops an earlier push whose reply was lost while Kaggle still shows nothing
     of it: it stops with the one line and the record stays for a later `kit push` to settle."""
-    make, ledger = world
-    emulator = make()
-    monkeypatch.setenv("KIT_CONSISTENCY_S", "0")
-    monkeypatch.setenv("KIT_PENDING_SETTLE_S", "900")
-    client = _client()
-    kernel = quick_rendered(tmp_path / "build", "guard-sweep-unknown")
-    _pending_push(ledger, kernel)
+    emulator, ledger, client, kernel = _unknown_earlier_push(world, tmp_path, monkeypatch, "guard-sweep-unknown")
     with pytest.raises(PushUncertain):
         push_queue(client, ledger, [kernel], lambda k: SHAPE, poll=PollPolicy(first_s=0.1, max_s=0.2),
                    sleep=lambda s: None)
