@@ -384,9 +384,9 @@ def load_run(folder: str | os.PathLike[str] | RunInfo, verify: bool = False, fra
     is most of loading them), so an unchanged file is hashed and checked but not parsed again.
     """
     info = folder if isinstance(folder, RunInfo) else run_from_folder(folder)
-    if verify:
+    digests = {} if verify else _check_digests(info.folder, info.manifest)
+    if verify:  # every listed file by size and sha256 (the two CSVs among them): not hashed a second time
         verify_files(info.folder, info.manifest)
-    digests = _check_digests(info.folder, info.manifest)
     oof = _read_checked(info.folder / OOF_FILE, read_oof, digests.get(OOF_FILE), frames)
     test = _read_checked(info.folder / TEST_PRED_FILE, read_test_pred, digests.get(TEST_PRED_FILE), frames)
     return Run(info, oof, test)
